@@ -1,0 +1,268 @@
+"""The ``trial-analysis`` command line: one subcommand per pipeline step.
+
+The Snakefile calls these; people can too. Each subcommand's ``--help`` says what it reads and
+writes. Problems with input or configuration print one short message naming the file, column,
+rows and rule, and exit with status 2, without a Python traceback; outputs are written
+atomically, so a failed step leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from trial_analysis import __version__
+from trial_analysis.errors import TrialAnalysisError
+
+log = logging.getLogger("trial_analysis")
+
+# subcommand -> (module, function, help, description of inputs/outputs, argument adders)
+_Arg = tuple[Sequence[str], dict[str, Any]]
+
+
+def _path(help_text: str, **extra: Any) -> dict[str, Any]:
+    return {"type": Path, "required": True, "help": help_text, **extra}
+
+
+CONFIG: _Arg = (("--config",), _path("study configuration (YAML), validated against the schema"))
+ANALYSIS: _Arg = (("--analysis",), _path("analysis table (Parquet), written by `allocate`"))
+OUT_JSON: _Arg = (("--out-json",), _path("estimate file to write (JSON)"))
+OUT_CSV: _Arg = (("--out-csv",), _path("the same estimates as a tidy CSV"))
+
+STEPS: dict[str, dict[str, Any]] = {
+    "simulate": {
+        "target": ("trial_analysis.simulate", "run_simulate"),
+        "help": "write a simulated raw extract (the default study's data)",
+        "description": (
+            "Reads: the config (simulation.targets and simulation.assumptions). "
+            "Writes: therapists, patients, sessions and outcomes tables and truth.json to --out."
+        ),
+        "args": [
+            CONFIG,
+            (("--seed",), {"type": int, "default": None, "help": "seed (default: config seed)"}),
+            (("--out",), _path("folder for the raw extract (e.g. data/raw)")),
+            (("--layout",), {"choices": ["long", "wide"], "default": None,
+                             "help": "outcomes layout (default: config input.outcomes_layout)"}),
+            (("--format",), {"dest": "file_format", "choices": ["csv", "parquet"],
+                             "default": None, "help": "file format (default: config input.format)"}),
+            (("--n-patients",), {"type": int, "default": None,
+                                 "help": "scale the cohort to this many eligible patients "
+                                         "(default: the published 4193)"}),
+        ],
+    },
+    "clean": {
+        "target": ("trial_analysis.clean", "run_clean"),
+        "help": "validate and repair the raw tables; write the cleaning ledger",
+        "description": (
+            "Reads: the raw tables named in config input.tables under --raw. "
+            "Writes: one Parquet file per table under --out and the ledger (one row per raw "
+            "record with its fate) to --ledger."
+        ),
+        "args": [
+            CONFIG,
+            (("--raw",), _path("folder of the raw extract")),
+            (("--out",), _path("folder for the cleaned tables (Parquet)")),
+            (("--ledger",), _path("cleaning ledger to write (Parquet)")),
+        ],
+    },
+    "eligibility": {
+        "target": ("trial_analysis.eligibility", "run_eligibility"),
+        "help": "apply the eligibility rules; write the cohort, final ledger and flow counts",
+        "description": (
+            "Reads: cleaned tables (--clean) and the cleaning ledger. Writes: the eligible "
+            "cohort (one row per patient), the final ledger, and the STROBE flow counts up to "
+            "eligibility (computed from the ledger)."
+        ),
+        "args": [
+            CONFIG,
+            (("--clean",), _path("folder of cleaned tables")),
+            (("--clean-ledger",), _path("cleaning ledger (Parquet)")),
+            (("--cohort",), _path("eligible cohort to write (Parquet)")),
+            (("--ledger",), _path("final ledger to write (Parquet)")),
+            (("--flow",), _path("flow counts up to eligibility to write (CSV)")),
+        ],
+    },
+    "allocate": {
+        "target": ("trial_analysis.allocate", "run_allocate"),
+        "help": "assign arms, primary therapists, fidelity and complete-case flags",
+        "description": (
+            "Reads: the cohort, cleaned sessions/outcomes/therapists and the eligibility flow. "
+            "Writes: the analysis table (one row per patient), the full flow table, the "
+            "implementation outcomes table and per-therapist fidelity."
+        ),
+        "args": [
+            CONFIG,
+            (("--cohort",), _path("eligible cohort (Parquet)")),
+            (("--clean",), _path("folder of cleaned tables")),
+            (("--flow-in",), _path("flow counts up to eligibility (CSV)")),
+            (("--analysis",), _path("analysis table to write (Parquet)")),
+            (("--flow",), _path("complete flow table to write (CSV)")),
+            (("--implementation",), _path("implementation outcomes table to write (CSV)")),
+            (("--fidelity",), _path("per-therapist fidelity table to write (CSV)")),
+        ],
+    },
+    "fit": {
+        "target": ("trial_analysis.models", "run_fit"),
+        "help": "fit the primary linear mixed model for one outcome and population",
+        "description": (
+            "Reads: the analysis table. Writes: tidy estimates (arm x time effect with SE, CI, "
+            "p; variance components; marginal means) as JSON and CSV."
+        ),
+        "args": [
+            CONFIG, ANALYSIS,
+            (("--outcome",), {"required": True, "help": "outcome name from config"}),
+            (("--population",), {"required": True,
+                                 "help": "complete_case or all_available"}),
+            OUT_JSON, OUT_CSV,
+        ],
+    },
+    "fit-subgroup": {
+        "target": ("trial_analysis.models", "run_fit_subgroup"),
+        "help": "fit the arm x time x subgroup model for one outcome and subgroup",
+        "description": (
+            "Reads: the analysis table. Writes: the effect within each subgroup level, the "
+            "heterogeneity test and stratified fits, as JSON and CSV."
+        ),
+        "args": [
+            CONFIG, ANALYSIS,
+            (("--outcome",), {"required": True, "help": "outcome name from config"}),
+            (("--subgroup",), {"required": True, "help": "subgroup variable from config"}),
+            OUT_JSON, OUT_CSV,
+        ],
+    },
+    "sessions": {
+        "target": ("trial_analysis.sessions", "run_sessions"),
+        "help": "model the number of treatment sessions by arm",
+        "description": (
+            "Reads: the analysis table. Writes: negative binomial ratio of means with "
+            "therapist-clustered CI (and the Poisson sensitivity), as JSON and CSV."
+        ),
+        "args": [CONFIG, ANALYSIS, OUT_JSON, OUT_CSV],
+    },
+    "responders": {
+        "target": ("trial_analysis.responders", "run_responders"),
+        "help": "responder analysis at each outcome's MCID",
+        "description": (
+            "Reads: the analysis table. Writes: proportions improving by at least the MCID by "
+            "arm, risk difference and odds ratio with CIs, as JSON and CSV."
+        ),
+        "args": [CONFIG, ANALYSIS, OUT_JSON, OUT_CSV],
+    },
+    "tables": {
+        "target": ("trial_analysis.tables", "run_tables"),
+        "help": "write the report tables (Table 1, estimates, subgroups, ...) as CSV",
+        "description": "Reads: the analysis table and estimate files. Writes: CSV tables to --out.",
+        "args": [
+            CONFIG, ANALYSIS,
+            (("--estimates",), _path("folder of estimate files")),
+            (("--out",), _path("folder for the tables")),
+        ],
+    },
+    "figures": {
+        "target": ("trial_analysis.figures", "run_figures"),
+        "help": "draw the report figures (PNG and SVG)",
+        "description": (
+            "Reads: the analysis table, estimate files and tables. Writes: flow diagram, "
+            "trajectories, forest plot, sessions and implementation figures to --out."
+        ),
+        "args": [
+            CONFIG, ANALYSIS,
+            (("--estimates",), _path("folder of estimate files")),
+            (("--tables",), _path("folder of tables")),
+            (("--out",), _path("folder for the figures")),
+        ],
+    },
+    "report": {
+        "target": ("trial_analysis.report", "run_report"),
+        "help": "assemble the self-contained HTML report",
+        "description": (
+            "Reads: tables, figures, estimates, the raw extract (for checksums) and rule "
+            "benchmarks. Writes: one self-contained HTML file (images embedded)."
+        ),
+        "args": [
+            CONFIG,
+            (("--raw",), _path("folder of the raw extract (checksummed for provenance)")),
+            (("--estimates",), _path("folder of estimate files")),
+            (("--tables",), _path("folder of tables")),
+            (("--figures",), _path("folder of figures")),
+            (("--benchmarks",), {"type": Path, "default": None,
+                                 "help": "folder of Snakemake benchmark files (run times)"}),
+            (("--out",), _path("report to write (HTML)")),
+        ],
+    },
+}
+
+
+def _validate_config_command(args: argparse.Namespace) -> int:
+    from trial_analysis.config import load_config
+
+    load_config(args.config_file)
+    print(f"{args.config_file}: valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with one subcommand per pipeline step."""
+    parser = argparse.ArgumentParser(
+        prog="trial-analysis",
+        description=(
+            "Reproducible analysis of a pragmatic intervention study. Each subcommand is one "
+            "step of the Snakemake pipeline; run `snakemake -c2` to run them all."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+    for name, spec in STEPS.items():
+        step = sub.add_parser(name, help=spec["help"], description=spec["description"])
+        for flags, options in spec["args"]:
+            step.add_argument(*flags, **options)
+        step.set_defaults(target=spec["target"])
+    check = sub.add_parser(
+        "validate-config",
+        help="check a study configuration against the schema and report every problem",
+        description="Reads: a config file. Writes: nothing; prints every problem found.",
+    )
+    check.add_argument("config_file", type=Path, metavar="CONFIG")
+    check.set_defaults(handler=_validate_config_command)
+    return parser
+
+
+def _run_step(args: argparse.Namespace) -> int:
+    from trial_analysis.config import load_config
+
+    module_name, function_name = args.target
+    function: Callable[..., Any] = getattr(importlib.import_module(module_name), function_name)
+    kwargs = {
+        k: v for k, v in vars(args).items() if k not in {"command", "target", "quiet", "handler"}
+    }
+    kwargs["config"] = load_config(kwargs["config"])
+    function(**kwargs)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trial-analysis`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.captureWarnings(True)
+    try:
+        handler = getattr(args, "handler", None)
+        return handler(args) if handler else _run_step(args)
+    except TrialAnalysisError as error:
+        print(f"trial-analysis {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

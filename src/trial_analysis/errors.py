@@ -1,0 +1,77 @@
+"""Errors the pipeline reports to people, not as tracebacks.
+
+Every problem with input data or configuration is raised as a :class:`TrialAnalysisError`
+subclass. The command line prints ``str(error)`` and exits with status 2; it never shows a
+Python traceback for these. A message names the file, the column, example rows and the rule
+that was broken, so the user can find and fix the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+class TrialAnalysisError(Exception):
+    """Base class for errors that are reported to the user in plain words."""
+
+    exit_code = 2
+
+
+class ConfigError(TrialAnalysisError):
+    """The configuration is invalid. ``problems`` lists every problem found."""
+
+    def __init__(self, source: str, problems: Sequence[str]):
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"{source}: {len(self.problems)} configuration problem(s):"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+def _format_rows(rows: Iterable[object], limit: int = 5) -> str:
+    rows = list(rows)
+    shown = ", ".join(str(r) for r in rows[:limit])
+    more = f" (and {len(rows) - limit} more)" if len(rows) > limit else ""
+    return f"{shown}{more}"
+
+
+class DataError(TrialAnalysisError):
+    """Input data break a rule.
+
+    Parameters
+    ----------
+    file : str
+        The file (or table) the problem was found in.
+    rule : str
+        The rule broken, in plain words (``"scores must be numbers"``).
+    column : str, optional
+        The column concerned.
+    rows : iterable, optional
+        Example row numbers (1-based data rows, as a spreadsheet user counts them after the
+        header) or record identifiers; at most five are shown.
+    hint : str, optional
+        What to do about it.
+    """
+
+    def __init__(
+        self,
+        file: str,
+        rule: str,
+        column: str | None = None,
+        rows: Iterable[object] | None = None,
+        hint: str | None = None,
+    ):
+        self.file = str(file)
+        self.rule = rule
+        self.column = column
+        self.rows = list(rows) if rows is not None else []
+        self.hint = hint
+        parts = [f"{self.file}"]
+        if column is not None:
+            parts.append(f"column '{column}'")
+        if self.rows:
+            parts.append(f"rows {_format_rows(self.rows)}")
+        message = ", ".join(parts) + f": {rule}"
+        if hint:
+            message += f". {hint}"
+        super().__init__(message)
