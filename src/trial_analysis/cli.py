@@ -236,12 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_step(args: argparse.Namespace) -> int:
     from trial_analysis.config import load_config
 
-    module_name, function_name = args.target
-    function: Callable[..., Any] = getattr(importlib.import_module(module_name), function_name)
     kwargs = {
         k: v for k, v in vars(args).items() if k not in {"command", "target", "quiet", "handler"}
     }
     kwargs["config"] = load_config(kwargs["config"])
+    module_name, function_name = args.target
+    function: Callable[..., Any] = getattr(importlib.import_module(module_name), function_name)
     function(**kwargs)
     return 0
 

@@ -1,0 +1,411 @@
+# trial-analysis: the analysis plan, made executable.
+#
+# Each rule is one step of the plan and a thin call to the `trial-analysis` command line;
+# all logic lives in src/trial_analysis/. The plan grows by config (outcomes, populations,
+# subgroups), not by new rules. Run `snakemake -c2` for the default study, `snakemake -n` to
+# see the whole plan without running it, `snakemake --configfile my_study.yaml -c2` for yours.
+
+from pathlib import Path
+
+import yaml
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+RAW = config["paths"]["raw"]
+INTERIM = config["paths"]["interim"]
+PROCESSED = config["paths"]["processed"]
+REPORTS = config["paths"]["reports"]
+LOGS = "logs"
+BENCH = f"{LOGS}/benchmarks"
+
+OUTCOMES = [o["name"] for o in config["outcomes"]]
+POPULATIONS = config["analysis"]["populations"]
+SUBGROUPS = config["analysis"]["subgroups"]
+TABLES = config["input"]["tables"]
+RAW_FILES = {name: f"{RAW}/{spec['file']}" for name, spec in TABLES.items()}
+SIMULATED = "simulation" in config
+
+REPORT_TABLES = [
+    "table1",
+    "primary_estimates",
+    "subgroup_estimates",
+    "sessions",
+    "responders",
+    "variance_components",
+    "reproduction",
+]
+FIGURES = ["flow", "trajectories", "forest", "sessions", "implementation"]
+
+# The config as run (defaults filled, command-line overrides merged), written only when it
+# changes so that every rule reruns exactly when the study's configuration does.
+CONFIG_AS_RUN = f"{INTERIM}/config.as_run.yaml"
+_config_text = yaml.safe_dump(dict(config), sort_keys=True)
+_config_path = Path(CONFIG_AS_RUN)
+if not _config_path.exists() or _config_path.read_text() != _config_text:
+    _config_path.parent.mkdir(parents=True, exist_ok=True)
+    _config_path.write_text(_config_text)
+
+# Jobs run `python -m trial_analysis` from this checkout's src/, so the same Snakefile works in
+# the project's virtual environment and in the conda environment of --use-conda.
+shell.prefix(
+    f'set -euo pipefail; export PYTHONPATH="{Path(workflow.basedir) / "src"}'
+    '${{PYTHONPATH:+:$PYTHONPATH}}"; '
+)
+ENV = "workflow/envs/trial-analysis.yaml"
+
+
+wildcard_constraints:
+    outcome="|".join(OUTCOMES),
+    population="|".join(POPULATIONS),
+    subgroup="|".join(SUBGROUPS) if SUBGROUPS else "(?!)",
+
+
+rule all:
+    input:
+        f"{REPORTS}/report.html",
+
+
+if SIMULATED:
+
+    rule simulate:
+        """The default study's raw extract: a simulated health-system export with known truth."""
+        input:
+            config=CONFIG_AS_RUN,
+        output:
+            **RAW_FILES,
+            truth=f"{RAW}/truth.json",
+        params:
+            raw=lambda wildcards, output: Path(output.truth).parent,
+            # simulation.n_patients scales the cohort (tests, scale runs); default: published size
+            size=(
+                f"--n-patients {config['simulation']['n_patients']}"
+                if config["simulation"].get("n_patients")
+                else ""
+            ),
+        log:
+            f"{LOGS}/simulate.log",
+        benchmark:
+            f"{BENCH}/simulate.tsv"
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        shell:
+            "python -m trial_analysis simulate --config {input.config} --out {params.raw}"
+            " {params.size} > {log} 2>&1"
+
+
+rule clean:
+    """Validate and repair the raw tables; every raw record gets one fate in the ledger."""
+    input:
+        **RAW_FILES,
+        config=CONFIG_AS_RUN,
+    output:
+        tables=expand(f"{INTERIM}/clean/{{table}}.parquet", table=list(TABLES)),
+        ledger=f"{INTERIM}/clean_ledger.parquet",
+    params:
+        raw=lambda wildcards, input: Path(input.patients).parent,
+        clean=lambda wildcards, output: Path(output.tables[0]).parent,
+    log:
+        f"{LOGS}/clean.log",
+    benchmark:
+        f"{BENCH}/clean.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    shell:
+        "python -m trial_analysis clean --config {input.config} --raw {params.raw} --out {params.clean}"
+        " --ledger {output.ledger} > {log} 2>&1"
+
+
+rule eligibility:
+    """Apply the eligibility rules; the flow counts are computed from the ledger."""
+    input:
+        rules.clean.output.tables,
+        ledger=rules.clean.output.ledger,
+        config=CONFIG_AS_RUN,
+    output:
+        cohort=f"{INTERIM}/cohort.parquet",
+        ledger=f"{INTERIM}/ledger.parquet",
+        flow=f"{INTERIM}/flow_eligibility.csv",
+    params:
+        clean=lambda wildcards, input: Path(input[0]).parent,
+    log:
+        f"{LOGS}/eligibility.log",
+    benchmark:
+        f"{BENCH}/eligibility.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    shell:
+        "python -m trial_analysis eligibility --config {input.config} --clean {params.clean}"
+        " --clean-ledger {input.ledger} --cohort {output.cohort} --ledger {output.ledger}"
+        " --flow {output.flow} > {log} 2>&1"
+
+
+rule allocate:
+    """Arms, primary therapists, fidelity, complete cases; implementation outcomes."""
+    input:
+        rules.clean.output.tables,
+        cohort=rules.eligibility.output.cohort,
+        flow=rules.eligibility.output.flow,
+        config=CONFIG_AS_RUN,
+    output:
+        analysis=f"{PROCESSED}/analysis.parquet",
+        flow=report(
+            f"{REPORTS}/tables/flow.csv",
+            caption="workflow/report/flow_table.rst",
+            category="Tables",
+        ),
+        implementation=report(
+            f"{REPORTS}/tables/implementation.csv",
+            caption="workflow/report/implementation_table.rst",
+            category="Tables",
+        ),
+        fidelity=f"{REPORTS}/tables/therapist_fidelity.csv",
+    params:
+        clean=lambda wildcards, input: Path(input[0]).parent,
+    log:
+        f"{LOGS}/allocate.log",
+    benchmark:
+        f"{BENCH}/allocate.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    shell:
+        "python -m trial_analysis allocate --config {input.config} --cohort {input.cohort}"
+        " --clean {params.clean} --flow-in {input.flow} --analysis {output.analysis}"
+        " --flow {output.flow} --implementation {output.implementation}"
+        " --fidelity {output.fidelity} > {log} 2>&1"
+
+
+rule fit:
+    """Primary linear mixed model: one outcome in one population."""
+    input:
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        json=f"{REPORTS}/estimates/{{outcome}}.{{population}}.json",
+        csv=f"{REPORTS}/estimates/{{outcome}}.{{population}}.csv",
+    log:
+        f"{LOGS}/fit/{{outcome}}.{{population}}.log",
+    benchmark:
+        f"{BENCH}/fit.{{outcome}}.{{population}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m trial_analysis fit --config {input.config} --analysis {input.analysis}"
+        " --outcome {wildcards.outcome} --population {wildcards.population}"
+        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+
+
+rule fit_subgroup:
+    """Arm x time x subgroup model: the effect within each level and the heterogeneity test."""
+    input:
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        json=f"{REPORTS}/estimates/{{outcome}}.subgroup_{{subgroup}}.json",
+        csv=f"{REPORTS}/estimates/{{outcome}}.subgroup_{{subgroup}}.csv",
+    log:
+        f"{LOGS}/fit/{{outcome}}.subgroup_{{subgroup}}.log",
+    benchmark:
+        f"{BENCH}/fit_subgroup.{{outcome}}.{{subgroup}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m trial_analysis fit-subgroup --config {input.config} --analysis {input.analysis}"
+        " --outcome {wildcards.outcome} --subgroup {wildcards.subgroup}"
+        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+
+
+rule sessions:
+    """Number of treatment sessions by arm: negative binomial, therapist-clustered SEs."""
+    input:
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        json=f"{REPORTS}/estimates/sessions.json",
+        csv=f"{REPORTS}/estimates/sessions.csv",
+    log:
+        f"{LOGS}/sessions.log",
+    benchmark:
+        f"{BENCH}/sessions.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    shell:
+        "python -m trial_analysis sessions --config {input.config} --analysis {input.analysis}"
+        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+
+
+rule responders:
+    """Responders at each outcome's MCID: proportions, risk difference, odds ratio."""
+    input:
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        json=f"{REPORTS}/estimates/responders.json",
+        csv=f"{REPORTS}/estimates/responders.csv",
+    log:
+        f"{LOGS}/responders.log",
+    benchmark:
+        f"{BENCH}/responders.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    shell:
+        "python -m trial_analysis responders --config {input.config} --analysis {input.analysis}"
+        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+
+
+ESTIMATES = (
+    expand(
+        f"{REPORTS}/estimates/{{outcome}}.{{population}}.json",
+        outcome=OUTCOMES,
+        population=POPULATIONS,
+    )
+    + expand(
+        f"{REPORTS}/estimates/{{outcome}}.subgroup_{{subgroup}}.json",
+        outcome=OUTCOMES,
+        subgroup=SUBGROUPS,
+    )
+    + rules.sessions.output
+    + rules.responders.output
+)
+
+
+rule tables:
+    """Report tables: Table 1, estimates, subgroups, sessions, responders, reproduction check."""
+    input:
+        estimates=ESTIMATES,
+        analysis=rules.allocate.output.analysis,
+        flow=rules.allocate.output.flow,
+        implementation=rules.allocate.output.implementation,
+        config=CONFIG_AS_RUN,
+    output:
+        [
+            report(
+                f"{REPORTS}/tables/{name}.csv",
+                caption=f"workflow/report/{name}_table.rst",
+                category="Tables",
+            )
+            for name in REPORT_TABLES
+        ],
+    params:
+        estimates=lambda wildcards, input: Path(input.estimates[0]).parent,
+        tables=lambda wildcards, output: Path(output[0]).parent,
+    log:
+        f"{LOGS}/tables.log",
+    benchmark:
+        f"{BENCH}/tables.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m trial_analysis tables --config {input.config} --analysis {input.analysis}"
+        " --estimates {params.estimates} --out {params.tables} > {log} 2>&1"
+
+
+rule figures:
+    """Figures (PNG and SVG): flow diagram, trajectories, forest plot, sessions, implementation."""
+    input:
+        estimates=ESTIMATES,
+        tables=rules.tables.output,
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        png=[
+            report(
+                f"{REPORTS}/figures/{name}.png",
+                caption=f"workflow/report/{name}_figure.rst",
+                category="Figures",
+            )
+            for name in FIGURES
+        ],
+        svg=expand(f"{REPORTS}/figures/{{name}}.svg", name=FIGURES),
+    params:
+        estimates=lambda wildcards, input: Path(input.estimates[0]).parent,
+        tables=lambda wildcards, input: Path(input.tables[0]).parent,
+        figures=lambda wildcards, output: Path(output.png[0]).parent,
+    log:
+        f"{LOGS}/figures.log",
+    benchmark:
+        f"{BENCH}/figures.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m trial_analysis figures --config {input.config} --analysis {input.analysis}"
+        " --estimates {params.estimates} --tables {params.tables}"
+        " --out {params.figures} > {log} 2>&1"
+
+
+rule report:
+    """One self-contained HTML report with provenance: what a reviewer reads."""
+    input:
+        estimates=ESTIMATES,
+        tables=rules.tables.output,
+        figures=rules.figures.output.png,
+        raw=list(RAW_FILES.values()),
+        config=CONFIG_AS_RUN,
+    output:
+        f"{REPORTS}/report.html",
+    params:
+        raw=lambda wildcards, input: Path(input.raw[0]).parent,
+        estimates=lambda wildcards, input: Path(input.estimates[0]).parent,
+        tables=lambda wildcards, input: Path(input.tables[0]).parent,
+        figures=lambda wildcards, input: Path(input.figures[0]).parent,
+        benchmarks=BENCH,
+    log:
+        f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCH}/report.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m trial_analysis report --config {input.config} --raw {params.raw}"
+        " --estimates {params.estimates} --tables {params.tables}"
+        " --figures {params.figures} --benchmarks {params.benchmarks} --out {output} > {log} 2>&1"

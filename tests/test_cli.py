@@ -1,0 +1,78 @@
+"""The command line: every step has --help saying what it reads and writes; errors are short."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trial_analysis.cli import STEPS, build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED_STEPS = [
+    "simulate", "clean", "eligibility", "allocate", "fit", "sessions", "tables", "figures",
+    "report", "validate-config",
+]
+
+
+def test_every_pipeline_step_is_a_subcommand() -> None:
+    parser = build_parser()
+    subcommands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert set(REQUIRED_STEPS) <= set(subcommands)
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_help_says_what_the_step_reads_and_writes(step: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([step, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Reads:" in text and "Writes:" in text
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_every_step_function_exists(step: str) -> None:
+    import importlib
+
+    module_name, function_name = STEPS[step]["target"]
+    assert callable(getattr(importlib.import_module(module_name), function_name))
+
+
+def test_console_script_and_module_entry_point_agree() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trial_analysis", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("trial-analysis ")
+
+
+def test_validate_config_accepts_the_default_study(capsys: pytest.CaptureFixture) -> None:
+    assert main(["validate-config", str(REPO / "config" / "config.yaml")]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_validate_config_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["analysis"]["reml"] = "yes"
+    config["report"]["min_cell_count"] = -1
+    del config["timepoints"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["validate-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "3 configuration problem(s)" in err
+    assert "analysis/reml" in err and "report/min_cell_count" in err and "timepoints" in err
+    assert "Traceback" not in err
+
+
+def test_missing_config_is_a_short_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["fit", "--config", str(tmp_path / "nope.yaml"), "--analysis", "a.parquet",
+                 "--outcome", "function", "--population", "complete_case",
+                 "--out-json", "x.json", "--out-csv", "x.csv"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "file not found" in err
+    assert not (tmp_path / "x.json").exists()

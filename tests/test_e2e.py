@@ -1,0 +1,119 @@
+"""End to end: the whole Snakefile on a small simulated cohort, and the published counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from trial_analysis.config import load_config
+
+pytestmark = pytest.mark.e2e
+
+TIDY_COLUMNS = [
+    "outcome", "population", "model", "term", "estimate", "std_error", "ci_low", "ci_high",
+    "p_value", "n_patients", "n_observations", "n_clusters", "converged", "warnings",
+]
+
+
+def test_report_exists_and_is_self_contained(pipeline_run: Path) -> None:
+    html = (pipeline_run / "reports" / "report.html").read_text(encoding="utf-8")
+    assert len(html) > 10_000
+    assert 'src="http' not in html and "src='http" not in html
+    assert "<img" in html or "<svg" in html
+
+
+def test_every_estimate_file_is_well_formed(pipeline_run: Path) -> None:
+    config = load_config(pipeline_run / "config" / "config.yaml")
+    estimates = pipeline_run / "reports" / "estimates"
+    outcomes = [o["name"] for o in config["outcomes"]]
+    expected = [f"{o}.{p}" for o in outcomes for p in config["analysis"]["populations"]]
+    expected += [f"{o}.subgroup_{s}" for o in outcomes for s in config["analysis"]["subgroups"]]
+    expected += ["sessions", "responders"]
+    for stem in expected:
+        record = json.loads((estimates / f"{stem}.json").read_text())
+        rows = pd.DataFrame(record["estimates"])
+        assert set(TIDY_COLUMNS) <= set(rows.columns), stem
+        assert len(rows) > 0, stem
+        finite = rows.dropna(subset=["estimate", "std_error"])
+        assert len(finite) > 0, stem
+        assert (finite["ci_low"] <= finite["estimate"]).all(), stem
+        assert (finite["estimate"] <= finite["ci_high"]).all(), stem
+        table = pd.read_csv(estimates / f"{stem}.csv")
+        assert set(TIDY_COLUMNS) <= set(table.columns), stem
+        assert len(table) == len(rows), stem
+
+
+def test_primary_estimates_carry_their_model(pipeline_run: Path) -> None:
+    record = json.loads(
+        (pipeline_run / "reports" / "estimates" / "function.complete_case.json").read_text()
+    )
+    model = record["model"]
+    for key in ("formula", "random_effects", "fit_path", "converged", "warnings",
+                "variance_components"):
+        assert key in model
+    terms = pd.DataFrame(record["estimates"])
+    assert (terms["population"] == "complete_case").all()
+    assert len(record["marginal_means"]) == 4  # two arms x two time points
+
+
+def test_tables_and_figures_written(pipeline_run: Path) -> None:
+    reports = pipeline_run / "reports"
+    for name in ("flow", "implementation", "table1", "primary_estimates", "reproduction"):
+        assert len(pd.read_csv(reports / "tables" / f"{name}.csv")) > 0, name
+    for name in ("flow", "trajectories", "forest", "sessions", "implementation"):
+        for suffix in ("png", "svg"):
+            assert (reports / "figures" / f"{name}.{suffix}").stat().st_size > 1000
+
+
+def test_every_rule_logged_and_benchmarked(pipeline_run: Path) -> None:
+    logs = {p.name for p in (pipeline_run / "logs").glob("*.log")}
+    assert {"simulate.log", "clean.log", "eligibility.log", "allocate.log", "report.log"} <= logs
+    assert len(list((pipeline_run / "logs" / "benchmarks").glob("*.tsv"))) >= 10
+
+
+def test_config_as_run_is_recorded(pipeline_run: Path) -> None:
+    recorded = yaml.safe_load((pipeline_run / "data" / "interim" / "config.as_run.yaml").read_text())
+    assert recorded["simulation"]["n_patients"] > 0
+    assert recorded["analysis"]["reml"] is True  # defaults are filled in
+
+
+def test_default_cohort_reproduces_published_counts(default_cohort_run: Path) -> None:
+    flow = pd.read_csv(default_cohort_run / "reports" / "tables" / "flow.csv")
+    analysis = pd.read_parquet(default_cohort_run / "data" / "processed" / "analysis.parquet")
+    implementation = pd.read_csv(default_cohort_run / "reports" / "tables" / "implementation.csv")
+    therapists = pd.read_csv(default_cohort_run / "data" / "raw" / "therapists.csv")
+
+    assert len(analysis) == 4193
+    assert (analysis["arm"] == "ETMI").sum() == 711
+    assert analysis["complete_case"].sum() == 1624
+    assert analysis.loc[analysis["arm"] == "ETMI", "complete_case"].sum() == 259
+    assert abs(analysis["age"].mean() - 56.3) <= 0.3
+    assert abs(analysis["age"].std() - 16.7) <= 0.5
+    assert (analysis["sex"] == "F").sum() == 2454
+    assert therapists["clinic_id"].nunique() == 13
+
+    counts = dict(zip(implementation["measure"], implementation["numerator"], strict=True))
+    denominators = dict(zip(implementation["measure"], implementation["denominator"], strict=True))
+    assert counts["reach"] == 109 and denominators["reach"] == 128
+    assert counts["therapist_adoption"] == 70
+    assert counts["patient_adoption"] == 711 and denominators["patient_adoption"] == 4193
+
+    # the flow table is computed from the ledger and shows the same numbers
+    assert 4193 in flow["n"].tolist()
+    assert 711 in flow["n"].tolist()
+    assert 1624 in flow["n"].tolist()
+    assert 259 in flow["n"].tolist()
+
+
+def test_ledger_accounts_for_every_raw_record(default_cohort_run: Path) -> None:
+    ledger = pd.read_parquet(default_cohort_run / "data" / "interim" / "ledger.parquet")
+    raw = default_cohort_run / "data" / "raw"
+    for table in ("therapists", "patients", "sessions", "outcomes"):
+        n_raw = len(pd.read_csv(raw / f"{table}.csv"))
+        in_ledger = ledger[ledger["table"] == table]
+        assert len(in_ledger) == n_raw, table
+        assert in_ledger["record_id"].is_unique, table

@@ -1,0 +1,43 @@
+"""Repository hygiene that CI enforces: lint-clean code and Snakefile, no tracked data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ruff_is_clean() -> None:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    result = subprocess.run([ruff, "check", str(REPO)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_snakemake_lint_is_clean() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile")],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_dry_run_shows_the_whole_plan() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile")],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    for rule in ("clean", "eligibility", "allocate", "fit", "fit_subgroup", "sessions",
+                 "responders", "tables", "figures", "report"):
+        assert rule in result.stdout
+
+
+def test_no_data_or_reports_are_tracked() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "data", "reports"], capture_output=True, text=True, cwd=REPO
+    ).stdout.split()
+    assert all(path.endswith(".gitkeep") for path in tracked), tracked
