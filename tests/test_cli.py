@@ -20,7 +20,7 @@ REQUIRED_STEPS = [
 
 def test_every_pipeline_step_is_a_subcommand() -> None:
     parser = build_parser()
-    subcommands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    subcommands = parser._subparsers._group_actions[0].choices
     assert set(REQUIRED_STEPS) <= set(subcommands)
 
 

@@ -76,7 +76,8 @@ def test_every_rule_logged_and_benchmarked(pipeline_run: Path) -> None:
 
 
 def test_config_as_run_is_recorded(pipeline_run: Path) -> None:
-    recorded = yaml.safe_load((pipeline_run / "data" / "interim" / "config.as_run.yaml").read_text())
+    as_run = pipeline_run / "data" / "interim" / "config.as_run.yaml"
+    recorded = yaml.safe_load(as_run.read_text())
     assert recorded["simulation"]["n_patients"] > 0
     assert recorded["analysis"]["reml"] is True  # defaults are filled in
 

@@ -49,7 +49,8 @@ STEPS: dict[str, dict[str, Any]] = {
             (("--layout",), {"choices": ["long", "wide"], "default": None,
                              "help": "outcomes layout (default: config input.outcomes_layout)"}),
             (("--format",), {"dest": "file_format", "choices": ["csv", "parquet"],
-                             "default": None, "help": "file format (default: config input.format)"}),
+                             "default": None,
+                             "help": "file format (default: config input.format)"}),
             (("--n-patients",), {"type": int, "default": None,
                                  "help": "scale the cohort to this many eligible patients "
                                          "(default: the published 4193)"}),

@@ -109,7 +109,7 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Fill defaults into ``config`` and validate it; raise :class:`ConfigError` listing all problems.
+    """Fill defaults into ``config`` and validate it, listing every problem in one error.
 
     Returns the same (mutated) dictionary for convenience.
     """
