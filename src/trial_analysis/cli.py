@@ -207,6 +207,17 @@ def _validate_config_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_docs_command(args: argparse.Namespace) -> int:
+    from trial_analysis.config_docs import render_config_reference, update_readme
+
+    if args.write is None:
+        print(render_config_reference(), end="")
+    else:
+        changed = update_readme(args.write)
+        print(f"{args.write}: {'updated' if changed else 'already up to date'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one subcommand per pipeline step."""
     parser = argparse.ArgumentParser(
@@ -231,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("config_file", type=Path, metavar="CONFIG")
     check.set_defaults(handler=_validate_config_command)
+    docs = sub.add_parser(
+        "config-docs",
+        help="print the configuration reference generated from the schema",
+        description=(
+            "Reads: the packaged schema. Writes: the reference to standard output, or into the "
+            "generated section of the Markdown file given with --write."
+        ),
+    )
+    docs.add_argument("--write", type=Path, default=None, metavar="README",
+                      help="update the generated section of this file (config/README.md)")
+    docs.set_defaults(handler=_config_docs_command)
     return parser
 
 

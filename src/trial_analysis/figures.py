@@ -1,0 +1,407 @@
+"""Report figures (step ``figures``): flow diagram, trajectories, forest plot, sessions and
+implementation, each as PNG and SVG.
+
+Figures use the Okabe-Ito colour-blind-safe palette, label every axis with its units and are
+deterministic: the SVG hash salt is fixed and the date/software metadata are left out, so the
+same inputs give byte-identical files. Only aggregates are drawn; the sessions histogram pools
+its sparse upper tail and hides bars with fewer than ``report.min_cell_count`` patients.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import FancyBboxPatch  # noqa: E402
+
+from trial_analysis.errors import DataError  # noqa: E402
+from trial_analysis.io import atomic_path  # noqa: E402
+from trial_analysis.tables import (  # noqa: E402
+    arm_labels,
+    effect_row,
+    fmt_p,
+    load_estimates,
+    outcome_label,
+    read_analysis,
+    subgroup_rows,
+)
+
+FIGURE_NAMES = ["flow", "trajectories", "forest", "sessions", "implementation"]
+# Okabe-Ito: distinguishable with every common colour-vision deficiency.
+OKABE_ITO = {
+    "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+    "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000",
+}
+INTERVENTION_COLOUR = OKABE_ITO["blue"]
+CONTROL_COLOUR = OKABE_ITO["orange"]
+STYLE = {
+    "svg.hashsalt": "trial-analysis",
+    "svg.fonttype": "path",
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 10,
+    "axes.titleweight": "bold",
+    "figure.dpi": 100,
+}
+PNG_DPI = 130
+
+
+def save_figure(figure: plt.Figure, out: Path, name: str) -> list[Path]:
+    """Write ``figure`` as ``name.png`` and ``name.svg`` atomically, without dated metadata."""
+    written = []
+    for ext, metadata in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
+        target = out / f"{name}.{ext}"
+        with atomic_path(target) as tmp:
+            figure.savefig(tmp, format=ext, dpi=PNG_DPI, metadata=metadata,
+                           bbox_inches="tight")
+        written.append(target)
+    plt.close(figure)
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# Flow diagram
+# --------------------------------------------------------------------------------------------
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(str(text), width)) or ""
+
+
+def _count(value: Any) -> int | None:
+    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    return None if pd.isna(number) else int(number)
+
+
+def flow_layout(flow: pd.DataFrame) -> list[dict[str, Any]]:
+    """Group ``flow.csv`` into diagram levels: the boxes of each step and its exclusions.
+
+    Within a step, rows without ``n_excluded`` are boxes and rows with it are exclusions listed
+    beside the step (e.g. one row per eligibility reason). A step whose rows all carry
+    ``n_excluded`` (e.g. complete cases overall and by arm) is drawn as boxes, each noting its
+    own exclusions.
+    """
+    levels = []
+    for step in dict.fromkeys(flow["step"].astype(str)):
+        rows = flow[flow["step"].astype(str) == step].to_dict("records")
+        boxes = [r for r in rows if _count(r.get("n_excluded")) is None]
+        exclusions = [r for r in rows if _count(r.get("n_excluded")) is not None]
+        inline = not boxes
+        if inline:
+            boxes, exclusions = exclusions, []
+        levels.append({"step": step, "boxes": boxes, "exclusions": exclusions,
+                       "inline": inline})
+    return levels
+
+
+def _reason(row: Mapping[str, Any]) -> str:
+    reason = row.get("reason")
+    return "" if reason is None or pd.isna(reason) else str(reason)
+
+
+def flow_figure(flow: pd.DataFrame) -> plt.Figure:
+    """STROBE flow diagram drawn from ``flow.csv`` (see :func:`flow_layout`)."""
+    levels = flow_layout(flow)
+    step_height = 1.45
+    height = step_height * len(levels) + 0.4
+    figure, ax = plt.subplots(figsize=(8.5, 0.75 * height + 0.4))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, height)
+    ax.axis("off")
+    y = height - 0.8
+    previous: list[float] = []
+    for level in levels:
+        k = len(level["boxes"])
+        width = min(5.2, (6.8 - 0.25 * (k - 1)) / k)
+        centres = [3.5] if k == 1 else list(np.linspace(0.1 + width / 2, 6.9 - width / 2, k))
+        box_height = 0.95 if level["inline"] and k > 1 else 0.8
+        for centre, row in zip(centres, level["boxes"], strict=True):
+            label = f"{_wrap(row['description'], int(width * 6.5))}\n(n = {_count(row['n'])})"
+            excluded = _count(row.get("n_excluded"))
+            if level["inline"] and excluded:
+                label += f"\nexcluded {excluded}: {_wrap(_reason(row), int(width * 7))}"
+            ax.add_patch(FancyBboxPatch((centre - width / 2, y - box_height / 2), width,
+                                        box_height, boxstyle="round,pad=0.02", fc="white",
+                                        ec=OKABE_ITO["black"], lw=0.9))
+            ax.text(centre, y, label, ha="center", va="center",
+                    fontsize=8 if k < 3 else 7)
+            # Arrows from the box(es) above: all from one box, pairs for equal counts,
+            # otherwise from the nearest box above.
+            if len(previous) == 1 or k == 1:
+                sources = previous
+            elif len(previous) == k:
+                sources = [previous[centres.index(centre)]]
+            else:
+                sources = [min(previous, key=lambda x, c=centre: abs(x - c))]
+            for top in sources:
+                ax.annotate("", xy=(centre, y + box_height / 2 + 0.02),
+                            xytext=(top, y + step_height - 0.42),
+                            arrowprops={"arrowstyle": "-|>", "lw": 0.8, "color": "#444444"})
+        if level["exclusions"]:
+            total = sum(_count(r["n_excluded"]) or 0 for r in level["exclusions"])
+            lines = [f"Excluded (n = {total})"]
+            if len(level["exclusions"]) == 1:
+                lines.append(_wrap(_reason(level["exclusions"][0]), 34))
+            else:
+                lines += [_wrap(f"{_reason(r)} ({_count(r['n_excluded'])})", 34)
+                          for r in level["exclusions"]]
+            mid = y + step_height / 2
+            ax.text(8.6, mid, "\n".join(lines), ha="center", va="center", fontsize=7,
+                    bbox={"boxstyle": "round,pad=0.3", "fc": "#F4F4F4",
+                          "ec": OKABE_ITO["vermillion"], "lw": 0.8})
+            ax.annotate("", xy=(7.1, mid), xytext=(centres[0] if k == 1 else 3.5, mid),
+                        arrowprops={"arrowstyle": "-|>", "lw": 0.8,
+                                    "color": OKABE_ITO["vermillion"]})
+        previous = centres
+        y -= step_height
+    ax.set_title("Flow of patients through the study", loc="left")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Trajectories
+# --------------------------------------------------------------------------------------------
+def trajectories_figure(
+    estimates: Mapping[str, Any], config: Mapping[str, Any], population: str
+) -> plt.Figure:
+    """Adjusted marginal means by arm at baseline and follow-up, one panel per outcome."""
+    intervention, control = arm_labels(config)
+    outcomes = config["outcomes"]
+    figure, axes = plt.subplots(1, len(outcomes), figsize=(3.3 * len(outcomes), 3.2),
+                                squeeze=False)
+    times = [config["timepoints"]["baseline"], config["timepoints"]["followup"]]
+    for ax, outcome in zip(axes[0], outcomes, strict=True):
+        doc = estimates["primary"][(outcome["name"], population)]
+        means = pd.DataFrame(doc.get("marginal_means") or [])
+        if means.empty:
+            raise DataError(doc["_file"], "marginal_means rows are needed for the trajectories",
+                            column="marginal_means")
+        order = list(dict.fromkeys(means["time"].astype(str)))
+        for offset, arm, colour, marker in ((-0.04, intervention, INTERVENTION_COLOUR, "o"),
+                                            (0.04, control, CONTROL_COLOUR, "s")):
+            part = means[means["arm"].astype(str) == str(arm)].copy()
+            part["position"] = part["time"].astype(str).map(order.index)
+            part = part.sort_values("position")
+            x = part["position"].to_numpy(dtype=float) + offset
+            y = part["estimate"].to_numpy(dtype=float)
+            err = np.vstack([y - part["ci_low"].to_numpy(dtype=float),
+                             part["ci_high"].to_numpy(dtype=float) - y])
+            ax.errorbar(x, y, yerr=err, color=colour, marker=marker, capsize=3, lw=1.4,
+                        ms=5, label=str(arm))
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels(times if len(order) == 2 else order)
+        ax.set_xlim(-0.4, len(order) - 0.6)
+        ax.set_xlabel("Assessment")
+        ax.set_ylabel(f"Adjusted mean ({outcome.get('units', 'score')})")
+        direction = "higher" if outcome.get("higher_is_better", True) else "lower"
+        ax.set_title(_wrap(f"{outcome_label(config, outcome['name'])}", 30), loc="left")
+        ax.text(0.99, 0.02, f"{direction} is better", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=7, color="#555555")
+    axes[0][0].legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Forest plot
+# --------------------------------------------------------------------------------------------
+POPULATION_NAMES = {"complete_case": "Complete cases", "all_available": "All with a baseline"}
+
+
+def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome: str
+                ) -> list[dict[str, Any]]:
+    """Rows of the forest plot for one outcome: populations, then subgroup levels."""
+    rows = []
+    for population in config["analysis"]["populations"]:
+        row = effect_row(estimates["primary"][(outcome, population)])
+        rows.append({"label": POPULATION_NAMES.get(population, population), "header": False,
+                     **{k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}})
+    for subgroup in config["analysis"].get("subgroups", []):
+        doc = estimates["subgroups"].get((outcome, subgroup))
+        if doc is None:
+            continue
+        levels, p_het = subgroup_rows(doc, subgroup)
+        p_text = fmt_p(p_het)
+        p_text = p_text if p_text.startswith("<") else f"= {p_text}"
+        rows.append({"label": f"{subgroup.replace('_', ' ').capitalize()} "
+                              f"(heterogeneity p {p_text})", "header": True})
+        for row in levels:
+            level = str(row["level"])
+            name = {"0": f"no {subgroup}", "1": subgroup}.get(level, level)
+            rows.append({"label": f"   {name}", "header": False,
+                         **{k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}})
+    return rows
+
+
+def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> plt.Figure:
+    """Arm x time effect by population and subgroup level, one panel per outcome."""
+    outcomes = config["outcomes"]
+    all_rows = {o["name"]: forest_rows(estimates, config, o["name"]) for o in outcomes}
+    n_rows = max(len(r) for r in all_rows.values())
+    figure, axes = plt.subplots(1, len(outcomes), figsize=(3.6 * len(outcomes),
+                                                            0.32 * n_rows + 1.6),
+                                squeeze=False, sharey=True)
+    for ax, outcome in zip(axes[0], outcomes, strict=True):
+        rows = all_rows[outcome["name"]]
+        y = np.arange(len(rows))[::-1]
+        for yi, row in zip(y, rows, strict=True):
+            if row["header"]:
+                continue
+            colour = OKABE_ITO["black"] if row["label"] in POPULATION_NAMES.values() \
+                else OKABE_ITO["blue"]
+            ax.plot([row["ci_low"], row["ci_high"]], [yi, yi], color=colour, lw=1.3)
+            ax.plot(row["estimate"], yi, marker="D" if colour == OKABE_ITO["black"] else "o",
+                    color=colour, ms=5)
+        ax.axvline(0, color="#777777", lw=0.8, ls="--")
+        ax.set_yticks(y)
+        ax.set_yticklabels([r["label"] for r in rows], fontsize=8)
+        better = "right" if outcome.get("higher_is_better", True) else "left"
+        ax.set_xlabel(f"Difference in mean change ({outcome.get('units', 'score')})\n"
+                      f"{better} of 0 favours intervention", fontsize=8)
+        ax.set_title(_wrap(outcome_label(config, outcome["name"]), 32), loc="left")
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+    figure.tight_layout()
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions and implementation
+# --------------------------------------------------------------------------------------------
+def sessions_distribution(analysis: pd.DataFrame, config: Mapping[str, Any]) -> pd.DataFrame:
+    """Share of patients by number of sessions and arm, with a pooled upper tail.
+
+    The tail starts at the smallest count ``c`` such that, in every arm, at least
+    ``min_cell_count`` patients had ``c`` or more sessions; other bars with fewer patients
+    than that are withheld (``share`` missing) rather than drawn.
+    """
+    k = int(config.get("report", {}).get("min_cell_count", 5))
+    sessions = pd.to_numeric(analysis["n_sessions"], errors="coerce")
+    arms = analysis["arm"].astype(str)
+    top = int(sessions.max())
+    while top > 1 and any(((sessions >= top) & (arms == a)).sum() < k for a in arms.unique()):
+        top -= 1
+    capped = sessions.clip(upper=top)  # pooling the tail for display, not altering the data
+    rows = []
+    for arm in arm_labels(config):
+        in_arm = capped[arms == str(arm)].dropna()
+        for value in range(int(capped.min()), top + 1):
+            count = int((in_arm == value).sum())
+            share = np.nan if 0 < count < k else 100 * count / max(len(in_arm), 1)
+            rows.append({"arm": arm, "sessions": value, "label": f"≥{value}" if value == top
+                         else str(value), "count": count, "share": share})
+    return pd.DataFrame(rows)
+
+
+def sessions_figure(analysis: pd.DataFrame, config: Mapping[str, Any]) -> plt.Figure:
+    """Distribution of the number of sessions by arm (percentage of patients)."""
+    table = sessions_distribution(analysis, config)
+    intervention, control = arm_labels(config)
+    labels = list(dict.fromkeys(table["label"]))
+    x = np.arange(len(labels))
+    figure, ax = plt.subplots(figsize=(7.0, 3.2))
+    for offset, arm, colour, hatch in ((-0.2, intervention, INTERVENTION_COLOUR, ""),
+                                       (0.2, control, CONTROL_COLOUR, "//")):
+        part = table[table["arm"] == arm]
+        mean = pd.to_numeric(analysis.loc[analysis["arm"].astype(str) == str(arm),
+                                          "n_sessions"], errors="coerce").mean()
+        ax.bar(x + offset, part["share"].fillna(0).to_numpy(), width=0.4, color=colour,
+               hatch=hatch, edgecolor="white", label=f"{arm} (mean {mean:.1f})")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels)
+    ax.set_xlabel("Treatment sessions per patient (count)")
+    ax.set_ylabel("Patients in arm (%)")
+    ax.legend(frameon=False)
+    ax.set_title("Number of treatment sessions by arm", loc="left")
+    figure.tight_layout()
+    return figure
+
+
+def implementation_figure(implementation: pd.DataFrame) -> plt.Figure:
+    """Implementation outcomes (reach, adoption, fidelity) as percentages with counts."""
+    names = {"reach": "Reach (therapists trained)",
+             "therapist_adoption": "Adoption (therapists delivering)",
+             "patient_adoption": "Adoption (patients receiving)",
+             "fidelity": "Fidelity (episodes without\nforbidden treatments)"}
+    frame = implementation.copy()
+    percent = 100 * pd.to_numeric(frame["numerator"], errors="coerce") / pd.to_numeric(
+        frame["denominator"], errors="coerce")
+    y = np.arange(len(frame))[::-1]
+    figure, ax = plt.subplots(figsize=(7.0, 0.55 * len(frame) + 1.0))
+    ax.barh(y, percent, color=OKABE_ITO["green"], height=0.55)
+    for yi, p, (_, row) in zip(y, percent, frame.iterrows(), strict=True):
+        ax.text(min(p, 100) + 1.0, yi, f"{p:.1f}% ({int(row['numerator'])}/"
+                                      f"{int(row['denominator'])})", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([names.get(m, m) for m in frame["measure"]], fontsize=8)
+    ax.set_xlim(0, 125)
+    ax.set_xticks([0, 20, 40, 60, 80, 100])
+    ax.set_xlabel("Percent (%)")
+    ax.set_title("Implementation outcomes", loc="left")
+    figure.tight_layout()
+    return figure
+
+
+def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(str(path), "table is missing", hint="run `allocate` and `tables` first")
+    frame = pd.read_csv(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(str(path), "required column missing", column=missing[0])
+    return frame
+
+
+def run_figures(
+    config: dict[str, Any], analysis: str | Path, estimates: str | Path, tables: str | Path,
+    out: str | Path,
+) -> list[Path]:
+    """Draw every report figure as PNG and SVG into ``out`` (step ``figures``).
+
+    Parameters
+    ----------
+    config : dict
+        Validated study configuration.
+    analysis : path
+        Analysis table (Parquet).
+    estimates : path
+        Folder of estimate files.
+    tables : path
+        Folder holding ``flow.csv`` and ``implementation.csv``.
+    out : path
+        Folder for the figures.
+
+    Returns
+    -------
+    list of Path
+        Files written.
+    """
+    out, tables = Path(out), Path(tables)
+    frame = read_analysis(analysis, config)
+    loaded = load_estimates(estimates, config)
+    flow = _read_table(tables / "flow.csv", ["step", "description", "n", "n_excluded", "reason"])
+    implementation = _read_table(tables / "implementation.csv",
+                                 ["measure", "numerator", "denominator"])
+    populations = config["analysis"]["populations"]
+    population = "complete_case" if "complete_case" in populations else populations[0]
+    written: list[Path] = []
+    with plt.rc_context(STYLE):
+        # Draw everything first, then save: a failing figure leaves no partial set behind.
+        figures = {
+            "flow": flow_figure(flow),
+            "trajectories": trajectories_figure(loaded, config, population),
+            "forest": forest_figure(loaded, config),
+            "sessions": sessions_figure(frame, config),
+            "implementation": implementation_figure(implementation),
+        }
+        for name in FIGURE_NAMES:
+            written += save_figure(figures[name], out, name)
+    return written

@@ -1,0 +1,632 @@
+"""Missing follow-up: multiple imputation, Rubin's rules and the delta-adjusted tipping point.
+
+Most patients lack a discharge score, so the primary estimates lean on "missing at random"
+(complete cases: MCAR given covariates; all-available likelihood: MAR given the model's own
+variables). This module adds:
+
+Multiple imputation by chained equations (``sensitivity.multiple_imputation``)
+    Written out here rather than taken from ``statsmodels.imputation.mice`` so that every step
+    is visible and seeded. Imputed: baseline and follow-up of every configured outcome and the
+    ``auxiliary`` variables (default ``n_sessions``, BMI, SES, depression, anxiety) that have
+    missing values. Predictors of each: every other imputed variable (current values), the
+    fully observed auxiliaries and the numeric-coded ``analysis.covariates``. With ``by_arm``
+    (default) the imputation runs separately in each arm, so every relation may differ between
+    arms (the arm's own effect and any arm x covariate interaction are preserved, as advised
+    for trials); otherwise the arm is a predictor. Each variable is imputed by predictive mean
+    matching exactly as ``mice``'s ``pmm`` does: a Bayesian linear regression on the observed
+    rows gives the fitted values (``beta_hat``) of observed rows and a posterior draw
+    (``sigma* ~ SSR / chi2_(n-k)``, ``beta* ~ N(beta_hat, sigma*^2 (X'X)^-1)``) gives those of
+    missing rows; each missing value is copied from one of the ``donors`` (5) observed rows with
+    the nearest fitted value, chosen at random. Imputations therefore are always values that were
+    actually observed, inside the instrument's range. ``m`` (20) independent chains of
+    ``iterations`` (10) sweeps each, started from random draws of observed values; one
+    ``numpy`` generator seeded with the config ``seed`` drives everything (deterministic).
+    Patients are not clustered in the imputation model (therapist is ignored there); the
+    analysis model's clustered SEs then carry the clustering.
+
+Analysis model and pooling
+    ANCOVA on each imputed dataset (follow-up on arm, baseline and ``analysis.covariates``,
+    therapist-clustered CR1 SE; :func:`trial_analysis.sensitivity.fit_ancova`), pooled with
+    Rubin's rules: ``Q = mean(q)``, ``W = mean(u)``, ``B = var(q)``, ``T = W + (1 + 1/m) B``,
+    with the Barnard-Rubin (1999) degrees of freedom using complete-data df ``G - 1``
+    (therapists minus one). The complete-case ANCOVA is reported beside it.
+
+Tipping point (``sensitivity.tipping_point``; MNAR, delta adjustment)
+    After imputation, every *imputed* follow-up score in the intervention arm is shifted by
+    ``delta`` in the unfavourable direction (down when ``higher_is_better``, up otherwise): the
+    intervention patients without a discharge score are assumed to have fared ``delta`` points
+    worse than similar observed patients. The grid runs from 0 to ``delta_max_mcid`` MCIDs in
+    ``delta_steps`` steps; the tipping point is the smallest delta at which the confidence
+    interval of the arm effect includes 0, located exactly by root finding between grid points.
+    Control-arm imputations are left as they are (MAR), the conventional one-sided analysis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import optimize
+
+from trial_analysis.errors import ConfigError, DataError
+from trial_analysis.io import atomic_path, read_json
+from trial_analysis.sensitivity import (
+    ARM,
+    ARM_TERM,
+    SensitivityResult,
+    analysis_covariates,
+    ancova_design,
+    check_arm,
+    cluster_sums,
+    confidence_level,
+    cr1_factor,
+    encode_columns,
+    fit_ancova,
+    outcome_columns,
+    outcome_specs,
+    require_columns,
+    sensitivity_outcomes,
+    settings,
+    t_interval,
+    tidy_frame,
+    tidy_row,
+)
+
+# mice adds this ridge to X'X (relative to its diagonal) so that near-collinear predictors
+# never make the posterior draw fail.
+_RIDGE = 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# Chained equations with predictive mean matching
+# --------------------------------------------------------------------------------------------
+
+
+def _draw_fitted(
+    X_obs: np.ndarray, y_obs: np.ndarray, X_mis: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fitted values of observed rows (``beta_hat``) and missing rows (posterior ``beta*``)."""
+    xtx = X_obs.T @ X_obs
+    xtx = xtx + np.diag(np.maximum(np.diag(xtx), 1.0) * _RIDGE)
+    inverse = np.linalg.inv(xtx)
+    beta_hat = inverse @ (X_obs.T @ y_obs)
+    residual = y_obs - X_obs @ beta_hat
+    df = max(len(y_obs) - X_obs.shape[1], 1)
+    sigma = math.sqrt(float(residual @ residual) / rng.chisquare(df))
+    chol = np.linalg.cholesky((inverse + inverse.T) / 2)
+    beta_star = beta_hat + sigma * chol @ rng.standard_normal(len(beta_hat))
+    return X_obs @ beta_hat, X_mis @ beta_star
+
+
+def match_donors(
+    fitted_obs: np.ndarray, fitted_mis: np.ndarray, donors: int, rng: np.random.Generator
+) -> np.ndarray:
+    """For each missing row, the index of an observed row among the ``donors`` nearest.
+
+    The nearest ``d`` fitted values of a sorted list are contiguous around the insertion point,
+    so only a window of ``2d`` sorted candidates per row has to be compared.
+    """
+    n_obs = len(fitted_obs)
+    d = min(donors, n_obs)
+    order = np.argsort(fitted_obs, kind="stable")
+    ranked = fitted_obs[order]
+    width = min(2 * d, n_obs)
+    start = np.clip(np.searchsorted(ranked, fitted_mis) - d, 0, n_obs - width)
+    window = start[:, None] + np.arange(width)[None, :]
+    distance = np.abs(ranked[window] - fitted_mis[:, None])
+    nearest = np.argsort(distance, axis=1, kind="stable")[:, :d]
+    pick = nearest[np.arange(len(fitted_mis)), rng.integers(0, d, len(fitted_mis))]
+    return order[window[np.arange(len(fitted_mis)), pick]]
+
+
+def _impute_group(
+    values: pd.DataFrame, predictors: np.ndarray, iterations: int, donors: int,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """One chain of chained-equation PMM for one group (arm) of patients."""
+    data = values.to_numpy(dtype=float).copy()
+    missing = np.isnan(data)
+    columns = [j for j in range(data.shape[1]) if missing[:, j].any()]
+    for j in columns:
+        observed = data[~missing[:, j], j]
+        data[missing[:, j], j] = rng.choice(observed, int(missing[:, j].sum()))
+    intercept = np.ones((len(data), 1))
+    for _ in range(iterations):
+        for j in columns:
+            others = np.delete(data, j, axis=1)
+            X = np.column_stack([intercept, predictors, others])
+            obs, mis = ~missing[:, j], missing[:, j]
+            fitted_obs, fitted_mis = _draw_fitted(X[obs], data[obs, j], X[mis], rng)
+            donor = match_donors(fitted_obs, fitted_mis, donors, rng)
+            data[mis, j] = data[obs, j][donor]
+    return pd.DataFrame(data, index=values.index, columns=values.columns)
+
+
+@dataclass
+class Imputations:
+    """``m`` completed copies of the analysis table and the mask of imputed cells.
+
+    Attributes
+    ----------
+    datasets : list of DataFrame
+        Completed tables (all columns of the input; imputed columns filled).
+    missing : DataFrame
+        True where a value of an imputed column was missing (and so imputed).
+    columns : list of str
+        The imputed columns.
+    """
+
+    datasets: list[pd.DataFrame]
+    missing: pd.DataFrame
+    columns: list[str]
+    excluded: int = 0
+
+
+def impute_chained(
+    analysis: pd.DataFrame, config: Mapping[str, Any], source: str = "analysis table",
+    m: int | None = None,
+) -> Imputations:
+    """Multiple imputation by chained equations with PMM (see the module docstring)."""
+    check_arm(analysis, source)
+    options = settings(config, "multiple_imputation")
+    m = int(m if m is not None else options["m"])
+    if m < 2:
+        raise ConfigError("config", ["sensitivity.multiple_imputation.m must be at least 2"])
+    covariates = analysis_covariates(config)
+    scores = [c for o in config.get("outcomes", []) for c in outcome_columns(o["name"])]
+    auxiliary = [c for c in options["auxiliary"] if c not in scores]
+    require_columns(analysis, [*scores, *auxiliary, *covariates], source,
+                    "multiple imputation")
+    text = [c for c in auxiliary if not pd.api.types.is_numeric_dtype(analysis[c])]
+    if text:
+        raise ConfigError("config", [f"sensitivity.multiple_imputation.auxiliary: {text} are "
+                                     "not numeric columns; predictive mean matching needs "
+                                     "numbers"])
+    encoded = encode_columns(analysis, covariates)
+    # A text covariate cannot be imputed by PMM on a linear predictor: patients lacking one are
+    # left out (and counted) rather than given an invented category.
+    keep = encoded.notna().all(axis=1)
+    frame = analysis.loc[keep]
+    encoded = encoded.loc[keep]
+    numeric_covariates = [c for c in covariates
+                          if pd.api.types.is_numeric_dtype(analysis[c])]
+    impute = [*scores, *[c for c in [*auxiliary, *numeric_covariates]
+                         if frame[c].isna().any() and c not in scores]]
+    impute = list(dict.fromkeys(impute))
+    complete_aux = [c for c in auxiliary if c not in impute]
+    fixed = pd.concat([encoded.drop(columns=[c for c in impute if c in encoded.columns]),
+                       frame[complete_aux].astype(float)], axis=1)
+    fixed = fixed.loc[:, ~fixed.columns.duplicated()]
+    groups = [frame[ARM] == 1, frame[ARM] == 0] if options["by_arm"] else [frame[ARM] >= 0]
+    if not options["by_arm"]:
+        fixed = fixed.assign(**{ARM: frame[ARM].astype(float)})
+    values = frame[impute].astype(float)
+    for mask in groups:
+        empty = [c for c in impute if values.loc[mask, c].isna().all()]
+        if empty:
+            raise DataError(source, "a variable to impute has no observed value in an arm, so "
+                            "nothing can be imputed from", column=empty[0])
+    rng = np.random.default_rng(int(config.get("seed", 0)))
+    datasets = []
+    for _ in range(m):
+        parts = []
+        for mask in groups:
+            predictors = fixed.loc[mask]
+            varying = predictors.columns[predictors.nunique() > 1]
+            parts.append(_impute_group(values.loc[mask], predictors[varying].to_numpy(float),
+                                       int(options["iterations"]), int(options["donors"]), rng))
+        completed = frame.copy()
+        completed[impute] = pd.concat(parts).loc[frame.index]
+        datasets.append(completed)
+    return Imputations(datasets=datasets, missing=values.isna(), columns=impute,
+                       excluded=int((~keep).sum()))
+
+
+# --------------------------------------------------------------------------------------------
+# Rubin's rules
+# --------------------------------------------------------------------------------------------
+
+
+def pool_rubin(
+    estimates: Sequence[float], variances: Sequence[float], df_complete: float
+) -> dict[str, float]:
+    """Pool ``m`` estimates with Rubin's rules and Barnard-Rubin degrees of freedom.
+
+    ``Q = mean(q)``, ``W = mean(u)``, ``B = var(q)`` (ddof 1), ``T = W + (1 + 1/m) B``;
+    ``lambda = (1 + 1/m) B / T``; ``nu_old = (m - 1) / lambda^2``;
+    ``nu_obs = (nu_com + 1) / (nu_com + 3) * nu_com * (1 - lambda)``;
+    ``df = nu_old * nu_obs / (nu_old + nu_obs)`` (``nu_obs`` when ``B = 0``).
+    Identical to ``mice::pool``.
+    """
+    q = np.asarray(estimates, dtype=float)
+    u = np.asarray(variances, dtype=float)
+    m = len(q)
+    estimate, within, between = float(q.mean()), float(u.mean()), float(q.var(ddof=1))
+    total = within + (1 + 1 / m) * between
+    lam = (1 + 1 / m) * between / total if total > 0 else 0.0
+    nu_obs = (df_complete + 1) / (df_complete + 3) * df_complete * (1 - lam)
+    if lam > 0:
+        nu_old = (m - 1) / lam**2
+        df = nu_old * nu_obs / (nu_old + nu_obs)
+    else:
+        df = nu_obs
+    riv = (1 + 1 / m) * between / within if within > 0 else math.inf
+    return {"estimate": estimate, "std_error": math.sqrt(total), "df": df,
+            "within": within, "between": between, "total": total, "lambda": lam,
+            "riv": riv, "fmi": (riv + 2 / (df + 3)) / (riv + 1), "m": m}
+
+
+def pooled_effect(
+    datasets: Sequence[pd.DataFrame], outcome: str, covariates: Sequence[str], level: float,
+    source: str = "analysis table",
+) -> dict[str, Any]:
+    """ANCOVA arm effect on every completed dataset, pooled (estimate, CI, df, fmi, counts)."""
+    fits = [fit_ancova(d, outcome, covariates, source=source) for d in datasets]
+    pairs = [f.coefficient(ARM_TERM) for f in fits]
+    pooled = pool_rubin([p[0] for p in pairs], [p[1] ** 2 for p in pairs],
+                        df_complete=fits[0].df)
+    pooled.update(t_interval(pooled["estimate"], pooled["std_error"], pooled["df"], level))
+    pooled.update(n_patients=fits[0].n_patients, n_clusters=fits[0].n_clusters)
+    return pooled
+
+
+# --------------------------------------------------------------------------------------------
+# Lining up the primary complete-case and all-available estimates
+# --------------------------------------------------------------------------------------------
+
+
+def line_up(
+    first: pd.DataFrame, second: pd.DataFrame,
+    labels: tuple[str, str] = ("complete_case", "all_available"),
+    keys: Sequence[str] = ("outcome", "term"),
+) -> pd.DataFrame:
+    """Two tidy result frames side by side, one row per ``keys``, with their difference.
+
+    Columns: ``keys``, then ``estimate``, ``std_error``, ``ci_low``, ``ci_high``, ``p_value``
+    and ``n_patients`` suffixed with each label, and ``difference`` (second minus first).
+    Rows present in only one frame are kept with the other side missing.
+    """
+    value_columns = ["estimate", "std_error", "ci_low", "ci_high", "p_value", "n_patients"]
+    parts = []
+    for frame, label in zip((first, second), labels, strict=True):
+        present = [c for c in value_columns if c in frame.columns]
+        part = frame[[*keys, *present]].rename(columns={c: f"{c}_{label}" for c in present})
+        parts.append(part)
+    merged = parts[0].merge(parts[1], on=list(keys), how="outer", sort=True)
+    merged["difference"] = (merged[f"estimate_{labels[1]}"]
+                            - merged[f"estimate_{labels[0]}"])
+    return merged
+
+
+def _effect_row(document: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The arm x time row of a primary estimate file (term ``arm:time`` per the contract)."""
+    rows = document.get("estimates", [])
+    for row in rows:
+        if str(row.get("term")) == "arm:time":
+            return dict(row)
+    for row in rows:
+        term = str(row.get("term", "")).lower()
+        if "arm" in term and "time" in term and term.count(":") == 1:
+            return dict(row)
+    raise DataError(str(path), "no arm x time row (term 'arm:time') found", column="term",
+                    rows=[str(r.get("term")) for r in rows])
+
+
+def primary_effects(
+    estimates_dir: str | Path, outcomes: Sequence[str], populations: Sequence[str]
+) -> pd.DataFrame:
+    """The arm x time rows of ``{outcome}.{population}.json`` files that exist."""
+    rows = []
+    for outcome in outcomes:
+        for population in populations:
+            path = Path(estimates_dir) / f"{outcome}.{population}.json"
+            if path.is_file():
+                row = _effect_row(read_json(path), path)
+                rows.append({**row, "outcome": outcome, "population": population})
+    columns = ["outcome", "population", "term", "estimate", "std_error", "ci_low", "ci_high",
+               "p_value", "n_patients"]
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=columns) if not frame.empty else pd.DataFrame(columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Analyses
+# --------------------------------------------------------------------------------------------
+
+
+def run_multiple_imputation(
+    analysis: pd.DataFrame, config: Mapping[str, Any], estimates_dir: str | Path | None = None,
+    source: str = "analysis table",
+) -> SensitivityResult:
+    """Complete-case ANCOVA and MI-pooled ANCOVA per outcome; primary CC vs AA lined up."""
+    options = settings(config, "multiple_imputation")
+    covariates = analysis_covariates(config)
+    level = confidence_level(config)
+    outcomes = sensitivity_outcomes(config)
+    imputations = impute_chained(analysis, config, source)
+    rows, fmi = [], {}
+    for outcome in outcomes:
+        complete = fit_ancova(analysis, outcome, covariates, source=source)
+        rows.append(tidy_row(outcome, "multiple_imputation", "complete_case_ancova", ARM_TERM,
+                             complete.row(level=level), complete.n_patients,
+                             complete.n_clusters, complete.notes))
+        pooled = pooled_effect(imputations.datasets, outcome, covariates, level, source)
+        fmi[outcome] = pooled["fmi"]
+        notes = [f"m={pooled['m']}", f"Barnard-Rubin df {pooled['df']:.1f}",
+                 f"fraction of missing information {pooled['fmi']:.2f}"]
+        if imputations.excluded:
+            notes.append(f"{imputations.excluded} patients lacking a text covariate left out")
+        rows.append(tidy_row(outcome, "multiple_imputation", "multiple_imputation_ancova",
+                             ARM_TERM, pooled, pooled["n_patients"], pooled["n_clusters"],
+                             notes))
+    tables: dict[str, pd.DataFrame] = {
+        "imputed_share": pd.DataFrame({"variable": imputations.columns,
+                                       "share_imputed": imputations.missing.mean().to_numpy()}),
+    }
+    if estimates_dir is not None:
+        primary = primary_effects(estimates_dir, outcomes, config.get("analysis", {}).get(
+            "populations", ["complete_case", "all_available"]))
+        if not primary.empty:
+            by_population = {p: primary[primary["population"] == p].assign(term=ARM_TERM)
+                             for p in ("complete_case", "all_available")}
+            pooled_rows = tidy_frame(rows)
+            pooled_rows = pooled_rows[pooled_rows["method"] == "multiple_imputation_ancova"]
+            aligned = line_up(by_population["complete_case"], by_population["all_available"])
+            keep = ["outcome", "term", "estimate", "std_error", "ci_low", "ci_high", "p_value",
+                    "n_patients"]
+            tables["missing_data_comparison"] = aligned.merge(
+                pooled_rows[keep].rename(columns={c: f"{c}_multiple_imputation"
+                                                  for c in keep[2:]}),
+                on=["outcome", "term"], how="outer", sort=True)
+    details = {
+        "settings": options, "seed": int(config.get("seed", 0)), "covariates": covariates,
+        "analysis_model": "ANCOVA on each imputed dataset: follow-up ~ arm + baseline + "
+                          "covariates; CR1 SE by therapist; Rubin's rules, Barnard-Rubin df",
+        "imputation_model": "chained equations, predictive mean matching "
+                            f"({options['donors']} donors), "
+                            f"{'separately per arm' if options['by_arm'] else 'arm as predictor'}",
+        "imputed_columns": imputations.columns,
+        "confidence_level": level,
+        "headline": {f"{o} fraction of missing information": round(v, 3)
+                     for o, v in fmi.items()},
+    }
+    return SensitivityResult("multiple_imputation", tidy_frame(rows), tables=tables,
+                             details=details)
+
+
+def delta_grid(spec: Mapping[str, Any], options: Mapping[str, Any],
+               control_sd: float) -> tuple[np.ndarray, float, str]:
+    """The delta grid in score points, the unit (MCID or control SD) and its name."""
+    unit, name = (float(spec["mcid"]), "MCID") if spec.get("mcid") else (control_sd,
+                                                                         "control-arm SD")
+    steps = int(options["delta_steps"])
+    if steps < 2:
+        raise ConfigError("config", ["sensitivity.tipping_point.delta_steps must be >= 2"])
+    return np.linspace(0.0, float(options["delta_max_mcid"]) * unit, steps), unit, name
+
+
+@dataclass
+class _ShiftableFit:
+    """One imputed dataset's ANCOVA, written as a function of the shift ``delta``.
+
+    The model matrix does not depend on ``delta``, only the response does (``y + delta s``),
+    so the coefficients and the per-cluster score sums are linear in ``delta``:
+    ``beta(delta) = beta_0 + delta beta_s`` and ``S(delta) = S_0 + delta S_s``. The pooled effect
+    at any ``delta`` then costs no refit.
+    """
+
+    arm: int
+    bread_arm: np.ndarray
+    beta0: float
+    beta_s: float
+    sums0: np.ndarray
+    sums_s: np.ndarray
+    factor: float
+    df: float
+    n_patients: int
+    n_clusters: int
+
+    def at(self, delta: float) -> tuple[float, float]:
+        """Arm estimate and its CR1 variance at ``delta``."""
+        projected = (self.sums0 + delta * self.sums_s) @ self.bread_arm
+        return self.beta0 + delta * self.beta_s, self.factor * float(projected @ projected)
+
+
+def shiftable_fits(
+    imputations: Imputations, outcome: str, higher_is_better: bool,
+    covariates: Sequence[str], source: str = "analysis table",
+) -> list[_ShiftableFit]:
+    """Prepare every imputed dataset's ANCOVA for delta adjustment of ``outcome``.
+
+    The shift applies to follow-up scores that were imputed, in the intervention arm, in the
+    unfavourable direction (down when ``higher_is_better``).
+    """
+    followup = outcome_columns(outcome)[1]
+    direction = -1.0 if higher_is_better else 1.0
+    fits = []
+    for dataset in imputations.datasets:
+        target = (imputations.missing[followup].to_numpy()
+                  & (dataset[ARM].to_numpy() == 1)).astype(float) * direction
+        design = ancova_design(dataset, outcome, covariates, source=source)
+        X, y, w = design.X, design.y, design.w
+        shift = target[design.rows]
+        bread = np.linalg.inv((X.T * w) @ X)
+        beta0 = bread @ ((X.T * w) @ y)
+        beta_s = bread @ ((X.T * w) @ shift)
+        arm = design.names.index(ARM_TERM)
+        n, k = X.shape
+        sums0 = cluster_sums(design, y - X @ beta0)
+        fits.append(_ShiftableFit(
+            arm=arm, bread_arm=bread[:, arm], beta0=float(beta0[arm]),
+            beta_s=float(beta_s[arm]), sums0=sums0,
+            sums_s=cluster_sums(design, shift - X @ beta_s),
+            factor=cr1_factor(n, k, sums0.shape[0]), df=float(sums0.shape[0] - 1),
+            n_patients=n, n_clusters=sums0.shape[0]))
+    return fits
+
+
+def pooled_at(fits: Sequence[_ShiftableFit], delta: float, level: float) -> dict[str, Any]:
+    """Rubin-pooled arm effect at shift ``delta``."""
+    pairs = [fit.at(delta) for fit in fits]
+    pooled = pool_rubin([p[0] for p in pairs], [p[1] for p in pairs], df_complete=fits[0].df)
+    pooled.update(t_interval(pooled["estimate"], pooled["std_error"], pooled["df"], level))
+    pooled.update(n_patients=fits[0].n_patients, n_clusters=fits[0].n_clusters)
+    return pooled
+
+
+def shifted_effect(
+    imputations: Imputations, outcome: str, delta: float, higher_is_better: bool,
+    covariates: Sequence[str], level: float, source: str = "analysis table",
+) -> dict[str, Any]:
+    """Pooled effect after moving imputed intervention follow-ups ``delta`` unfavourably."""
+    fits = shiftable_fits(imputations, outcome, higher_is_better, covariates, source)
+    return pooled_at(fits, delta, level)
+
+
+def _includes_null(pooled: Mapping[str, float]) -> bool:
+    return bool(pooled["ci_low"] <= 0 <= pooled["ci_high"])
+
+
+def tipping_point(
+    imputations: Imputations, outcome: str, spec: Mapping[str, Any], grid: np.ndarray,
+    covariates: Sequence[str], level: float, source: str = "analysis table",
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Pooled effect over the delta grid and the delta at which the CI first includes 0.
+
+    Returns the grid table and ``{"tipping_delta", "status"}``; ``tipping_delta`` is located
+    between the last grid value whose CI excludes 0 and the first that includes it by root
+    finding on the CI limit nearest 0 (the limit is continuous in delta).
+    """
+    higher = bool(spec.get("higher_is_better", True))
+    fits = shiftable_fits(imputations, outcome, higher, covariates, source)
+    rows = []
+    for delta in grid:
+        pooled = pooled_at(fits, float(delta), level)
+        rows.append({"outcome": outcome, "delta": float(delta), **{
+            k: pooled[k] for k in ("estimate", "std_error", "ci_low", "ci_high", "p_value",
+                                   "df", "n_patients", "n_clusters")},
+            "ci_includes_zero": _includes_null(pooled)})
+    table = pd.DataFrame(rows)
+    first = table.iloc[0]
+    favourable = first["estimate"] > 0 if higher else first["estimate"] < 0
+    if first["ci_includes_zero"]:
+        return table, {"tipping_delta": 0.0,
+                       "status": "confidence interval includes 0 without any shift"}
+    if not favourable:
+        return table, {"tipping_delta": None,
+                       "status": "effect favours control; an unfavourable shift of the "
+                                 "intervention arm moves it away from 0, so it cannot tip"}
+    crossing = table.index[table["ci_includes_zero"]]
+    if len(crossing) == 0:
+        return table, {"tipping_delta": None,
+                       "status": f"not reached within the grid (up to {grid[-1]:g} points)"}
+    upper = int(crossing[0])
+    bound = "ci_low" if higher else "ci_high"
+
+    def limit(delta: float) -> float:
+        return pooled_at(fits, delta, level)[bound]
+
+    exact = optimize.brentq(limit, float(grid[upper - 1]), float(grid[upper]), xtol=1e-6)
+    return table, {"tipping_delta": float(exact), "status": "reached"}
+
+
+def tipping_plot(table: pd.DataFrame, tipping: float | None, out_dir: str | Path, name: str,
+                 unit_label: str, intervention: str = "intervention") -> list[Path]:
+    """Estimate and CI against delta (PNG + SVG, deterministic)."""
+    written = []
+    with matplotlib.rc_context({"svg.hashsalt": "trial-analysis", "svg.fonttype": "path",
+                                "font.family": "DejaVu Sans", "font.size": 9,
+                                "axes.spines.top": False, "axes.spines.right": False}):
+        figure = Figure(figsize=(5.5, 3.4))
+        FigureCanvasAgg(figure)
+        ax = figure.add_subplot()
+        ax.fill_between(table["delta"], table["ci_low"], table["ci_high"], color="#56B4E9",
+                        alpha=0.35, linewidth=0, label="confidence interval")
+        ax.plot(table["delta"], table["estimate"], color="#0072B2", marker="o", markersize=3,
+                label="pooled effect")
+        ax.axhline(0, color="#000000", linewidth=0.8)
+        if tipping is not None:
+            ax.axvline(tipping, color="#D55E00", linestyle="--", linewidth=0.9,
+                       label=f"tipping point {tipping:.2f}")
+        ax.set_xlabel(f"delta (points): imputed {intervention} follow-up scores made worse "
+                      f"({unit_label})")
+        ax.set_ylabel("arm effect (intervention - control)")
+        ax.legend(frameon=False, fontsize=8)
+        figure.tight_layout()
+        for ext, metadata in (("png", {"Software": None}),
+                              ("svg", {"Date": None, "Creator": None})):
+            target = Path(out_dir) / f"{name}.{ext}"
+            with atomic_path(target) as tmp:
+                figure.savefig(tmp, format=ext, dpi=130, metadata=metadata)
+            written.append(target)
+    return written
+
+
+def run_tipping_point(
+    analysis: pd.DataFrame, config: Mapping[str, Any], figures_dir: str | Path | None = None,
+    source: str = "analysis table", imputations: Imputations | None = None,
+) -> SensitivityResult:
+    """Delta-adjusted MNAR analysis for ``sensitivity.tipping_point.outcomes``.
+
+    Rows per outcome: ``delta_adjusted_mi`` at delta 0 (term ``arm_intervention``, equal to the
+    MI estimate) and the tipping point (term ``tipping_delta``: estimate in points, notes in
+    MCID units). The grid is in the ``grid`` table.
+    """
+    options = settings(config, "tipping_point")
+    specs = outcome_specs(config)
+    outcomes = options["outcomes"] or [config.get("primary_outcome") or next(iter(specs))]
+    unknown = [o for o in outcomes if o not in specs]
+    if unknown:
+        raise ConfigError("config", [f"sensitivity.tipping_point.outcomes: {unknown} are not "
+                                     f"outcomes {list(specs)}"])
+    covariates = analysis_covariates(config)
+    level = confidence_level(config)
+    if imputations is None:
+        imputations = impute_chained(analysis, config, source)
+    rows, grids, headline, figures, points = [], [], {}, [], {}
+    for outcome in outcomes:
+        spec = specs[outcome]
+        followup = outcome_columns(outcome)[1]
+        control = analysis.loc[analysis[ARM] == 0, followup].dropna()
+        grid, unit, unit_name = delta_grid(spec, options, float(control.std()))
+        table, found = tipping_point(imputations, outcome, spec, grid, covariates, level,
+                                     source)
+        table["delta_units"] = table["delta"] / unit
+        grids.append(table)
+        start = table.iloc[0]
+        rows.append(tidy_row(outcome, "tipping_point", "delta_adjusted_mi", ARM_TERM,
+                             start.to_dict(), int(start["n_patients"]),
+                             int(start["n_clusters"]), "delta 0 (MAR)"))
+        tipping = found["tipping_delta"]
+        in_units = None if tipping is None else tipping / unit
+        note = found["status"] if tipping is None else (
+            f"{found['status']}: {in_units:.2f} {unit_name} ({unit:g} points); imputed "
+            "intervention follow-ups shifted "
+            f"{'down' if spec.get('higher_is_better', True) else 'up'}")
+        rows.append(tidy_row(outcome, "tipping_point", "delta_adjusted_mi", "tipping_delta",
+                             {"estimate": math.nan if tipping is None else tipping}, None,
+                             None, note))
+        headline[f"{outcome} tipping point (points)"] = (None if tipping is None
+                                                         else round(tipping, 3))
+        points[outcome] = {**found, "tipping_delta_units": in_units, "unit": unit,
+                           "unit_name": unit_name}
+        if figures_dir is not None:
+            figures += tipping_plot(
+                table, tipping, figures_dir, f"tipping_point_{outcome}",
+                f"1 {unit_name} = {unit:g} points",
+                config.get("allocation", {}).get("intervention", "intervention"))
+    details = {"settings": options, "seed": int(config.get("seed", 0)),
+               "imputation": settings(config, "multiple_imputation"),
+               "tipping_points": points, "confidence_level": level, "headline": headline}
+    return SensitivityResult("tipping_point", tidy_frame(rows),
+                             tables={"grid": pd.concat(grids, ignore_index=True)},
+                             details=details, figures=figures)
+

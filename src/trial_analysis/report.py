@@ -1,0 +1,390 @@
+"""The self-contained HTML report (step ``report``): what a reviewer reads.
+
+One HTML file with inline CSS and the figures embedded as base64 PNG, so it opens offline and
+makes no network request. It holds study and design (STROBE wording for observational studies,
+CONSORT for randomised), the flow diagram, Table 1, implementation outcomes, estimates,
+subgroups, trajectories, sessions, responders, variance components, model specifications and
+warnings, the reproduction check, the simulation assumptions and the provenance of the run.
+
+Privacy: the report reads only aggregate tables, estimate files and figures, never the analysis
+table, so no identifier or patient row can reach it; Table 1 arrives with small cells already
+suppressed by the ``tables`` step.
+
+Determinism: everything except the provenance facts that describe the run itself (date, rule
+run times, git commit) is a function of the inputs. Set ``SOURCE_DATE_EPOCH`` to fix the date.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+import yaml
+
+from trial_analysis import __version__
+from trial_analysis.errors import DataError
+from trial_analysis.figures import FIGURE_NAMES
+from trial_analysis.io import atomic_path
+from trial_analysis.tables import (
+    TABLE_NAMES,
+    arm_labels,
+    fmt_ci,
+    fmt_number,
+    fmt_p,
+    load_estimates,
+    load_truth,
+    outcome_label,
+)
+
+PACKAGES = ["pandas", "numpy", "scipy", "statsmodels", "matplotlib", "snakemake", "pandera",
+            "tableone", "jinja2", "trial-analysis"]
+POPULATION_NAMES = {"complete_case": "complete cases", "all_available": "all with a baseline"}
+FIGURE_CAPTIONS = {
+    "flow": "Flow of referral episodes and patients through cleaning, eligibility, allocation "
+            "and complete-case selection, computed from the record ledger.",
+    "trajectories": "Adjusted mean score by arm at baseline and follow-up (95% CI), from the "
+                    "primary mixed model in complete cases.",
+    "forest": "Difference between arms in mean change, baseline to follow-up (95% CI), by "
+              "analysis population and within subgroup levels, with p-values of the test of "
+              "heterogeneity.",
+    "sessions": "Distribution of the number of treatment sessions by arm (percentage of the "
+                "arm). The upper tail is pooled and bars with fewer patients than the minimum "
+                "cell count are not drawn.",
+    "implementation": "Implementation outcomes: reach, adoption and fidelity, with numerators "
+                      "and denominators.",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(folder: str | Path) -> pd.DataFrame:
+    """SHA-256 and size of every file under ``folder`` (recursively), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(str(folder), "the raw extract folder does not exist")
+    rows = [
+        {"file": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
+         "sha256": sha256_file(path)}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file())
+    ]
+    return pd.DataFrame(rows, columns=["file", "bytes", "sha256"])
+
+
+def package_versions(names: list[str] | None = None) -> pd.DataFrame:
+    """Installed versions of the packages the analysis depends on."""
+    rows = []
+    for name in names or PACKAGES:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        rows.append({"package": name, "version": version})
+    return pd.DataFrame(rows)
+
+
+def git_commit(where: str | Path | None = None) -> str:
+    """The git commit of the working directory, or ``"not a git checkout"``."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where or Path.cwd(), capture_output=True,
+            text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else "not a git checkout"
+
+
+def benchmark_times(folder: str | Path | None) -> pd.DataFrame:
+    """Run time and peak memory of each rule from Snakemake benchmark files.
+
+    A benchmark file is a TSV with a header ``s h:m:s max_rss ...``; the job is named after
+    the file (``fit.function.complete_case.tsv`` -> ``fit.function.complete_case``). Repeated
+    measurements in one file are averaged.
+    """
+    columns = ["job", "seconds", "max_rss_mb"]
+    if folder is None or not Path(folder).is_dir():
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for path in sorted(Path(folder).rglob("*.tsv")):
+        try:
+            frame = pd.read_csv(path, sep="\t")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue
+        if "s" not in frame.columns or frame.empty:
+            continue
+        rss = pd.to_numeric(frame.get("max_rss"), errors="coerce") if "max_rss" in frame else None
+        rows.append({
+            "job": path.relative_to(folder).with_suffix("").as_posix(),
+            "seconds": float(pd.to_numeric(frame["s"], errors="coerce").mean()),
+            "max_rss_mb": float(rss.mean()) if rss is not None else float("nan"),
+        })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def report_date() -> str:
+    """Date and time of the run (UTC), or of ``SOURCE_DATE_EPOCH`` for reproducible builds."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = (dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC) if epoch
+              else dt.datetime.now(tz=dt.UTC))
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested mapping -> ``[("a.b.c", "value"), ...]`` in the mapping's own order."""
+    items: list[tuple[str, str]] = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            items += flatten(value, f"{name}.")
+        else:
+            items.append((name, ", ".join(map(str, value)) if isinstance(value, list)
+                          else str(value)))
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# Content
+# --------------------------------------------------------------------------------------------
+def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
+    """Read the report tables plus ``flow.csv`` and ``implementation.csv`` as strings."""
+    tables = {}
+    for name in [*TABLE_NAMES, "flow", "implementation"]:
+        path = folder / f"{name}.csv"
+        if not path.is_file():
+            raise DataError(str(path), "table is missing", hint="run the `tables` step first")
+        tables[name] = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return tables
+
+
+def embed_figures(folder: Path) -> dict[str, str]:
+    """Each figure's PNG as a ``data:`` URI."""
+    uris = {}
+    for name in FIGURE_NAMES:
+        path = folder / f"{name}.png"
+        if not path.is_file():
+            raise DataError(str(path), "figure is missing", hint="run the `figures` step first")
+        uris[name] = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    return uris
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def as_list(warnings: Any) -> list[str]:
+    """Warnings as a list of messages, whether stored as a list or a ``"; "``-joined string."""
+    if warnings is None or (isinstance(warnings, float) and warnings != warnings):
+        return []
+    if isinstance(warnings, str):
+        return [w.strip() for w in warnings.split("; ") if w.strip()]
+    return [str(w) for w in warnings if str(w).strip()]
+
+
+def _warnings_text(text: str) -> str:
+    return text.strip("[]\"' ") if text else ""
+
+
+def design_text(config: Mapping[str, Any]) -> dict[str, str]:
+    """Design wording: STROBE for observational studies, CONSORT for randomised ones."""
+    intervention, control = arm_labels(config)
+    if config["study"].get("design", "observational") == "randomised":
+        return {
+            "design": "Randomised controlled trial",
+            "guideline": "CONSORT",
+            "statement": (
+                f"Patients were randomly allocated to {intervention} or {control}; differences "
+                "between arms estimate the effect of allocation."),
+        }
+    return {
+        "design": "Observational cohort study (not randomised)",
+        "guideline": "STROBE",
+        "statement": (
+            f"Patients received {intervention} or {control} as part of routine care; nobody "
+            "was randomised. Who received which care depended on the treating therapist and "
+            "the patient, so the comparison is open to confounding. Estimates are adjusted "
+            "associations between exposure and change in outcome, not proof of a causal "
+            "effect."),
+    }
+
+
+def build_context(
+    config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
+    benchmarks: Path | None,
+) -> dict[str, Any]:
+    """Everything the template shows, formatted for people."""
+    intervention, control = arm_labels(config)
+    loaded = load_estimates(estimates, config)
+    frames = read_tables(tables)
+    truth = load_truth(raw)
+    simulated = truth is not None
+
+    primary = []
+    for row in frames["primary_estimates"].to_dict("records"):
+        primary.append({
+            "outcome": outcome_label(config, row["outcome"]),
+            "population": POPULATION_NAMES.get(row["population"], row["population"]),
+            "n": row["n_patients"], "clusters": row["n_clusters"],
+            "estimate": fmt_number(_float(row["estimate"])),
+            "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
+            "p": fmt_p(_float(row["p_value"])),
+            "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
+        })
+    subgroups = []
+    for row in frames["subgroup_estimates"].to_dict("records"):
+        subgroups.append({
+            "outcome": outcome_label(config, row["outcome"]), "subgroup": row["subgroup"],
+            "level": {"0": f"no {row['subgroup']}", "1": row["subgroup"],
+                      "heterogeneity": "difference between levels"}.get(
+                row["level"], row["level"]),
+            "n": row["n_patients"], "estimate": fmt_number(_float(row["estimate"])),
+            "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
+            "p": fmt_p(_float(row["p_value"])),
+            "p_het": fmt_p(_float(row["p_heterogeneity"])),
+            "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
+        })
+
+    def tidy(frame: pd.DataFrame, digits: int = 2) -> list[dict[str, str]]:
+        return [{
+            "outcome": r["outcome"], "population": r["population"], "model": r["model"],
+            "term": r["term"], "estimate": fmt_number(_float(r["estimate"]), digits),
+            "ci": fmt_ci(_float(r["ci_low"]), _float(r["ci_high"]), digits),
+            "p": fmt_p(_float(r["p_value"])), "n": r["n_patients"],
+            "truth": fmt_number(_float(r.get("true_value", "")), digits)
+            if r.get("true_value") else "",
+            "warnings": _warnings_text(r["warnings"]),
+        } for r in frame.to_dict("records")]
+
+    variance = []
+    for row in frames["variance_components"].to_dict("records"):
+        variance.append({
+            "outcome": outcome_label(config, row["outcome"]),
+            "population": POPULATION_NAMES.get(row["population"], row["population"]),
+            "component": row["component"], "quantity": row["quantity"],
+            "value": fmt_number(_float(row["value"]), 3 if row["quantity"] == "icc" else 2),
+        })
+    models = []
+    docs = [*loaded["primary"].values(), *loaded["subgroups"].values()]
+    docs += [d for d in (loaded["sessions"], loaded["responders"]) if d is not None]
+    for doc in docs:
+        model = doc.get("model", {})
+        notes = as_list(model.get("warnings"))
+        for row in doc["estimates"]:
+            notes += [w for w in as_list(row.get("warnings")) if w not in notes]
+        models.append({
+            "file": Path(doc["_file"]).name, "formula": model.get("formula", ""),
+            "random_effects": model.get("random_effects", ""),
+            "method": model.get("method", ""), "fit_path": model.get("fit_path", ""),
+            "converged": model.get("converged", ""),
+            "warnings": "; ".join(notes),
+        })
+
+    table1 = {}
+    for population, part in frames["table1"].groupby("population", sort=False):
+        table1[population] = part.to_dict("records")
+
+    assumptions = flatten(config.get("simulation", {}).get("assumptions", {}) or {})
+    reproduction = frames["reproduction"].to_dict("records")
+    return {
+        "title": config.get("report", {}).get("title", "Trial analysis report"),
+        "study": config["study"], "design": design_text(config),
+        "intervention": intervention, "control": control,
+        "outcomes": [
+            {"label": o.get("label", o["name"]), "units": o.get("units", "score"),
+             "direction": "higher is better" if o.get("higher_is_better", True)
+             else "lower is better", "mcid": o.get("mcid", ""),
+             "primary": o["name"] == config.get("primary_outcome")}
+            for o in config["outcomes"]
+        ],
+        "analysis": config["analysis"], "min_cell_count": config["report"]["min_cell_count"],
+        "continuous_summary": config["report"]["continuous_summary"],
+        "confidence": int(round(100 * config["analysis"].get("confidence_level", 0.95))),
+        "simulated": simulated,
+        "table1": table1, "implementation": frames["implementation"].to_dict("records"),
+        "flow": frames["flow"].to_dict("records"),
+        "primary": primary, "subgroups": subgroups,
+        "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
+        "variance": variance, "models": models, "reproduction": reproduction,
+        "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),
+        "assumptions": assumptions, "figures": embed_figures(figures),
+        "figure_captions": FIGURE_CAPTIONS,
+        "provenance": {
+            "checksums": file_checksums(raw).to_dict("records"),
+            "versions": package_versions().to_dict("records"),
+            "commit": git_commit(), "seed": config.get("seed", ""), "date": report_date(),
+            "config_yaml": yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True),
+            "benchmarks": [
+                {"job": r["job"], "seconds": fmt_number(r["seconds"], 1),
+                 "max_rss_mb": fmt_number(r["max_rss_mb"], 0)}
+                for r in benchmark_times(benchmarks).to_dict("records")
+            ],
+            "raw": str(raw), "version": __version__,
+        },
+    }
+
+
+def render_report(context: Mapping[str, Any]) -> str:
+    """Render the report template with ``context``."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("trial_analysis", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    return environment.get_template("report.html.j2").render(**context)
+
+
+def run_report(
+    config: dict[str, Any], raw: str | Path, estimates: str | Path, tables: str | Path,
+    figures: str | Path, benchmarks: str | Path | None, out: str | Path,
+) -> Path:
+    """Assemble the self-contained HTML report (step ``report``).
+
+    Parameters
+    ----------
+    config : dict
+        Validated study configuration (shown in full, as run, under provenance).
+    raw : path
+        Raw extract folder: every file is checksummed; ``truth.json`` (simulated data) adds
+        true values beside the estimates.
+    estimates, tables, figures : path
+        Folders written by the model steps, ``tables`` and ``figures``.
+    benchmarks : path or None
+        Folder of Snakemake benchmark files (rule run times); may be missing or empty.
+    out : path
+        HTML file to write.
+
+    Returns
+    -------
+    Path
+        The report written.
+    """
+    context = build_context(
+        config, Path(raw), Path(estimates), Path(tables), Path(figures),
+        Path(benchmarks) if benchmarks else None,
+    )
+    html = render_report(context)
+    with atomic_path(out) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    return Path(out)

@@ -1,0 +1,640 @@
+"""Sensitivity analyses for an observational comparison: shared pieces, therapist FE, CLI.
+
+The ETMI comparison is not randomised (therapists chose whom to give ETMI) and most patients
+lack a discharge score, so the primary mixed model rests on two untestable assumptions: no
+unmeasured confounding given the covariates, and follow-up missing at random. This step
+probes both. The methods live in four modules:
+
+* :mod:`trial_analysis.propensity` -- propensity score, overlap weights (default) or stabilised
+  trimmed IPTW, balance table, love plot, weighted ANCOVA;
+* :mod:`trial_analysis.evalues` -- E-values (VanderWeele & Ding) of the primary estimates;
+* :mod:`trial_analysis.imputation` -- multiple imputation by chained equations with predictive
+  mean matching, Rubin's rules, and the delta-adjusted (MNAR) tipping-point analysis;
+* this module -- the shared outcome model (weighted ANCOVA with therapist-clustered standard
+  errors), the therapist fixed-effects analysis, the common result object and
+  :func:`run_sensitivity`, the CLI entry.
+
+The outcome model of every analysis here is an ANCOVA: the follow-up score regressed on the arm,
+the outcome's own baseline score and ``analysis.covariates``, by (weighted) least squares. The
+arm coefficient is the baseline-adjusted difference in mean follow-up, which equals the
+baseline-adjusted difference in mean *change* (the same estimand as the mixed model's arm x time
+term, estimated among patients with both scores). Standard errors are therapist-clustered
+sandwich (CR1: ``G/(G-1) * (n-1)/(n-k)``, as ``sandwich::vcovCL(type = "HC1")``); confidence
+intervals and p-values use a t reference with ``G - 1`` degrees of freedom (as Stata's
+``vce(cluster)``), which matters when few therapists are left, as in the fixed-effects analysis.
+Weights are treated as known (the propensity model's own uncertainty is not propagated), the
+usual and slightly conservative choice for IPTW and close to exact for overlap weights.
+
+Every analysis returns a :class:`SensitivityResult` whose :meth:`~SensitivityResult.to_frame`
+gives the tidy rows (``TIDY_COLUMNS``) and :meth:`~SensitivityResult.summary` a text summary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from trial_analysis.errors import ConfigError, DataError
+from trial_analysis.io import write_csv, write_json
+
+TIDY_COLUMNS = [
+    "outcome",
+    "analysis",
+    "method",
+    "term",
+    "estimate",
+    "std_error",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_patients",
+    "n_clusters",
+    "notes",
+]
+
+ANALYSES = [
+    "propensity",
+    "evalue",
+    "multiple_imputation",
+    "tipping_point",
+    "therapist_fixed_effects",
+]
+
+ARM = "arm_intervention"
+THERAPIST = "therapist_id"
+CLINIC = "clinic_id"
+ARM_TERM = "arm_intervention"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+# Mirrors the defaults in the schema so that library calls with a partial config (tests, a
+# notebook) behave exactly as a validated pipeline config does.
+DEFAULTS: dict[str, Any] = {
+    "outcomes": None,
+    "propensity": {
+        "covariates": ["age", "sex", "symptom_duration_weeks", "depression", "anxiety",
+                       "bmi", "ses_score"],
+        "include_outcome_baselines": True,
+        "therapist_terms": ["etmi_share"],
+        "clinic_fixed_effects": True,
+        "weighting": "overlap",
+        "iptw_trim_percentiles": [1.0, 99.0],
+        "sample": "analysed",
+        "balance_threshold": 0.1,
+        "ridge": 0.001,
+    },
+    "evalue": {
+        "sd": "change",
+        "populations": ["complete_case", "all_available"],
+    },
+    "multiple_imputation": {
+        "m": 20,
+        "iterations": 10,
+        "donors": 5,
+        "by_arm": True,
+        "auxiliary": ["n_sessions", "bmi", "ses_score", "depression", "anxiety"],
+    },
+    "tipping_point": {
+        "outcomes": None,
+        "delta_max_mcid": 3.0,
+        "delta_steps": 13,
+    },
+    "therapist_fixed_effects": {
+        "min_patients_per_arm": 1,
+    },
+}
+
+
+def settings(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The ``sensitivity.<name>`` settings with defaults filled in."""
+    given = dict(config.get("sensitivity", {}) or {})
+    section = dict(DEFAULTS[name])
+    section.update(given.get(name, {}) or {})
+    return section
+
+
+def outcome_specs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``outcomes[]`` from the config keyed by name."""
+    return {spec["name"]: dict(spec) for spec in config.get("outcomes", [])}
+
+
+def sensitivity_outcomes(config: Mapping[str, Any]) -> list[str]:
+    """Outcomes analysed (``sensitivity.outcomes``; default: every configured outcome)."""
+    specs = outcome_specs(config)
+    chosen = (config.get("sensitivity", {}) or {}).get("outcomes") or list(specs)
+    unknown = [name for name in chosen if name not in specs]
+    if unknown:
+        raise ConfigError("config", [f"sensitivity.outcomes: {unknown} are not outcomes "
+                                     f"{list(specs)}"])
+    return list(chosen)
+
+
+def analysis_covariates(config: Mapping[str, Any]) -> list[str]:
+    """Covariates of the outcome model (``analysis.covariates``)."""
+    return list(config.get("analysis", {}).get("covariates", []))
+
+
+def confidence_level(config: Mapping[str, Any]) -> float:
+    """``analysis.confidence_level`` (default 0.95)."""
+    return float(config.get("analysis", {}).get("confidence_level", 0.95))
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str, why: str) -> None:
+    """Raise a :class:`DataError` naming the first missing column."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(source, f"required column missing ({why})", column=missing[0],
+                        hint=f"Columns missing: {missing}")
+
+
+def check_arm(frame: pd.DataFrame, source: str) -> None:
+    """``arm_intervention`` must be 0/1 on every row, and both arms present."""
+    require_columns(frame, [ARM], source, "the arm indicator")
+    values = pd.to_numeric(frame[ARM], errors="coerce")
+    bad = ~values.isin([0, 1])
+    if bad.any():
+        raise DataError(source, "arm_intervention must be 1 (intervention) or 0 (control)",
+                        column=ARM, rows=(np.flatnonzero(bad.to_numpy()) + 1).tolist())
+    if values.nunique() < 2:
+        raise DataError(source, "both arms are needed for a comparison, only one is present",
+                        column=ARM)
+
+
+def read_analysis(path: str | Path) -> pd.DataFrame:
+    """Read the analysis table, with a named error if it is absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), "the analysis table does not exist",
+                        hint="Run the `allocate` step first")
+    return pd.read_parquet(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Design matrices and the clustered (weighted) ANCOVA
+# --------------------------------------------------------------------------------------------
+
+
+def encode_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Numeric model columns with R's treatment coding for text columns.
+
+    Numeric columns enter as they are; text columns get a dummy per level except the first in
+    sorted order (named ``{column}{level}`` as R names them, e.g. ``sexM``).
+    """
+    blocks: dict[str, pd.Series] = {}
+    for column in columns:
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            blocks[column] = values.astype(float)
+            continue
+        present = values.dropna().astype(str)
+        for level in sorted(present.unique())[1:]:
+            dummy = (values.astype("string") == level).astype(float)
+            dummy[values.isna()] = np.nan
+            blocks[f"{column}{level}"] = dummy
+    return pd.DataFrame(blocks, index=frame.index)
+
+
+def outcome_columns(outcome: str) -> tuple[str, str]:
+    """``({outcome}_baseline, {outcome}_followup)``."""
+    return f"{outcome}_baseline", f"{outcome}_followup"
+
+
+def cluster_codes(labels: pd.Series) -> np.ndarray:
+    """Integer cluster codes; a patient without a therapist is a cluster of its own."""
+    codes, _ = pd.factorize(labels, sort=True)
+    missing = codes < 0
+    if missing.any():
+        codes = codes.copy()
+        codes[missing] = codes.max() + 1 + np.arange(int(missing.sum()))
+    return codes
+
+
+@dataclass
+class AncovaFit:
+    """A (weighted) least-squares fit with therapist-clustered CR1 standard errors.
+
+    Attributes
+    ----------
+    names : list of str
+        Coefficient names (``(Intercept)`` absent when therapist fixed effects are absorbed).
+    params, vcov : ndarray
+        Coefficients and their CR1 covariance.
+    df : float
+        Degrees of freedom of the t reference (clusters - 1).
+    n_patients, n_clusters : int
+        Patients used and therapists (clusters) among them.
+    """
+
+    names: list[str]
+    params: np.ndarray
+    vcov: np.ndarray
+    df: float
+    n_patients: int
+    n_clusters: int
+    notes: list[str] = field(default_factory=list)
+
+    def coefficient(self, term: str = ARM_TERM) -> tuple[float, float]:
+        """Estimate and standard error of one term."""
+        index = self.names.index(term)
+        return float(self.params[index]), float(math.sqrt(max(self.vcov[index, index], 0.0)))
+
+    def row(self, term: str = ARM_TERM, level: float = 0.95) -> dict[str, float]:
+        """Estimate, SE, t-based CI and p-value of ``term``."""
+        estimate, std_error = self.coefficient(term)
+        return t_interval(estimate, std_error, self.df, level)
+
+
+def t_interval(estimate: float, std_error: float, df: float, level: float) -> dict[str, float]:
+    """Estimate with a t-reference CI and two-sided p (normal when ``df`` is infinite)."""
+    if not (std_error > 0) or not np.isfinite(std_error):
+        return {"estimate": estimate, "std_error": std_error, "ci_low": math.nan,
+                "ci_high": math.nan, "p_value": math.nan}
+    reference = stats.t(df) if np.isfinite(df) else stats.norm()
+    quantile = float(reference.ppf(0.5 + level / 2))
+    return {
+        "estimate": estimate,
+        "std_error": std_error,
+        "ci_low": estimate - quantile * std_error,
+        "ci_high": estimate + quantile * std_error,
+        "p_value": float(2 * reference.sf(abs(estimate / std_error))),
+    }
+
+
+def ancova_frame(
+    frame: pd.DataFrame, outcome: str, covariates: Sequence[str], source: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """Rows with the follow-up, baseline and every covariate present, and a note of drops."""
+    baseline, followup = outcome_columns(outcome)
+    require_columns(frame, [ARM, THERAPIST, baseline, followup, *covariates], source,
+                    f"the {outcome} outcome model")
+    needed = [followup, baseline, *covariates]
+    present = frame[needed].notna().to_numpy()
+    keep = present.all(axis=1)
+    notes = []
+    lacking_covariate = int((present[:, :2].all(axis=1) & ~keep).sum())
+    if lacking_covariate:
+        notes.append(f"{lacking_covariate} patients with both scores but a missing covariate "
+                     "were left out")
+    return frame[list(dict.fromkeys([ARM, THERAPIST, *needed]))].loc[keep], notes
+
+
+@dataclass
+class AncovaDesign:
+    """The arrays of an ANCOVA fit: response, model matrix, weights, clusters.
+
+    ``rows`` are the positions (in the input frame) of the patients used, so a caller can
+    line other per-patient vectors up with ``y``.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    clusters: np.ndarray
+    names: list[str]
+    rows: np.ndarray
+    notes: list[str]
+
+
+def ancova_design(
+    frame: pd.DataFrame,
+    outcome: str,
+    covariates: Sequence[str],
+    weights: np.ndarray | pd.Series | None = None,
+    therapist_fixed_effects: bool = False,
+    source: str = "analysis table",
+) -> AncovaDesign:
+    """Arrays of the ANCOVA ``follow-up ~ arm + baseline + covariates`` (see :func:`fit_ancova`)."""
+    baseline, followup = outcome_columns(outcome)
+    require_columns(frame, [ARM, THERAPIST, baseline, followup, *covariates], source,
+                    f"the {outcome} outcome model")
+    present = frame[[followup, baseline, *covariates]].notna().to_numpy()
+    keep = present.all(axis=1)
+    notes = []
+    lacking_covariate = int((present[:, :2].all(axis=1) & ~keep).sum())
+    if lacking_covariate:
+        notes.append(f"{lacking_covariate} patients with both scores but a missing covariate "
+                     "were left out")
+    w_all = np.ones(len(frame)) if weights is None else np.asarray(weights, dtype=float)
+    keep &= w_all > 0
+    rows = np.flatnonzero(keep)
+    data = frame.iloc[rows]
+    w = w_all[rows]
+    design = pd.concat([data[[ARM, baseline]].astype(float), encode_columns(data, covariates)],
+                       axis=1)
+    # Constant columns (a covariate with one value in this sample) carry no information and
+    # would make the design singular.
+    constant = [c for c in design.columns[1:] if design[c].nunique() <= 1]
+    if constant:
+        notes.append(f"constant in this sample, left out: {constant}")
+        design = design.drop(columns=constant)
+    y = data[followup].to_numpy(dtype=float)
+    X = design.to_numpy(dtype=float)
+    names = list(design.columns)
+    clusters = cluster_codes(data[THERAPIST])
+    if therapist_fixed_effects:
+        X, y = _within(X, w, clusters), _within(y[:, None], w, clusters)[:, 0]
+    else:
+        X = np.column_stack([np.ones(len(y)), X])
+        names = ["(Intercept)", *names]
+    n, k = X.shape
+    if n <= k or np.linalg.matrix_rank((X.T * w) @ X) < k:
+        raise DataError(source, f"the {outcome} outcome model cannot be estimated: too few "
+                        f"patients ({n}) or collinear terms {names}", column=ARM)
+    return AncovaDesign(X=X, y=y, w=w, clusters=clusters, names=names, rows=rows, notes=notes)
+
+
+def cluster_sums(design: AncovaDesign, residuals: np.ndarray) -> np.ndarray:
+    """Per-cluster sums of the score contributions ``w_i x_i r_i`` (clusters x k)."""
+    summed = np.zeros((int(design.clusters.max()) + 1, design.X.shape[1]))
+    np.add.at(summed, design.clusters, design.X * (design.w * residuals)[:, None])
+    return summed
+
+
+def cr1_factor(n: int, k: int, n_clusters: int) -> float:
+    """CR1 small-sample factor ``G/(G-1) * (n-1)/(n-k)``."""
+    return n_clusters / (n_clusters - 1) * (n - 1) / (n - k) if n_clusters > 1 else math.nan
+
+
+def fit_ancova(
+    frame: pd.DataFrame,
+    outcome: str,
+    covariates: Sequence[str],
+    weights: np.ndarray | pd.Series | None = None,
+    therapist_fixed_effects: bool = False,
+    source: str = "analysis table",
+) -> AncovaFit:
+    """ANCOVA of the follow-up score on arm, baseline and covariates (WLS, CR1 by therapist).
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Patients; rows lacking the follow-up, baseline or a covariate are left out.
+    outcome : str
+        Outcome name; uses ``{outcome}_baseline`` and ``{outcome}_followup``.
+    covariates : sequence of str
+        Adjustment covariates (text columns are dummy coded).
+    weights : array, optional
+        Patient weights in the row order of ``frame`` (e.g. overlap weights); zero weight
+        leaves a patient out.
+    therapist_fixed_effects : bool
+        Absorb a fixed intercept per therapist (within transformation). Because therapists are
+        also the clusters, the absorbed intercepts are not counted in ``k`` of the CR1 factor
+        (the convention of Stata's ``xtreg, fe`` and R's ``fixest`` for nested fixed effects).
+
+    Returns
+    -------
+    AncovaFit
+    """
+    design = ancova_design(frame, outcome, covariates, weights, therapist_fixed_effects, source)
+    X, y, w = design.X, design.y, design.w
+    n, k = X.shape
+    bread = np.linalg.inv((X.T * w) @ X)
+    params = bread @ ((X.T * w) @ y)
+    summed = cluster_sums(design, y - X @ params)
+    n_clusters = summed.shape[0]
+    vcov = cr1_factor(n, k, n_clusters) * bread @ (summed.T @ summed) @ bread
+    return AncovaFit(names=design.names, params=params, vcov=vcov, df=float(n_clusters - 1),
+                     n_patients=n, n_clusters=n_clusters, notes=design.notes)
+
+
+def _within(X: np.ndarray, w: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Subtract each group's weighted mean from every column (absorbs group intercepts)."""
+    n_groups = int(groups.max()) + 1
+    totals = np.zeros((n_groups, X.shape[1]))
+    np.add.at(totals, groups, X * w[:, None])
+    weight_sums = np.bincount(groups, weights=w, minlength=n_groups)
+    return X - totals[groups] / weight_sums[groups][:, None]
+
+
+# --------------------------------------------------------------------------------------------
+# Result object
+# --------------------------------------------------------------------------------------------
+
+
+def tidy_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows in the fixed tidy column order."""
+    frame = pd.DataFrame(list(rows), columns=TIDY_COLUMNS)
+    frame["notes"] = frame["notes"].fillna("").astype(str)
+    for column in ("n_patients", "n_clusters"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def tidy_row(outcome: str, analysis: str, method: str, term: str, values: Mapping[str, float],
+             n_patients: int | None, n_clusters: int | None, notes: Sequence[str] | str = ""
+             ) -> dict[str, Any]:
+    """One tidy row; ``values`` holds estimate, std_error, ci_low, ci_high, p_value."""
+    text = notes if isinstance(notes, str) else "; ".join(notes)
+    return {"outcome": outcome, "analysis": analysis, "method": method, "term": term,
+            "estimate": values.get("estimate", math.nan),
+            "std_error": values.get("std_error", math.nan),
+            "ci_low": values.get("ci_low", math.nan), "ci_high": values.get("ci_high", math.nan),
+            "p_value": values.get("p_value", math.nan), "n_patients": n_patients,
+            "n_clusters": n_clusters, "notes": text}
+
+
+@dataclass
+class SensitivityResult:
+    """The result of one sensitivity analysis.
+
+    Attributes
+    ----------
+    analysis : str
+        One of :data:`ANALYSES`.
+    estimates : DataFrame
+        Tidy rows (:data:`TIDY_COLUMNS`).
+    tables : dict of DataFrame
+        Supporting tables (balance, weight distribution, tipping-point grid, ...).
+    details : dict
+        Settings and scalar facts (effective sample sizes, tipping points, ...), JSON-ready.
+    """
+
+    analysis: str
+    estimates: pd.DataFrame
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The tidy estimate rows."""
+        return self.estimates.copy()
+
+    def summary(self) -> str:
+        """A plain-text summary for people."""
+        lines = [f"Sensitivity analysis: {self.analysis.replace('_', ' ')}", ""]
+        for row in self.estimates.itertuples():
+            ci = ("" if pd.isna(row.ci_low)
+                  else f" ({row.ci_low:.3g} to {row.ci_high:.3g})")
+            p = "" if pd.isna(row.p_value) else f", p={row.p_value:.3g}"
+            n = "" if pd.isna(row.n_patients) else f", n={row.n_patients}"
+            lines.append(f"  {row.outcome} | {row.method} | {row.term}: "
+                         f"{row.estimate:.4g}{ci}{p}{n}")
+            if row.notes:
+                lines.append(f"      note: {row.notes}")
+        for key, value in self.details.get("headline", {}).items():
+            lines.append(f"  {key}: {value}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document written by :func:`run_sensitivity`."""
+        return {
+            "analysis": self.analysis,
+            "details": self.details,
+            "estimates": self.estimates.to_dict(orient="records"),
+            "tables": {name: table.to_dict(orient="records")
+                       for name, table in sorted(self.tables.items())},
+            "figures": [p.name for p in self.figures],
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Therapist fixed effects
+# --------------------------------------------------------------------------------------------
+
+
+def both_arm_sample(
+    frame: pd.DataFrame, min_per_arm: int = 1
+) -> tuple[pd.DataFrame, list[str]]:
+    """Patients of therapists with at least ``min_per_arm`` patients in each arm."""
+    counts = frame.groupby(THERAPIST, observed=True)[ARM].agg(["sum", "count"])
+    counts["control"] = counts["count"] - counts["sum"]
+    both = counts.index[(counts["sum"] >= min_per_arm) & (counts["control"] >= min_per_arm)]
+    return frame.loc[frame[THERAPIST].isin(both)], [str(t) for t in both]
+
+
+def fit_therapist_fixed_effects(
+    analysis: pd.DataFrame, config: Mapping[str, Any], source: str = "analysis table"
+) -> SensitivityResult:
+    """The arm effect within therapists who treated patients in both arms.
+
+    For each outcome, among patients with both scores (and every covariate), keep therapists
+    with at least ``sensitivity.therapist_fixed_effects.min_patients_per_arm`` patients in each
+    arm (counted in that outcome's analysed sample) and fit the ANCOVA with a fixed intercept
+    per therapist: the arm effect is then estimated only from comparisons within a therapist's
+    own caseload, so any therapist-level confounding (adopting therapists who are better, or
+    see different patients, on average) is removed. Standard errors are CR1 clustered by
+    therapist. Rows: ``therapist_fixed_effects`` and, for comparison, the same ANCOVA without
+    fixed effects in the same sample (``ancova_same_sample``) and in all analysed patients
+    (``ancova_all_therapists``).
+    """
+    check_arm(analysis, source)
+    options = settings(config, "therapist_fixed_effects")
+    min_per_arm = int(options["min_patients_per_arm"])
+    covariates = analysis_covariates(config)
+    level = confidence_level(config)
+    rows, counts = [], []
+    for outcome in sensitivity_outcomes(config):
+        analysed, notes = ancova_frame(analysis, outcome, covariates, source)
+        sample, therapists = both_arm_sample(analysed, min_per_arm)
+        counts.append({"outcome": outcome, "therapists_analysed":
+                       int(analysed[THERAPIST].nunique()),
+                       "therapists_both_arms": len(therapists),
+                       "patients_analysed": len(analysed), "patients_both_arms": len(sample),
+                       "intervention_patients_both_arms": int(sample[ARM].sum())})
+        full = fit_ancova(analysed, outcome, covariates, source=source)
+        rows.append(tidy_row(outcome, "therapist_fixed_effects", "ancova_all_therapists",
+                             ARM_TERM, full.row(level=level), full.n_patients, full.n_clusters,
+                             notes + full.notes))
+        if len(therapists) < 2:
+            rows.append(tidy_row(outcome, "therapist_fixed_effects", "therapist_fixed_effects",
+                                 ARM_TERM, {}, len(sample), len(therapists),
+                                 "fewer than 2 therapists treated patients in both arms: "
+                                 "not estimable"))
+            continue
+        same = fit_ancova(sample, outcome, covariates, source=source)
+        fixed = fit_ancova(sample, outcome, covariates, therapist_fixed_effects=True,
+                           source=source)
+        rows.append(tidy_row(outcome, "therapist_fixed_effects", "ancova_same_sample",
+                             ARM_TERM, same.row(level=level), same.n_patients, same.n_clusters,
+                             same.notes))
+        rows.append(tidy_row(outcome, "therapist_fixed_effects", "therapist_fixed_effects",
+                             ARM_TERM, fixed.row(level=level), fixed.n_patients,
+                             fixed.n_clusters,
+                             [f"therapists with >= {min_per_arm} patient(s) in each arm",
+                              *fixed.notes]))
+    details = {"settings": options, "covariates": covariates, "confidence_level": level,
+               "model": "ANCOVA: follow-up ~ arm + baseline + covariates + therapist fixed "
+                        "intercepts; CR1 SE clustered by therapist; t(G-1) intervals"}
+    return SensitivityResult("therapist_fixed_effects", tidy_frame(rows),
+                             tables={"samples": pd.DataFrame(counts)}, details=details)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI entry
+# --------------------------------------------------------------------------------------------
+
+
+def run_sensitivity(
+    config: Mapping[str, Any],
+    analysis: str | Path,
+    analysis_name: str,
+    out_json: str | Path,
+    out_csv: str | Path,
+    figures_dir: str | Path | None = None,
+    estimates_dir: str | Path | None = None,
+) -> SensitivityResult:
+    """CLI entry: run one sensitivity analysis and write ``sensitivity.{name}.json/.csv``.
+
+    Parameters
+    ----------
+    config : mapping
+        The validated study configuration.
+    analysis : path
+        The analysis table (``analysis.parquet``).
+    analysis_name : str
+        One of ``propensity``, ``evalue``, ``multiple_imputation``, ``tipping_point``,
+        ``therapist_fixed_effects``.
+    out_json, out_csv : path
+        Outputs: the JSON document (estimates, tables, details) and the tidy rows as CSV.
+    figures_dir : path, optional
+        Where the love plot (``propensity``) and tipping-point plot are written (PNG + SVG).
+    estimates_dir : path, optional
+        Folder of the primary estimate files ``{outcome}.{population}.json``; required by
+        ``evalue``; used by ``multiple_imputation`` to line complete-case, all-available and
+        MI estimates up when present.
+    """
+    if analysis_name not in ANALYSES:
+        raise ConfigError("command line", [f"analysis_name '{analysis_name}' is not one of "
+                                           f"{ANALYSES}"])
+    source = str(analysis)
+    frame = read_analysis(analysis)
+    if analysis_name == "propensity":
+        from trial_analysis.propensity import run_propensity_analysis
+
+        result = run_propensity_analysis(frame, config, figures_dir=figures_dir, source=source)
+    elif analysis_name == "evalue":
+        from trial_analysis.evalues import run_evalues
+
+        if estimates_dir is None:
+            raise ConfigError("command line", ["the evalue analysis needs --estimates-dir "
+                                               "(the primary estimate files)"])
+        result = run_evalues(frame, config, estimates_dir, source=source)
+    elif analysis_name == "multiple_imputation":
+        from trial_analysis.imputation import run_multiple_imputation
+
+        result = run_multiple_imputation(frame, config, estimates_dir=estimates_dir,
+                                         source=source)
+    elif analysis_name == "tipping_point":
+        from trial_analysis.imputation import run_tipping_point
+
+        result = run_tipping_point(frame, config, figures_dir=figures_dir, source=source)
+    else:
+        result = fit_therapist_fixed_effects(frame, config, source=source)
+    write_json(result.to_json(), out_json)
+    write_csv(result.to_frame(), out_csv)
+    return result

@@ -1,0 +1,1368 @@
+"""Simulate the default study's raw extract (the ETMI cohort) with known truth.
+
+The published paper gives counts but no patient-level data, so the default study runs on a
+simulated extract built to reproduce every published count *exactly* once the data contracts'
+cleaning, eligibility and allocation rules (``docs/data-contracts.md``) are applied, and to carry
+known true effects so that the pipeline's estimates can be checked against ``truth.json``.
+
+What is generated
+-----------------
+Therapists
+    ``targets.therapists`` therapists in ``targets.clinics`` clinics (every clinic has at least
+    one). Exactly ``targets.therapists_female`` are female; ages are normal, standardised to the
+    published mean and SD, rounded to years. Exactly ``therapists_trained`` have a training date
+    (uniform in ``therapist_training_period``); exactly ``therapists_adopted`` of them are
+    *adopters*, drawn by weighted sampling without replacement with log relative weight
+    ``confounding.therapist_age_per_10y * (age - mean) / 10`` (younger therapists adopt more).
+Eligible episodes (one per patient)
+    Every therapist treats at least one eligible patient (caseloads are ``1 + multinomial`` with
+    gamma weights). Age at referral is normal, standardised to the published mean and SD and
+    bounded below at the minimum age; the target is the cohort's float ``age`` (days / 365.25,
+    as in ``cohort.parquet``), so the mean of completed years is about 0.5 lower. Exactly
+    ``patients_female`` are female. Symptom duration
+    is ``12 + lognormal`` weeks; depression ~ Bernoulli(``depression_prevalence``) and anxiety
+    given depression with the odds ratio ``depression_anxiety_odds_ratio`` and marginal
+    ``anxiety_prevalence``. BMI (10% missing) and SES score 1-10 (5% missing) are noise
+    covariates.
+Allocation (confounded, exact counts)
+    ETMI patients are chosen only among adopters' patients: first one per adopter (so every
+    adopter documents ETMI at least once), then the rest, both by Gumbel-top-k sampling (weighted
+    sampling without replacement, which fixes the count exactly while the chance of selection
+    still depends on covariates) with log relative weight
+    ``confounding.age_per_10y * (age - mean_age) / 10 +
+    confounding.function_intake_per_10 * (latent intake of the primary outcome - its mean) / 10``
+    (younger, less severe patients more often get ETMI). An ETMI patient's referral is on or
+    after the therapist's training date, and every session the primary therapist gives carries
+    the ETMI code, so the contract's rule ``ETMI code by trained therapist`` recovers the arm.
+Outcome model (per outcome; this is the structure the analysis model fits)
+    For patient *i* of therapist *t* in clinic *c* at time *j* (0 intake, 1 discharge)::
+
+        y*_ij = mu + x_i' beta_level + j * x_i' beta_change
+                + a_c + d_cj + u_t + w_tj + p_i + e_ij
+                + j * (change_usual_care + arm_i * (effect + m_dep * dep_i + m_anx * anx_i))
+
+    with covariates ``x`` = (age per 10 years, female, log symptom weeks, depression, anxiety),
+    each centred at its design mean so that ``mu`` is the population intake mean;
+    ``a_c ~ N(0, s_a^2)`` clinic intercept, ``d_cj ~ N(0, s_d^2)`` clinic-by-time intercept,
+    ``u_t ~ N(0, s_u^2)`` therapist intercept, ``w_tj ~ N(0, s_w^2)`` therapist-by-time intercept
+    (independent per time point, so therapists differ in the change they achieve), ``p_i`` patient
+    intercept and ``e_ij`` residual. Variances: ``s_p = patient_sd_fraction * intake SD``;
+    ``s_u^2 = therapist_icc_change * V`` and ``s_a^2 = clinic_icc_change * V`` (V = intake
+    variance); ``s_w^2`` and ``s_d^2`` are set so that the ICC of the change
+    ``s_w^2 / (s_w^2 + s_d^2 + s_e^2)`` equals ``therapist_icc_change`` (clinic likewise); the
+    residual variance takes what is left of V after covariates and the other components. The
+    clinic-by-time term is small (ICC 0.01); an analysis model without a clinic level absorbs it
+    into the therapist-by-time variance. The true arm x time coefficient is ``effect``
+    (``effect_<outcome>``); subgroup modifications default to 0.
+    The recorded score is ``y*`` rounded to the instrument's resolution (integers) and bounded to
+    its range (the instrument's floor and ceiling, which is how a real score behaves). That
+    slightly attenuates the effect; ``truth.json`` reports, next to the structural ``effect``,
+    the realised average effect on the recorded scale: each eligible patient's discharge score
+    is computed under both arms from the same latent draws and the mean difference is taken
+    (``realised_ate``; ``realised_att`` among ETMI patients; per subgroup level too).
+Sessions
+    Per episode ``1 + NegBin(size, mean = (m_arm - 1) * g_t)`` sessions, ``m_arm`` =
+    ``sessions_mean_usual_care`` or ``sessions_mean_etmi``, ``g_t`` a mean-one gamma therapist
+    frailty (SD ``sessions_therapist_sd``); the true ratio of means is ``m_etmi / m_usual``.
+    Sessions are spaced 3-14 days apart starting 0-21 days after referral; intake is assessed
+    at the first session and discharge at the last. In a share (``covering_episode_fraction``)
+    of episodes with at least three sessions one later session is given by a second therapist
+    of the same clinic (covering), never with an ETMI code, so the primary therapist (most
+    sessions) is always the treating one. A share ``fidelity_breach_fraction`` of ETMI episodes
+    has one session with a forbidden (passive/exercise) code.
+Missing data (exact counts)
+    The intake score of the primary outcome is missing completely at random in
+    ``missingness.intake_missing_fraction`` of patients. Among patients with an intake score,
+    exactly ``complete_cases_etmi`` ETMI and ``complete_cases - complete_cases_etmi`` usual-care
+    patients keep their discharge score, chosen by Gumbel-top-k within arm with log relative
+    weight ``age_per_10y * age10 + function_intake_per_10 * intake10 + sessions * (n - mean)``
+    (MAR: observed quantities only); with ``mechanism: MNAR`` the latent change adds
+    ``mnar_change_per_10 * change / 10``. Patients without an intake score have a discharge
+    score with the overall complete share. The other outcomes are assessed together with the
+    primary one, each missing independently in ``other_instrument_missing_fraction`` more.
+    A missing score has no row in the long layout (an empty cell in the wide layout, which
+    has a row for every episode with at least one assessment).
+Junk records (``simulation.assumptions.junk``; each breaks exactly one contract rule)
+    ``under_18`` (aged 14-17, in window, CLBP code), ``non_clbp`` (adult, in window, only
+    non-CLBP codes such as M54.2 neck pain or M25.5 joint pain), ``outside_window`` (adult,
+    CLBP, referral before or after the window), ``repeat_episode`` (a later in-window CLBP
+    episode of an eligible patient: same patient_id, birth_date and sex), exact duplicate rows in
+    patients, sessions and outcomes (the copy directly follows its original), out-of-range
+    scores (only in outcomes outside ``complete_case.outcomes``, so they cannot change the
+    complete-case counts; placed on in-range scores of eligible patients, which cleaning then
+    sets missing), sessions whose episode is not in the patients table, and
+    ``untrained_etmi_code`` eligible usual-care episodes of never-trained therapists whose first
+    session carries the ETMI code (they stay usual care, ``ETMI code by untrained
+    therapist``). ``messy_codes`` sessions get a repairable mess (lower case or stray spaces) in
+    non-ETMI treatment codes. Ineligible episodes have sessions and outcomes like any other,
+    with usual-care codes only.
+
+Counts scale with ``n_patients`` (default: ``targets.eligible_patients``): every count is
+multiplied by ``n_patients / targets.eligible_patients`` and rounded, with small floors
+(2 clinics, 8 therapists, one adopter and one non-adopter...), so therapists stay ~1 per 33
+patients. Everything is vectorised numpy; a million-patient extract takes well under a minute.
+
+Determinism: the seed feeds one ``numpy.random.SeedSequence`` whose spawned children drive
+independent ``Generator(PCG64)`` streams per component, rows are sorted by their ids, and files
+are written by :mod:`trial_analysis.io` (atomic, deterministic), so the same seed gives
+byte-identical files. Dates are written as ISO ``YYYY-MM-DD`` text in CSV and Parquet alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.random import PCG64, Generator, SeedSequence
+
+from trial_analysis import io
+from trial_analysis.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TABLES = ("therapists", "patients", "sessions", "outcomes")
+COVARIATES = ("age_per_10y", "female", "log_symptom_weeks", "depression", "anxiety")
+# ICD-10 codes used for the comorbidity part of diagnosis_codes and for non-CLBP referrals.
+DEPRESSION_CODE = "F32.9"
+ANXIETY_CODE = "F41.9"
+OTHER_COMORBIDITY = (("I10", 0.25), ("E11.9", 0.10))
+NON_CLBP_CODES = ("M54.2", "M25.5", "M54.6", "M79.1", "M75.1")
+# Design of the symptom duration: 12 + lognormal(log 30, 0.9) weeks (chronic = over 12 weeks).
+DURATION_LOG_MEDIAN, DURATION_LOG_SD, DURATION_MIN = np.log(30.0), 0.9, 12.0
+BMI_MEAN, BMI_SD, BMI_MISSING = 28.0, 5.0, 0.10
+SES_MISSING = 0.05
+AGE_MAX = 98.0
+THERAPIST_AGE_RANGE = (23, 66)
+# Streams (one child seed each) so that changing one component does not move the others.
+STREAMS = (
+    "therapists", "patients", "outcomes", "allocation", "dates", "sessions",
+    "missingness", "junk", "ids",
+)
+
+
+@dataclasses.dataclass
+class SimulatedExtract:
+    """A simulated raw extract in the contract's canonical columns, plus its truth.
+
+    Attributes
+    ----------
+    therapists, patients, sessions : pandas.DataFrame
+        Raw tables (junk records included), rows in id order.
+    outcomes : pandas.DataFrame
+        Outcomes in the long layout (``write_extract`` converts to wide on request).
+    truth : dict
+        Every true parameter and realised quantity (written as ``truth.json``).
+    """
+
+    therapists: pd.DataFrame
+    patients: pd.DataFrame
+    sessions: pd.DataFrame
+    outcomes: pd.DataFrame
+    truth: dict[str, Any]
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The four raw tables by name."""
+        return {name: getattr(self, name) for name in TABLES}
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def _days(date: str | dt.date) -> int:
+    """Days since 1970-01-01 of an ISO date."""
+    if isinstance(date, str):
+        date = dt.date.fromisoformat(date)
+    return (date - dt.date(1970, 1, 1)).days
+
+
+def _text_from_chars(chars: np.ndarray, missing: np.ndarray | None = None) -> pd.Series:
+    """A pandas string Series from a (rows, width) uint8 matrix of ASCII, without a loop.
+
+    Building the Arrow buffers directly is ~50 times faster than converting Python or numpy
+    unicode strings, which matters at a million patients.
+    """
+    n, width = chars.shape
+    offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int64) * width).astype(np.int32).tobytes())
+    array: pa.Array = pa.StringArray.from_buffers(n, offsets, pa.py_buffer(chars.tobytes()))
+    if missing is not None and missing.any():
+        array = pc.if_else(pa.array(missing), pa.scalar(None, pa.string()), array)
+    return pd.Series(pd.array(array, dtype="str"))
+
+
+def _text_from_lookup(index: np.ndarray, table: Sequence[str | None]) -> pd.Series:
+    """A pandas string Series ``table[index]`` (``None`` entries become missing)."""
+    dictionary = pa.array(list(table), type=pa.string())
+    array = pa.DictionaryArray.from_arrays(pa.array(np.asarray(index, dtype=np.int32)),
+                                           dictionary).dictionary_decode()
+    return pd.Series(pd.array(array, dtype="str"))
+
+
+def _digits(chars: np.ndarray, values: np.ndarray, start: int, width: int) -> None:
+    """Write ``values`` as zero-padded decimal digits into ``chars[:, start:start+width]``."""
+    values = np.asarray(values, dtype=np.int64).copy()
+    for position in range(start + width - 1, start - 1, -1):
+        chars[:, position] = 48 + values % 10
+        values //= 10
+
+
+def _date_strings(days: np.ndarray, missing: np.ndarray | None = None) -> pd.Series:
+    """ISO ``YYYY-MM-DD`` text for integer day numbers; ``missing`` positions become NA.
+
+    Dates span a few thousand distinct days, so each distinct day is formatted once and the
+    column is built from a dictionary lookup.
+    """
+    days = np.asarray(days, dtype=np.int64)
+    if missing is not None:
+        days = np.where(missing, days[~missing].min() if (~missing).any() else 0, days)
+    if days.size == 0:
+        return pd.Series(pd.array([], dtype="str"))
+    first, last = int(days.min()), int(days.max())
+    calendar = np.arange(first, last + 1).astype("datetime64[D]")
+    table: list[str | None] = list(np.datetime_as_string(calendar, unit="D"))
+    index = days - first
+    if missing is not None and missing.any():
+        table.append(None)
+        index = np.where(missing, len(table) - 1, index)
+    return _text_from_lookup(index, table)
+
+
+def _ids(prefix: str, numbers: np.ndarray, width: int) -> pd.Series:
+    """Zero-padded ids (``prefix`` + ``width`` digits), built without a Python loop."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    chars = np.empty((numbers.size, width + len(prefix)), dtype=np.uint8)
+    chars[:, : len(prefix)] = np.frombuffer(prefix.encode("ascii"), dtype=np.uint8)
+    _digits(chars, numbers, len(prefix), width)
+    return _text_from_chars(chars)
+
+
+def _id_width(largest: int, minimum: int) -> int:
+    return max(minimum, len(str(int(largest))))
+
+
+def _standardised_normal(rng: Generator, n: int) -> np.ndarray:
+    """Normal draws rescaled to sample mean 0 and SD 1 (so published moments are hit)."""
+    z = rng.standard_normal(n)
+    if n > 1:
+        z = (z - z.mean()) / z.std()
+    return z
+
+
+def _moment_matched(
+    rng: Generator, n: int, mean: float, sd: float, low: float, high: float
+) -> np.ndarray:
+    """Normal values with sample mean/SD ``mean``/``sd`` within [low, high] (few iterations)."""
+    values = mean + sd * _standardised_normal(rng, n)
+    for _ in range(4):
+        values = np.clip(values, low, high)
+        if n > 1 and values.std() > 0:
+            values = mean + (values - values.mean()) * (sd / values.std())
+    return np.clip(values, low, high)
+
+
+def _exact_choice(rng: Generator, n: int, k: int) -> np.ndarray:
+    """Boolean mask with exactly ``k`` of ``n`` set, uniformly at random."""
+    mask = np.zeros(n, dtype=bool)
+    if k > 0:
+        mask[rng.choice(n, size=k, replace=False)] = True
+    return mask
+
+
+def _gumbel_top_k(rng: Generator, log_weight: np.ndarray, k: int) -> np.ndarray:
+    """Weighted sampling of exactly ``k`` items without replacement (Gumbel-top-k).
+
+    Equivalent to drawing items one at a time with probability proportional to
+    ``exp(log_weight)`` among those not yet drawn. Returns a boolean mask.
+    """
+    n = log_weight.size
+    mask = np.zeros(n, dtype=bool)
+    if k <= 0:
+        return mask
+    if k >= n:
+        mask[:] = True
+        return mask
+    keys = log_weight + rng.gumbel(size=n)
+    mask[np.argpartition(-keys, k - 1)[:k]] = True
+    return mask
+
+
+def _top_one_per_group(rng: Generator, log_weight: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Index of one weighted draw per group (Gumbel-max within each group)."""
+    keys = log_weight + rng.gumbel(size=log_weight.size)
+    order = np.lexsort((-keys, group))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = group[order][1:] != group[order][:-1]
+    return order[first]
+
+
+def _completed_years(birth: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Age in completed calendar years (the eligibility rule's definition)."""
+
+    def parts(days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = np.asarray(days, dtype="int64").astype("datetime64[D]")
+        year = d.astype("datetime64[Y]").astype(np.int64)
+        month_start = d.astype("datetime64[M]")
+        month = month_start.astype(np.int64) % 12
+        day = (d - month_start.astype("datetime64[D]")).astype(np.int64)
+        return year, month * 100 + day
+
+    year_b, md_b = parts(birth)
+    year_r, md_r = parts(reference)
+    return year_r - year_b - (md_r < md_b).astype(np.int64)
+
+
+def _anxiety_given_depression(prev_dep: float, prev_anx: float, odds_ratio: float) -> tuple:
+    """P(anxiety | depression = 1) and P(anxiety | depression = 0) for the marginal and OR."""
+    low, high = 1e-9, 1 - 1e-9
+    for _ in range(200):  # bisection on P(anx | no depression)
+        p0 = (low + high) / 2
+        odds1 = odds_ratio * p0 / (1 - p0)
+        p1 = odds1 / (1 + odds1)
+        if prev_dep * p1 + (1 - prev_dep) * p0 > prev_anx:
+            high = p0
+        else:
+            low = p0
+    return p1, p0
+
+
+def _expected_log_duration() -> float:
+    """E[log(symptom weeks)] under the duration design, by Gauss-Hermite quadrature."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    values = np.log(DURATION_MIN + np.exp(DURATION_LOG_MEDIAN + DURATION_LOG_SD * nodes))
+    return float(np.sum(weights * values) / np.sum(weights))
+
+
+# ----------------------------------------------------------------------------- counts
+
+
+def scaled_counts(simulation: Mapping[str, Any], n_patients: int | None = None) -> dict[str, int]:
+    """Exact counts the extract is built to give, scaled to ``n_patients`` eligible patients.
+
+    Parameters
+    ----------
+    simulation : mapping
+        The config's ``simulation`` section.
+    n_patients : int, optional
+        Eligible patients wanted; default ``targets.eligible_patients``.
+
+    Returns
+    -------
+    dict
+        Counts of clinics, therapists (trained, adopters, female), patients (female, ETMI,
+        complete cases overall and ETMI) and every junk kind.
+    """
+    targets = simulation["targets"]
+    junk = simulation["assumptions"]["junk"]
+    base_n = int(targets["eligible_patients"])
+    n = base_n if n_patients is None else int(n_patients)
+    if n < 50:
+        raise ConfigError("simulate", [f"n_patients must be at least 50, got {n}"])
+    scale = n / base_n
+
+    def scaled(value: float, floor: int = 0) -> int:
+        return max(floor, int(round(value * scale)))
+
+    therapists = scaled(targets["therapists"], 8)
+    clinics = min(therapists, scaled(targets["clinics"], 2))
+    ratio_trained = targets["therapists_trained"] / targets["therapists"]
+    ratio_adopted = targets["therapists_adopted"] / targets["therapists"]
+    trained = min(therapists - 1, max(2, int(round(ratio_trained * therapists))))
+    adopters = min(trained - 1, max(1, int(round(ratio_adopted * therapists))))
+    female_t = int(round(targets["therapists_female"] / targets["therapists"] * therapists))
+    etmi = max(adopters, scaled(targets["etmi_patients"]))
+    complete = scaled(targets["complete_cases"])
+    complete_etmi = min(scaled(targets["complete_cases_etmi"]), etmi // 2)
+    counts = {
+        "clinics": clinics,
+        "therapists": therapists,
+        "therapists_trained": trained,
+        "therapists_adopted": adopters,
+        "therapists_female": female_t,
+        "eligible_patients": n,
+        "patients_female": scaled(targets["patients_female"]),
+        "etmi_patients": etmi,
+        "complete_cases": complete,
+        "complete_cases_etmi": complete_etmi,
+    }
+    for kind, value in junk.items():
+        counts[f"junk_{kind}"] = scaled(value, 1 if value > 0 else 0)
+    return counts
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def _outcome_parameters(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Structural parameters of every outcome (means, effects, variance components)."""
+    assumptions = config["simulation"]["assumptions"]
+    icc_t = float(assumptions["therapist_icc_change"])
+    icc_c = float(assumptions["clinic_icc_change"])
+    if icc_t + icc_c >= 1:
+        raise ConfigError("simulate", ["therapist_icc_change + clinic_icc_change must be below 1"])
+    targets = config["simulation"]["targets"]
+    prev_dep = float(assumptions["depression_prevalence"])
+    prev_anx = float(assumptions["anxiety_prevalence"])
+    share_female = targets["patients_female"] / targets["eligible_patients"]
+    covariate_var = {  # design variances (depression-anxiety covariance ignored: small)
+        "age_per_10y": (targets["patient_age_sd"] / 10) ** 2,
+        "female": share_female * (1 - share_female),
+        "log_symptom_weeks": _log_duration_variance(),
+        "depression": prev_dep * (1 - prev_dep),
+        "anxiety": prev_anx * (1 - prev_anx),
+    }
+    parameters: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for spec in config["outcomes"]:
+        name = spec["name"]
+        if f"{name}_intake_mean" in assumptions:
+            mean = float(assumptions[f"{name}_intake_mean"])
+        elif f"{name}_intake_median" in assumptions:
+            mean = float(assumptions[f"{name}_intake_median"])
+        else:
+            problems.append(f"simulation/assumptions: {name}_intake_mean (or _median) missing")
+            continue
+        if f"{name}_intake_sd" in assumptions:
+            sd = float(assumptions[f"{name}_intake_sd"])
+        elif f"{name}_intake_iqr" in assumptions:
+            q1, q3 = assumptions[f"{name}_intake_iqr"]
+            sd = (float(q3) - float(q1)) / 1.349  # IQR of a normal is 1.349 SD
+        else:
+            problems.append(f"simulation/assumptions: {name}_intake_sd (or _iqr) missing")
+            continue
+        for key in (f"{name}_change_usual_care", f"effect_{name}"):
+            if key not in assumptions:
+                problems.append(f"simulation/assumptions: {key} missing")
+        prognostic = assumptions.get("prognostic", {}).get(name, {})
+        level = {c: float(prognostic.get("level", {}).get(c, 0.0)) for c in COVARIATES}
+        change = {c: float(prognostic.get("change", {}).get(c, 0.0)) for c in COVARIATES}
+        total_var = sd**2
+        var_cov = sum(level[c] ** 2 * covariate_var[c] for c in COVARIATES)
+        var_patient = (float(assumptions["patient_sd_fraction"]) * sd) ** 2
+        var_therapist = icc_t * total_var
+        var_clinic = icc_c * total_var
+        k_w, k_d = icc_t / (1 - icc_t - icc_c), icc_c / (1 - icc_t - icc_c)
+        left = total_var - var_cov - var_patient - var_therapist - var_clinic
+        if left <= 0:
+            problems.append(f"simulation: {name}: variance components exceed the intake variance")
+            continue
+        var_residual = left / (1 + k_w + k_d)
+        modification = {
+            sub: float(assumptions.get("effect_modification", {}).get(sub, {}).get(name, 0.0))
+            for sub in ("depression", "anxiety")
+        }
+        parameters[name] = {
+            "mu_intake": mean,
+            "mu_discharge_before_change": mean,
+            "intake_sd": sd,
+            "change_usual_care": float(assumptions.get(f"{name}_change_usual_care", 0.0)),
+            "effect": float(assumptions.get(f"effect_{name}", 0.0)),
+            "effect_modification": modification,
+            "beta_level": level,
+            "beta_change": change,
+            "variance_components": {
+                "clinic": var_clinic,
+                "clinic_time": k_d * var_residual,
+                "therapist": var_therapist,
+                "therapist_time": k_w * var_residual,
+                "patient": var_patient,
+                "residual": var_residual,
+            },
+            "icc_change": {"therapist": icc_t, "clinic": icc_c},
+            "resolution": 1.0,
+            "min": float(spec["min"]),
+            "max": float(spec["max"]),
+        }
+    if problems:
+        raise ConfigError("simulate", problems)
+    return parameters
+
+
+def _log_duration_variance() -> float:
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    values = np.log(DURATION_MIN + np.exp(DURATION_LOG_MEDIAN + DURATION_LOG_SD * nodes))
+    mean = np.sum(weights * values) / np.sum(weights)
+    return float(np.sum(weights * (values - mean) ** 2) / np.sum(weights))
+
+
+def _recorded(latent: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
+    """Round to the instrument's resolution and bound to its range (floor/ceiling)."""
+    step = spec["resolution"]
+    # "+ 0.0" turns -0.0 (rounding of small negatives) into 0.0, which prints as "0".
+    return np.clip(np.round(latent / step) * step, spec["min"], spec["max"]) + 0.0
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def simulate_extract(
+    config: Mapping[str, Any], seed: int, n_patients: int | None = None
+) -> SimulatedExtract:
+    """Generate the raw extract of the simulated default cohort.
+
+    Parameters
+    ----------
+    config : mapping
+        Validated study configuration (its ``simulation`` section drives everything).
+    seed : int
+        Seed; the same seed gives the same extract.
+    n_patients : int, optional
+        Eligible patients to generate; every count scales with it. Default: the published
+        ``simulation.targets.eligible_patients``.
+
+    Returns
+    -------
+    SimulatedExtract
+        Tables in the contract's canonical columns (outcomes long) and the truth.
+    """
+    if "simulation" not in config:
+        raise ConfigError("simulate", ["the config has no `simulation` section"])
+    sim = config["simulation"]
+    A = sim["assumptions"]
+    counts = scaled_counts(sim, n_patients)
+    params = _outcome_parameters(config)
+    outcome_names = [o["name"] for o in config["outcomes"]]
+    primary = config["primary_outcome"]
+    cc_outcomes = list(config.get("complete_case", {}).get("outcomes", [primary]))
+    streams = dict(
+        zip(STREAMS, (Generator(PCG64(s)) for s in SeedSequence(seed).spawn(len(STREAMS))),
+            strict=True)
+    )
+    window_start = _days(str(config["eligibility"]["window_start"]))
+    window_end = _days(str(config["eligibility"]["window_end"]))
+    min_age = float(config["eligibility"].get("min_age", 18))
+    targets = sim["targets"]
+
+    # --- therapists ---------------------------------------------------------------------
+    rng = streams["therapists"]
+    T, C = counts["therapists"], counts["clinics"]
+    clinic_weight = rng.gamma(5.0, size=C)
+    t_clinic = np.sort(
+        np.concatenate([np.arange(C), rng.choice(C, T - C, p=clinic_weight / clinic_weight.sum())])
+    )
+    t_female = _exact_choice(rng, T, counts["therapists_female"])
+    t_age = np.round(
+        _moment_matched(rng, T, targets["therapist_age_mean"], targets["therapist_age_sd"],
+                        *THERAPIST_AGE_RANGE)
+    ).astype(np.int64)
+    t_trained = _exact_choice(rng, T, counts["therapists_trained"])
+    training_start, training_end = (
+        _days(str(d)) for d in A.get("therapist_training_period",
+                                     [config["eligibility"]["window_start"]] * 2)
+    )
+    if training_end > window_end or training_start > training_end:
+        raise ConfigError("simulate", [
+            "simulation/assumptions/therapist_training_period: must be [first, last] with last "
+            "on or before eligibility.window_end (trained therapists need time to deliver ETMI)"])
+    t_training = np.where(
+        t_trained, rng.integers(training_start, training_end + 1, size=T), -1
+    )
+    conf = A["confounding"]
+    adopter_logw = (conf.get("therapist_age_per_10y", 0.0)
+                    * (t_age - targets["therapist_age_mean"]) / 10)
+    trained_idx = np.flatnonzero(t_trained)
+    t_adopter = np.zeros(T, dtype=bool)
+    t_adopter[trained_idx[_gumbel_top_k(rng, adopter_logw[trained_idx],
+                                        counts["therapists_adopted"])]] = True
+    t_caseload_weight = rng.gamma(2.0, size=T)
+    frailty_sd = float(A.get("sessions_therapist_sd", 0.0))
+    t_session_frailty = (
+        rng.gamma(1 / frailty_sd**2, frailty_sd**2, size=T) if frailty_sd > 0 else np.ones(T)
+    )
+
+    # --- eligible patients ----------------------------------------------------------------
+    rng = streams["patients"]
+    N = counts["eligible_patients"]
+    per_therapist = 1 + rng.multinomial(N - T, t_caseload_weight / t_caseload_weight.sum())
+    e_therapist = rng.permutation(np.repeat(np.arange(T), per_therapist))
+    e_age = _moment_matched(rng, N, targets["patient_age_mean"], targets["patient_age_sd"],
+                            min_age + 0.02, AGE_MAX)
+    e_female = _exact_choice(rng, N, counts["patients_female"])
+    prev_dep, prev_anx = float(A["depression_prevalence"]), float(A["anxiety_prevalence"])
+    p_anx_dep, p_anx_nodep = _anxiety_given_depression(
+        prev_dep, prev_anx, float(A["depression_anxiety_odds_ratio"])
+    )
+
+    def covariates(rng: Generator, n: int) -> dict[str, np.ndarray]:
+        dep = rng.random(n) < prev_dep
+        anx = rng.random(n) < np.where(dep, p_anx_dep, p_anx_nodep)
+        weeks = np.round(
+            DURATION_MIN + np.exp(DURATION_LOG_MEDIAN + DURATION_LOG_SD * rng.standard_normal(n))
+        )
+        bmi = np.round(np.clip(rng.normal(BMI_MEAN, BMI_SD, n), 16, 55), 1)
+        bmi[rng.random(n) < BMI_MISSING] = np.nan
+        ses = rng.integers(1, 11, size=n).astype(float)
+        ses[rng.random(n) < SES_MISSING] = np.nan
+        return {"depression": dep, "anxiety": anx, "weeks": weeks, "bmi": bmi, "ses": ses}
+
+    e_cov = covariates(rng, N)
+
+    # --- junk episodes (ineligible by exactly one rule) ---------------------------------------
+    rng = streams["junk"]
+    n_u18, n_nonclbp = counts["junk_under_18"], counts["junk_non_clbp"]
+    n_outside, n_repeat = counts["junk_outside_window"], counts["junk_repeat_episode"]
+    n_new_junk = n_u18 + n_nonclbp + n_outside
+    j_kind = np.repeat(np.array(["under_18", "non_clbp", "outside_window"]),
+                       [n_u18, n_nonclbp, n_outside])
+    j_age = np.where(
+        j_kind == "under_18",
+        rng.uniform(14.0, min_age - 0.1, size=n_new_junk),
+        _moment_matched(rng, n_new_junk, targets["patient_age_mean"], targets["patient_age_sd"],
+                        min_age + 0.02, AGE_MAX),
+    )
+    j_female = rng.random(n_new_junk) < targets["patients_female"] / targets["eligible_patients"]
+    j_therapist = rng.integers(0, T, size=n_new_junk)
+    j_cov = covariates(rng, n_new_junk)
+    # Repeat episodes: later in-window episodes of eligible patients (picked after dates exist).
+
+    # --- latent outcomes of eligible and new-junk episodes ------------------------------------
+    rng = streams["outcomes"]
+    mean_log_weeks = _expected_log_duration()
+    share_female = targets["patients_female"] / targets["eligible_patients"]
+
+    def design(age: np.ndarray, female: np.ndarray, cov: Mapping[str, np.ndarray]) -> dict:
+        return {
+            "age_per_10y": (age - targets["patient_age_mean"]) / 10,
+            "female": female - share_female,
+            "log_symptom_weeks": np.log(cov["weeks"]) - mean_log_weeks,
+            "depression": cov["depression"] - prev_dep,
+            "anxiety": cov["anxiety"] - prev_anx,
+        }
+
+    X_e = design(e_age, e_female, e_cov)
+    X_j = design(j_age, j_female, j_cov)
+    n_all = N + n_new_junk
+    X = {c: np.concatenate([X_e[c], X_j[c]]) for c in COVARIATES}
+    all_therapist = np.concatenate([e_therapist, j_therapist])
+    all_clinic = t_clinic[all_therapist]
+    latent0, latent1_base = {}, {}
+    for name in outcome_names:
+        p = params[name]
+        vc = p["variance_components"]
+        a_c = rng.normal(0, np.sqrt(vc["clinic"]), C)
+        d_c = rng.normal(0, np.sqrt(vc["clinic_time"]), (C, 2))
+        u_t = rng.normal(0, np.sqrt(vc["therapist"]), T)
+        w_t = rng.normal(0, np.sqrt(vc["therapist_time"]), (T, 2))
+        p_i = rng.normal(0, np.sqrt(vc["patient"]), n_all)
+        e_i = rng.normal(0, np.sqrt(vc["residual"]), (n_all, 2))
+        level = sum(p["beta_level"][c] * X[c] for c in COVARIATES)
+        change = sum(p["beta_change"][c] * X[c] for c in COVARIATES)
+        common = p["mu_intake"] + level + a_c[all_clinic] + u_t[all_therapist] + p_i
+        latent0[name] = common + d_c[all_clinic, 0] + w_t[all_therapist, 0] + e_i[:, 0]
+        latent1_base[name] = (
+            common + d_c[all_clinic, 1] + w_t[all_therapist, 1] + e_i[:, 1]
+            + change + p["change_usual_care"]
+        )
+
+    # --- allocation: ETMI among adopters' patients ------------------------------------------
+    rng = streams["allocation"]
+    intake_primary = latent0[primary][:N]
+    etmi_logw = (
+        conf["age_per_10y"] * X_e["age_per_10y"]
+        + conf["function_intake_per_10"] * (intake_primary - params[primary]["mu_intake"]) / 10
+    )
+    candidates = np.flatnonzero(t_adopter[e_therapist])
+    e_arm = np.zeros(N, dtype=bool)
+    first_per_adopter = candidates[
+        _top_one_per_group(rng, etmi_logw[candidates], e_therapist[candidates])
+    ]
+    e_arm[first_per_adopter] = True
+    rest = candidates[~e_arm[candidates]]
+    e_arm[rest[_gumbel_top_k(rng, etmi_logw[rest],
+                             counts["etmi_patients"] - first_per_adopter.size)]] = True
+    # Fidelity breaches among ETMI episodes (exact count).
+    n_breach = int(round(float(A.get("fidelity_breach_fraction", 0.0))
+                         * counts["etmi_patients"]))
+    etmi_idx = np.flatnonzero(e_arm)
+    e_breach = np.zeros(N, dtype=bool)
+    e_breach[etmi_idx[_exact_choice(rng, etmi_idx.size, n_breach)]] = True
+
+    # --- referral and birth dates --------------------------------------------------------
+    rng = streams["dates"]
+    earliest = np.where(e_arm, np.maximum(window_start, t_training[e_therapist]), window_start)
+    e_referral = earliest + np.floor(rng.random(N) * (window_end - earliest + 1)).astype(np.int64)
+    # Repeat episodes: eligible patients referred at least 14 days before the window closes.
+    repeatable = np.flatnonzero(e_referral <= window_end - 14)
+    r_source = np.sort(repeatable[_exact_choice(rng, repeatable.size, n_repeat)])
+    r_referral = e_referral[r_source] + 14 + np.floor(
+        rng.random(n_repeat) * (window_end - e_referral[r_source] - 14 + 1)
+    ).astype(np.int64)
+    j_referral = np.empty(n_new_junk, dtype=np.int64)
+    in_window = j_kind != "outside_window"
+    j_referral[in_window] = rng.integers(window_start, window_end + 1, size=in_window.sum())
+    before = rng.random(n_outside) < 0.5
+    j_referral[~in_window] = np.where(
+        before,
+        rng.integers(window_start - 365, window_start, size=n_outside),
+        rng.integers(window_end + 1, window_end + 181, size=n_outside),
+    )
+
+    def birth_from_age(age: np.ndarray, referral: np.ndarray) -> np.ndarray:
+        return referral - np.round(age * 365.2425).astype(np.int64)
+
+    e_birth = birth_from_age(e_age, e_referral)
+    j_birth = birth_from_age(j_age, j_referral)
+    # Guard the threshold exactly as the eligibility rule computes age (completed years).
+    low = _completed_years(e_birth, e_referral) < min_age
+    e_birth[low] -= 2
+    adult_junk = j_kind != "under_18"
+    fix = adult_junk & (_completed_years(j_birth, j_referral) < min_age)
+    j_birth[fix] -= 2
+    minor = ~adult_junk & (_completed_years(j_birth, j_referral) >= min_age)
+    j_birth[minor] += 2
+
+    # --- combine all episodes --------------------------------------------------------------
+    # Order: eligible (N), new junk, repeat episodes.
+    n_ep = N + n_new_junk + n_repeat
+    kind = np.concatenate([np.full(N, "eligible"), j_kind, np.full(n_repeat, "repeat_episode")])
+    therapist = np.concatenate([e_therapist, j_therapist, e_therapist[r_source]])
+    arm = np.concatenate([e_arm, np.zeros(n_new_junk + n_repeat, dtype=bool)])
+    breach = np.concatenate([e_breach, np.zeros(n_new_junk + n_repeat, dtype=bool)])
+    referral = np.concatenate([e_referral, j_referral, r_referral])
+    birth = np.concatenate([e_birth, j_birth, e_birth[r_source]])
+    female = np.concatenate([e_female, j_female, e_female[r_source]])
+    r_cov = covariates(streams["junk"], n_repeat)
+    r_cov["depression"], r_cov["anxiety"] = (
+        e_cov["depression"][r_source], e_cov["anxiety"][r_source],
+    )
+    r_cov["bmi"] = e_cov["bmi"][r_source]
+    r_cov["ses"] = e_cov["ses"][r_source]
+    cov = {k: np.concatenate([e_cov[k], j_cov[k], r_cov[k]]) for k in e_cov}
+    # Repeat episodes' scores: the person's own latent values plus fresh residual noise.
+    rep_noise = {
+        name: streams["junk"].normal(
+            0, np.sqrt(params[name]["variance_components"]["residual"]), (n_repeat, 2)
+        )
+        for name in outcome_names
+    }
+    for name in outcome_names:
+        latent0[name] = np.concatenate([latent0[name], latent0[name][r_source]
+                                        + rep_noise[name][:, 0]])
+        latent1_base[name] = np.concatenate([latent1_base[name], latent1_base[name][r_source]
+                                             + rep_noise[name][:, 1]])
+    person = np.concatenate([np.arange(N + n_new_junk), r_source])
+    eligible = kind == "eligible"
+
+    # --- sessions -------------------------------------------------------------------------
+    rng = streams["sessions"]
+    m_uc, m_etmi = float(A["sessions_mean_usual_care"]), float(A["sessions_mean_etmi"])
+    size = float(A["sessions_dispersion"])
+    extra_mean = (np.where(arm, m_etmi, m_uc) - 1) * t_session_frailty[therapist]
+    n_sessions = 1 + rng.negative_binomial(size, size / (size + extra_mean))
+    S = int(n_sessions.sum())
+    s_episode = np.repeat(np.arange(n_ep), n_sessions)
+    s_start = np.cumsum(n_sessions) - n_sessions
+    s_k = np.arange(S) - s_start[s_episode]
+    gaps = rng.integers(3, 15, size=S)
+    gaps[s_start] = rng.integers(0, 22, size=n_ep)
+    cum = np.cumsum(gaps)
+    s_date = referral[s_episode] + cum - (cum[s_start] - gaps[s_start])[s_episode]
+    first_date = s_date[s_start]
+    last_date = s_date[s_start + n_sessions - 1]
+    s_therapist = therapist[s_episode].copy()
+    # Covering sessions: one later session by another therapist of the same clinic.
+    clinic_size = np.bincount(t_clinic, minlength=C)
+    clinic_first = np.cumsum(clinic_size) - clinic_size
+    can_cover = (n_sessions >= 3) & (clinic_size[t_clinic[therapist]] >= 2)
+    covered = can_cover & (rng.random(n_ep) < float(A.get("covering_episode_fraction", 0.0)))
+    cov_ep = np.flatnonzero(covered)
+    cov_k = 1 + np.floor(rng.random(cov_ep.size) * (n_sessions[cov_ep] - 1)).astype(np.int64)
+    cov_session = s_start[cov_ep] + cov_k
+    own = therapist[cov_ep]
+    own_clinic = t_clinic[own]
+    position = own - clinic_first[own_clinic]
+    shift = 1 + np.floor(rng.random(cov_ep.size) * (clinic_size[own_clinic] - 1)).astype(np.int64)
+    s_therapist[cov_session] = clinic_first[own_clinic] + (position + shift) % clinic_size[
+        own_clinic]
+    s_covering = np.zeros(S, dtype=bool)
+    s_covering[cov_session] = True
+
+    # Treatment codes as bit masks over config codes.treatments.
+    codes_cfg = config["codes"]
+    treatments = list(codes_cfg["treatments"])
+    etmi_code = codes_cfg["etmi"]
+    forbidden = set(codes_cfg.get("fidelity_forbidden", []))
+    code_prob = A.get("session_code_probabilities") or {}
+    bit = {code: 1 << i for i, code in enumerate(treatments)}
+    usual_mask = np.zeros(S, dtype=np.int64)
+    neutral_mask = np.zeros(S, dtype=np.int64)
+    for code in treatments:
+        if code == etmi_code:
+            continue
+        drawn = rng.random(S) < float(code_prob.get(code, 0.3))
+        usual_mask |= np.where(drawn, bit[code], 0)
+        if code not in forbidden:
+            neutral_mask |= np.where(drawn, bit[code], 0)
+    s_arm = arm[s_episode]
+    s_mask = np.where(s_arm, np.where(s_covering, neutral_mask, neutral_mask | bit[etmi_code]),
+                      usual_mask)
+    breach_ep = np.flatnonzero(breach)
+    if breach_ep.size and forbidden:
+        forbidden_codes = [c for c in treatments if c in forbidden]
+        weights = np.array([float(code_prob.get(c, 0.1)) for c in forbidden_codes]) + 1e-9
+        chosen = rng.choice(len(forbidden_codes), breach_ep.size, p=weights / weights.sum())
+        breach_session = s_start[breach_ep]  # first session: the primary therapist's
+        s_mask[breach_session] |= np.array([bit[forbidden_codes[i]] for i in chosen])
+    # Junk: ETMI code by never-trained therapists on eligible usual-care episodes.
+    untrained_pool = np.flatnonzero(eligible & ~arm & ~t_trained[therapist])
+    n_untrained = min(counts["junk_untrained_etmi_code"], untrained_pool.size)
+    untrained_ep = np.sort(untrained_pool[_exact_choice(rng, untrained_pool.size, n_untrained)])
+    s_mask[s_start[untrained_ep]] |= bit[etmi_code]
+    lookup: list[str | None] = [
+        ";".join(c for c in treatments if m & bit[c]) or None for m in range(1 << len(treatments))
+    ]
+
+    # --- discharge scores, missingness --------------------------------------------------------
+    rng = streams["missingness"]
+    dep_all, anx_all = cov["depression"], cov["anxiety"]
+    recorded: dict[str, np.ndarray] = {}
+    effects_truth: dict[str, Any] = {}
+    for name in outcome_names:
+        p = params[name]
+        effect_i = (p["effect"] + p["effect_modification"]["depression"] * dep_all
+                    + p["effect_modification"]["anxiety"] * anx_all)
+        y1_control = latent1_base[name]
+        y1_treated = latent1_base[name] + effect_i
+        latent1 = np.where(arm, y1_treated, y1_control)
+        if name == primary:
+            latent_change_primary = latent1 - latent0[name]
+        recorded[name] = np.stack([_recorded(latent0[name], p), _recorded(latent1, p)], axis=1)
+        effects_truth[name] = _realised_effects(
+            p, effect_i, y1_treated, y1_control, eligible, arm, dep_all, anx_all
+        )
+
+    present = {name: np.zeros((n_ep, 2), dtype=bool) for name in outcome_names}
+    miss = A["missingness"]
+    intake_missing = rng.random(n_ep) < float(miss.get("intake_missing_fraction", 0.0))
+    present[primary][:, 0] = ~intake_missing
+    complete_share = counts["complete_cases"] / N
+    # Eligible: exact complete counts per arm, weighted by observed (MAR) or change (MNAR).
+    # Eligible episodes are the first N; only they are selected by weight.
+    mean_sessions = n_sessions[:N].mean()
+    miss_logw = np.zeros(n_ep)
+    miss_logw[:N] = (
+        miss["age_per_10y"] * X_e["age_per_10y"]
+        + miss["function_intake_per_10"] * (intake_primary - params[primary]["mu_intake"]) / 10
+        + miss["sessions"] * (n_sessions[:N] - mean_sessions)
+    )
+    if miss["mechanism"] == "MNAR":
+        latent_change = latent_change_primary[:N]
+        miss_logw[:N] += miss["mnar_change_per_10"] * (latent_change - latent_change.mean()) / 10
+    complete_wanted = {True: counts["complete_cases_etmi"],
+                       False: counts["complete_cases"] - counts["complete_cases_etmi"]}
+    for arm_value, wanted in complete_wanted.items():
+        pool = np.flatnonzero(eligible & (arm == arm_value) & ~intake_missing)
+        if wanted > pool.size:
+            raise ConfigError("simulate", [
+                f"cannot make {wanted} complete cases from {pool.size} patients with an intake "
+                "score; lower simulation.assumptions.missingness.intake_missing_fraction"])
+        present[primary][pool[_gumbel_top_k(rng, miss_logw[pool], wanted)], 1] = True
+    others = ~eligible | intake_missing
+    present[primary][others, 1] = rng.random(others.sum()) < complete_share
+    other_missing = float(miss.get("other_instrument_missing_fraction", 0.0))
+    for name in outcome_names:
+        if name != primary:
+            present[name] = present[primary] & (rng.random((n_ep, 2)) >= other_missing)
+
+    # --- episode order, ids -------------------------------------------------------------------
+    rng = streams["ids"]
+    ep_order = np.lexsort((rng.random(n_ep), referral))
+    ep_number = np.empty(n_ep, dtype=np.int64)
+    ep_number[ep_order] = np.arange(1, n_ep + 1)
+    n_unknown = counts["junk_sessions_unknown_patient"]
+    ep_width = _id_width(n_ep + 3 * n_unknown + 3, 6)
+    n_person = N + n_new_junk
+    person_number = rng.permutation(n_person) + 1
+    t_width = _id_width(T, 3)
+    therapist_ids = _ids("T", np.arange(1, T + 1), t_width)
+
+    # --- diagnosis codes ------------------------------------------------------------------
+    clbp = list(config["codes"]["clbp_diagnoses"])
+    non_clbp = [c for c in NON_CLBP_CODES if c not in set(clbp)]
+    primary_codes = clbp + non_clbp
+    clbp_weight = 0.5 ** np.arange(len(clbp))
+    main = rng.choice(len(clbp), n_ep, p=clbp_weight / clbp_weight.sum())
+    is_nonclbp = kind == "non_clbp"
+    main[is_nonclbp] = len(clbp) + rng.integers(0, len(non_clbp), size=is_nonclbp.sum())
+    comorbid = (dep_all.astype(np.int64) | (anx_all.astype(np.int64) << 1))
+    for i, (_, share) in enumerate(OTHER_COMORBIDITY):
+        comorbid |= (rng.random(n_ep) < share).astype(np.int64) << (2 + i)
+    extra_codes = [DEPRESSION_CODE, ANXIETY_CODE] + [c for c, _ in OTHER_COMORBIDITY]
+    diag_lookup = [
+        ";".join([pc] + [c for b, c in enumerate(extra_codes) if m >> b & 1])
+        for pc in primary_codes for m in range(1 << len(extra_codes))
+    ]
+    diagnosis_index = main * (1 << len(extra_codes)) + comorbid
+
+    # --- patients table -----------------------------------------------------------------------
+    # Tables are assembled from row-index arrays (ids order, duplicates inserted) before any
+    # text is built: indexing numpy is far cheaper than reordering Arrow string columns.
+    dup_pat_rows = np.flatnonzero(_exact_choice(rng, n_ep, counts["junk_duplicate_patient_rows"]))
+    rows = ep_order[_rows_with_duplicates(n_ep, dup_pat_rows)]
+    patients = pd.DataFrame({
+        "episode_id": _ids("E", ep_number[rows], ep_width),
+        "patient_id": _ids("P", person_number[person[rows]], _id_width(n_person, 6)),
+        "referral_date": _date_strings(referral[rows]),
+        "birth_date": _date_strings(birth[rows]),
+        "sex": _text_from_lookup(female[rows].astype(np.int64), ["M", "F"]),
+        "diagnosis_codes": _text_from_lookup(diagnosis_index[rows], diag_lookup),
+        "symptom_duration_weeks": cov["weeks"][rows].astype(np.int64),
+        "depression": dep_all[rows].astype(np.int64),
+        "anxiety": anx_all[rows].astype(np.int64),
+        "bmi": cov["bmi"][rows],
+        "ses_score": pd.array(cov["ses"][rows], dtype="Int64"),
+    })
+
+    # --- sessions table -----------------------------------------------------------------------
+    s_order = np.lexsort((s_k, ep_number[s_episode]))
+    code_index = s_mask.copy()
+    # Repairable mess: lower case or stray spaces in non-ETMI codes of a few sessions.
+    n_messy = counts.get("junk_messy_codes", 0)
+    # Only in eligible episodes, so each such record's final fate is unambiguously `repaired`.
+    messy_pool = np.flatnonzero((s_mask != 0) & ((s_mask & bit[etmi_code]) == 0)
+                                & eligible[s_episode])
+    messy = np.sort(messy_pool[_exact_choice(rng, messy_pool.size, min(n_messy,
+                                                                        messy_pool.size))])
+    style = rng.integers(0, 3, size=messy.size)
+    messy_text = [  # a handful of rows: each gets its own entry in the code lookup
+        lookup[m].lower() if how == 0 else (f" {lookup[m]}" if how == 1
+                                            else lookup[m].replace(";", " ; ") + " ")
+        for m, how in zip(s_mask[messy], style, strict=True)
+    ]
+    code_index[messy] = len(lookup) + np.arange(messy.size)
+    unknown_ep_number = n_ep + 1 + 3 * np.arange(n_unknown)
+    unknown_therapist = rng.integers(0, T, size=n_unknown)
+    unknown_date = rng.integers(window_start, window_end + 1, size=n_unknown)
+    unknown_mask = rng.choice(np.unique(usual_mask[usual_mask > 0]), size=n_unknown)
+    # Exact duplicates: clean, ordinary sessions only (not messy, not planted ETMI).
+    special = np.zeros(S + n_unknown, dtype=bool)
+    inverse_s = np.empty(S, dtype=np.int64)
+    inverse_s[s_order] = np.arange(S)
+    special[inverse_s[messy]] = True
+    special[inverse_s[s_start[untrained_ep]]] = True
+    special[S:] = True
+    dup_sess_pool = np.flatnonzero(~special)
+    dup_sess_rows = dup_sess_pool[_exact_choice(
+        rng, dup_sess_pool.size, counts["junk_duplicate_session_rows"])]
+    rows = _rows_with_duplicates(S + n_unknown, dup_sess_rows)  # positions in id order
+    sessions = pd.DataFrame({
+        "session_id": _ids("S", rows + 1, _id_width(S + n_unknown, 7)),
+        "episode_id": _ids("E", np.concatenate([ep_number[s_episode][s_order],
+                                                unknown_ep_number])[rows], ep_width),
+        "therapist_id": _ids("T", 1 + np.concatenate([s_therapist[s_order],
+                                                      unknown_therapist])[rows], t_width),
+        "session_date": _date_strings(np.concatenate([s_date[s_order], unknown_date])[rows]),
+        "treatment_codes": _text_from_lookup(
+            np.concatenate([code_index[s_order], unknown_mask])[rows], lookup + messy_text),
+    })
+    # Session-level work arrays are the bulk of memory at a million patients: free them now.
+    del s_episode, s_k, s_order, s_date, s_therapist, s_covering, s_mask, code_index, s_arm
+    del usual_mask, neutral_mask, drawn, gaps, cum, special, inverse_s, rows
+
+    # --- outcomes table (long) ------------------------------------------------------------
+    present_cube = np.stack([present[name] for name in outcome_names], axis=2)  # ep, time, out
+    score_cube = np.stack([recorded[name] for name in outcome_names], axis=2)
+    cube_ep, cube_time, cube_out = np.nonzero(present_cube[ep_order])
+    row_episode = ep_order[cube_ep]
+    scores = score_cube[row_episode, cube_time, cube_out].astype(float)
+    assess_date = np.where(cube_time == 0, first_date[row_episode], last_date[row_episode])
+    # Out-of-range scores, only where they cannot change the complete-case counts.
+    n_oor = counts["junk_out_of_range_scores"]
+    cc_index = [outcome_names.index(o) for o in cc_outcomes if o in outcome_names]
+    oor_pool = np.flatnonzero(eligible[row_episode] & ~np.isin(cube_out, cc_index))
+    oor_rows = np.sort(oor_pool[_exact_choice(rng, oor_pool.size, min(n_oor, oor_pool.size))])
+    lows = np.array([params[o]["min"] for o in outcome_names])[cube_out[oor_rows]]
+    highs = np.array([params[o]["max"] for o in outcome_names])[cube_out[oor_rows]]
+    span = highs - lows
+    above = rng.random(oor_rows.size) < 0.7
+    offset = 1 + np.floor(rng.random(oor_rows.size) * np.maximum(1, 0.5 * span))
+    scores[oor_rows] = np.where(above, highs + offset, lows - offset)
+    timepoints = np.array([config["timepoints"]["baseline"], config["timepoints"]["followup"]])
+    n_rows = scores.size
+    oor_flag = np.zeros(n_rows, dtype=bool)
+    oor_flag[oor_rows] = True
+    # Duplicates: one row per chosen episode (so the wide layout repeats that episode's row).
+    candidate_rows = np.flatnonzero(~oor_flag)
+    _, first_row_of_episode = np.unique(row_episode[candidate_rows], return_index=True)
+    dup_out_pool = candidate_rows[first_row_of_episode]
+    dup_out_rows = dup_out_pool[_exact_choice(
+        rng, dup_out_pool.size, counts["junk_duplicate_outcome_rows"])]
+    rows = _rows_with_duplicates(n_rows, dup_out_rows)
+    outcomes = pd.DataFrame({
+        "outcome_id": _ids("O", rows + 1, _id_width(n_rows, 7)),
+        "episode_id": _ids("E", ep_number[row_episode[rows]], ep_width),
+        "assessment_date": _date_strings(assess_date[rows]),
+        "instrument": _text_from_lookup(cube_out[rows], outcome_names),
+        "timepoint": _text_from_lookup(cube_time[rows], list(timepoints)),
+        "score": scores[rows],
+    })
+
+    therapists = pd.DataFrame({
+        "therapist_id": therapist_ids,
+        "clinic_id": _ids("C", t_clinic + 1, _id_width(C, 2)),
+        "age": t_age,
+        "sex": _text_from_lookup(t_female.astype(np.int64), ["M", "F"]),
+        "etmi_training_date": _date_strings(np.maximum(t_training, 0), ~t_trained),
+    })
+
+    # --- truth ----------------------------------------------------------------------------
+    el_age_years = (referral - birth)[eligible] / 365.25
+    truth = {
+        "seed": int(seed),
+        "n_patients": N,
+        "generator": "numpy.random.Generator(PCG64), SeedSequence(seed).spawn per component",
+        "layout_config": _layout_config(config),
+        "counts": {
+            **{k: v for k, v in counts.items() if not k.startswith("junk_")},
+            "untrained_etmi_code_patients": int(n_untrained),
+            "fidelity_breaches": int(n_breach),
+            "covering_episodes": int(covered.sum()),
+            "complete_cases_usual_care": counts["complete_cases"] - counts["complete_cases_etmi"],
+        },
+        "junk": {k[len("junk_"):]: v for k, v in counts.items() if k.startswith("junk_")}
+        | {"untrained_etmi_code": int(n_untrained), "messy_codes": int(messy.size),
+           "out_of_range_scores": int(oor_rows.size)},
+        "raw_rows": {"therapists": T, "patients": len(patients), "sessions": len(sessions),
+                     "outcomes": len(outcomes)},
+        "expected_ledger": _expected_ledger(
+            T, N, n_ep, S, n_unknown, n_rows, messy.size, oor_rows.size,
+            int(n_sessions[~eligible].sum()), int((~eligible[row_episode]).sum()),
+            dup_pat_rows.size, dup_sess_rows.size, dup_out_rows.size),
+        "patients": {
+            "age_mean_years_float": float(el_age_years.mean()),
+            "age_sd_years_float": float(el_age_years.std(ddof=1)),
+            "age_completed_years_mean": float(
+                _completed_years(birth[eligible], referral[eligible]).mean()),
+            "female": int(female[eligible].sum()),
+            "depression_prevalence": float(dep_all[eligible].mean()),
+            "anxiety_prevalence": float(anx_all[eligible].mean()),
+            "p_anxiety_given_depression": p_anx_dep,
+            "p_anxiety_given_no_depression": p_anx_nodep,
+            "symptom_weeks_design": {"minimum": DURATION_MIN,
+                                     "lognormal_median": float(np.exp(DURATION_LOG_MEDIAN)),
+                                     "lognormal_sdlog": DURATION_LOG_SD,
+                                     "mean_log_weeks": mean_log_weeks},
+        },
+        "outcome_model": {
+            "formula": ("y*_ij = mu + x'beta_level + j*x'beta_change + a_c + d_cj + u_t + w_tj"
+                        " + p_i + e_ij + j*(change_usual_care + arm*(effect + m_dep*dep"
+                        " + m_anx*anx)); recorded = bound(round(y*))"),
+            "covariates_centred_at": {
+                "age_per_10y": targets["patient_age_mean"], "female": share_female,
+                "log_symptom_weeks": mean_log_weeks, "depression": prev_dep,
+                "anxiety": prev_anx},
+            "outcomes": {name: params[name] | {"realised": effects_truth[name]}
+                         for name in outcome_names},
+        },
+        "effects": {name: {"structural": params[name]["effect"],
+                           "realised_ate": effects_truth[name]["realised_ate"],
+                           "realised_att": effects_truth[name]["realised_att"],
+                           "subgroups": effects_truth[name]["subgroups"]}
+                    for name in outcome_names},
+        "sessions": {
+            "mean_usual_care": m_uc, "mean_etmi": m_etmi, "ratio_of_means": m_etmi / m_uc,
+            "distribution": "1 + NegBin(size, mean=(m_arm-1)*g_t), g_t ~ Gamma(mean 1)",
+            "dispersion_size": size, "therapist_frailty_sd": frailty_sd,
+            "realised_mean_usual_care": float(n_sessions[eligible & ~arm].mean()),
+            "realised_mean_etmi": float(n_sessions[eligible & arm].mean()),
+            "covering_episode_fraction": float(A.get("covering_episode_fraction", 0.0)),
+        },
+        "selection": {
+            "method": "Gumbel-top-k weighted sampling without replacement (exact counts)",
+            "adopters_log_weight": {
+                "therapist_age_per_10y": conf.get("therapist_age_per_10y", 0.0)},
+            "adopter_age_mean": float(t_age[t_adopter].mean()),
+            "trained_non_adopter_age_mean": float(t_age[t_trained & ~t_adopter].mean())
+            if (t_trained & ~t_adopter).any() else None,
+            "etmi_log_weight": {"age_per_10y": conf["age_per_10y"],
+                                f"{primary}_intake_per_10": conf["function_intake_per_10"]},
+            "etmi_only_among_adopters_patients": True,
+            "one_etmi_patient_per_adopter_first": True,
+            "training_period": [(dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat()
+                                for d in (training_start, training_end)],
+        },
+        "missingness": dict(miss) | {
+            "method": "Gumbel-top-k within arm among patients with an intake score",
+            "outcome": primary,
+            "mean_sessions_centre": float(mean_sessions),
+        },
+        "fidelity": {"breach_fraction": float(A.get("fidelity_breach_fraction", 0.0)),
+                     "true_fidelity": 1 - n_breach / counts["etmi_patients"]},
+    }
+    return SimulatedExtract(therapists, patients, sessions, outcomes, truth)
+
+
+def _expected_ledger(
+    therapists: int, eligible: int, episodes: int, sessions: int, unknown: int, outcomes: int,
+    messy: int, out_of_range: int, excluded_sessions: int, excluded_outcomes: int,
+    dup_patients: int, dup_sessions: int, dup_outcomes: int,
+) -> dict[str, dict[str, int]]:
+    """Fates the contract's rules give each raw record (long layout), for integration tests."""
+    ledger = {
+        "therapists": {"kept": therapists},
+        "patients": {"kept": eligible, "excluded": episodes - eligible, "dropped": dup_patients},
+        "sessions": {
+            "kept": sessions - excluded_sessions - messy, "repaired": messy,
+            "excluded": excluded_sessions, "dropped": dup_sessions + unknown,
+        },
+        "outcomes": {
+            "kept": outcomes - excluded_outcomes - out_of_range,
+            "value_set_missing": out_of_range, "excluded": excluded_outcomes,
+            "dropped": dup_outcomes,
+        },
+    }
+    return {table: {fate: n for fate, n in fates.items() if n} for table, fates in ledger.items()}
+
+
+def _realised_effects(
+    p: Mapping[str, Any], effect_i: np.ndarray, y1_treated: np.ndarray, y1_control: np.ndarray,
+    eligible: np.ndarray, arm: np.ndarray, dep: np.ndarray, anx: np.ndarray,
+) -> dict[str, Any]:
+    """Average effect on the recorded scale from both potential discharge scores."""
+    diff = _recorded(y1_treated, p) - _recorded(y1_control, p)
+    out: dict[str, Any] = {
+        "latent_ate": float(effect_i[eligible].mean()),
+        "realised_ate": float(diff[eligible].mean()),
+        "realised_att": float(diff[eligible & arm].mean()) if (eligible & arm).any() else None,
+        "rounding_bounding_attenuation": float(diff[eligible].mean() - effect_i[eligible].mean()),
+        "subgroups": {},
+    }
+    for name, flag in (("depression", dep), ("anxiety", anx)):
+        out["subgroups"][name] = {}
+        for level in (0, 1):
+            sel = eligible & (flag == level)
+            structural = p["effect"] + (p["effect_modification"][name] if level else 0.0)
+            out["subgroups"][name][str(level)] = {
+                "structural": structural,
+                "latent_mean": float(effect_i[sel].mean()) if sel.any() else None,
+                "realised_ate": float(diff[sel].mean()) if sel.any() else None,
+                "n": int(sel.sum()),
+            }
+    return out
+
+
+def _rows_with_duplicates(n: int, duplicated: np.ndarray) -> np.ndarray:
+    """Positions ``0..n-1`` with each position in ``duplicated`` repeated right after itself."""
+    return np.sort(np.concatenate([np.arange(n), np.asarray(duplicated, dtype=np.int64)]),
+                   kind="stable")
+
+
+def _with_duplicates(frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    """Insert an exact copy of each of ``rows`` directly after its original."""
+    order = np.sort(np.concatenate([np.arange(len(frame)), rows]), kind="stable")
+    return frame.take(order).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def outcomes_wide(outcomes: pd.DataFrame, config: Mapping[str, Any]) -> pd.DataFrame:
+    """Convert long outcomes to the contract's wide layout (one row per episode).
+
+    Exact duplicate long rows become exact duplicate wide rows of their episode (directly
+    after it), so the junk survives the change of layout.
+    """
+    baseline, followup = config["timepoints"]["baseline"], config["timepoints"]["followup"]
+    names = [o["name"] for o in config["outcomes"]]
+    duplicated = outcomes.duplicated()
+    base = outcomes[~duplicated].reset_index(drop=True)
+    ep_index, episodes = pd.factorize(base["episode_id"], sort=True)
+    time_index = np.where((base["timepoint"] == baseline).to_numpy(dtype=bool), 0, 1)
+    out_index = pd.Categorical(base["instrument"], categories=names).codes
+    scores = np.full((len(episodes), 2, len(names)), np.nan)
+    scores[ep_index, time_index, out_index] = base["score"].to_numpy(dtype=float)
+    # Every score of an episode and time point shares one date: take it from any of its rows.
+    date_row = np.full((len(episodes), 2), -1, dtype=np.int64)
+    date_row[ep_index, time_index] = np.arange(len(base))
+    wide = pd.DataFrame({"episode_id": pd.Series(episodes, dtype="str")})
+    for t, label in enumerate((baseline, followup)):
+        missing = date_row[:, t] < 0
+        dates = base["assessment_date"].take(np.where(missing, 0, date_row[:, t]))
+        wide[f"{label}_date"] = dates.where(~missing).reset_index(drop=True)
+    for o, name in enumerate(names):
+        for t, label in enumerate((baseline, followup)):
+            wide[f"{name}_{label}"] = scores[:, t, o]
+    dup_episodes = outcomes.loc[duplicated, "episode_id"]
+    dup_rows = episodes.get_indexer(dup_episodes)
+    return _with_duplicates(wide, np.sort(dup_rows))
+
+
+def _csv_float_text(values: np.ndarray) -> pa.Array | None:
+    """Format floats as ``%.10g`` would for values with at most 3 decimals; else ``None``."""
+    finite = values[~np.isnan(values)]
+    if finite.size and np.abs(finite).max() >= 1e9:
+        return None
+    for decimals in range(4):
+        scale = 10**decimals
+        units = np.round(values * scale)
+        if np.all(np.isnan(values) | (np.abs(units - values * scale) < 1e-6)):
+            break
+    else:
+        return None
+    missing = np.isnan(values)
+    units = np.where(missing, 0, units).astype(np.int64)
+    negative = units < 0
+    whole, fraction = np.divmod(np.abs(units), scale)
+    text = pc.cast(pa.array(whole), pa.string())
+    if decimals:
+        digits = pc.utf8_rtrim(pc.utf8_lpad(pc.cast(pa.array(fraction), pa.string()), decimals,
+                                            "0"), "0")
+        suffix = pc.if_else(pa.array(fraction > 0), pc.binary_join_element_wise(".", digits, ""),
+                            "")
+        text = pc.binary_join_element_wise(text, suffix, "")
+    text = pc.if_else(pa.array(negative), pc.binary_join_element_wise("-", text, ""), text)
+    return pc.if_else(pa.array(missing), pa.scalar(None, pa.string()), text)
+
+
+def _string_bytes(array: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """The UTF-8 bytes of each chunk of a string array (values only, no offsets)."""
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    out = []
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[
+            chunk.offset: chunk.offset + len(chunk) + 1]
+        data = chunk.buffers()[2]
+        out.append(np.frombuffer(data, dtype=np.uint8)[offsets[0]: offsets[-1]]
+                   if data is not None else np.empty(0, dtype=np.uint8))
+    return out
+
+
+def _needs_quotes(array: pa.Array | pa.ChunkedArray) -> bool:
+    """True if any value holds a comma, quote or line break (CSV would have to quote it)."""
+    special = np.frombuffer(b',"\r\n', dtype=np.uint8)
+    return any(np.isin(chunk, special).any() for chunk in _string_bytes(array))
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` as :func:`trial_analysis.io.write_csv` would, but vectorised in Arrow.
+
+    pandas formats floats one value at a time under ``float_format``, which takes minutes at a
+    million patients. The simulated tables hold only ids, codes, dates, integers and floats
+    with few decimals, none of which need quoting, so each line can be assembled column-wise.
+    Anything else (a value needing quotes, a float with many decimals) falls back to
+    ``io.write_csv``; a test checks that both give identical bytes.
+    """
+    names = [str(c) for c in frame.columns]
+    if any(set(name) & set(',"\r\n') for name in names):
+        return io.write_csv(frame, path)
+    columns: list[pa.Array] = []
+    for name in frame.columns:
+        series = frame[name]
+        if pd.api.types.is_float_dtype(series.dtype):
+            text = _csv_float_text(series.to_numpy(dtype=float))
+            if text is None:
+                return io.write_csv(frame, path)
+        elif pd.api.types.is_integer_dtype(series.dtype) or pd.api.types.is_bool_dtype(
+                series.dtype):
+            text = pc.cast(pa.array(series.astype("Int64")), pa.string())
+        else:
+            text = pc.cast(pa.array(series, from_pandas=True), pa.string())
+            if _needs_quotes(text):
+                return io.write_csv(frame, path)
+        columns.append(text)
+    # The newline rides on the last column, so the lines are assembled in one pass.
+    columns[-1] = pc.binary_join_element_wise(pc.fill_null(columns[-1], ""), "", "\n")
+    lines = pc.binary_join_element_wise(*columns, ",", null_handling="replace",
+                                        null_replacement="")
+    header = (",".join(names) + "\n").encode("utf-8")
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(header)
+        for chunk in _string_bytes(lines):
+            handle.write(chunk.data)
+    return Path(path)
+
+
+def write_extract(
+    extract: SimulatedExtract,
+    out_dir: str | Path,
+    layout: str = "long",
+    file_format: str = "csv",
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write the four tables and ``truth.json`` into ``out_dir`` (atomically, deterministically).
+
+    Parameters
+    ----------
+    extract : SimulatedExtract
+        The generated extract.
+    out_dir : str or Path
+        Folder for the files (created if needed).
+    layout : {"long", "wide"}
+        Outcomes layout.
+    file_format : {"csv", "parquet"}
+        File format of the tables.
+    config : mapping, optional
+        Needed for the wide layout (time point and outcome names); taken from the truth's
+        record of them when omitted.
+
+    Returns
+    -------
+    dict
+        File path per table name, plus ``truth``.
+    """
+    if layout not in ("long", "wide"):
+        raise ConfigError("simulate", [f"layout must be long or wide, got {layout!r}"])
+    if file_format not in ("csv", "parquet"):
+        raise ConfigError("simulate", [f"file_format must be csv or parquet, got {file_format!r}"])
+    out_dir = Path(out_dir)
+    tables = extract.tables()
+    if layout == "wide":
+        if config is None:
+            config = extract.truth["layout_config"]
+        tables["outcomes"] = outcomes_wide(tables["outcomes"], config)
+    writer = _write_csv if file_format == "csv" else io.write_parquet
+    paths: dict[str, Path] = {}
+    for name, frame in tables.items():
+        paths[name] = writer(frame, out_dir / f"{name}.{file_format}")
+    truth = dict(extract.truth) | {"layout": layout, "format": file_format}
+    paths["truth"] = io.write_json(truth, out_dir / "truth.json")
+    return paths
+
+
+def run_simulate(
+    config: dict[str, Any],
+    seed: int | None,
+    out: str | Path,
+    layout: str | None = None,
+    file_format: str | None = None,
+    n_patients: int | None = None,
+) -> SimulatedExtract:
+    """Command-line entry: simulate the default cohort and write it to ``out``.
+
+    ``seed``, ``layout`` and ``file_format`` default to the config's ``seed``,
+    ``input.outcomes_layout`` and ``input.format``.
+    """
+    seed = int(config["seed"]) if seed is None else int(seed)
+    layout = layout or config.get("input", {}).get("outcomes_layout", "long")
+    file_format = file_format or config.get("input", {}).get("format", "csv")
+    if file_format not in ("csv", "parquet"):
+        raise ConfigError("simulate", [
+            f"input/format is '{file_format}'; simulate writes csv or parquet: pass --format"])
+    extract = simulate_extract(config, seed, n_patients)
+    write_extract(extract, out, layout=layout, file_format=file_format, config=config)
+    counts = extract.truth["counts"]
+    log.info(
+        "simulated %d eligible patients (%d ETMI), %d therapists in %d clinics: %s",
+        counts["eligible_patients"], counts["etmi_patients"], counts["therapists"],
+        counts["clinics"], ", ".join(f"{k} {len(v)} rows" for k, v in extract.tables().items()),
+    )
+    return extract
+
+
+def _layout_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {"timepoints": dict(config["timepoints"]),
+            "outcomes": [{"name": o["name"]} for o in config["outcomes"]]}
+
+
+__all__: Sequence[str] = (
+    "SimulatedExtract", "outcomes_wide", "run_simulate", "scaled_counts", "simulate_extract",
+    "write_extract",
+)

@@ -1,0 +1,295 @@
+"""Catalogue of malformed raw extracts: each must fail cleanly through the command line.
+
+Every case starts from the valid fixture extract, breaks it in one way, and runs
+``trial-analysis clean``. Each must give exit status 2, a short message on stderr naming the
+file, the column (where there is one) and the rule broken, no Python traceback, and no output
+file. Adding a case is one row in ``CASES``: a name, a function that breaks the extract, and
+strings the message must contain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from raw_fixtures import fixture_config, raw_extract, write_config, write_extract
+
+from trial_analysis.cli import main
+
+Tables = dict[str, pd.DataFrame]
+
+
+@dataclass
+class Setup:
+    """A test case's working state: tables to write, config, and files to overwrite after."""
+
+    tables: Tables
+    config: dict[str, Any]
+    raw: Path
+    file_format: str = "csv"
+    layout: str = "long"
+    after_write: list[Callable[[Path], None]] = field(default_factory=list)
+
+
+def _set(table: str, row: int, column: str, value: str) -> Callable[[Setup], None]:
+    def breaker(s: Setup) -> None:
+        s.tables[table].loc[row, column] = value
+
+    return breaker
+
+
+def _drop_column(table: str, column: str) -> Callable[[Setup], None]:
+    def breaker(s: Setup) -> None:
+        s.tables[table] = s.tables[table].drop(columns=column)
+
+    return breaker
+
+
+def _write_bytes(table: str, content: bytes) -> Callable[[Setup], None]:
+    def breaker(s: Setup) -> None:
+        s.after_write.append(lambda raw: (raw / f"{table}.csv").write_bytes(content))
+
+    return breaker
+
+
+def _rewrite(table: str, transform: Callable[[bytes], bytes]) -> Callable[[Setup], None]:
+    def breaker(s: Setup) -> None:
+        def rewrite(raw: Path) -> None:
+            path = raw / f"{table}.csv"
+            path.write_bytes(transform(path.read_bytes()))
+
+        s.after_write.append(rewrite)
+
+    return breaker
+
+
+def _header_only(s: Setup) -> None:
+    s.tables["sessions"] = s.tables["sessions"].iloc[0:0]
+
+
+def _scores_as_text(s: Setup) -> None:
+    s.tables["outcomes"]["score"] = "moderate"
+
+
+def _all_scores_missing(s: Setup) -> None:
+    s.tables["outcomes"]["score"] = ""
+
+
+def _conflicting_duplicate_id(s: Setup) -> None:
+    row = s.tables["patients"].iloc[[3]].copy()
+    row["bmi"] = "35.0"
+    s.tables["patients"] = pd.concat([s.tables["patients"], row], ignore_index=True)
+
+
+def _conflicting_scores(s: Setup) -> None:
+    row = s.tables["outcomes"].iloc[[0]].copy()
+    row["outcome_id"] = "O99999"
+    row["score"] = "12"
+    s.tables["outcomes"] = pd.concat([s.tables["outcomes"], row], ignore_index=True)
+
+
+def _unparsable_dates(s: Setup) -> None:
+    s.tables["sessions"]["session_date"] = "March the 3rd"
+
+
+def _excel_instead_of_csv(s: Setup) -> None:
+    def write(raw: Path) -> None:
+        s.tables["therapists"].to_excel(raw / "therapists.csv", index=False, engine="openpyxl")
+
+    s.after_write.append(write)
+
+
+def _parquet_instead_of_csv(s: Setup) -> None:
+    s.after_write.append(lambda raw: s.tables["patients"].to_parquet(raw / "patients.csv"))
+
+
+def _csv_instead_of_parquet(s: Setup) -> None:
+    s.file_format = "parquet"
+    s.config = fixture_config("parquet")
+    s.after_write.append(lambda raw: s.tables["sessions"].to_csv(raw / "sessions.parquet"))
+
+
+def _strict(s: Setup) -> None:
+    s.config["input"]["strict"] = True
+
+
+def _unknown_therapist_strict(s: Setup) -> None:
+    _strict(s)
+    s.tables["sessions"].loc[4, "therapist_id"] = "T999"
+
+
+def _unknown_episode_strict(s: Setup) -> None:
+    _strict(s)
+    s.tables["outcomes"].loc[7, "episode_id"] = "E999999"
+
+
+def _n_sessions(values: list[str]) -> Callable[[Setup], None]:
+    def breaker(s: Setup) -> None:
+        counts = ["2"] * len(s.tables["patients"])
+        counts[: len(values)] = values
+        s.tables["patients"]["n_sessions"] = counts
+
+    return breaker
+
+
+def _missing_file(s: Setup) -> None:
+    s.after_write.append(lambda raw: (raw / "outcomes.csv").unlink())
+
+
+def _mapping_to_absent_column(s: Setup) -> None:
+    s.tables["patients"] = s.tables["patients"].rename(columns={"referral_date": "referal_dt"})
+    s.config["input"]["tables"]["patients"]["columns"] = {"referral_date": "referral_dt"}
+
+
+def _too_many_invalid(s: Setup) -> None:
+    s.tables["sessions"].loc[0:4, "episode_id"] = "E404404"
+
+
+def _semicolon_bom(s: Setup) -> None:
+    def write(raw: Path) -> None:
+        text = s.tables["therapists"].to_csv(index=False, sep=";", lineterminator="\n")
+        (raw / "therapists.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+
+    s.after_write.append(write)
+
+
+def _latin1(s: Setup) -> None:
+    def write(raw: Path) -> None:
+        text = s.tables["therapists"].to_csv(index=False, lineterminator="\n")
+        text = text.replace("C02", "Cé2", 1)
+        (raw / "therapists.csv").write_bytes(text.encode("latin-1"))
+
+    s.after_write.append(write)
+
+
+def _ragged_row(s: Setup) -> None:
+    _rewrite("sessions", lambda b: b.replace(b"S00003,", b"S00003,extra,", 1))(s)
+
+
+def _repeated_header(s: Setup) -> None:
+    s.tables["therapists"].columns = [
+        "therapist_id", "clinic_id", "age", "age", "etmi_training_date"
+    ]
+
+
+def _wide_missing_score_column(s: Setup) -> None:
+    s.layout = "wide"
+    s.config = fixture_config("csv", "wide")
+    s.after_write.append(
+        lambda raw: pd.read_csv(raw / "outcomes.csv", dtype=str)
+        .drop(columns="pain_discharge")
+        .to_csv(raw / "outcomes.csv", index=False)
+    )
+
+
+def _flag_not_binary(s: Setup) -> None:
+    s.tables["patients"].loc[2, "depression"] = "yes"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    breaker: Callable[[Setup], None]
+    expected: tuple[str, ...]  # substrings of the message (file, column, rows, rule)
+
+
+CASES = [
+    Case("missing column", _drop_column("patients", "birth_date"),
+         ("patients.csv", "birth_date", "required column")),
+    Case("scores as text", _scores_as_text, ("outcomes.csv", "'score'", "not numbers", "rows 1")),
+    Case("empty file (0 bytes)", _write_bytes("therapists", b""), ("therapists.csv", "empty")),
+    Case("header only", _header_only, ("sessions.csv", "no data rows")),
+    Case("all outcome scores missing", _all_scores_missing,
+         ("outcomes.csv", "score", "no usable outcome scores")),
+    Case("duplicate ids with conflicting data", _conflicting_duplicate_id,
+         ("patients.csv", "episode_id", "different content", "E000004", "rows 4, 13")),
+    Case("same assessment, different scores", _conflicting_scores,
+         ("outcomes.csv", "score", "different scores", "rows 1, 67")),
+    Case("unknown treatment code", _set("sessions", 2, "treatment_codes", "ETMI;YOGA"),
+         ("sessions.csv", "treatment_codes", "rows 3", "YOGA", "codes must be among")),
+    Case("unknown instrument", _set("outcomes", 5, "instrument", "mood"),
+         ("outcomes.csv", "instrument", "rows 6", "'mood'", "must be one of")),
+    Case("unknown timepoint", _set("outcomes", 9, "timepoint", "week6"),
+         ("outcomes.csv", "timepoint", "rows 10", "'week6'", "intake, discharge")),
+    Case("unknown sex code", _set("therapists", 1, "sex", "X"),
+         ("therapists.csv", "column 'sex'", "rows 2", "'X'")),
+    Case("unparsable dates (whole column)", _unparsable_dates,
+         ("sessions.csv", "session_date", "no configured format", "March the 3rd")),
+    Case("non-UTF-8 file", _latin1, ("therapists.csv", "not valid utf-8", "rows 3", "encoding")),
+    Case("Excel file where CSV is expected", _excel_instead_of_csv,
+         ("therapists.csv", "Excel workbook", "not comma-separated")),
+    Case("Parquet file where CSV is expected", _parquet_instead_of_csv,
+         ("patients.csv", "a Parquet file", "not comma-separated")),
+    Case("CSV where Parquet is expected", _csv_instead_of_parquet,
+         ("sessions.parquet", "not a Parquet file")),
+    Case("session for unknown therapist (strict)", _unknown_therapist_strict,
+         ("sessions.csv", "rows 5", "'T999' not in the therapists table", "input.strict")),
+    Case("outcome for unknown episode (strict)", _unknown_episode_strict,
+         ("outcomes.csv", "rows 8", "'E999999' not in the patients table", "input.strict")),
+    Case("negative session count", _n_sessions(["3", "-1"]),
+         ("patients.csv", "n_sessions", "rows 2", "whole numbers of 0 or more", "-1")),
+    Case("fractional session count", _n_sessions(["2.5"]),
+         ("patients.csv", "n_sessions", "rows 1", "whole numbers of 0 or more", "2.5")),
+    Case("missing raw file", _missing_file, ("outcomes.csv", "file not found")),
+    Case("column mapping names an absent column", _mapping_to_absent_column,
+         ("patients.csv", "'referral_dt'", "input.tables.patients.columns",
+          "Did you mean 'referal_dt'?")),
+    Case("too many invalid rows", _too_many_invalid,
+         ("sessions.csv", "5 of 25 rows", "max_invalid_fraction", "'E404404' not in the patients")),
+    Case("BOM and semicolon-delimited CSV", _semicolon_bom,
+         ("therapists.csv", "semicolons", "input.delimiter")),
+    Case("ragged row (extra field)", _ragged_row, ("sessions.csv", "rows 3", "6 fields")),
+    Case("repeated column name", _repeated_header,
+         ("therapists.csv", "column 'age'", "column names must be unique")),
+    Case("wide layout without a score column", _wide_missing_score_column,
+         ("outcomes.csv", "pain_discharge", "required column")),
+    Case("flag not 0/1", _flag_not_binary,
+         ("patients.csv", "depression", "rows 3", "0 or 1", "'yes'")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_fails_cleanly(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture):
+    setup = Setup(tables=raw_extract(), config=fixture_config(), raw=tmp_path / "raw")
+    case.breaker(setup)
+    write_extract(setup.tables, setup.raw, setup.file_format, setup.layout)
+    for step in setup.after_write:
+        step(setup.raw)
+    config_file = write_config(setup.config, tmp_path / "config.yaml")
+    out = tmp_path / "clean"
+    ledger = tmp_path / "clean_ledger.parquet"
+
+    status = main(["-q", "clean", "--config", str(config_file), "--raw", str(setup.raw),
+                   "--out", str(out), "--ledger", str(ledger)])
+
+    captured = capsys.readouterr()
+    message = captured.err
+    assert status == 2, message
+    assert "Traceback" not in captured.err + captured.out
+    assert message.startswith("trial-analysis clean: error: ")
+    for expected in case.expected:
+        assert expected in message, f"{expected!r} not in {message!r}"
+    assert len(message) < 800, "the message should be short"
+    assert not out.exists() or not any(out.iterdir()), "no partial output"
+    assert not ledger.exists()
+
+
+def test_catalogue_is_large_and_distinct():
+    assert len(CASES) >= 20
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+def test_valid_fixture_passes_the_same_path(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """The harness itself: the unbroken extract cleans with exit status 0 and writes outputs."""
+    raw = write_extract(raw_extract(), tmp_path / "raw")
+    config_file = write_config(fixture_config(), tmp_path / "config.yaml")
+    status = main(["-q", "clean", "--config", str(config_file), "--raw", str(raw),
+                   "--out", str(tmp_path / "clean"), "--ledger", str(tmp_path / "ledger.parquet")])
+    assert status == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "clean").iterdir()) == [
+        "outcomes.parquet", "patients.parquet", "sessions.parquet", "therapists.parquet"
+    ]
