@@ -31,6 +31,8 @@ SUBGROUPS = config["analysis"]["subgroups"]
 TABLES = config["input"]["tables"]
 RAW_FILES = {name: f"{RAW}/{spec['file']}" for name, spec in TABLES.items()}
 SIMULATED = "simulation" in config
+SENSITIVITY = config.get("sensitivity", {}).get("analyses", [])
+SENSITIVITY_OUTCOMES = config.get("sensitivity", {}).get("outcomes", OUTCOMES)
 
 REPORT_TABLES = [
     "table1",
@@ -65,6 +67,7 @@ wildcard_constraints:
     outcome="|".join(OUTCOMES),
     population="|".join(POPULATIONS),
     subgroup="|".join(SUBGROUPS) if SUBGROUPS else "(?!)",
+    analysis="|".join(SENSITIVITY) if SENSITIVITY else "(?!)",
 
 
 rule all:
@@ -83,12 +86,6 @@ if SIMULATED:
             truth=f"{RAW}/truth.json",
         params:
             raw=lambda wildcards, output: Path(output.truth).parent,
-            # simulation.n_patients scales the cohort (tests, scale runs); default: published size
-            size=(
-                f"--n-patients {config['simulation']['n_patients']}"
-                if config["simulation"].get("n_patients")
-                else ""
-            ),
         log:
             f"{LOGS}/simulate.log",
         benchmark:
@@ -101,7 +98,7 @@ if SIMULATED:
             runtime=10,
         shell:
             "python -m trial_analysis simulate --config {input.config} --out {params.raw}"
-            " {params.size} > {log} 2>&1"
+            " > {log} 2>&1"
 
 
 rule clean:
@@ -291,6 +288,51 @@ rule responders:
         " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
 
 
+def primary_estimates_for(wildcards):
+    """E-values and the missing-data comparison read the primary estimates."""
+    if wildcards.analysis not in ("evalue", "multiple_imputation"):
+        return []
+    return expand(
+        f"{REPORTS}/estimates/{{outcome}}.{{population}}.json",
+        outcome=SENSITIVITY_OUTCOMES,
+        population=POPULATIONS,
+    )
+
+
+rule sensitivity:
+    """One sensitivity analysis of the observational comparison (confounding, missing data)."""
+    input:
+        estimates=primary_estimates_for,
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        json=f"{REPORTS}/estimates/sensitivity.{{analysis}}.json",
+        csv=f"{REPORTS}/estimates/sensitivity.{{analysis}}.csv",
+        figures=directory(f"{REPORTS}/figures/sensitivity/{{analysis}}"),
+    params:
+        estimates=lambda wildcards, input: (
+            f"--estimates-dir {Path(input.estimates[0]).parent}" if input.estimates else ""
+        ),
+    log:
+        f"{LOGS}/sensitivity/{{analysis}}.log",
+    benchmark:
+        f"{BENCH}/sensitivity.{{analysis}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "python -m trial_analysis sensitivity --config {input.config} --analysis {input.analysis}"
+        " --analysis-name {wildcards.analysis} --out-json {output.json} --out-csv {output.csv}"
+        " --figures-dir {output.figures} {params.estimates} > {log} 2>&1"
+
+
+SENSITIVITY_OUTPUTS = expand(
+    f"{REPORTS}/estimates/sensitivity.{{analysis}}.json", analysis=SENSITIVITY
+)
+
 ESTIMATES = (
     expand(
         f"{REPORTS}/estimates/{{outcome}}.{{population}}.json",
@@ -383,6 +425,7 @@ rule report:
     """One self-contained HTML report with provenance: what a reviewer reads."""
     input:
         estimates=ESTIMATES,
+        sensitivity=SENSITIVITY_OUTPUTS,
         tables=rules.tables.output,
         figures=rules.figures.output.png,
         raw=list(RAW_FILES.values()),

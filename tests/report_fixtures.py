@@ -364,20 +364,30 @@ def write_flow_and_implementation(tables: Path, analysis: pd.DataFrame) -> None:
     n = len(analysis)
     n_int = int(analysis["arm_intervention"].sum())
     complete = int(analysis["complete_case"].sum())
-    flow = pd.DataFrame([
-        {"step": "referrals", "description": "Referral episodes in the extract",
-         "n": n + 95, "n_excluded": 0, "reason": ""},
-        {"step": "cleaning", "description": "Episodes after cleaning", "n": n + 80,
-         "n_excluded": 15, "reason": "exact duplicate row"},
-        {"step": "eligibility", "description": "Eligible patients", "n": n,
-         "n_excluded": 80, "reason": "referral outside study window (50); age under 18 (30)"},
-        {"step": "allocation", "description": "ETMI-guided care", "n": n_int,
-         "n_excluded": 0, "reason": ""},
-        {"step": "allocation", "description": "Usual care", "n": n - n_int,
-         "n_excluded": 0, "reason": ""},
-        {"step": "complete_case", "description": "Complete baseline and discharge data",
-         "n": complete, "n_excluded": n - complete, "reason": "no discharge score"},
-    ])
+    n_ctrl = n - n_int
+    complete_int = int(((analysis["complete_case"] == 1) & (analysis["arm_intervention"] == 1))
+                       .sum())
+    missing = "baseline or follow-up score missing (function)"
+    # The layout eligibility + allocate write: boxes have no n_excluded; exclusion rows carry
+    # the count left after them; the analysis step's boxes carry their own exclusions.
+    rows = [
+        ("extract", "patient episodes in the extract", n + 95, None, ""),
+        ("clean", "dropped in cleaning", n + 80, 15, "exact duplicate of row N"),
+        ("clean", "patient episodes after cleaning", n + 80, None, ""),
+        ("eligibility", "excluded as ineligible", n + 30, 50, "referral outside study window"),
+        ("eligibility", "excluded as ineligible", n, 30, "age under 18"),
+        ("eligibility", "excluded as ineligible", n, 0, "no attended session"),
+        ("eligibility", "eligible patients", n, None, ""),
+        ("allocation", "allocated to ETMI", n_int, None, ""),
+        ("allocation", "allocated to usual care", n_ctrl, None, ""),
+        ("analysis", "complete cases analysed", complete, n - complete, missing),
+        ("analysis", "complete cases analysed, ETMI", complete_int, n_int - complete_int,
+         missing),
+        ("analysis", "complete cases analysed, usual care", complete - complete_int,
+         n_ctrl - (complete - complete_int), missing),
+    ]
+    flow = pd.DataFrame(rows, columns=["step", "description", "n", "n_excluded", "reason"])
+    flow["n_excluded"] = flow["n_excluded"].astype("Int64")
     write_csv(flow, tables / "flow.csv")
     therapists = analysis["therapist_id"].nunique()
     adopters = analysis.loc[analysis["arm_intervention"] == 1, "therapist_id"].nunique()

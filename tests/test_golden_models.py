@@ -59,9 +59,13 @@ def base_config() -> dict:
     return load_config(REPO / "config" / "config.yaml")
 
 
-def _setup(name: str, base_config: dict) -> tuple[pd.DataFrame, dict, dict]:
+FIT_PATHS = ["fast", "statsmodels"]  # both must reach lme4's optimum
+
+
+def _setup(name: str, base_config: dict, fit_path: str) -> tuple[pd.DataFrame, dict, dict]:
     data, _, _, random, _ = CASES[name]
     config = copy.deepcopy(base_config)
+    config["analysis"]["fit_path"] = fit_path
     config["analysis"]["covariates"] = ["age", "sex", "symptom_duration_weeks"]
     config["analysis"]["random_effects"], config["analysis"]["random_time_effects"] = (
         list(part) for part in RANDOM[random])
@@ -102,11 +106,13 @@ def _check_fixed_and_variance(result, reference):
     assert result.singular == reference["singular"]
 
 
+@pytest.mark.parametrize("fit_path", FIT_PATHS)
 @pytest.mark.parametrize("name", MODEL_CASES)
-def test_outcome_model_matches_lme4(name, base_config):
-    frame, config, reference = _setup(name, base_config)
+def test_outcome_model_matches_lme4(name, fit_path, base_config):
+    frame, config, reference = _setup(name, base_config, fit_path)
     _, outcome, population, _, _ = CASES[name]
     result = fit_outcome_model(frame, config, outcome, population)
+    assert result.fit_path == {"fast": "fast_nested", "statsmodels": "statsmodels"}[fit_path]
     assert result.converged
     _check_fixed_and_variance(result, reference)
     # emmeans: rows ordered arm-fastest within time in R; match on (arm, time).
@@ -121,9 +127,10 @@ def test_outcome_model_matches_lme4(name, base_config):
         _close(merged[column], merged[f"{column}_r"], RTOL_FIXED, what=f"emmeans {column}")
 
 
+@pytest.mark.parametrize("fit_path", FIT_PATHS)
 @pytest.mark.parametrize("name", SUBGROUP_CASES)
-def test_subgroup_model_matches_lmertest(name, base_config):
-    frame, config, reference = _setup(name, base_config)
+def test_subgroup_model_matches_lmertest(name, fit_path, base_config):
+    frame, config, reference = _setup(name, base_config, fit_path)
     _, outcome, population, _, subgroup = CASES[name]
     result = fit_subgroup_model(frame, config, outcome, subgroup, population=population,
                                 stratified=False)

@@ -221,7 +221,7 @@ def test_cli_entries_deterministic(tmp_path, cohort, config):
         outputs.append((out_json.read_bytes(), out_csv.read_bytes()))
     assert outputs[0] == outputs[1]
     content = json.loads(outputs[0][0])
-    assert content["model"]["fit_path"] == "statsmodels"
+    assert content["model"]["fit_path"] == "fast_nested"  # chosen automatically
     assert {"formula", "random_effects", "method", "converged", "warnings",
             "variance_components", "icc"} <= set(content["model"])
     assert list(pd.read_csv(tmp_path / "0.csv").columns) == TIDY_COLUMNS

@@ -139,3 +139,15 @@ def test_benchmark_times_reads_snakemake_files(tmp_path):
     assert times.to_dict("records") == [{"job": "clean", "seconds": 3.0, "max_rss_mb": 110.0}]
     assert benchmark_times(None).empty
     assert benchmark_times(tmp_path / "absent").empty
+
+
+def test_model_block_formats_of_the_models_step():
+    from trial_analysis.report import as_list, describe_random_effects
+
+    assert describe_random_effects(
+        {"components": ["therapist", "therapist:time", "patient"], "levels": ["therapist"]}
+    ) == "(1 | therapist) + (1 | therapist:time) + (1 | patient)"
+    assert describe_random_effects("(1 | therapist)") == "(1 | therapist)"
+    assert as_list("a; b") == ["a", "b"]
+    assert as_list(["a", ""]) == ["a"]
+    assert as_list(None) == [] and as_list(float("nan")) == []

@@ -154,6 +154,27 @@ STEPS: dict[str, dict[str, Any]] = {
         ),
         "args": [CONFIG, ANALYSIS, OUT_JSON, OUT_CSV],
     },
+    "sensitivity": {
+        "target": ("trial_analysis.sensitivity", "run_sensitivity"),
+        "help": "one sensitivity analysis of the observational comparison",
+        "description": (
+            "Reads: the analysis table (and, for evalue and multiple_imputation, the primary "
+            "estimate files). Writes: tidy estimates as JSON and CSV; the love plot or "
+            "tipping-point figure to --figures-dir."
+        ),
+        "args": [
+            CONFIG, ANALYSIS,
+            (("--analysis-name",), {"required": True,
+                                    "choices": ["propensity", "evalue", "multiple_imputation",
+                                                "tipping_point", "therapist_fixed_effects"],
+                                    "help": "which analysis"}),
+            OUT_JSON, OUT_CSV,
+            (("--figures-dir",), {"type": Path, "default": None,
+                                  "help": "folder for this analysis's figures"}),
+            (("--estimates-dir",), {"type": Path, "default": None,
+                                    "help": "folder of the primary estimate files"}),
+        ],
+    },
     "tables": {
         "target": ("trial_analysis.tables", "run_tables"),
         "help": "write the report tables (Table 1, estimates, subgroups, ...) as CSV",

@@ -111,29 +111,37 @@ def _reason(row: Mapping[str, Any]) -> str:
 def flow_figure(flow: pd.DataFrame) -> plt.Figure:
     """STROBE flow diagram drawn from ``flow.csv`` (see :func:`flow_layout`)."""
     levels = flow_layout(flow)
-    step_height = 1.45
-    height = step_height * len(levels) + 0.4
-    figure, ax = plt.subplots(figsize=(8.5, 0.75 * height + 0.4))
-    ax.set_xlim(0, 10)
-    ax.set_ylim(0, height)
-    ax.axis("off")
-    y = height - 0.8
-    previous: list[float] = []
+    line, gap = 0.17, 0.75  # data units per text line; vertical space between levels
     for level in levels:
         k = len(level["boxes"])
-        width = min(5.2, (6.8 - 0.25 * (k - 1)) / k)
-        centres = [3.5] if k == 1 else list(np.linspace(0.1 + width / 2, 6.9 - width / 2, k))
-        box_height = 0.95 if level["inline"] and k > 1 else 0.8
-        for centre, row in zip(centres, level["boxes"], strict=True):
-            label = f"{_wrap(row['description'], int(width * 6.5))}\n(n = {_count(row['n'])})"
+        level["width"] = min(5.2, (6.8 - 0.25 * (k - 1)) / k)
+        level["fontsize"] = 8 if k < 3 else 7
+        chars = int(level["width"] * (11 if k < 3 else 13))
+        level["labels"] = []
+        for row in level["boxes"]:
+            label = f"{_wrap(row['description'], chars)}\n(n = {_count(row['n'])})"
             excluded = _count(row.get("n_excluded"))
             if level["inline"] and excluded:
-                label += f"\nexcluded {excluded}: {_wrap(_reason(row), int(width * 7))}"
-            ax.add_patch(FancyBboxPatch((centre - width / 2, y - box_height / 2), width,
-                                        box_height, boxstyle="round,pad=0.02", fc="white",
+                label += f"\nexcluded {excluded}:\n{_wrap(_reason(row), chars)}"
+            level["labels"].append(label)
+        level["height"] = max(lab.count("\n") + 1 for lab in level["labels"]) * line + 0.3
+    total = sum(level["height"] for level in levels) + gap * (len(levels) - 1) + 0.5
+    figure, ax = plt.subplots(figsize=(8.5, 0.8 * total + 0.3))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, total)
+    ax.axis("off")
+    top_edge = total - 0.3
+    previous: list[float] = []
+    previous_bottom = top_edge
+    for level in levels:
+        k, width, height = len(level["boxes"]), level["width"], level["height"]
+        y = top_edge - height / 2
+        centres = [3.5] if k == 1 else list(np.linspace(0.1 + width / 2, 6.9 - width / 2, k))
+        for centre, label in zip(centres, level["labels"], strict=True):
+            ax.add_patch(FancyBboxPatch((centre - width / 2, y - height / 2), width, height,
+                                        boxstyle="round,pad=0.02", fc="white",
                                         ec=OKABE_ITO["black"], lw=0.9))
-            ax.text(centre, y, label, ha="center", va="center",
-                    fontsize=8 if k < 3 else 7)
+            ax.text(centre, y, label, ha="center", va="center", fontsize=level["fontsize"])
             # Arrows from the box(es) above: all from one box, pairs for equal counts,
             # otherwise from the nearest box above.
             if len(previous) == 1 or k == 1:
@@ -142,27 +150,27 @@ def flow_figure(flow: pd.DataFrame) -> plt.Figure:
                 sources = [previous[centres.index(centre)]]
             else:
                 sources = [min(previous, key=lambda x, c=centre: abs(x - c))]
-            for top in sources:
-                ax.annotate("", xy=(centre, y + box_height / 2 + 0.02),
-                            xytext=(top, y + step_height - 0.42),
+            for source in sources:
+                ax.annotate("", xy=(centre, y + height / 2 + 0.03),
+                            xytext=(source, previous_bottom - 0.03),
                             arrowprops={"arrowstyle": "-|>", "lw": 0.8, "color": "#444444"})
         if level["exclusions"]:
-            total = sum(_count(r["n_excluded"]) or 0 for r in level["exclusions"])
-            lines = [f"Excluded (n = {total})"]
+            excluded = sum(_count(r["n_excluded"]) or 0 for r in level["exclusions"])
+            lines = [f"Excluded (n = {excluded})"]
             if len(level["exclusions"]) == 1:
-                lines.append(_wrap(_reason(level["exclusions"][0]), 34))
+                lines.append(_wrap(_reason(level["exclusions"][0]), 36))
             else:
-                lines += [_wrap(f"{_reason(r)} ({_count(r['n_excluded'])})", 34)
+                lines += [_wrap(f"{_reason(r)} ({_count(r['n_excluded'])})", 36)
                           for r in level["exclusions"]]
-            mid = y + step_height / 2
+            mid = (previous_bottom + top_edge) / 2 if previous else y
             ax.text(8.6, mid, "\n".join(lines), ha="center", va="center", fontsize=7,
                     bbox={"boxstyle": "round,pad=0.3", "fc": "#F4F4F4",
                           "ec": OKABE_ITO["vermillion"], "lw": 0.8})
-            ax.annotate("", xy=(7.1, mid), xytext=(centres[0] if k == 1 else 3.5, mid),
+            ax.annotate("", xy=(7.1, mid), xytext=(3.5, mid),
                         arrowprops={"arrowstyle": "-|>", "lw": 0.8,
                                     "color": OKABE_ITO["vermillion"]})
-        previous = centres
-        y -= step_height
+        previous, previous_bottom = centres, y - height / 2
+        top_edge = previous_bottom - gap
     ax.set_title("Flow of patients through the study", loc="left")
     return figure
 

@@ -54,6 +54,7 @@ from scipy.optimize import minimize
 from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
 
 from trial_analysis.errors import ConfigError, DataError
+from trial_analysis.fast_lmm import fit_nested_lmm
 from trial_analysis.io import write_csv, write_json
 from trial_analysis.lmm_inference import MixedDesign, SatterthwaiteInference
 
@@ -74,6 +75,7 @@ SINGULAR_TOL = 1e-4
 FIT_METHODS = ["lbfgs", "bfgs", "powell"]
 FIT_MAXITER = 2000
 FIT_PATH = "statsmodels"
+FAST_PATH = "fast_nested"
 _ANALYSIS_FILE = "analysis table"
 
 
@@ -93,6 +95,7 @@ class ModelSpec:
     reml: bool
     confidence_level: float
     subgroup: str | None = None
+    fit_path: str = "fast_nested"
 
     @property
     def random_components(self) -> list[str]:
@@ -127,6 +130,7 @@ def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings.setdefault("confidence_level", 0.95)
     settings.setdefault("subgroups", [])
     settings.setdefault("subgroup_population", "complete_case")
+    settings.setdefault("fit_path", "auto")
     return settings
 
 
@@ -169,11 +173,16 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
     if problems:
         raise ConfigError("config analysis", problems)
     covariates = [c for c in settings["covariates"] if c != subgroup]
+    # Every structure admitted above (nested random intercepts, optional level x time
+    # intercepts) is one the fast exact path handles; statsmodels stays selectable as the
+    # general path and cross-check.
+    fit_path = "statsmodels" if settings["fit_path"] == "statsmodels" else FAST_PATH
     return ModelSpec(outcome=outcome, population=population, covariates=tuple(covariates),
                      random_effects=tuple(levels),
                      random_time_effects=tuple(settings["random_time_effects"]),
                      reml=bool(settings["reml"]),
-                     confidence_level=float(settings["confidence_level"]), subgroup=subgroup)
+                     confidence_level=float(settings["confidence_level"]), subgroup=subgroup,
+                     fit_path=fit_path)
 
 
 def _require_columns(analysis: pd.DataFrame, columns: list[str], source: str) -> None:
@@ -491,6 +500,54 @@ def _refine_optimum(criterion, theta0: np.ndarray, start_value: float) -> np.nda
 
 
 def _fit(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign, rand: RandomDesign) -> _Fit:
+    """Fit by the path the spec names; both give lme4's REML/ML optimum (golden-tested)."""
+    if spec.fit_path == FAST_PATH:
+        return _fit_fast(long, spec, fixed, rand)
+    return _fit_statsmodels(long, spec, fixed, rand)
+
+
+def _satterthwaite(design, theta: np.ndarray, sigma: float, beta: np.ndarray, reml: bool,
+                   messages: list[str]) -> SatterthwaiteInference | None:
+    try:
+        inference = SatterthwaiteInference.from_fit(design, theta, sigma, beta=beta, reml=reml)
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        messages.append(f"Satterthwaite df could not be computed ({exc}); inference uses the "
+                        "normal (z) distribution")
+        return None
+    messages += inference.notes
+    return inference
+
+
+def _fit_fast(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign,
+              rand: RandomDesign) -> _Fit:
+    """Exact nested-intercept REML/ML exploiting the block structure (trial_analysis.fast_lmm)."""
+    levels = {lv: long[LEVEL_COLUMNS[lv]].astype(str).to_numpy() for lv in spec.random_effects}
+    res = fit_nested_lmm(long["score"].to_numpy(float), fixed.X.to_numpy(float), levels,
+                         time=long["time"].to_numpy(), time_effects=list(spec.random_time_effects),
+                         reml=spec.reml, column_names=list(fixed.X.columns))
+    if list(res.design.component_names) != list(rand.components):
+        raise RuntimeError(f"fast path components {res.design.component_names} do not match "
+                           f"{rand.components}")
+    messages = [f"fast path: {w}" for w in res.warnings if not w.startswith("singular fit")]
+    singular = [name for name, t in zip(rand.components, res.theta, strict=True)
+                if t < SINGULAR_TOL]
+    for name in singular:
+        messages.append(f"singular fit: the {name} variance is estimated at the boundary "
+                        "(zero)")
+    beta = res.fixed_effects.to_numpy(float)
+    inference = _satterthwaite(res.design, res.theta, res.sigma, beta, spec.reml, messages)
+    method = (("REML" if spec.reml else "ML") + "; exact nested random-intercept fit "
+              "(trial_analysis.fast_lmm: closed-form per-patient inverses, Woodbury updates per "
+              "cluster); Satterthwaite df (lmerTest method)")
+    return _Fit(theta=np.asarray(res.theta, float), sigma=float(res.sigma), beta=beta,
+                cov_beta=res.cov_fixed.to_numpy(float), inference=inference,
+                converged=bool(res.converged), warnings=messages,
+                criterion=float(res.deviance_value), refinement=0.0, singular=singular,
+                method=method)
+
+
+def _fit_statsmodels(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign,
+                     rand: RandomDesign) -> _Fit:
     model = _statsmodels_model(long, fixed, rand)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -519,14 +576,7 @@ def _fit(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign, rand: RandomDe
     for name in singular:
         messages.append(f"singular fit: the {name} variance is estimated at the boundary "
                         "(zero)")
-    inference = None
-    try:
-        inference = SatterthwaiteInference.from_fit(design, theta, sigma, beta=beta,
-                                                    reml=spec.reml)
-        messages += inference.notes
-    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
-        messages.append(f"Satterthwaite df could not be computed ({exc}); inference uses the "
-                        "normal (z) distribution")
+    inference = _satterthwaite(design, theta, sigma, beta, spec.reml, messages)
     method = (("REML" if spec.reml else "ML") + f"; statsmodels MixedLM ({', '.join(FIT_METHODS)}"
               "), optimum refined on the exact lme4 profiled criterion; Satterthwaite df "
               "(lmerTest method)")
@@ -741,7 +791,7 @@ def _fit_prepared(long: pd.DataFrame, spec: ModelSpec, config: dict[str, Any],
         random_effects={"levels": list(spec.random_effects),
                         "time_levels": list(spec.random_time_effects),
                         "components": list(rand.components)},
-        method=fit.method, fit_path=FIT_PATH, converged=fit.converged,
+        method=fit.method, fit_path=spec.fit_path, converged=fit.converged,
         warnings=notes + fit.warnings, fixed_effects=fixed_rows, marginal_means=marginal,
         variance_components=variances, icc=icc,
         n_patients=int(long["patient_id"].nunique()), n_observations=len(long),

@@ -20,6 +20,7 @@ import base64
 import datetime as dt
 import hashlib
 import importlib.metadata
+import json
 import os
 import subprocess
 from collections.abc import Mapping
@@ -187,11 +188,93 @@ def embed_figures(folder: Path) -> dict[str, str]:
     return uris
 
 
+SENSITIVITY_METHODS = {
+    "unadjusted_ancova": "ANCOVA, baseline only",
+    "covariate_adjusted_ancova": "ANCOVA, baseline and covariates",
+    "overlap_weighted_ancova": "Overlap-weighted ANCOVA (propensity score)",
+    "iptw_ancova": "Stabilised, trimmed IPTW ANCOVA (propensity score)",
+    "complete_case_ancova": None,  # same as covariate_adjusted_ancova; shown once
+    "multiple_imputation_ancova": "Multiple imputation (chained equations), ANCOVA",
+    "ancova_all_therapists": None,
+    "ancova_same_sample": "ANCOVA, therapists treating both arms",
+    "therapist_fixed_effects": "Therapist fixed effects, therapists treating both arms",
+    "delta_adjusted_mi": None,
+}
+
+
+def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, Any]],
+                        truth_by_outcome: Mapping[str, str], config: Mapping[str, Any]
+                        ) -> dict[str, Any]:
+    """Primary effects beside their adjusted and imputed versions, E-values, tipping points.
+
+    Reads ``sensitivity.*.json`` from the estimates folder and the figures each analysis drew
+    under ``figures/sensitivity/<analysis>/``; empty when no sensitivity analysis ran.
+    """
+    docs = {path.name.split(".")[1]: json.loads(path.read_text(encoding="utf-8"))
+            for path in sorted(estimates.glob("sensitivity.*.json"))}
+    effects: list[dict[str, str]] = []
+    for row in primary:
+        effects.append({**row, "method": f"Mixed model ({row['population'].lower()})"})
+    seen: set[tuple[str, str]] = set()
+    for name in ("propensity", "multiple_imputation", "therapist_fixed_effects"):
+        for r in docs.get(name, {}).get("estimates", []):
+            label = SENSITIVITY_METHODS.get(r["method"], r["method"])
+            if r["term"] != "arm_intervention" or label is None or (r["outcome"], label) in seen:
+                continue
+            seen.add((r["outcome"], label))
+            effects.append({
+                "outcome": outcome_label(config, r["outcome"]), "method": label,
+                "n": r["n_patients"], "estimate": fmt_number(r["estimate"]),
+                "ci": fmt_ci(r["ci_low"], r["ci_high"]), "p": fmt_p(r["p_value"]),
+                "truth": truth_by_outcome.get(r["outcome"], ""),
+            })
+    order = {o.get("label", o["name"]): i for i, o in enumerate(config["outcomes"])}
+    effects.sort(key=lambda e: order.get(e["outcome"], len(order)))  # stable: keeps methods
+    evalues: dict[tuple[str, str], dict[str, str]] = {}
+    for r in docs.get("evalue", {}).get("estimates", []):
+        key = (r["outcome"], str(r["n_patients"]))
+        entry = evalues.setdefault(key, {"outcome": outcome_label(config, r["outcome"]),
+                                         "n": r["n_patients"]})
+        entry[r["term"]] = fmt_number(r["estimate"])
+    tipping = [
+        {"outcome": outcome_label(config, r["outcome"]), "delta": fmt_number(r["estimate"]),
+         "notes": r.get("notes") or ""}
+        for r in docs.get("tipping_point", {}).get("estimates", [])
+        if r["term"] == "tipping_delta"
+    ]
+    images = []
+    for path in sorted((figures / "sensitivity").glob("*/*.png")):
+        caption = (
+            f"Love plot, {outcome_label(config, path.stem.removeprefix('love_plot_'))}: "
+            "standardised mean differences of "
+            "the propensity-model covariates before and after weighting (dashed line: 0.1)."
+            if path.stem.startswith("love_plot_") else
+            f"Tipping point, {outcome_label(config, path.stem.removeprefix('tipping_point_'))}:"
+            " the pooled effect as imputed intervention-arm follow-up scores are shifted in the"
+            " unfavourable direction (delta, score points)."
+        )
+        images.append({"uri": "data:image/png;base64,"
+                       + base64.b64encode(path.read_bytes()).decode(), "caption": caption,
+                       "alt": caption.split(":")[0]})
+    return {"ran": bool(docs), "effects": effects, "evalues": list(evalues.values()),
+            "tipping": tipping, "images": images}
+
+
 def _float(text: str) -> float:
     try:
         return float(text)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def describe_random_effects(value: Any) -> str:
+    """Random-effects structure in words: ``components`` of a mapping, or the text as given."""
+    if isinstance(value, Mapping):
+        components = value.get("components") or value.get("levels")
+        if components:
+            return " + ".join(f"(1 | {c})" for c in components)
+        return "; ".join(f"{k}: {v}" for k, v in value.items())
+    return "" if value is None else str(value)
 
 
 def as_list(warnings: Any) -> list[str]:
@@ -291,20 +374,32 @@ def build_context(
     for doc in docs:
         model = doc.get("model", {})
         notes = as_list(model.get("warnings"))
+        seen = set(notes)
         for row in doc["estimates"]:
-            notes += [w for w in as_list(row.get("warnings")) if w not in notes]
+            # Rows repeat their model's warnings; count each message once per model.
+            extra = [w for w in as_list(row.get("warnings")) if w not in seen]
+            notes += extra
+            seen.update(extra)
         models.append({
             "file": Path(doc["_file"]).name, "formula": model.get("formula", ""),
-            "random_effects": model.get("random_effects", ""),
+            "random_effects": describe_random_effects(model.get("random_effects", "")),
             "method": model.get("method", ""), "fit_path": model.get("fit_path", ""),
             "converged": model.get("converged", ""),
-            "warnings": "; ".join(notes),
+            "warnings": "; ".join(
+                f"{w} (×{notes.count(w)})" if notes.count(w) > 1 else w
+                for w in dict.fromkeys(notes)),
         })
 
     table1 = {}
     for population, part in frames["table1"].groupby("population", sort=False):
         table1[population] = part.to_dict("records")
 
+    truth_by_outcome = {
+        row["outcome"]: fmt_number(_float(row["true_value"]))
+        for row in frames["primary_estimates"].to_dict("records") if row["true_value"]
+    }
+    sensitivity = sensitivity_section(Path(estimates), Path(figures), primary,
+                                      truth_by_outcome, config)
     assumptions = flatten(config.get("simulation", {}).get("assumptions", {}) or {})
     reproduction = frames["reproduction"].to_dict("records")
     return {
@@ -324,7 +419,7 @@ def build_context(
         "simulated": simulated,
         "table1": table1, "implementation": frames["implementation"].to_dict("records"),
         "flow": frames["flow"].to_dict("records"),
-        "primary": primary, "subgroups": subgroups,
+        "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
         "variance": variance, "models": models, "reproduction": reproduction,
         "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),

@@ -613,6 +613,9 @@ def run_sensitivity(
                                            f"{ANALYSES}"])
     source = str(analysis)
     frame = read_analysis(analysis)
+    if figures_dir is not None:
+        # the folder is this step's declared output even for analyses that draw nothing
+        Path(figures_dir).mkdir(parents=True, exist_ok=True)
     if analysis_name == "propensity":
         from trial_analysis.propensity import run_propensity_analysis
 

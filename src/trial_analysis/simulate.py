@@ -30,8 +30,13 @@ Allocation (confounded, exact counts)
     sampling without replacement, which fixes the count exactly while the chance of selection
     still depends on covariates) with log relative weight
     ``confounding.age_per_10y * (age - mean_age) / 10 +
-    confounding.function_intake_per_10 * (latent intake of the primary outcome - its mean) / 10``
-    (younger, less severe patients more often get ETMI). An ETMI patient's referral is on or
+    confounding.function_intake_per_10 * (stable level - its mean) / 10``
+    (younger, less severe patients more often get ETMI). The stable level is the patient's
+    expected intake score of the primary outcome without the visit's transient noise (and
+    without the therapist x time and clinic x time terms): selecting on the noisy observed
+    score would make every change-score analysis biased by regression to the mean (Lord's
+    paradox), whereas ANCOVA on the observed baseline under-adjusts for this selection.
+    An ETMI patient's referral is on or
     after the therapist's training date, and every session the primary therapist gives carries
     the ETMI code, so the contract's rule ``ETMI code by trained therapist`` recovers the arm.
 Outcome model (per outcome; this is the structure the analysis model fits)
@@ -641,7 +646,7 @@ def simulate_extract(
     X = {c: np.concatenate([X_e[c], X_j[c]]) for c in COVARIATES}
     all_therapist = np.concatenate([e_therapist, j_therapist])
     all_clinic = t_clinic[all_therapist]
-    latent0, latent1_base = {}, {}
+    latent0, latent1_base, stable = {}, {}, {}
     for name in outcome_names:
         p = params[name]
         vc = p["variance_components"]
@@ -654,6 +659,7 @@ def simulate_extract(
         level = sum(p["beta_level"][c] * X[c] for c in COVARIATES)
         change = sum(p["beta_change"][c] * X[c] for c in COVARIATES)
         common = p["mu_intake"] + level + a_c[all_clinic] + u_t[all_therapist] + p_i
+        stable[name] = common
         latent0[name] = common + d_c[all_clinic, 0] + w_t[all_therapist, 0] + e_i[:, 0]
         latent1_base[name] = (
             common + d_c[all_clinic, 1] + w_t[all_therapist, 1] + e_i[:, 1]
@@ -662,10 +668,14 @@ def simulate_extract(
 
     # --- allocation: ETMI among adopters' patients ------------------------------------------
     rng = streams["allocation"]
-    intake_primary = latent0[primary][:N]
+    # Therapists judge a patient's stable severity (history, presentation), not the transient
+    # noise of one intake questionnaire: selecting on the noisy observed intake score would
+    # build regression to the mean into the arm comparison of change (Lord's paradox), and the
+    # change-score analysis the study reports would then be biased by construction.
+    stable_primary = stable[primary][:N]
     etmi_logw = (
         conf["age_per_10y"] * X_e["age_per_10y"]
-        + conf["function_intake_per_10"] * (intake_primary - params[primary]["mu_intake"]) / 10
+        + conf["function_intake_per_10"] * (stable_primary - params[primary]["mu_intake"]) / 10
     )
     candidates = np.flatnonzero(t_adopter[e_therapist])
     e_arm = np.zeros(N, dtype=bool)
@@ -845,6 +855,7 @@ def simulate_extract(
     # Eligible: exact complete counts per arm, weighted by observed (MAR) or change (MNAR).
     # Eligible episodes are the first N; only they are selected by weight.
     mean_sessions = n_sessions[:N].mean()
+    intake_primary = latent0[primary][:N]  # the observed intake score (MAR: observed data only)
     miss_logw = np.zeros(n_ep)
     miss_logw[:N] = (
         miss["age_per_10y"] * X_e["age_per_10y"]
@@ -1342,6 +1353,8 @@ def run_simulate(
     """
     seed = int(config["seed"]) if seed is None else int(seed)
     layout = layout or config.get("input", {}).get("outcomes_layout", "long")
+    if n_patients is None:
+        n_patients = config.get("simulation", {}).get("n_patients")
     file_format = file_format or config.get("input", {}).get("format", "csv")
     if file_format not in ("csv", "parquet"):
         raise ConfigError("simulate", [

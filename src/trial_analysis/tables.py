@@ -753,7 +753,7 @@ def reproduction_table(
             "kind": "direction", "item": item, "published": claim,
             "reproduced": reproduced or "", "true_value": truth_dir,
             "match": "" if reproduced is None else ("yes" if reproduced == claim else "no"),
-            "criterion": "side of 0 (ratio: 1) the 95% CI lies on; straddling it: no_difference",
+            "criterion": "CI vs 1 (ratio)" if item == "sessions" else "CI vs 0",
             "source": source or "not computed by this pipeline",
         })
     for entry in published.get("estimates") or []:
@@ -773,7 +773,7 @@ def reproduction_table(
             "kind": "estimate", "item": f"{entry['outcome']} ({entry['population']})",
             "published": shown, "reproduced": reproduced, "match": match,
             "true_value": "" if effect is None else fmt_number(effect),
-            "criterion": "published estimate inside the reproduced 95% CI", "source": source,
+            "criterion": "inside reproduced CI", "source": source,
         })
     return pd.DataFrame(rows, columns=REPRODUCTION_COLUMNS)
 
