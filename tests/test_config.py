@@ -69,9 +69,19 @@ def test_every_schema_property_is_described() -> None:
 
     def walk(node: dict, where: str) -> None:
         for key, sub in node.get("properties", {}).items():
-            if "$ref" not in sub and "description" not in sub and sub.get("type") != "object":
+            if "$ref" not in sub and "description" not in sub:
                 missing.append(f"{where}/{key}")
             walk(sub, f"{where}/{key}")
+            if isinstance(sub.get("items"), dict):
+                walk(sub["items"], f"{where}/{key}[]")
 
     walk(schema, "")
     assert not missing, missing
+
+
+def test_config_reference_in_the_docs_matches_the_schema() -> None:
+    """config/README.md's reference is generated from the schema: regenerate it on change
+    with `trial-analysis config-docs --write config/README.md`."""
+    from trial_analysis.config_docs import generated_section, render_config_reference
+
+    assert generated_section(REPO / "config" / "README.md") == render_config_reference()
