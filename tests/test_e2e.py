@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +14,7 @@ import yaml
 from trial_analysis.config import load_config
 
 pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
 
 TIDY_COLUMNS = [
     "outcome", "population", "model", "term", "estimate", "std_error", "ci_low", "ci_high",
@@ -118,3 +121,35 @@ def test_ledger_accounts_for_every_raw_record(default_cohort_run: Path) -> None:
         in_ledger = ledger[ledger["table"] == table]
         assert len(in_ledger) == n_raw, table
         assert in_ledger["record_id"].is_unique, table
+
+
+def test_primary_models_recover_the_true_effects(default_cohort_run: Path) -> None:
+    """On the published-size default cohort every true effect lies inside its 95% CI."""
+    from trial_analysis.models import fit_outcome_model
+    from trial_analysis.sessions import fit_sessions_model
+
+    config = load_config(default_cohort_run / "config" / "config.yaml")
+    analysis = pd.read_parquet(default_cohort_run / "data" / "processed" / "analysis.parquet")
+    truth = json.loads((default_cohort_run / "data" / "raw" / "truth.json").read_text())
+    for outcome in [o["name"] for o in config["outcomes"]]:
+        true_effect = truth["effects"][outcome]["structural"]
+        for population in ("complete_case", "all_available"):
+            rows = fit_outcome_model(analysis, config, outcome, population).to_frame()
+            effect = rows.loc[rows["term"] == "arm:time"].iloc[0]
+            assert effect["ci_low"] <= true_effect <= effect["ci_high"], (outcome, population)
+            assert effect["converged"], (outcome, population)
+    sessions = fit_sessions_model(analysis, config).to_frame()
+    primary = sessions.iloc[0]
+    assert primary["term"] == "ratio_of_means"
+    assert primary["ci_low"] <= truth["sessions"]["ratio_of_means"] <= primary["ci_high"]
+
+
+def test_snakemake_report_registers_figures_and_tables(pipeline_run: Path) -> None:
+    out = pipeline_run / "snakemake-report.html"
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(pipeline_run), "--nolock", "--report", str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.stat().st_size > 100_000

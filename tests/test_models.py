@@ -233,7 +233,7 @@ def test_cli_entries_deterministic(tmp_path, cohort, config):
 
 
 def test_cli_missing_file(tmp_path, config):
-    with pytest.raises(DataError, match="file not found"):
+    with pytest.raises(DataError, match="the analysis table does not exist"):
         run_fit(config=config, analysis=tmp_path / "nope.parquet", outcome="function",
                 population="complete_case", out_json=tmp_path / "a.json",
                 out_csv=tmp_path / "a.csv")

@@ -20,6 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trial_analysis.errors import DataError
+
+# The tidy columns of every estimate row (ARCHITECTURE.md, "an estimate file").
+ESTIMATE_COLUMNS = [
+    "outcome", "population", "model", "term", "estimate", "std_error", "ci_low", "ci_high",
+    "p_value", "df", "n_patients", "n_observations", "n_clusters", "converged", "warnings",
+]
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -99,3 +107,15 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file written by :func:`write_json`."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_analysis_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read the analysis table written by ``allocate``; a named error if absent or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), "the analysis table does not exist",
+                        hint="Run the `allocate` step first")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(str(path), f"not a readable Parquet file ({exc})") from None

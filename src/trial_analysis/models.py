@@ -55,16 +55,14 @@ from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
 
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.fast_lmm import fit_nested_lmm
-from trial_analysis.io import write_csv, write_json
+from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv, write_json
 from trial_analysis.lmm_inference import MixedDesign, SatterthwaiteInference
 
 POPULATIONS = ("complete_case", "all_available")
 # Random-effect levels, outermost first, and the analysis-table column that identifies each.
 LEVEL_COLUMNS = {"clinic": "clinic_id", "therapist": "therapist_id", "patient": "patient_id"}
 NESTING = ("clinic", "therapist", "patient")
-TIDY_COLUMNS = ["outcome", "population", "model", "term", "estimate", "std_error", "ci_low",
-                "ci_high", "p_value", "df", "n_patients", "n_observations", "n_clusters",
-                "converged", "warnings"]
+TIDY_COLUMNS = ESTIMATE_COLUMNS
 MARGINAL_COLUMNS = ["arm", "time", "estimate", "std_error", "ci_low", "ci_high"]
 EFFECT_TERM = "arm:time"
 # Fewer patients than this in a population (or a subgroup level) is no basis for a mixed model.
@@ -986,20 +984,10 @@ def fit_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: 
 # Command-line entries
 
 
-def _read_analysis(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(str(path), "file not found", hint="run the `allocate` step first")
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        raise DataError(str(path), f"not a readable Parquet file ({exc})") from None
-
-
 def run_fit(config: dict[str, Any], analysis: str | Path, outcome: str, population: str,
             out_json: str | Path, out_csv: str | Path) -> OutcomeModelResult:
     """CLI ``fit``: fit one outcome model and write its JSON and CSV estimate files."""
-    result = fit_outcome_model(_read_analysis(analysis), config, outcome, population,
+    result = fit_outcome_model(read_analysis_table(analysis), config, outcome, population,
                                source=str(analysis))
     write_json(result.to_json_dict(), out_json)
     write_csv(result.to_frame(), out_csv)
@@ -1009,7 +997,7 @@ def run_fit(config: dict[str, Any], analysis: str | Path, outcome: str, populati
 def run_fit_subgroup(config: dict[str, Any], analysis: str | Path, outcome: str, subgroup: str,
                      out_json: str | Path, out_csv: str | Path) -> SubgroupModelResult:
     """CLI ``fit-subgroup``: fit the subgroup model and write its JSON and CSV files."""
-    result = fit_subgroup_model(_read_analysis(analysis), config, outcome, subgroup,
+    result = fit_subgroup_model(read_analysis_table(analysis), config, outcome, subgroup,
                                 source=str(analysis))
     write_json(result.to_json_dict(), out_json)
     write_csv(result.to_frame(), out_csv)

@@ -40,6 +40,7 @@ from scipy import stats
 
 from trial_analysis.config import outcome_spec
 from trial_analysis.errors import ConfigError, DataError
+from trial_analysis.io import read_analysis_table
 from trial_analysis.sessions import (
     ARM,
     CLUSTER,
@@ -438,9 +439,6 @@ def run_responders(
 ) -> RespondersResult:
     """CLI entry: read the analysis table, write ``responders.json`` and ``responders.csv``."""
     path = Path(analysis)
-    if not path.is_file():
-        raise DataError(str(path), "the analysis table does not exist",
-                        hint="Run the `allocate` step first")
-    result = fit_responders(pd.read_parquet(path), config, source=str(path))
+    result = fit_responders(read_analysis_table(path), config, source=str(path))
     write_result(result.to_json(), result.to_frame(), Path(out_json), Path(out_csv))
     return result

@@ -42,7 +42,7 @@ import pandas as pd
 from scipy import stats
 
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.io import write_csv, write_json
+from trial_analysis.io import read_analysis_table, write_csv, write_json
 
 TIDY_COLUMNS = [
     "outcome",
@@ -175,13 +175,6 @@ def check_arm(frame: pd.DataFrame, source: str) -> None:
                         column=ARM)
 
 
-def read_analysis(path: str | Path) -> pd.DataFrame:
-    """Read the analysis table, with a named error if it is absent."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(str(path), "the analysis table does not exist",
-                        hint="Run the `allocate` step first")
-    return pd.read_parquet(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -612,7 +605,7 @@ def run_sensitivity(
         raise ConfigError("command line", [f"analysis_name '{analysis_name}' is not one of "
                                            f"{ANALYSES}"])
     source = str(analysis)
-    frame = read_analysis(analysis)
+    frame = read_analysis_table(analysis)
     if figures_dir is not None:
         # the folder is this step's declared output even for analyses that draw nothing
         Path(figures_dir).mkdir(parents=True, exist_ok=True)

@@ -35,25 +35,9 @@ import statsmodels.api as sm
 from scipy import optimize, special, stats
 
 from trial_analysis.errors import DataError
-from trial_analysis.io import write_csv, write_json
+from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv, write_json
 
-TIDY_COLUMNS = [
-    "outcome",
-    "population",
-    "model",
-    "term",
-    "estimate",
-    "std_error",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "df",
-    "n_patients",
-    "n_observations",
-    "n_clusters",
-    "converged",
-    "warnings",
-]
+TIDY_COLUMNS = ESTIMATE_COLUMNS
 
 ARM = "arm_intervention"
 COUNT = "n_sessions"
@@ -699,10 +683,6 @@ def run_sessions(
 ) -> SessionsResult:
     """CLI entry: read the analysis table, fit, write ``sessions.json`` and ``sessions.csv``."""
     path = Path(analysis)
-    if not path.is_file():
-        raise DataError(str(path), "the analysis table does not exist",
-                        hint="Run the `allocate` step first")
-    frame = pd.read_parquet(path)
-    result = fit_sessions_model(frame, config, source=str(path))
+    result = fit_sessions_model(read_analysis_table(path), config, source=str(path))
     write_result(result.to_json(), result.to_frame(), Path(out_json), Path(out_csv))
     return result

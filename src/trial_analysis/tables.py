@@ -35,12 +35,9 @@ import numpy as np
 import pandas as pd
 
 from trial_analysis.errors import DataError
-from trial_analysis.io import write_csv
+from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv
 
-TIDY_COLUMNS = [
-    "outcome", "population", "model", "term", "estimate", "std_error", "ci_low", "ci_high",
-    "p_value", "df", "n_patients", "n_observations", "n_clusters", "converged", "warnings",
-]
+TIDY_COLUMNS = ESTIMATE_COLUMNS
 ESTIMATE_REQUIRED = ["term", "estimate", "ci_low", "ci_high"]
 TABLE_NAMES = [
     "table1", "primary_estimates", "subgroup_estimates", "sessions", "responders",
@@ -114,9 +111,7 @@ def fmt_p(value: Any) -> str:
 def read_analysis(path: str | Path, config: Mapping[str, Any]) -> pd.DataFrame:
     """Read the analysis table and check the columns the report needs."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(str(path), "the analysis table is missing", hint="run `allocate` first")
-    frame = pd.read_parquet(path)
+    frame = read_analysis_table(path)
     needed = ["arm", "arm_intervention", "n_sessions", "complete_case"]
     needed += [f"{o['name']}_{t}" for o in config["outcomes"] for t in ("baseline", "followup")]
     missing = [c for c in needed if c not in frame.columns]
