@@ -137,17 +137,28 @@ def flow_figure(flow: pd.DataFrame) -> plt.Figure:
         k, width, height = len(level["boxes"]), level["width"], level["height"]
         y = top_edge - height / 2
         centres = [3.5] if k == 1 else list(np.linspace(0.1 + width / 2, 6.9 - width / 2, k))
-        for centre, label in zip(centres, level["labels"], strict=True):
+        # One more box than above: the first is a total (complete cases overall, then by
+        # arm). Draw it in the middle so arrows from the arms to it and to their own boxes
+        # do not cross.
+        total_first = len(previous) > 1 and len(previous) == k - 1
+        slots = list(range(k))
+        if total_first:
+            slots.insert(k // 2, slots.pop(0))
+        for position, (slot, label) in enumerate(zip(slots, level["labels"], strict=True)):
+            centre = centres[slot]
             ax.add_patch(FancyBboxPatch((centre - width / 2, y - height / 2), width, height,
                                         boxstyle="round,pad=0.02", fc="white",
                                         ec=OKABE_ITO["black"], lw=0.9))
             ax.text(centre, y, label, ha="center", va="center", fontsize=level["fontsize"])
-            # Arrows from the box(es) above: all from one box, pairs for equal counts,
-            # otherwise from the nearest box above.
+            # Arrows from the box(es) above: all from one box, pairs for equal counts; one
+            # extra box in front (a total, e.g. complete cases overall then by arm) takes
+            # arrows from every box above and the rest pair up; otherwise the nearest box.
             if len(previous) == 1 or k == 1:
                 sources = previous
             elif len(previous) == k:
-                sources = [previous[centres.index(centre)]]
+                sources = [previous[position]]
+            elif total_first:
+                sources = previous if position == 0 else [previous[position - 1]]
             else:
                 sources = [min(previous, key=lambda x, c=centre: abs(x - c))]
             for source in sources:
