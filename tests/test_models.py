@@ -76,8 +76,9 @@ def test_tidy_frame_and_marginal_means(primary):
     frame = primary.to_frame()
     assert list(frame.columns) == TIDY_COLUMNS
     assert frame.equals(frame.sort_values(["model", "term"]).reset_index(drop=True))
-    assert {"(Intercept)", "arm", "time", "arm:time", "age", "sexM",
-            "symptom_duration_weeks"} == set(frame["term"])
+    # covariates adjust level and change: each also enters as covariate x time
+    assert {"(Intercept)", "arm", "time", "arm:time", "age", "sexM", "symptom_duration_weeks",
+            "time:age", "time:sexM", "time:symptom_duration_weeks"} == set(frame["term"])
     mm = primary.marginal_means.set_index(["arm", "time"])["estimate"]
     # The difference in change between arms of the adjusted means is the arm x time effect.
     did = (mm[("ETMI", "discharge")] - mm[("ETMI", "intake")]

@@ -94,6 +94,7 @@ class ModelSpec:
     confidence_level: float
     subgroup: str | None = None
     fit_path: str = "fast_nested"
+    covariates_by_time: bool = True
 
     @property
     def random_components(self) -> list[str]:
@@ -109,7 +110,8 @@ class ModelSpec:
         """The model in lme4 syntax (nested units written as interactions)."""
         fixed = "score ~ arm * time" + (f" * {self.subgroup}" if self.subgroup else "")
         if self.covariates:
-            fixed += " + " + " + ".join(self.covariates)
+            joined = " + ".join(self.covariates)
+            fixed += f" + ({joined}) * time" if self.covariates_by_time else f" + {joined}"
         terms = []
         for i, level in enumerate(self.random_effects):
             path = ":".join(self.random_effects[: i + 1])
@@ -129,6 +131,7 @@ def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings.setdefault("subgroups", [])
     settings.setdefault("subgroup_population", "complete_case")
     settings.setdefault("fit_path", "auto")
+    settings.setdefault("covariates_by_time", True)
     return settings
 
 
@@ -180,7 +183,7 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
                      random_time_effects=tuple(settings["random_time_effects"]),
                      reml=bool(settings["reml"]),
                      confidence_level=float(settings["confidence_level"]), subgroup=subgroup,
-                     fit_path=fit_path)
+                     fit_path=fit_path, covariates_by_time=bool(settings["covariates_by_time"]))
 
 
 def _require_columns(analysis: pd.DataFrame, columns: list[str], source: str) -> None:
@@ -329,6 +332,13 @@ def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
             cols[cov] = pd.to_numeric(long[cov]).to_numpy(float)
             numeric.append(cov)
     cols[EFFECT_TERM] = cols["arm"] * cols["time"]
+    if spec.covariates_by_time:
+        # Covariates adjust the change as well as the level: a prognostic factor of change
+        # that differs between arms (age here) would otherwise bias the arm x time contrast,
+        # which within patients is untouched by level-only covariates. R names these terms
+        # "time:<covariate>" for `arm * time + (covariates) * time` (time appears first).
+        for name in [*numeric, *(d for dummies in factors.values() for d in dummies)]:
+            cols[f"time:{name}"] = cols[name] * cols["time"]
     for name in sub_dummies:
         cols[f"arm:{name}"] = cols["arm"] * cols[name]
         cols[f"time:{name}"] = cols["time"] * cols[name]
@@ -765,6 +775,11 @@ def _marginal_means(fit: _Fit, fixed: FixedDesign, long: pd.DataFrame, config: d
             for dummies in fixed.factor_dummies.values():
                 for d in dummies:
                     L[d] = 1.0 / (len(dummies) + 1)
+            # Covariate x time terms take the covariate's grid value times the time point.
+            for name in [*fixed.numeric_covariates,
+                         *(d for dummies in fixed.factor_dummies.values() for d in dummies)]:
+                if f"time:{name}" in L.index:
+                    L[f"time:{name}"] = L[name] * time
             res = _contrast(fit, L.to_numpy(), level)
             rows.append({"arm": arm_labels[arm], "time": time_labels[time],
                          **{k: res[k] for k in MARGINAL_COLUMNS[2:]}})

@@ -192,7 +192,7 @@ SENSITIVITY_METHODS = {
     "unadjusted_ancova": "ANCOVA, baseline only",
     "covariate_adjusted_ancova": "ANCOVA, baseline and covariates",
     "overlap_weighted_ancova": "Overlap-weighted ANCOVA (propensity score)",
-    "iptw_ancova": "Stabilised, trimmed IPTW ANCOVA (propensity score)",
+    "iptw_weighted_ancova": "Stabilised, trimmed IPTW ANCOVA (propensity score)",
     "complete_case_ancova": None,  # same as covariate_adjusted_ancova; shown once
     "multiple_imputation_ancova": "Multiple imputation (chained equations), ANCOVA",
     "ancova_all_therapists": None,

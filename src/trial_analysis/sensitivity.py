@@ -17,9 +17,13 @@ probes both. The methods live in four modules:
 The outcome model of every analysis here is an ANCOVA: the follow-up score regressed on the arm,
 the outcome's own baseline score and ``analysis.covariates``, by (weighted) least squares. The
 arm coefficient is the baseline-adjusted difference in mean follow-up, which equals the
-baseline-adjusted difference in mean *change* (the same estimand as the mixed model's arm x time
-term, estimated among patients with both scores). Standard errors are therapist-clustered
-sandwich (CR1: ``G/(G-1) * (n-1)/(n-k)``, as ``sandwich::vcovCL(type = "HC1")``); confidence
+baseline-adjusted difference in mean *change*. In a randomised study it targets the same effect
+as the mixed model's arm x time term; in an observational one the two rest on different
+assumptions about selection (ANCOVA: selection on the observed baseline score; the change
+model: selection on measured covariates and stable characteristics), so they can differ
+systematically (Lord's paradox) and neither corrects the other. Standard errors are
+therapist-clustered sandwich (CR1: ``G/(G-1) * (n-1)/(n-k)``, as
+``sandwich::vcovCL(type = "HC1")``); confidence
 intervals and p-values use a t reference with ``G - 1`` degrees of freedom (as Stata's
 ``vce(cluster)``), which matters when few therapists are left, as in the fixed-effects analysis.
 Weights are treated as known (the propensity model's own uncertainty is not propagated), the

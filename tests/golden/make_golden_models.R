@@ -65,7 +65,8 @@ fit_case <- function(case) {
     l$sg <- factor(l[[case$subgroup]])
     "score ~ arm * time * sg"
   }
-  f <- as.formula(paste(fixed, "+", paste(covariates, collapse = " + "), "+",
+  # Covariates adjust level and change (trial_analysis.models' default covariates_by_time).
+  f <- as.formula(paste(fixed, "+ (", paste(covariates, collapse = " + "), ") * time +",
                         random_terms[[case$random]]))
   fit <- lmer(f, data = l, REML = TRUE, control = ctrl)
   co <- summary(fit)$coefficients
