@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import statsmodels.formula.api as smf
 import yaml
 
 from trial_analysis.config import load_config
-from trial_analysis.io import write_csv, write_json, write_parquet
+from trial_analysis.io import to_jsonable, write_csv, write_json, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 COVARIATE_TERMS = "age + C(sex) + symptom_duration_weeks"
@@ -165,71 +164,16 @@ def _row(outcome: str, population: str, model: str, term: str, estimate: float, 
 
 
 def fit_primary(analysis: pd.DataFrame, outcome: str, population: str) -> dict[str, Any]:
-    """Fit the primary mixed model with statsmodels and return a contract estimate document."""
-    data = long_data(analysis, outcome, population)
-    formula = f"score ~ arm * time + {COVARIATE_TERMS}"
-    model = smf.mixedlm(
-        formula, data, groups="therapist_id", re_formula="1",
-        vc_formula={"patient": "0 + C(patient_id)", "therapist_time": "0 + C(time)"},
-    )
-    fits = []
-    for method in (["lbfgs"], ["nm", "lbfgs"]):
-        with warnings.catch_warnings():
-            # Boundary variance estimates are expected with 16 therapists; not the point here.
-            warnings.simplefilter("ignore")
-            fits.append(model.fit(reml=True, method=method))
-    # The best REML optimum, as the pipeline's models step refines to it.
-    fit = max(fits, key=lambda f: f.llf)
-    names = list(fit.model.exog_names)
-    fe_cov = fit.cov_params().loc[names, names].to_numpy()
-    params = fit.fe_params.to_numpy()
-    n_patients = int(data["patient_id"].nunique())
-    n_clusters = int(data["therapist_id"].nunique())
-    rows = []
-    for term, label in (("arm:time", "arm:time"), ("arm", "arm"), ("time", "time")):
-        i = names.index(term)
-        rows.append(_row(outcome, population, "lmm", label, params[i], np.sqrt(fe_cov[i, i]),
-                         None, float(fit.pvalues[term]), n_patients, len(data), n_clusters, []))
-    variance = {
-        "therapist": float(fit.cov_re.iloc[0, 0]),
-        "therapist_time": float(fit.vcomp[list(model.exog_vc.names).index("therapist_time")]),
-        "patient": float(fit.vcomp[list(model.exog_vc.names).index("patient")]),
-        "residual": float(fit.scale),
-    }
-    total = sum(variance.values())
-    means = []
-    female = float((data["sex"] == "F").mean())
-    for arm_value, arm_label in ((1, analysis.loc[analysis["arm_intervention"] == 1, "arm"]
-                                  .iloc[0]),
-                                 (0, analysis.loc[analysis["arm_intervention"] == 0, "arm"]
-                                  .iloc[0])):
-        for time in (0, 1):
-            vector = np.zeros(len(names))
-            for j, name in enumerate(names):
-                vector[j] = {
-                    "Intercept": 1.0, "arm": arm_value, "time": time,
-                    "arm:time": arm_value * time, "C(sex)[T.M]": 1 - female,
-                    "age": data["age"].mean(),
-                    "symptom_duration_weeks": data["symptom_duration_weeks"].mean(),
-                }[name]
-            est = float(vector @ params)
-            se = float(np.sqrt(vector @ fe_cov @ vector))
-            means.append({"arm": arm_label, "time": "baseline" if time == 0 else "followup",
-                          "estimate": est, "std_error": se, "ci_low": est - 1.959964 * se,
-                          "ci_high": est + 1.959964 * se})
-    return {
-        "outcome": outcome, "population": population,
-        "model": {
-            "formula": formula,
-            "random_effects": "(1 | therapist) + (1 | therapist:time) + (1 | patient)",
-            "method": "REML", "fit_path": "statsmodels MixedLM (best of lbfgs, nm+lbfgs)",
-            "converged": bool(fit.converged), "warnings": [],
-            "variance_components": variance,
-            "icc": {"therapist": variance["therapist"] / total,
-                    "patient": variance["patient"] / total},
-        },
-        "estimates": rows, "marginal_means": means,
-    }
+    """The primary estimate document, from the pipeline's own model step.
+
+    Using :func:`trial_analysis.models.fit_outcome_model` (not a hand-written refit) keeps the
+    fixtures in step with the model the pipeline actually runs; the reviewer notebook then
+    checks it against an independent statsmodels refit.
+    """
+    from trial_analysis.models import fit_outcome_model
+
+    config = load_config(REPO / "config" / "config.yaml")
+    return to_jsonable(fit_outcome_model(analysis, config, outcome, population).to_json_dict())
 
 
 def fit_subgroup(analysis: pd.DataFrame, outcome: str, subgroup: str) -> dict[str, Any]:

@@ -156,9 +156,13 @@ def test_snakemake_report_registers_figures_and_tables(pipeline_run: Path) -> No
     assert out.stat().st_size > 100_000
 
 
-def test_rerunning_steps_gives_byte_identical_outputs(pipeline_run: Path, tmp_path: Path) -> None:
+def test_rerunning_steps_gives_byte_identical_outputs(
+    pipeline_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same data, config and seed: the estimate files and tables are byte-identical."""
     from trial_analysis.cli import main
+
+    monkeypatch.chdir(pipeline_run)  # config paths are relative to the run's folder
 
     config = str(pipeline_run / "data" / "interim" / "config.as_run.yaml")
     analysis = str(pipeline_run / "data" / "processed" / "analysis.parquet")
