@@ -353,6 +353,8 @@ rule tables:
     """Report tables: Table 1, estimates, subgroups, sessions, responders, reproduction check."""
     input:
         estimates=ESTIMATES,
+        # simulated data: true values stand beside the estimates
+        truth=[f"{RAW}/truth.json"] if SIMULATED else [],
         analysis=rules.allocate.output.analysis,
         flow=rules.allocate.output.flow,
         implementation=rules.allocate.output.implementation,
