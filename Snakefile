@@ -63,6 +63,9 @@ shell.prefix(
 ENV = "workflow/envs/trial-analysis.yaml"
 
 
+include: "workflow/common.smk"
+
+
 wildcard_constraints:
     outcome="|".join(OUTCOMES),
     population="|".join(POPULATIONS),
@@ -288,17 +291,6 @@ rule responders:
         " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
 
 
-def primary_estimates_for(wildcards):
-    """E-values and the missing-data comparison read the primary estimates."""
-    if wildcards.analysis not in ("evalue", "multiple_imputation"):
-        return []
-    return expand(
-        f"{REPORTS}/estimates/{{outcome}}.{{population}}.json",
-        outcome=SENSITIVITY_OUTCOMES,
-        population=POPULATIONS,
-    )
-
-
 rule sensitivity:
     """One sensitivity analysis of the observational comparison (confounding, missing data)."""
     input:
@@ -454,3 +446,7 @@ rule report:
         "python -m trial_analysis report --config {input.config} --raw {params.raw}"
         " --estimates {params.estimates} --tables {params.tables}"
         " --figures {params.figures} --benchmarks {params.benchmarks} --out {output} > {log} 2>&1"
+
+
+# Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.
+include: "workflow/simulation_study.smk"

@@ -217,6 +217,37 @@ STEPS: dict[str, dict[str, Any]] = {
             (("--out",), _path("report to write (HTML)")),
         ],
     },
+    "simulate-study": {
+        "target": ("trial_analysis.simulation_study", "run_simulate_study"),
+        "help": "simulation study: run one chunk of replicates of one scenario",
+        "description": (
+            "Reads: the config (its simulation section) and the simulation study file. "
+            "Writes: one CSV row per replicate x outcome x population (estimate, SE, CI, p, "
+            "status) to --out."
+        ),
+        "args": [
+            CONFIG,
+            (("--study",), _path("simulation study file (e.g. config/simulation_study.yaml)")),
+            (("--scenario",), {"required": True, "help": "scenario name from the study file"}),
+            (("--replicates",), {"default": None, "metavar": "A:B",
+                                 "help": "replicates A..B-1 (0-based; default: all)"}),
+            (("--out",), _path("chunk CSV to write")),
+        ],
+    },
+    "simulate-study-summary": {
+        "target": ("trial_analysis.simulation_study", "run_simulate_study_summary"),
+        "help": "simulation study: bias, empirical SE, coverage, power with Monte Carlo SEs",
+        "description": (
+            "Reads: the config, the simulation study file and every chunk CSV. Writes: one row "
+            "per scenario x outcome x population as CSV and JSON."
+        ),
+        "args": [
+            CONFIG,
+            (("--study",), _path("simulation study file")),
+            (("--chunks",), _path("chunk CSVs written by simulate-study", nargs="+")),
+            OUT_CSV, OUT_JSON,
+        ],
+    },
 }
 
 

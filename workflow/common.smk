@@ -1,0 +1,12 @@
+# Input functions shared by the rules of the Snakefile.
+
+
+def primary_estimates_for(wildcards):
+    """E-values and the missing-data comparison read the primary estimates."""
+    if wildcards.analysis not in ("evalue", "multiple_imputation"):
+        return []
+    return expand(
+        f"{REPORTS}/estimates/{{outcome}}.{{population}}.json",
+        outcome=SENSITIVITY_OUTCOMES,
+        population=POPULATIONS,
+    )
