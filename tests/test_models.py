@@ -143,6 +143,18 @@ def test_satterthwaite_exact_for_balanced_cluster_design():
     assert inference.contrast(np.array([0.0, 1.0]))["df"] == pytest.approx(m - 2, rel=1e-5)
 
 
+def test_stratified_fits_when_the_subgroup_is_also_a_covariate(cohort, config):
+    """Depression is a covariate of the primary model and a subgroup: within a stratum it is
+    constant, so the stratified fits must drop it rather than fail."""
+    config = copy.deepcopy(config)
+    config["analysis"]["covariates"] = ["age", "sex", "depression", "anxiety"]
+    result = fit_subgroup_model(cohort, config, "function", "depression")
+    assert set(result.stratified) == {"0", "1"}
+    assert not [w for w in result.interaction.warnings if "not possible" in w]
+    terms = set(result.stratified["1"].fixed_effects["term"])
+    assert "anxiety" in terms and "depression" not in terms
+
+
 def test_subgroup_model(cohort, config):
     result = fit_subgroup_model(cohort, config, "function", "depression")
     effects = result.subgroup_effects.set_index("level")

@@ -41,6 +41,7 @@ all components, residual included).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -982,7 +983,10 @@ def fit_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: 
                          "den_df": np.inf, "p_value": float(stats.chi2.sf(chi2, len(three_way)))}
 
     strata: dict[str, OutcomeModelResult] = {}
-    base_spec = model_spec(config, outcome, population)
+    # Within a stratum the subgroup variable is constant: it cannot also be a covariate there.
+    base_spec = dataclasses.replace(
+        model_spec(config, outcome, population),
+        covariates=tuple(c for c in spec.covariates if c != subgroup))
     for level in fixed.subgroup_levels if stratified else []:
         part = long[labels == level]
         try:

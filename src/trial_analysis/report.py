@@ -232,9 +232,11 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
     effects.sort(key=lambda e: order.get(e["outcome"], len(order)))  # stable: keeps methods
     evalues: dict[tuple[str, str], dict[str, str]] = {}
     for r in docs.get("evalue", {}).get("estimates", []):
-        key = (r["outcome"], str(r["n_patients"]))
-        entry = evalues.setdefault(key, {"outcome": outcome_label(config, r["outcome"]),
-                                         "n": r["n_patients"]})
+        population = str(r.get("analysis", "")).removeprefix("evalue_")
+        key = (r["outcome"], population)
+        entry = evalues.setdefault(key, {
+            "outcome": outcome_label(config, r["outcome"]),
+            "population": POPULATION_NAMES.get(population, population), "n": r["n_patients"]})
         entry[r["term"]] = fmt_number(r["estimate"])
     tipping = [
         {"outcome": outcome_label(config, r["outcome"]), "delta": fmt_number(r["estimate"]),

@@ -336,6 +336,12 @@ def true_effect(
         return _number(effects.get(outcome))
     nested = effects.get(outcome, {})
     by_level = nested.get("subgroups", {}).get(subgroup) if isinstance(nested, Mapping) else None
+    if isinstance(by_level, Mapping) and str(level) == "heterogeneity":
+        # The heterogeneity row estimates the difference between the levels' effects.
+        values = [_number(by_level[k]) for k in sorted(by_level, key=str)]
+        if len(values) == 2 and None not in values:
+            return values[1] - values[0]
+        return None
     if isinstance(by_level, Mapping):
         for key, value in by_level.items():
             if str(key) == str(level):
@@ -578,7 +584,8 @@ def subgroup_estimates(
             rows.append({
                 **_tidy(interaction, outcome=outcome), "subgroup": subgroup,
                 "level": "heterogeneity", "p_heterogeneity": p_het,
-                "outcome_label": outcome_label(config, outcome), "true_value": None,
+                "outcome_label": outcome_label(config, outcome),
+                "true_value": true_effect(truth, outcome, subgroup, "heterogeneity"),
             })
     columns = [*TIDY_COLUMNS, "subgroup", "level", "p_heterogeneity", "outcome_label",
                "true_value"]
