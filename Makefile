@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -m "not slow"
 # Jobs call `python -m trial_analysis`: put the environment first on PATH.
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: report test dry-run lint install install-test system-test-deps lock clean-outputs
+.PHONY: report test dry-run lint install install-test system-test-deps lock clean-outputs slurm-check
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ system-test-deps:
 
 test: install-test system-test-deps
 	$(RUN) python -m pytest $(PYTEST_ARGS)
+
+# A real single-node SLURM cluster (Debian slurm-wlm + munge, as root): a small simulation
+# study run locally and through profiles/slurm must give byte-identical results.
+slurm-check: install-test
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[test,slurm]"
+	bash ci/slurm/setup-single-node.sh
+	$(RUN) bash ci/slurm/run-check.sh
 
 # Refresh the pinned versions after changing dependencies in pyproject.toml.
 lock: install-test

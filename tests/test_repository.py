@@ -41,3 +41,11 @@ def test_no_data_or_reports_are_tracked() -> None:
         ["git", "ls-files", "data", "reports"], capture_output=True, text=True, cwd=REPO
     ).stdout.split()
     assert all(path.endswith(".gitkeep") for path in tracked), tracked
+
+
+def test_no_build_artefacts_are_tracked() -> None:
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True,
+                             cwd=REPO).stdout.split()
+    stray = [p for p in tracked
+             if ".egg-info/" in p or "__pycache__/" in p or p.startswith(".venv/")]
+    assert not stray, stray

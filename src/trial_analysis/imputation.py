@@ -58,6 +58,7 @@ from scipy import optimize
 
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import atomic_path, read_json
+from trial_analysis.robust import cr1_factor
 from trial_analysis.sensitivity import (
     ARM,
     ARM_TERM,
@@ -67,7 +68,6 @@ from trial_analysis.sensitivity import (
     check_arm,
     cluster_sums,
     confidence_level,
-    cr1_factor,
     encode_columns,
     fit_ancova,
     outcome_columns,

@@ -47,6 +47,7 @@ from scipy import stats
 
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import read_analysis_table, write_csv, write_json
+from trial_analysis.robust import cr1_factor
 
 TIDY_COLUMNS = [
     "outcome",
@@ -360,11 +361,6 @@ def cluster_sums(design: AncovaDesign, residuals: np.ndarray) -> np.ndarray:
     summed = np.zeros((int(design.clusters.max()) + 1, design.X.shape[1]))
     np.add.at(summed, design.clusters, design.X * (design.w * residuals)[:, None])
     return summed
-
-
-def cr1_factor(n: int, k: int, n_clusters: int) -> float:
-    """CR1 small-sample factor ``G/(G-1) * (n-1)/(n-k)``."""
-    return n_clusters / (n_clusters - 1) * (n - 1) / (n - k) if n_clusters > 1 else math.nan
 
 
 def fit_ancova(

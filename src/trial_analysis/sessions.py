@@ -36,6 +36,7 @@ from scipy import optimize, special, stats
 
 from trial_analysis.errors import DataError
 from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv, write_json
+from trial_analysis.robust import cr1_factor
 
 TIDY_COLUMNS = ESTIMATE_COLUMNS
 
@@ -149,8 +150,7 @@ def cluster_robust_vcov(
     summed = np.zeros((n_clusters, k))
     np.add.at(summed, codes, scores)
     meat = summed.T @ summed
-    adjust = n_clusters / (n_clusters - 1) * (n - 1) / (n - k) if n_clusters > 1 else math.nan
-    return adjust * bread @ meat @ bread, n_clusters
+    return cr1_factor(n, k, n_clusters) * bread @ meat @ bread, n_clusters
 
 
 def cluster_labels(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
