@@ -57,7 +57,8 @@ from matplotlib.figure import Figure
 from scipy import optimize
 
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.io import atomic_path, read_json
+from trial_analysis.figures import OKABE_ITO, STYLE, save_figure
+from trial_analysis.io import read_json
 from trial_analysis.robust import cr1_factor
 from trial_analysis.sensitivity import (
     ARM,
@@ -541,33 +542,25 @@ def tipping_point(
 def tipping_plot(table: pd.DataFrame, tipping: float | None, out_dir: str | Path, name: str,
                  unit_label: str, intervention: str = "intervention") -> list[Path]:
     """Estimate and CI against delta (PNG + SVG, deterministic)."""
-    written = []
-    with matplotlib.rc_context({"svg.hashsalt": "trial-analysis", "svg.fonttype": "path",
-                                "font.family": "DejaVu Sans", "font.size": 9,
-                                "axes.spines.top": False, "axes.spines.right": False}):
+    with matplotlib.rc_context(STYLE):
         figure = Figure(figsize=(5.5, 3.4))
         FigureCanvasAgg(figure)
         ax = figure.add_subplot()
-        ax.fill_between(table["delta"], table["ci_low"], table["ci_high"], color="#56B4E9",
-                        alpha=0.35, linewidth=0, label="confidence interval")
-        ax.plot(table["delta"], table["estimate"], color="#0072B2", marker="o", markersize=3,
-                label="pooled effect")
-        ax.axhline(0, color="#000000", linewidth=0.8)
+        ax.fill_between(table["delta"], table["ci_low"], table["ci_high"],
+                        color=OKABE_ITO["sky"], alpha=0.35, linewidth=0,
+                        label="confidence interval")
+        ax.plot(table["delta"], table["estimate"], color=OKABE_ITO["blue"], marker="o",
+                markersize=3, label="pooled effect")
+        ax.axhline(0, color=OKABE_ITO["black"], linewidth=0.8)
         if tipping is not None:
-            ax.axvline(tipping, color="#D55E00", linestyle="--", linewidth=0.9,
+            ax.axvline(tipping, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=0.9,
                        label=f"tipping point {tipping:.2f}")
         ax.set_xlabel(f"delta (points): imputed {intervention} follow-up scores made worse "
                       f"({unit_label})")
         ax.set_ylabel("arm effect (intervention - control)")
         ax.legend(frameon=False, fontsize=8)
         figure.tight_layout()
-        for ext, metadata in (("png", {"Software": None}),
-                              ("svg", {"Date": None, "Creator": None})):
-            target = Path(out_dir) / f"{name}.{ext}"
-            with atomic_path(target) as tmp:
-                figure.savefig(tmp, format=ext, dpi=130, metadata=metadata)
-            written.append(target)
-    return written
+        return save_figure(figure, Path(out_dir), name)
 
 
 def run_tipping_point(

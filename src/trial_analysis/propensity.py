@@ -68,7 +68,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.io import atomic_path
+from trial_analysis.figures import OKABE_ITO, STYLE, save_figure
 from trial_analysis.sensitivity import (
     ARM,
     ARM_TERM,
@@ -94,19 +94,6 @@ OPTIONAL_COVARIATES = ("bmi", "ses_score")
 EXTREME_PROPENSITY = 0.01
 _MAX_ITER = 200
 _TOLERANCE = 1e-10
-# Okabe-Ito colours, distinguishable with every common colour-vision deficiency; markers differ
-# too so the plot also reads in greyscale.
-_BEFORE_COLOUR = "#E69F00"
-_AFTER_COLOUR = "#0072B2"
-_THRESHOLD_COLOUR = "#D55E00"
-_STYLE = {
-    "svg.hashsalt": "trial-analysis",
-    "svg.fonttype": "path",
-    "font.family": "DejaVu Sans",
-    "font.size": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,29 +410,22 @@ def love_plot(
     ordered = balance.assign(order=balance["smd_unweighted"].abs()).sort_values(
         ["order", "covariate"], kind="stable")
     y = np.arange(len(ordered))
-    written = []
-    with matplotlib.rc_context(_STYLE):
+    with matplotlib.rc_context(STYLE):
         figure = Figure(figsize=(6.0, max(2.5, 0.22 * len(ordered) + 1.2)))
         FigureCanvasAgg(figure)
         ax = figure.add_subplot()
         ax.scatter(ordered["smd_unweighted"].abs(), y, marker="o", facecolors="none",
-                   edgecolors=_BEFORE_COLOUR, label="unweighted", zorder=3)
-        ax.scatter(ordered["smd_weighted"].abs(), y, marker="D", color=_AFTER_COLOUR,
+                   edgecolors=OKABE_ITO["orange"], label="unweighted", zorder=3)
+        ax.scatter(ordered["smd_weighted"].abs(), y, marker="D", color=OKABE_ITO["blue"],
                    s=18, label="weighted", zorder=3)
-        ax.axvline(threshold, color=_THRESHOLD_COLOUR, linestyle="--", linewidth=0.9,
+        ax.axvline(threshold, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=0.9,
                    label=f"threshold {threshold:g}")
         ax.set_yticks(y, ordered["covariate"].tolist())
         ax.set_xlabel("Absolute standardised mean difference")
         ax.set_title(title)
         ax.legend(loc="lower right", frameon=False)
         figure.tight_layout()
-        for ext, metadata in (("png", {"Software": None}),
-                              ("svg", {"Date": None, "Creator": None})):
-            target = out_dir / f"{name}.{ext}"
-            with atomic_path(target) as tmp:
-                figure.savefig(tmp, format=ext, dpi=130, metadata=metadata)
-            written.append(target)
-    return written
+        return save_figure(figure, out_dir, name)
 
 
 # --------------------------------------------------------------------------------------------
