@@ -29,7 +29,10 @@ def _resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, A
     return node
 
 
-def _type_of(node: Mapping[str, Any]) -> str:
+def _type_of(node: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> str:
+    alternatives = node.get("oneOf") or node.get("anyOf")
+    if alternatives and "type" not in node:
+        return " or ".join(_type_of(_resolve(alt, root or {}), root) for alt in alternatives)
     if "enum" in node:
         return "one of " + ", ".join(f"`{json.dumps(v)}`" for v in node["enum"])
     kind = node.get("type", "any")
@@ -58,9 +61,13 @@ def iter_keys(
         sub = _resolve(sub, root)
         path = f"{prefix}{key}"
         default = json.dumps(sub["default"]) if "default" in sub else ""
-        yield path, _type_of(sub), default, sub.get("description", ""), key in required
+        yield path, _type_of(sub, root), default, sub.get("description", ""), key in required
         if sub.get("type") == "object" or "properties" in sub:
             yield from iter_keys(sub, root, prefix=f"{path}.")
+        for alternative in sub.get("oneOf", ()):
+            alternative = _resolve(alternative, root)
+            if "properties" in alternative:  # an optional table: document its keys
+                yield from iter_keys(alternative, root, prefix=f"{path}.")
         items = sub.get("items")
         if sub.get("type") == "array" and isinstance(items, Mapping):
             items = _resolve(items, root)
