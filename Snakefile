@@ -13,7 +13,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default study, unless a study's own config is given (`--configfile my_study.yaml`):
+# Snakemake would otherwise merge the two, and a new study would inherit the default's keys.
+if "study" not in config:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "config/schema.yaml")
@@ -22,14 +26,20 @@ RAW = config["paths"]["raw"]
 INTERIM = config["paths"]["interim"]
 PROCESSED = config["paths"]["processed"]
 REPORTS = config["paths"]["reports"]
-LOGS = "logs"
+LOGS = config["paths"]["logs"]
 BENCH = f"{LOGS}/benchmarks"
 
 OUTCOMES = [o["name"] for o in config["outcomes"]]
 POPULATIONS = config["analysis"]["populations"]
 SUBGROUPS = config["analysis"]["subgroups"]
-TABLES = config["input"]["tables"]
-RAW_FILES = {name: f"{RAW}/{spec['file']}" for name, spec in TABLES.items()}
+TABLES = ["therapists", "patients", "sessions", "outcomes"]
+# Therapists and sessions may be null (a study without them); clean then writes them empty.
+RAW_FILES = {
+    name: f"{RAW}/{spec['file']}"
+    for name, spec in config["input"]["tables"].items()
+    if spec is not None
+}
+HAS_SESSIONS = config["input"]["tables"].get("sessions") is not None
 SIMULATED = "simulation" in config
 SENSITIVITY = config.get("sensitivity", {}).get("analyses", [])
 SENSITIVITY_OUTCOMES = config.get("sensitivity", {}).get("outcomes", OUTCOMES)
@@ -43,7 +53,9 @@ REPORT_TABLES = [
     "variance_components",
     "reproduction",
 ]
-FIGURES = ["flow", "trajectories", "forest", "sessions", "implementation"]
+FIGURES = ["flow", "trajectories", "forest"] + (
+    ["sessions", "implementation"] if HAS_SESSIONS else []
+)
 
 # The config as run (defaults filled, command-line overrides merged), written only when it
 # changes so that every rule reruns exactly when the study's configuration does.
@@ -110,7 +122,7 @@ rule clean:
         **RAW_FILES,
         config=CONFIG_AS_RUN,
     output:
-        tables=expand(f"{INTERIM}/clean/{{table}}.parquet", table=list(TABLES)),
+        tables=expand(f"{INTERIM}/clean/{{table}}.parquet", table=TABLES),
         ledger=f"{INTERIM}/clean_ledger.parquet",
     params:
         raw=lambda wildcards, input: Path(input.patients).parent,
@@ -336,7 +348,7 @@ ESTIMATES = (
         outcome=OUTCOMES,
         subgroup=SUBGROUPS,
     )
-    + rules.sessions.output
+    + (rules.sessions.output if HAS_SESSIONS else [])
     + rules.responders.output
 )
 

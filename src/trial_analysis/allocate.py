@@ -41,7 +41,13 @@ import numpy as np
 import pandas as pd
 
 from trial_analysis import io
-from trial_analysis.config import outcome_names
+from trial_analysis.config import (
+    all_timepoint_labels,
+    has_table,
+    outcome_names,
+    primary_followup,
+    score_columns,
+)
 from trial_analysis.eligibility import (
     FLOW_COLUMNS,
     has_any_code,
@@ -65,19 +71,37 @@ FIDELITY_COLUMNS = ["therapist_id", "clinic_id", "trained", "adopter", "etmi_epi
                     "faithful_episodes", "fidelity"]
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "cohort": ("patient_id", "episode_id", *COVARIATES),
+    "cohort": ("patient_id", "episode_id"),
     "therapists": ("therapist_id", "clinic_id", "etmi_training_date"),
     "sessions": ("session_id", "episode_id", "therapist_id", "session_date", "treatment_codes"),
 }
+
+
+def declared_variables(config: Mapping[str, Any]) -> list[str]:
+    """Patient variables declared in the config beyond the built-in covariates."""
+    declared = config["input"]["tables"]["patients"].get("variables") or {}
+    return [name for name in declared if name not in COVARIATES]
+
+
+def outcome_score_columns(config: Mapping[str, Any], outcome: str) -> list[str]:
+    """Score columns of one outcome in the analysis table, in time order.
+
+    ``{outcome}_baseline`` and ``{outcome}_followup`` (the primary follow-up); with several
+    follow-ups also ``{outcome}__{label}`` for each (``config.score_columns``).
+    """
+    columns = [f"{outcome}_baseline", f"{outcome}_followup"]
+    several = list(score_columns(config, outcome).values())
+    return columns if several == [f"{outcome}_followup"] else [*columns, *several]
 
 
 def analysis_columns(config: Mapping[str, Any]) -> list[str]:
     """The columns of ``analysis.parquet``, in order (data contract)."""
     names = outcome_names(config)
     columns = ["patient_id", "episode_id", "arm", "arm_intervention", "arm_rule",
-               "therapist_id", "clinic_id", *COVARIATES, "n_sessions", "fidelity"]
+               "therapist_id", "clinic_id", *COVARIATES, *declared_variables(config),
+               "n_sessions", "fidelity"]
     for name in names:
-        columns += [f"{name}_baseline", f"{name}_followup"]
+        columns += outcome_score_columns(config, name)
     columns += [f"complete_{name}" for name in names]
     columns.append("complete_case")
     return columns
@@ -238,19 +262,27 @@ def _arm_by_column(
 def _scores(
     config: Mapping[str, Any], outcomes: pd.DataFrame, episodes: pd.Series, source: str
 ) -> pd.DataFrame:
-    """``{outcome}_baseline`` / ``{outcome}_followup`` per episode (indexed like ``episodes``)."""
+    """Score columns per episode (indexed like ``episodes``): baseline and every follow-up.
+
+    Columns as :func:`outcome_score_columns`; ``{outcome}_followup`` holds the primary
+    follow-up.
+    """
     names = outcome_names(config)
-    times = {"baseline": config["timepoints"]["baseline"],
-             "followup": config["timepoints"]["followup"]}
-    wanted = [f"{n}_{t}" for n in names for t in times]
+    labels = all_timepoint_labels(config)
+    # Column of every (instrument, time point) pair: baseline, then each follow-up.
+    targets = {}
+    for name in names:
+        targets[(name, labels[0])] = f"{name}_baseline"
+        for label, column in score_columns(config, name).items():
+            targets[(name, label)] = column
+    wanted = list(targets.values())
     matrix = np.full((len(episodes), len(wanted)), np.nan)
     if {"instrument", "timepoint", "score"}.issubset(outcomes.columns):
         episode = key_positions(outcomes["episode_id"], episodes)
-        labels = [(n, times[t]) for n in names for t in times]
         # Column of each row: position of its (instrument, time point) pair among `wanted`.
         pair = outcomes["instrument"].astype("str") + "\x1f" + outcomes["timepoint"].astype(
             "str")
-        column = key_positions(pair, [f"{n}\x1f{t}" for n, t in labels])
+        column = key_positions(pair, [f"{n}\x1f{t}" for n, t in targets])
         score = outcomes["score"].to_numpy(dtype="float64", na_value=np.nan)
         use = (episode >= 0) & (column >= 0) & ~np.isnan(score)
         cell = pd.Series(episode[use] * len(wanted) + column[use])
@@ -265,7 +297,7 @@ def _scores(
         matrix[episode[use], column[use]] = score[use]
     else:
         # Wide cleaned layout: {instrument}_{timepoint label} columns, one row per episode.
-        raw_names = {f"{n}_{times[t]}": f"{n}_{t}" for n in names for t in times}
+        raw_names = {f"{n}_{t}": targets[(n, t)] for n, t in targets}
         present = [c for c in raw_names if c in outcomes.columns]
         if not present:
             raise DataError(source, "no score columns: expected instrument, timepoint and score "
@@ -281,7 +313,11 @@ def _scores(
         for name in present:
             matrix[episode[use], wanted.index(raw_names[name])] = outcomes.loc[
                 use, name].to_numpy(dtype="float64", na_value=np.nan)
-    return pd.DataFrame(matrix, columns=wanted, index=episodes.index)
+    scores = pd.DataFrame(matrix, columns=wanted, index=episodes.index)
+    primary = primary_followup(config)
+    for name in names:
+        scores[f"{name}_followup"] = scores[targets[(name, primary)]]
+    return scores
 
 
 def _implementation(
@@ -400,9 +436,13 @@ def allocate_arms(
     labels = (str(alloc["intervention"]), str(alloc["control"]))
     codes = config.get("codes", {})
     separator = codes.get("separator", ";")
-    for name in ("cohort", "therapists", "sessions"):
-        frame = cohort if name == "cohort" else tables[name]
-        require_columns(frame, REQUIRED_COLUMNS[name], sources[name])
+    with_sessions = has_table(config, "sessions")
+    require_columns(cohort, REQUIRED_COLUMNS["cohort"], sources["cohort"])
+    if with_sessions:
+        require_columns(tables["sessions"], REQUIRED_COLUMNS["sessions"], sources["sessions"])
+        if has_table(config, "therapists"):
+            require_columns(tables["therapists"], REQUIRED_COLUMNS["therapists"],
+                            sources["therapists"])
     require_columns(tables["outcomes"], ("episode_id",), sources["outcomes"])
     if cohort.empty:
         raise DataError(sources["cohort"], "no eligible patients: the cohort is empty",
@@ -418,22 +458,25 @@ def allocate_arms(
     cohort = cohort.reset_index(drop=True)
     episodes = cohort["episode_id"].astype("str")
     n = len(cohort)
-    therapists = _therapist_table(tables["therapists"], sources["therapists"])
-    visits = _cohort_visits(
-        episodes, tables["sessions"], therapists, str(codes.get("etmi", "ETMI")),
-        codes.get("fidelity_forbidden", []), separator, sources)
-
-    n_sessions = np.bincount(visits["episode"].to_numpy(), minlength=n)
-    if (n_sessions == 0).any():
-        raise DataError(
-            sources["cohort"], "an eligible episode has no session (eligibility rule 5 must "
-            "exclude it); the cohort and the cleaned sessions come from different runs",
-            column="episode_id", rows=episodes[n_sessions == 0].head(5).tolist(),
-            hint="Rerun `trial-analysis eligibility`.",
-        )
-
-    counted = _any_per_episode(visits, "counted", n)
-    any_etmi = _any_per_episode(visits, "etmi", n)
+    if with_sessions:
+        therapists = _therapist_table(_therapists_or_from_sessions(config, tables),
+                                      sources["therapists"])
+        visits = _cohort_visits(
+            episodes, tables["sessions"], therapists, str(codes.get("etmi", "ETMI")),
+            codes.get("fidelity_forbidden", []), separator, sources)
+        n_sessions = np.bincount(visits["episode"].to_numpy(), minlength=n)
+        if (n_sessions == 0).any():
+            raise DataError(
+                sources["cohort"], "an eligible episode has no session (eligibility rule 5 "
+                "must exclude it); the cohort and the cleaned sessions come from different "
+                "runs", column="episode_id", rows=episodes[n_sessions == 0].head(5).tolist(),
+                hint="Rerun `trial-analysis eligibility`.",
+            )
+        counted = _any_per_episode(visits, "counted", n)
+        any_etmi = _any_per_episode(visits, "etmi", n)
+    else:
+        therapists, visits = None, None
+        counted = any_etmi = np.zeros(n, dtype=bool)
     if alloc.get("rule", "etmi_code_by_trained_therapist") == "column":
         intervention = _arm_by_column(cohort, alloc["column"], labels, sources["cohort"])
         rule = np.full(n, RULE_COLUMN, dtype=object)
@@ -450,11 +493,6 @@ def allocate_arms(
                 hint="Check codes.etmi, the therapists' training dates and allocation.rule.",
             )
 
-    broken = _any_per_episode(visits, "forbidden", n)
-    fidelity = pd.array(np.where(broken, 0, 1), dtype="Int64")
-    fidelity[~intervention] = pd.NA
-
-    primary = _primary_therapist(visits, n)
     scores = _scores(config, tables["outcomes"], episodes, sources["outcomes"])
     if scores.isna().all().all():
         raise DataError(
@@ -468,30 +506,63 @@ def allocate_arms(
         "arm": pd.Series(np.where(intervention, labels[0], labels[1]), dtype="str"),
         "arm_intervention": intervention.astype("int64"),
         "arm_rule": pd.Series(rule, dtype="str"),
-        "therapist_id": therapists["therapist_id"].to_numpy()[primary],
-        "clinic_id": therapists["clinic_id"].astype("str").to_numpy()[primary],
     })
-    analysis["therapist_id"] = analysis["therapist_id"].astype("str")
-    analysis["clinic_id"] = analysis["clinic_id"].astype("str")
-    for column in COVARIATES:
-        analysis[column] = cohort[column]
-    analysis["n_sessions"] = n_sessions.astype("int64")
+    if with_sessions:
+        primary = _primary_therapist(visits, n)
+        analysis["therapist_id"] = therapists["therapist_id"].to_numpy()[primary]
+        analysis["clinic_id"] = therapists["clinic_id"].astype("str").to_numpy()[primary]
+        analysis["therapist_id"] = analysis["therapist_id"].astype("str")
+        analysis["clinic_id"] = analysis["clinic_id"].astype("str")
+        broken = _any_per_episode(visits, "forbidden", n)
+        fidelity = pd.array(np.where(broken, 0, 1), dtype="Int64")
+        fidelity[~intervention] = pd.NA
+        session_counts = pd.array(n_sessions.astype("int64"), dtype="int64")
+    else:
+        # No sessions table: no therapist, no fidelity; attended sessions only when the
+        # patients table reports a count.
+        analysis["therapist_id"] = pd.Series(pd.NA, index=analysis.index, dtype="str")
+        analysis["clinic_id"] = pd.Series(pd.NA, index=analysis.index, dtype="str")
+        fidelity = pd.array([pd.NA] * n, dtype="Int64")
+        session_counts = (cohort["n_sessions"].astype("Int64").array
+                          if "n_sessions" in cohort.columns else pd.array([pd.NA] * n,
+                                                                           dtype="Int64"))
+    for column in [*COVARIATES, *declared_variables(config)]:
+        # A built-in covariate the file does not have stays missing (the contract's columns
+        # are fixed); the config check makes sure the analysis does not use it.
+        analysis[column] = cohort[column] if column in cohort.columns else np.nan
+    analysis["n_sessions"] = session_counts
     analysis["fidelity"] = fidelity
     analysis = pd.concat([analysis, scores], axis=1)
     names = outcome_names(config)
     for name in names:
-        analysis[f"complete_{name}"] = (
-            analysis[f"{name}_baseline"].notna() & analysis[f"{name}_followup"].notna()
-        ).astype("int64")
+        observed = [f"{name}_baseline", *score_columns(config, name).values()]
+        analysis[f"complete_{name}"] = analysis[observed].notna().all(axis=1).astype("int64")
     cc = complete_case_outcomes(config)
     analysis["complete_case"] = analysis[[f"complete_{n}" for n in cc]].all(axis=1).astype(
         "int64")
     analysis = analysis[analysis_columns(config)]
 
-    implementation, therapist_fidelity = _implementation(therapists, visits, analysis)
+    if with_sessions:
+        implementation, therapist_fidelity = _implementation(therapists, visits, analysis)
+    else:
+        implementation = pd.DataFrame({c: pd.Series([], dtype="str" if c in (
+            "measure", "definition") else "float64") for c in IMPLEMENTATION_COLUMNS})
+        therapist_fidelity = pd.DataFrame({c: pd.Series([], dtype="str" if c.endswith(
+            "_id") else "int64") for c in FIDELITY_COLUMNS})
     flow = _allocation_flow(analysis, labels, cc)
     return AllocationResult(analysis=analysis, implementation=implementation,
                             therapist_fidelity=therapist_fidelity, flow=flow, labels=labels)
+
+
+def _therapists_or_from_sessions(config: Mapping[str, Any],
+                                 tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The therapists table, or (study without one) the therapists the sessions name."""
+    if has_table(config, "therapists"):
+        return tables["therapists"]
+    ids = pd.unique(tables["sessions"]["therapist_id"].astype("str"))
+    return pd.DataFrame({"therapist_id": pd.Series(sorted(ids), dtype="str"),
+                         "clinic_id": pd.Series(pd.NA, index=range(len(ids)), dtype="str"),
+                         "etmi_training_date": pd.NaT})
 
 
 def _read_flow(path: str | Path) -> pd.DataFrame:

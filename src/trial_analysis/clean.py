@@ -650,6 +650,10 @@ def _read(raw_dir: Path, config: Mapping[str, Any], table: str) -> tuple[str, pd
 def _cleaner(raw_dir: Path, config: Mapping[str, Any], spec: TableSpec) -> _TableCleaner:
     file, frame = _read(raw_dir, config, spec.name)
     mapping = config["input"]["tables"][spec.name].get("columns") or {}
+    if spec.name == "outcomes" and "outcome_id" not in mapping and not any(
+            str(c).casefold() == "outcome_id" for c in frame.columns):
+        # No row identifier in a long outcomes file: the data row number serves as one.
+        frame = frame.assign(outcome_id=[f"ROW{i}" for i in range(1, len(frame) + 1)])
     return _TableCleaner(spec.name, file, frame, spec.columns, spec.key, mapping, config)
 
 
@@ -752,7 +756,10 @@ def _wide_to_long(cleaner: _TableCleaner, config: Mapping[str, Any]) -> pd.DataF
                     {
                         "outcome_id": episode + f"_{instrument}_{timepoint}",
                         "episode_id": episode,
-                        "assessment_date": cleaner.values.loc[written, wide_date_column(timepoint)],
+                        "assessment_date": (
+                            cleaner.values.loc[written, wide_date_column(timepoint)]
+                            if wide_date_column(timepoint) in cleaner.values.columns
+                            else pd.NaT),
                         "instrument": instrument,
                         "timepoint": timepoint,
                         "score": cleaner.values.loc[written, column],
@@ -832,17 +839,26 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
     cleaners: dict[str, _TableCleaner] = {}
 
     for name in ("therapists", "patients"):
+        if name not in specs:
+            continue
         cleaner = _cleaner(raw_dir, config, specs[name])
         _clean_simple(cleaner, specs[name])
         cleaner.check_invalid_share()
         cleaners[name] = cleaner
+    patients = cleaners["patients"]
+    if "patient_id" not in patients.values.columns:
+        # No patient identifier in the file: one episode per patient (a trial's participant).
+        patients.values["patient_id"] = patients.values["episode_id"]
+        patients.columns.insert(1, specs["patients"].column("patient_id"))
 
-    sessions = _cleaner(raw_dir, config, specs["sessions"])
-    _clean_simple(sessions, specs["sessions"])
-    _reference(sessions, "episode_id", cleaners["patients"], "episode_id")
-    _reference(sessions, "therapist_id", cleaners["therapists"], "therapist_id")
-    sessions.check_invalid_share()
-    cleaners["sessions"] = sessions
+    if "sessions" in specs:
+        sessions = _cleaner(raw_dir, config, specs["sessions"])
+        _clean_simple(sessions, specs["sessions"])
+        _reference(sessions, "episode_id", patients, "episode_id")
+        if "therapists" in cleaners:
+            _reference(sessions, "therapist_id", cleaners["therapists"], "therapist_id")
+        sessions.check_invalid_share()
+        cleaners["sessions"] = sessions
 
     wide = config["input"].get("outcomes_layout", "long") == "wide"
     outcome_spec = specs["outcomes"]
@@ -855,13 +871,14 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
         _clean_wide_outcomes(outcomes, config)
     else:
         outcomes = _cleaner(raw_dir, config, outcome_spec)
-        _clean_long_outcomes(outcomes, config, cleaners["patients"])
+        _clean_long_outcomes(outcomes, config, patients)
     if wide:
-        _reference(outcomes, "episode_id", cleaners["patients"], "episode_id")
+        _reference(outcomes, "episode_id", patients, "episode_id")
     outcomes.check_invalid_share()
     cleaners["outcomes"] = outcomes
 
-    tables = {name: cleaners[name].kept_values() for name in ("therapists", "patients", "sessions")}
+    tables = {name: cleaners[name].kept_values()
+              for name in ("therapists", "patients", "sessions") if name in cleaners}
     tables["outcomes"] = _wide_to_long(outcomes, config) if wide else outcomes.kept_values()
     if tables["outcomes"]["score"].notna().sum() == 0:
         raise DataError(
@@ -872,11 +889,34 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
     for name, frame in tables.items():
         _validate_output(name, frame, specs[name], config, cleaners[name].file,
                          unique_record_id=not (wide and name == "outcomes"))
-
-    ledger = pd.concat([cleaners[t].fates.frame() for t in TABLES], ignore_index=True)
+    # A table the study does not have is written empty (its columns, no rows), so every
+    # later step reads the same four files; the ledger has no records for it.
     for name in TABLES:
-        cleaners[name].fates.log_counts()
+        if name not in tables:
+            tables[name] = empty_table(name)
+
+    ledger = pd.concat([cleaners[t].fates.frame() for t in TABLES if t in cleaners],
+                       ignore_index=True)
+    for name in TABLES:
+        if name in cleaners:
+            cleaners[name].fates.log_counts()
     return CleanResult(tables=tables, ledger=ledger)
+
+
+def empty_table(name: str) -> pd.DataFrame:
+    """A cleaned table with no rows: the contract's columns and dtypes (therapists, sessions).
+
+    Written for a table the study does not have (``input.tables.<name>: null``).
+    """
+    kinds = {
+        "therapists": {"therapist_id": ID, "clinic_id": ID, "age": INTEGER, "sex": CODE,
+                       "etmi_training_date": DATE},
+        "sessions": {"session_id": ID, "episode_id": ID, "therapist_id": ID,
+                     "session_date": DATE, "treatment_codes": CODES},
+    }[name]
+    frame = pd.DataFrame({c: pd.Series([], dtype=output_dtype(k)) for c, k in kinds.items()})
+    frame["record_id"] = pd.Series([], dtype="int64")
+    return frame
 
 
 def run_clean(config: Mapping[str, Any], raw: Path, out: Path, ledger: Path) -> CleanResult:

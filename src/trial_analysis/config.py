@@ -300,6 +300,17 @@ def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:
                 problems.append(f"analysis/{key}: '{name}' is not a patient variable; declare "
                                 "it in input/tables/patients/variables (known: "
                                 f"{', '.join(variables)})")
+    sensitivity = config.get("sensitivity") or {}
+    analyses = sensitivity.get("analyses", [])
+    if not therapist_tables:
+        if "therapist_fixed_effects" in analyses:
+            problems.append("sensitivity/analyses: therapist_fixed_effects needs the therapists "
+                            "and sessions tables; remove it")
+        propensity = sensitivity.get("propensity", {})
+        if "propensity" in analyses and (propensity.get("therapist_terms")
+                                         or propensity.get("clinic_fixed_effects")):
+            problems.append("sensitivity/propensity: therapist_terms and clinic_fixed_effects "
+                            "need the therapists and sessions tables; set them to [] and false")
     alloc = config.get("allocation", {})
     if alloc.get("rule", "etmi_code_by_trained_therapist") != "column" and not therapist_tables:
         problems.append("allocation/rule: deriving the arm from ETMI codes needs the therapists "

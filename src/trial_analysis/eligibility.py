@@ -53,9 +53,7 @@ EXCLUDED_PREFIX = "episode excluded: "
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "therapists": ("therapist_id", "record_id"),
-    "patients": (
-        "episode_id", "patient_id", "referral_date", "birth_date", "diagnosis_codes", "record_id",
-    ),
+    "patients": ("episode_id", "patient_id", "record_id"),
     "sessions": ("episode_id", "record_id"),
     "outcomes": ("episode_id", "record_id"),
 }
@@ -149,15 +147,35 @@ def _age_reason(config: Mapping[str, Any]) -> str:
     return f"age under {_format_number(config.get('eligibility', {}).get('min_age', 18))}"
 
 
-def eligibility_reasons(config: Mapping[str, Any]) -> list[str]:
-    """The exclusion reasons of the enabled rules, in the order the rules are applied."""
+def _has_window(config: Mapping[str, Any]) -> bool:
     elig = config.get("eligibility", {})
-    reasons = [REASON_WINDOW, _age_reason(config)]
+    return elig.get("window_start") is not None or elig.get("window_end") is not None
+
+
+def _has_sessions(config: Mapping[str, Any]) -> bool:
+    tables = config.get("input", {}).get("tables", {})
+    return tables.get("sessions", {}) is not None
+
+
+def eligibility_reasons(config: Mapping[str, Any]) -> list[str]:
+    """The exclusion reasons of the enabled rules, in the order the rules are applied.
+
+    A rule is enabled when its configuration asks for it: the window when a bound is set,
+    the age rule unless ``min_age`` is null, the diagnosis and first-episode rules by their
+    flags, and the session rule when the study has a sessions table.
+    """
+    elig = config.get("eligibility", {})
+    reasons = []
+    if _has_window(config):
+        reasons.append(REASON_WINDOW)
+    if elig.get("min_age", 18) is not None:
+        reasons.append(_age_reason(config))
     if elig.get("require_clbp_code", True):
         reasons.append(REASON_CLBP)
     if elig.get("first_episode_only", True):
         reasons.append(REASON_REPEAT)
-    reasons.append(REASON_NO_SESSION)
+    if _has_sessions(config):
+        reasons.append(REASON_NO_SESSION)
     return reasons
 
 
@@ -303,6 +321,19 @@ def _check_tables_against_ledger(
 # --------------------------------------------------------------------------------------------
 
 
+def _columns_for_rules(config: Mapping[str, Any], patients: pd.DataFrame) -> list[str]:
+    """Patient columns the enabled rules read."""
+    elig = config.get("eligibility", {})
+    columns = []
+    if _has_window(config) or elig.get("first_episode_only", True):
+        columns.append("referral_date")
+    if elig.get("min_age", 18) is not None and "age" not in patients.columns:
+        columns += ["birth_date", "referral_date"]
+    if elig.get("require_clbp_code", True):
+        columns.append("diagnosis_codes")
+    return list(dict.fromkeys(columns))
+
+
 def _first_failing_rule(
     config: Mapping[str, Any], patients: pd.DataFrame, sessions: pd.DataFrame
 ) -> np.ndarray:
@@ -317,16 +348,21 @@ def _first_failing_rule(
         # Only episodes without a failed rule yet: the first failing rule wins.
         rule[np.asarray(mask, dtype=bool) & (rule == 0)] = reasons.index(reason) + 1
 
-    referral = patients["referral_date"]
-    outside = np.zeros(len(patients), dtype=bool)
-    if elig.get("window_start") is not None:
-        outside |= (referral < pd.Timestamp(elig["window_start"])).to_numpy()
-    if elig.get("window_end") is not None:
-        outside |= (referral > pd.Timestamp(elig["window_end"])).to_numpy()
-    fail(outside, REASON_WINDOW)
+    if _has_window(config):
+        referral = patients["referral_date"]
+        outside = np.zeros(len(patients), dtype=bool)
+        if elig.get("window_start") is not None:
+            outside |= (referral < pd.Timestamp(elig["window_start"])).to_numpy()
+        if elig.get("window_end") is not None:
+            outside |= (referral > pd.Timestamp(elig["window_end"])).to_numpy()
+        fail(outside, REASON_WINDOW)
 
     min_age = elig.get("min_age", 18)
-    fail(completed_years(patients["birth_date"], referral) < min_age, _age_reason(config))
+    if min_age is not None:
+        # Missing age (given directly and left empty) cannot show eligibility: excluded.
+        # Completed years (floor of age) against the limit; a missing age given directly
+        # cannot show eligibility, so it fails the rule.
+        fail(~(np.floor(patients["age"]) >= min_age).to_numpy(dtype=bool), _age_reason(config))
 
     if elig.get("require_clbp_code", True):
         clbp = has_any_code(
@@ -347,9 +383,10 @@ def _first_failing_rule(
         later = ordered.index[ordered["person"].duplicated(keep="first")]
         fail(patients.index.isin(later), REASON_REPEAT)
 
-    attended = is_member(patients["episode_id"], pd.unique(
-        sessions["episode_id"].astype("str").to_numpy(dtype=object)))
-    fail(~attended, REASON_NO_SESSION)
+    if _has_sessions(config):
+        attended = is_member(patients["episode_id"], pd.unique(
+            sessions["episode_id"].astype("str").to_numpy(dtype=object)))
+        fail(~attended, REASON_NO_SESSION)
     return rule
 
 
@@ -491,7 +528,10 @@ def apply_eligibility(
     _check_tables_against_ledger(tables, clean_ledger, sources)
 
     patients = tables["patients"].reset_index(drop=True)
-    for column in ("referral_date", "birth_date"):
+    # The enabled rules decide which dates and codes must be there.
+    require_columns(patients, _columns_for_rules(config, patients), sources["patients"])
+    dates = [c for c in ("referral_date", "birth_date") if c in patients.columns]
+    for column in dates:
         values = pd.to_datetime(patients[column], errors="coerce")
         if values.isna().any():
             raise DataError(
@@ -508,11 +548,17 @@ def apply_eligibility(
         )
 
     reasons = eligibility_reasons(config)
+    if {"birth_date", "referral_date"} <= set(patients.columns):
+        age = age_in_years(patients["birth_date"], patients["referral_date"])
+    elif "age" in patients.columns:
+        age = pd.to_numeric(patients["age"], errors="coerce").astype("float64")
+    else:
+        age = pd.Series(np.nan, index=patients.index, dtype="float64")
+    patients["age"] = age
     rule = _first_failing_rule(config, patients, tables["sessions"])
     eligible = pd.Series(rule == 0, index=patients.index)
     reason = pd.Series(np.array([None, *reasons], dtype=object)[rule], index=patients.index,
                        dtype="str")
-    age = age_in_years(patients["birth_date"], patients["referral_date"])
     decisions = pd.DataFrame({
         "episode_id": patients["episode_id"],
         "patient_id": patients["patient_id"],
@@ -529,7 +575,7 @@ def apply_eligibility(
             + ". Check the eligibility section of the config.",
         )
 
-    cohort = patients.loc[eligible].assign(age=age[eligible])
+    cohort = patients.loc[eligible]
     cohort = cohort.sort_values("episode_id").reset_index(drop=True)
     ledger = _final_ledger(clean_ledger, _excluded_records(tables, patients, rule), reasons)
     flow = flow_from_ledger(ledger, reasons)

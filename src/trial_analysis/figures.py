@@ -36,6 +36,14 @@ from trial_analysis.tables import (  # noqa: E402
 )
 
 FIGURE_NAMES = ["flow", "trajectories", "forest", "sessions", "implementation"]
+# Figures drawn from the sessions table; a study without one has none of them.
+SESSION_FIGURES = ("sessions", "implementation")
+
+
+def figure_names(config: Mapping[str, Any]) -> list[str]:
+    """The report figures this study has (no sessions figures without a sessions table)."""
+    with_sessions = config["input"]["tables"].get("sessions") is not None
+    return [name for name in FIGURE_NAMES if with_sessions or name not in SESSION_FIGURES]
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 OKABE_ITO = {
     "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
@@ -197,7 +205,6 @@ def trajectories_figure(
     outcomes = config["outcomes"]
     figure, axes = plt.subplots(1, len(outcomes), figsize=(3.3 * len(outcomes), 3.2),
                                 squeeze=False)
-    times = [config["timepoints"]["baseline"], config["timepoints"]["followup"]]
     for ax, outcome in zip(axes[0], outcomes, strict=True):
         doc = estimates["primary"][(outcome["name"], population)]
         means = pd.DataFrame(doc.get("marginal_means") or [])
@@ -217,7 +224,7 @@ def trajectories_figure(
             ax.errorbar(x, y, yerr=err, color=colour, marker=marker, capsize=3, lw=1.4,
                         ms=5, label=str(arm))
         ax.set_xticks(range(len(order)))
-        ax.set_xticklabels(times if len(order) == 2 else order)
+        ax.set_xticklabels(order)
         ax.set_xlim(-0.4, len(order) - 0.6)
         ax.set_xlabel("Assessment")
         ax.set_ylabel(f"Adjusted mean ({outcome.get('units', 'score')})")
@@ -407,8 +414,7 @@ def run_figures(
     frame = read_analysis(analysis, config)
     loaded = load_estimates(estimates, config)
     flow = _read_table(tables / "flow.csv", ["step", "description", "n", "n_excluded", "reason"])
-    implementation = _read_table(tables / "implementation.csv",
-                                 ["measure", "numerator", "denominator"])
+    names = figure_names(config)
     populations = config["analysis"]["populations"]
     population = "complete_case" if "complete_case" in populations else populations[0]
     written: list[Path] = []
@@ -418,9 +424,12 @@ def run_figures(
             "flow": flow_figure(flow),
             "trajectories": trajectories_figure(loaded, config, population),
             "forest": forest_figure(loaded, config),
-            "sessions": sessions_figure(frame, config),
-            "implementation": implementation_figure(implementation),
         }
-        for name in FIGURE_NAMES:
+        if "sessions" in names:
+            implementation = _read_table(tables / "implementation.csv",
+                                         ["measure", "numerator", "denominator"])
+            figures["sessions"] = sessions_figure(frame, config)
+            figures["implementation"] = implementation_figure(implementation)
+        for name in names:
             written += save_figure(figures[name], out, name)
     return written

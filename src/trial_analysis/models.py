@@ -762,7 +762,8 @@ def _marginal_means(fit: _Fit, fixed: FixedDesign, long: pd.DataFrame, config: d
     timepoints = config.get("timepoints", {})
     arm_labels = {0: alloc.get("control", "control"), 1: alloc.get("intervention", "intervention")}
     time_labels = {0: timepoints.get("baseline", "baseline"),
-                   1: timepoints.get("followup", "followup")}
+                   1: timepoints.get("primary") or timepoints.get("followup")
+                   or (timepoints.get("followups") or ["followup"])[-1]}
     rows = []
     for arm in (0, 1):
         for time in (0, 1):

@@ -23,7 +23,7 @@ import importlib.metadata
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import yaml
 
 from trial_analysis import __version__
 from trial_analysis.errors import DataError
-from trial_analysis.figures import FIGURE_NAMES
+from trial_analysis.figures import FIGURE_NAMES, figure_names
 from trial_analysis.io import atomic_path
 from trial_analysis.tables import (
     TABLE_NAMES,
@@ -177,10 +177,10 @@ def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def embed_figures(folder: Path) -> dict[str, str]:
+def embed_figures(folder: Path, names: Sequence[str] = tuple(FIGURE_NAMES)) -> dict[str, str]:
     """Each figure's PNG as a ``data:`` URI."""
     uris = {}
-    for name in FIGURE_NAMES:
+    for name in names:
         path = folder / f"{name}.png"
         if not path.is_file():
             raise DataError(str(path), "figure is missing", hint="run the `figures` step first")
@@ -425,7 +425,8 @@ def build_context(
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
         "variance": variance, "models": models, "reproduction": reproduction,
         "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),
-        "assumptions": assumptions, "figures": embed_figures(figures),
+        "assumptions": assumptions, "figures": embed_figures(figures, figure_names(config)),
+        "has_sessions": config["input"]["tables"].get("sessions") is not None,
         "figure_captions": FIGURE_CAPTIONS,
         "provenance": {
             "checksums": file_checksums(raw).to_dict("records"),

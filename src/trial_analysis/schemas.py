@@ -16,6 +16,7 @@ Every check carries its rule in plain words (pandera's ``error=``), which is wha
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,11 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from trial_analysis.config import outcome_names
+from trial_analysis.config import (
+    all_timepoint_labels,
+    has_table,
+    outcome_names,
+)
 
 TABLES: tuple[str, ...] = ("therapists", "patients", "sessions", "outcomes")
 
@@ -97,8 +102,8 @@ def score_ranges(config: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
 
 
 def timepoint_labels(config: Mapping[str, Any]) -> list[str]:
-    """Time point labels in order: baseline, then follow-up."""
-    return [config["timepoints"]["baseline"], config["timepoints"]["followup"]]
+    """Time point labels in order: baseline, then every follow-up."""
+    return all_timepoint_labels(config)
 
 
 def wide_score_column(instrument: str, timepoint: str) -> str:
@@ -111,78 +116,138 @@ def wide_date_column(timepoint: str) -> str:
     return f"{timepoint}_date"
 
 
-def table_specs(config: Mapping[str, Any]) -> dict[str, TableSpec]:
-    """Column specifications of the four raw tables (outcomes in the long layout).
+_VARIABLE_KINDS = {"number": NUMBER, "integer": INTEGER, "flag": FLAG, "category": TEXT}
+# Built-in patient columns with a fixed kind and rule (the default study's extract).
+_BUILTIN_PATIENT_COLUMNS: dict[str, ColumnSpec] = {
+    "sex": ColumnSpec("sex", CODE, allowed=("F", "M")),
+    "diagnosis_codes": ColumnSpec("diagnosis_codes", CODES),
+    "symptom_duration_weeks": ColumnSpec("symptom_duration_weeks", NUMBER),
+    "depression": ColumnSpec("depression", FLAG),
+    "anxiety": ColumnSpec("anxiety", FLAG),
+    "bmi": ColumnSpec("bmi", NUMBER),
+    "ses_score": ColumnSpec("ses_score", NUMBER, value_range=(1.0, 10.0)),
+}
 
-    The patients table may carry two optional columns: ``n_sessions`` (a whole, non-negative
-    count of attended sessions, when the extract reports one) and the arm column named by
+
+def used_patient_variables(config: Mapping[str, Any]) -> set[str]:
+    """Patient columns the configured analysis reads: they must be in the file.
+
+    Covariates, subgroups, cluster levels that are patient columns, the covariates of the
+    sessions model and, when those analyses run, of the propensity and imputation models.
+    """
+    analysis = config.get("analysis", {})
+    used = {*analysis.get("covariates", []), *analysis.get("subgroups", []),
+            *analysis.get("random_effects", []),
+            *analysis.get("sessions", {}).get("covariates", [])}
+    sensitivity = config.get("sensitivity") or {}
+    analyses = set(sensitivity.get("analyses", []))
+    if "propensity" in analyses:
+        used |= set(sensitivity.get("propensity", {}).get("covariates", []))
+    if analyses & {"multiple_imputation", "tipping_point"}:
+        used |= set(sensitivity.get("multiple_imputation", {}).get("auxiliary", []))
+    return used - {"patient", "therapist", "clinic", "n_sessions"}
+
+
+def _patient_columns(config: Mapping[str, Any]) -> list[ColumnSpec]:
+    """The patients table's columns: what the eligibility rules and the analysis need.
+
+    ``referral_date`` and ``birth_date`` are required (rows without them are dropped) when an
+    eligibility rule needs them; ``patient_id`` may be absent (one episode per patient: it is
+    then the episode id); ``age`` may be given directly instead of a birth date. Built-in
+    covariates must be present when the analysis uses them and are optional otherwise;
+    variables declared in ``input.tables.patients.variables`` must be present.
+    """
+    elig = config.get("eligibility", {})
+    window = elig.get("window_start") is not None or elig.get("window_end") is not None
+    declared = config["input"]["tables"]["patients"].get("variables") or {}
+    used = used_patient_variables(config)
+    age_given = "age" in declared
+    # Age at referral is derived from the two dates unless the file gives it.
+    derive_age = not age_given and (elig.get("min_age", 18) is not None or "age" in used)
+    needs_referral = window or bool(elig.get("first_episode_only", True)) or derive_age
+    columns = [
+        ColumnSpec("episode_id", ID, required=True),
+        ColumnSpec("patient_id", ID, required=True, optional_column=True),
+        ColumnSpec("referral_date", DATE, required=needs_referral,
+                   optional_column=not needs_referral),
+        ColumnSpec("birth_date", DATE, required=derive_age, optional_column=not derive_age),
+    ]
+    for name, spec in _BUILTIN_PATIENT_COLUMNS.items():
+        if name in declared:
+            continue
+        needed = name in used or (name == "diagnosis_codes"
+                                  and elig.get("require_clbp_code", True))
+        columns.append(dataclasses.replace(spec, optional_column=not needed))
+    for name, kind in declared.items():
+        columns.append(ColumnSpec(name, _VARIABLE_KINDS[kind]))
+    columns.append(ColumnSpec("n_sessions", COUNT, optional_column=True))
+    return columns
+
+
+def table_specs(config: Mapping[str, Any]) -> dict[str, TableSpec]:
+    """Column specifications of the raw tables the study has (outcomes in the long layout).
+
+    ``therapists`` and ``sessions`` are left out when ``input.tables`` sets them to null. The
+    patients table may carry an optional ``n_sessions`` column (a whole, non-negative count
+    of attended sessions, when the extract reports one) and the arm column named by
     ``allocation.column`` (kept as text) when ``allocation.rule`` is ``column``.
     """
     codes = config.get("codes", {})
     treatments = tuple(str(c).strip().upper() for c in codes.get("treatments", []))
     sexes = ("F", "M")
-    therapists = TableSpec(
-        "therapists",
-        (
-            ColumnSpec("therapist_id", ID, required=True),
-            ColumnSpec("clinic_id", ID),
-            ColumnSpec("age", INTEGER),
-            ColumnSpec("sex", CODE, allowed=sexes),
-            ColumnSpec("etmi_training_date", DATE),
-        ),
-        key="therapist_id",
-    )
-    patient_columns = [
-        ColumnSpec("episode_id", ID, required=True),
-        ColumnSpec("patient_id", ID, required=True),
-        ColumnSpec("referral_date", DATE, required=True),
-        ColumnSpec("birth_date", DATE, required=True),
-        ColumnSpec("sex", CODE, allowed=sexes),
-        ColumnSpec("diagnosis_codes", CODES),
-        ColumnSpec("symptom_duration_weeks", NUMBER),
-        ColumnSpec("depression", FLAG),
-        ColumnSpec("anxiety", FLAG),
-        ColumnSpec("bmi", NUMBER),
-        ColumnSpec("ses_score", NUMBER, value_range=(1.0, 10.0)),
-        ColumnSpec("n_sessions", COUNT, optional_column=True),
-    ]
+    specs: list[TableSpec] = []
+    if has_table(config, "therapists"):
+        specs.append(TableSpec(
+            "therapists",
+            (
+                ColumnSpec("therapist_id", ID, required=True),
+                ColumnSpec("clinic_id", ID),
+                ColumnSpec("age", INTEGER),
+                ColumnSpec("sex", CODE, allowed=sexes),
+                ColumnSpec("etmi_training_date", DATE),
+            ),
+            key="therapist_id",
+        ))
+    patient_columns = _patient_columns(config)
     arm_column = config.get("allocation", {}).get("column")
     if arm_column and arm_column not in {c.name for c in patient_columns}:
         patient_columns.append(ColumnSpec(arm_column, TEXT, optional_column=True))
-    patients = TableSpec("patients", tuple(patient_columns), key="episode_id")
-    sessions = TableSpec(
-        "sessions",
-        (
-            ColumnSpec("session_id", ID, required=True),
-            ColumnSpec("episode_id", ID, required=True),
-            ColumnSpec("therapist_id", ID, required=True),
-            ColumnSpec("session_date", DATE, required=True),
-            ColumnSpec("treatment_codes", CODES, allowed=treatments),
-        ),
-        key="session_id",
-        references={"episode_id": "patients", "therapist_id": "therapists"},
-    )
-    outcomes = TableSpec(
+    specs.append(TableSpec("patients", tuple(patient_columns), key="episode_id"))
+    if has_table(config, "sessions"):
+        specs.append(TableSpec(
+            "sessions",
+            (
+                ColumnSpec("session_id", ID, required=True),
+                ColumnSpec("episode_id", ID, required=True),
+                ColumnSpec("therapist_id", ID, required=True),
+                ColumnSpec("session_date", DATE, required=True),
+                ColumnSpec("treatment_codes", CODES, allowed=treatments),
+            ),
+            key="session_id",
+            references={"episode_id": "patients", "therapist_id": "therapists"},
+        ))
+    specs.append(TableSpec(
         "outcomes",
         (
-            ColumnSpec("outcome_id", ID, required=True),
+            ColumnSpec("outcome_id", ID, required=True, optional_column=True),
             ColumnSpec("episode_id", ID, required=True),
-            ColumnSpec("assessment_date", DATE),
+            ColumnSpec("assessment_date", DATE, optional_column=True),
             ColumnSpec("instrument", CODE, required=True, allowed=tuple(outcome_names(config))),
             ColumnSpec("timepoint", CODE, required=True, allowed=tuple(timepoint_labels(config))),
             ColumnSpec("score", NUMBER),
         ),
         key="outcome_id",
         references={"episode_id": "patients"},
-    )
-    return {t.name: t for t in (therapists, patients, sessions, outcomes)}
+    ))
+    return {t.name: t for t in specs}
 
 
 def wide_outcome_columns(config: Mapping[str, Any]) -> list[ColumnSpec]:
     """Canonical columns of the wide outcomes layout: episode, a date and scores per time point."""
     columns = [ColumnSpec("episode_id", ID, required=True)]
     for timepoint in timepoint_labels(config):
-        columns.append(ColumnSpec(wide_date_column(timepoint), DATE))
+        # Assessment dates are informative but not needed by any rule: optional.
+        columns.append(ColumnSpec(wide_date_column(timepoint), DATE, optional_column=True))
     ranges = score_ranges(config)
     for instrument in outcome_names(config):
         for timepoint in timepoint_labels(config):

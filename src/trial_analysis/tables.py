@@ -392,6 +392,19 @@ def _table1_frame(
         ("anxiety", "Anxiety", "categorical", yes_no),
         ("ses_score", "Socioeconomic score (1-10)", "continuous", None),
     ]
+    # Variables a study declares (input.tables.patients.variables), except cluster ids.
+    declared = config["input"]["tables"]["patients"].get("variables") or {}
+    levels = set(config.get("analysis", {}).get("random_effects", []))
+    builtin = {column for column, *_ in spec}
+    for name, kind in declared.items():
+        if name in builtin or name in levels:
+            continue
+        if kind == "flag":
+            spec.append((name, name, "categorical", yes_no))
+        elif kind == "category":
+            spec.append((name, name, "categorical", {}))
+        else:
+            spec.append((name, name, "continuous", None))
     for outcome in config["outcomes"]:
         units = outcome.get("units", "score")
         label = f"{outcome.get('label', outcome['name'])} at baseline, {units}"
@@ -399,7 +412,9 @@ def _table1_frame(
     frame = pd.DataFrame({"arm": analysis["arm"].astype(str)})
     continuous, categorical, order = [], [], []
     for column, label, kind, mapping in spec:
-        if column not in analysis.columns:
+        # A built-in characteristic the study did not record is left out, not shown as
+        # 100 % missing.
+        if column not in analysis.columns or analysis[column].isna().all():
             continue
         values = analysis[column]
         if kind == "categorical":
@@ -459,7 +474,8 @@ def table_one(
             continuous=continuous, groupby="arm", nonnormal=continuous if median else None,
             smd=True, missing=True, overall=True, label_suffix=False, include_null=False,
             decimals=1, order={c: ["female", "male"] if c == "Sex" else ["yes", "no"]
-                               for c in categorical},
+                               for c in categorical
+                               if c == "Sex" or set(frame[c].dropna()) <= {"yes", "no"}},
         )
     table = t1.tableone
     table.columns = [c[1] if isinstance(c, tuple) else c for c in table.columns]
