@@ -218,3 +218,19 @@ def test_responder_outcome_without_mcid_is_a_config_error():
     config = {**CONFIG, "outcomes": [{**OUTCOMES[0]}, {"name": "pain", "min": 0, "max": 10}]}
     with pytest.raises(ConfigError, match="pain: mcid is required"):
         fit_responders(make_analysis(seed=7, n=100), config)
+
+
+def test_clustered_se_follow_the_studys_outermost_cluster():
+    frame = make_analysis(seed=6)
+    frame["site"] = [f"S{int(t[1:]) % 7}" for t in frame["therapist_id"]]
+    by_site = {**CONFIG, "analysis": {**CONFIG["analysis"], "random_effects": ["site", "patient"]}}
+    estimates = fit_responders(frame, by_site).estimates
+    assert set(estimates["n_clusters"]) == {7}
+    assert "logistic_adjusted:site_clustered_se" in set(estimates["model"])
+    assert not estimates["model"].str.contains("therapist").any()
+    # No clusters at all: each patient its own cluster (the HC1 robust SE), named as such.
+    unclustered = {**CONFIG, "analysis": {**CONFIG["analysis"], "random_effects": ["patient"]}}
+    rows = fit_responders(frame, unclustered).estimates
+    lpm = rows[rows["model"] == "linear_probability_unadjusted:patient_clustered_se"]
+    assert len(lpm) == 2 and (lpm["n_clusters"] == lpm["n_patients"]).all()
+    assert not rows["warnings"].str.contains("treated as their own cluster").any()

@@ -47,6 +47,7 @@ from trial_analysis.sessions import (
     arm_labels,
     check_arm,
     cluster_labels,
+    cluster_level,
     cluster_robust_vcov,
     confidence_level,
     design_matrix,
@@ -257,6 +258,7 @@ def _outcome_analysis(
     labels: dict[int, str],
     level: float,
     source: str,
+    cluster: tuple[str, str] = ("therapist", CLUSTER),
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[BinaryFit]]:
     outcome = spec["name"]
     complete = _complete_cases(frame, outcome, source)
@@ -286,10 +288,12 @@ def _outcome_analysis(
         })
     (r1, n1), (r0, n0) = counts[1], counts[0]
     y = data["responder"].to_numpy(dtype=float)
-    clusters, no_therapist = cluster_labels(data)
+    cluster_name, cluster_column = cluster
+    clustered = f"{cluster_name}_clustered_se"
+    clusters, unclustered = cluster_labels(data, cluster_column)
     n_clusters = len(np.unique(clusters))
-    notes = [f"{no_therapist} patient(s) without a therapist treated as their own cluster"] if (
-        no_therapist) else []
+    notes = [f"{unclustered} patient(s) without a {cluster_name} treated as their own "
+             "cluster"] if unclustered and cluster_name != "patient" else []
 
     def row(model: str, term: str, values: Mapping[str, float], n: int, converged: bool,
             messages: list[str]) -> dict[str, Any]:
@@ -304,7 +308,7 @@ def _outcome_analysis(
     X, names = design_matrix(data, [], source)
     lpm = fit_linear_probability(X, y, clusters, names, "lpm_unadjusted")
     index = names.index(ARM)
-    rows.append(row("linear_probability_unadjusted:therapist_clustered_se", "risk_difference",
+    rows.append(row(f"linear_probability_unadjusted:{clustered}", "risk_difference",
                     wald_row(lpm.coef[index], math.sqrt(lpm.vcov_cluster[index, index]), level,
                              False), lpm.n_observations, True, []))
 
@@ -312,8 +316,8 @@ def _outcome_analysis(
     empty_cell = min(r1, n1 - r1, r0, n0 - r0) == 0
     usable = data[covariates].notna().all(axis=1)
     for key, adjust, se_types in (
-        ("logistic_unadjusted", False, ("model_based_se", "therapist_clustered_se")),
-        ("logistic_adjusted", True, ("therapist_clustered_se",)),
+        ("logistic_unadjusted", False, ("model_based_se", clustered)),
+        ("logistic_adjusted", True, (clustered,)),
     ):
         subset = data[usable] if adjust else data
         messages = []
@@ -329,13 +333,13 @@ def _outcome_analysis(
                                 len(subset), False, messages))
             continue
         X, names = design_matrix(subset, covariates if adjust else [], source)
-        sub_clusters, _ = cluster_labels(subset)
+        sub_clusters, _ = cluster_labels(subset, cluster_column)
         fit = fit_logistic(X, subset["responder"].to_numpy(dtype=float), sub_clusters, names,
                            key)
         fits.append(fit)
         index = names.index(ARM)
         for se_type in se_types:
-            vcov = fit.vcov_cluster if se_type == "therapist_clustered_se" else fit.vcov_model
+            vcov = fit.vcov_cluster if se_type == clustered else fit.vcov_model
             rows.append(row(f"{key}:{se_type}", "odds_ratio",
                             wald_row(fit.coef[index], math.sqrt(vcov[index, index]), level,
                                      True),
@@ -376,7 +380,8 @@ def fit_responders(
     outcomes = list(analysis_config.get("responders", {}).get("outcomes", []))
     covariates = list(analysis_config.get("sessions", {}).get("covariates", []))
     frame = analysis.reset_index(drop=True)
-    require_columns(frame, [ARM, CLUSTER], source, "for the responder analysis")
+    cluster = cluster_level(config)
+    require_columns(frame, [ARM, cluster[1]], source, "for the responder analysis")
     require_columns(frame, covariates, source, "as a covariate (analysis.sessions.covariates)")
     check_arm(frame, source)
     labels = arm_labels(config)
@@ -394,7 +399,7 @@ def fit_responders(
             ])
         spec.setdefault("higher_is_better", True)
         outcome_rows, outcome_descriptives, fits = _outcome_analysis(
-            frame, spec, covariates, labels, level, source
+            frame, spec, covariates, labels, level, source, cluster
         )
         rows += outcome_rows
         descriptives += outcome_descriptives
@@ -410,16 +415,17 @@ def fit_responders(
             "intervention - control; Newcombe hybrid score CI (method 10, from Wilson "
             "intervals); p from Pearson chi-square without continuity correction; std_error "
             "is the unpooled Wald SE. Sensitivity: linear probability model with "
-            "therapist-clustered SE"
+            f"{cluster[0]}-clustered SE"
         ),
         "odds_ratio": (
             "logistic regression, intervention vs control; unadjusted (model-based and "
-            "therapist-clustered SE) and adjusted for the sessions covariates "
-            f"{covariates} (therapist-clustered SE). Wald CI on the log scale, exponentiated"
+            f"{cluster[0]}-clustered SE) and adjusted for the sessions covariates "
+            f"{covariates} ({cluster[0]}-clustered SE). Wald CI on the log scale, "
+            "exponentiated"
         ),
         "standard_errors": (
-            "therapist-clustered sandwich, CR1: G/(G-1) * (n-1)/(n-k) "
-            "(= sandwich::vcovCL(type = 'HC1'))"
+            f"{cluster[0]}-clustered sandwich (column {cluster[1]}; patient: each patient its "
+            "own cluster), CR1: G/(G-1) * (n-1)/(n-k) (= sandwich::vcovCL(type = 'HC1'))"
         ),
         "scale": "odds_ratio rows: estimate and CI on the ratio scale, std_error of the log "
         "odds ratio; risk_difference rows: probability scale",

@@ -153,9 +153,24 @@ def cluster_robust_vcov(
     return cr1_factor(n, k, n_clusters) * bread @ meat @ bread, n_clusters
 
 
-def cluster_labels(frame: pd.DataFrame) -> tuple[np.ndarray, int]:
-    """Therapist labels; a patient without one is a cluster of its own (independent)."""
-    labels = frame[CLUSTER].astype("string")
+def cluster_level(config: Mapping[str, Any]) -> tuple[str, str]:
+    """The level clustered SEs use and its analysis-table column.
+
+    The outermost cluster of ``analysis.random_effects`` (therapist in the default study, a
+    site column in another); ``("patient", "patient_id")`` when the study has no clusters,
+    which makes the clustered SE the heteroskedasticity-robust (HC1) one.
+    """
+    columns = {"clinic": "clinic_id", "therapist": CLUSTER, "patient": "patient_id"}
+    levels = [lv for lv in config.get("analysis", {}).get("random_effects",
+                                                            ["therapist", "patient"])
+              if lv != "patient"]
+    level = levels[0] if levels else "patient"
+    return level, columns.get(level, level)
+
+
+def cluster_labels(frame: pd.DataFrame, column: str = CLUSTER) -> tuple[np.ndarray, int]:
+    """Cluster labels; a patient without one is a cluster of its own (independent)."""
+    labels = frame[column].astype("string")
     missing = labels.isna()
     filled = labels.copy()
     filled[missing] = [f"__no_therapist_{i}" for i in range(int(missing.sum()))]
