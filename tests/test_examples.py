@@ -107,6 +107,8 @@ def test_randomised_wide_report_and_flow(randomised_wide):
     assert "exercise" in html and "advice" in html
     assert "EX0001" not in html and "EX0400" not in html  # no participant identifiers
     assert "Not applicable: this study has no sessions table" in html
+    assert "at baseline (baseline) and at m2, m4, m6, m8" in html
+    assert "Simulated cohort" not in html  # the example's own data, not the simulator's
     flow = _flow(workdir, config).set_index("description")
     assert flow.loc["patient episodes in the extract", "n"] == 401
     assert flow.loc["patient episodes after cleaning", "n"] == 400  # the exact duplicate
@@ -125,7 +127,7 @@ def test_randomised_wide_every_record_has_one_fate(randomised_wide):
 
 def test_randomised_wide_recovers_the_true_effects(randomised_wide):
     workdir, config = randomised_wide
-    truth = json.loads((workdir / config["paths"]["raw"] / "truth.json").read_text())
+    truth = json.loads((workdir / config["paths"]["raw"] / "example_truth.json").read_text())
     for outcome in ("odi", "pain"):
         for population in ("all_available", "complete_case"):
             estimates = _estimates(workdir, config, outcome, population)
@@ -152,6 +154,7 @@ def test_multisite_long_report_and_flow(multisite_long):
     workdir, config = multisite_long
     html = (workdir / config["paths"]["reports"] / "report.html").read_text()
     assert "programme" in html and "P00001" not in html
+    assert "adjusted for the baseline score (ANCOVA)" in html
     flow = _flow(workdir, config)
     reasons = flow.dropna(subset=["reason"]).set_index("reason")["n_excluded"].to_dict()
     assert reasons["referral outside study window"] == 1
@@ -172,7 +175,7 @@ def test_multisite_long_every_record_has_one_fate(multisite_long):
 
 def test_multisite_long_clusters_by_site_and_recovers_the_truth(multisite_long):
     workdir, config = multisite_long
-    truth = json.loads((workdir / config["paths"]["raw"] / "truth.json").read_text())
+    truth = json.loads((workdir / config["paths"]["raw"] / "example_truth.json").read_text())
     estimates = _estimates(workdir, config, "koos", "complete_case")
     assert (estimates["n_clusters"] == 12).all()  # the outermost level is the site
     _recovers_truth(estimates, truth["effects"]["koos"]["12m"])

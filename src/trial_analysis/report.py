@@ -32,6 +32,7 @@ import pandas as pd
 import yaml
 
 from trial_analysis import __version__
+from trial_analysis.config import followup_labels, primary_followup
 from trial_analysis.errors import DataError
 from trial_analysis.figures import FIGURE_NAMES, figure_names
 from trial_analysis.io import atomic_path
@@ -427,6 +428,13 @@ def build_context(
         "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),
         "assumptions": assumptions, "figures": embed_figures(figures, figure_names(config)),
         "has_sessions": config["input"]["tables"].get("sessions") is not None,
+        "schedule": {
+            "baseline": config["timepoints"]["baseline"],
+            "followups": followup_labels(config), "primary": primary_followup(config),
+            "several": len(followup_labels(config)) > 1,
+            "continuous": config["analysis"].get("time") == "continuous",
+            "ancova": config["analysis"].get("baseline") == "covariate",
+        },
         "figure_captions": FIGURE_CAPTIONS,
         "provenance": {
             "checksums": file_checksums(raw).to_dict("records"),

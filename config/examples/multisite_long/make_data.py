@@ -8,7 +8,7 @@ column names. Sites differ in their patients' level (a site random intercept). T
 eligibility rules are the registry's: adults enrolled within the study window. Planted for the
 ledger: an enrolment outside the window, a minor, a repeated visit row, an unparsable score.
 
-``truth.json`` records the true effects the e2e test checks the pipeline against.
+``example_truth.json`` records the true effects the e2e test checks the pipeline against.
 
     python config/examples/multisite_long/make_data.py            # -> data/examples/...
     python config/examples/multisite_long/make_data.py --out DIR --n 500 --seed 3
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     patients.to_csv(args.out / "patients.tsv", sep="\t", index=False)
     long.to_csv(args.out / "visits.tsv", sep="\t", index=False)
-    (args.out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    (args.out / "example_truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     print(f"wrote {len(patients)} patients and {len(long)} visit rows to {args.out}")
 
 

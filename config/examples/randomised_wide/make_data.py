@@ -8,7 +8,7 @@ stored as Excel workbooks with the trial's own column names. Participants are in
 baseline score (missing at random). A few recording errors are planted so the cleaning ledger
 has something to show: an exact duplicate row, two out-of-range scores and a minor.
 
-``truth.json`` records the true effects the e2e test checks the pipeline against.
+``example_truth.json`` records the true effects the e2e test checks the pipeline against.
 
     python config/examples/randomised_wide/make_data.py            # -> data/examples/...
     python config/examples/randomised_wide/make_data.py --out DIR --n 300 --seed 7
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     patients.to_excel(args.out / "participants.xlsx", index=False)
     wide.to_excel(args.out / "scores.xlsx", index=False)
-    (args.out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    (args.out / "example_truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     print(f"wrote {len(patients)} participant rows and {len(wide)} score rows to {args.out}")
 
 
