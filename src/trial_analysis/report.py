@@ -32,6 +32,7 @@ import pandas as pd
 import yaml
 
 from trial_analysis import __version__
+from trial_analysis.config import followup_labels
 from trial_analysis.errors import DataError
 from trial_analysis.figures import FIGURE_NAMES
 from trial_analysis.io import atomic_path
@@ -337,6 +338,20 @@ def build_context(
             "p": fmt_p(_float(row["p_value"])),
             "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
         })
+    # Shown only with several follow-ups; with one it repeats the primary table.
+    by_followup = []
+    if len(followup_labels(config)) > 1:
+        for row in frames["effects_by_followup"].to_dict("records"):
+            by_followup.append({
+                "outcome": outcome_label(config, row["outcome"]),
+                "population": POPULATION_NAMES.get(row["population"], row["population"]),
+                "followup": ("average over follow-ups" if row["followup"] == "overall"
+                             else row["followup"]) + (" (primary)" if row["primary"] == "True"
+                                                      else ""),
+                "n": row["n_patients"], "estimate": fmt_number(_float(row["estimate"])),
+                "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
+                "p": fmt_p(_float(row["p_value"])),
+            })
     subgroups = []
     for row in frames["subgroup_estimates"].to_dict("records"):
         subgroups.append({
@@ -422,6 +437,7 @@ def build_context(
         "table1": table1, "implementation": frames["implementation"].to_dict("records"),
         "flow": frames["flow"].to_dict("records"),
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
+        "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
         "variance": variance, "models": models, "reproduction": reproduction,
         "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),
