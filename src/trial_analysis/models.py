@@ -9,6 +9,48 @@ on long data (one row per patient and time point; ``time`` 0 = baseline, 1 = fol
 estimand is the ``arm:time`` coefficient: the difference between arms in mean change from
 baseline to follow-up, intervention minus control.
 
+Other study structures (configuration only)
+-------------------------------------------
+- **Several follow-ups** (``timepoints.followups``). ``analysis.time: categorical``: time is a
+  factor, baseline the reference, so there is one mean per arm and time point (terms
+  ``time<label>``, ``arm:time<label>``, ``time<label>:<covariate>``, as lme4 names them);
+  ``continuous``: time is numeric (``timepoints.values``), the change linear in time, and
+  ``arm:time`` the difference in slope per time unit. With one follow-up and categorical time
+  the single 0/1 column keeps the name ``time`` (the default model above, unchanged).
+- **Baseline as covariate** (``analysis.baseline: covariate``, ANCOVA): the rows are the
+  follow-ups only and the baseline score is a covariate named ``baseline``:
+  ``score ~ arm [* time] + baseline + covariates [* time]``. Patients without a baseline
+  score are left out (noted in ``warnings``). A level x time random intercept needs several
+  follow-ups; with one it is dropped (noted).
+- **Random effects** (``analysis.random_effects``, outermost first): ``clinic`` (column
+  ``clinic_id``), ``therapist`` (``therapist_id``), ``patient`` (``patient_id``, always last),
+  or any patient-level column such as ``site``. Levels must nest (each therapist within one
+  site, say); crossed or re-used ids are a DataError. ``[]``: no random effects, allowed only
+  with one row per patient (one follow-up, baseline as covariate): ordinary least squares
+  with t tests on n - p df (``model`` ``lm``, ``fit_path`` ``ols``).
+
+The estimand rows
+-----------------
+Every outcome estimate file has rows with ``model: effect`` (built by :func:`effect_contrasts`
+and tested with the fit's Satterthwaite t, as lmerTest's ``contest``):
+
+- ``arm:time``: the difference between arms in mean change from baseline to the primary
+  follow-up (``timepoints.primary``, default the last) -- the primary estimand. Categorical
+  time: the ``arm:time<primary>`` coefficient (``arm:time`` with two time points); ANCOVA:
+  ``arm`` + ``arm:time<primary>`` (``arm`` alone at the first follow-up or with one
+  follow-up); continuous time: the slope difference x (t_primary - t_baseline) (ANCOVA:
+  ``arm`` + slope difference x t_primary).
+- with several follow-ups also ``arm:time [<label>]`` for each follow-up and
+  ``arm:time [overall]``, the equal-weight average over the follow-ups.
+
+With one follow-up the ``effect`` row repeats the ``lmm`` row ``arm:time``.
+:attr:`OutcomeModelResult.effect` is the primary row. Marginal means are per arm and model time
+point (ANCOVA: the follow-ups, baseline score at its mean). Subgroup models interact arm x time
+with the subgroup; the effect within each level is the primary contrast plus its subgroup
+interaction terms, and the heterogeneity F test is the joint test that every level's primary
+effect equals the reference level's (one row per other level: the subgroup interaction terms
+of that contrast; with two time points, the ``arm:time:<subgroup><level>`` coefficients).
+
 How the numbers are obtained, and why
 -------------------------------------
 - **Fit.** statsmodels ``MixedLM`` (REML by default). Groups are the outermost random level;
