@@ -23,7 +23,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
-from trial_analysis.config import followup_labels, time_values  # noqa: E402
+from trial_analysis.config import (  # noqa: E402
+    all_timepoint_labels,
+    followup_labels,
+    time_values,
+)
 from trial_analysis.errors import DataError  # noqa: E402
 from trial_analysis.io import atomic_path  # noqa: E402
 from trial_analysis.tables import (  # noqa: E402
@@ -204,7 +208,7 @@ def trajectories_figure(
     outcomes = config["outcomes"]
     figure, axes = plt.subplots(1, len(outcomes), figsize=(3.3 * len(outcomes), 3.2),
                                 squeeze=False)
-    times = [config["timepoints"]["baseline"], config["timepoints"]["followup"]]
+    times = all_timepoint_labels(config)
     for ax, outcome in zip(axes[0], outcomes, strict=True):
         doc = estimates["primary"][(outcome["name"], population)]
         means = pd.DataFrame(doc.get("marginal_means") or [])

@@ -1180,6 +1180,10 @@ def fit_outcome_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: s
                       population: str, *, source: str = _ANALYSIS_FILE) -> OutcomeModelResult:
     """Fit ``score ~ arm * time + covariates`` with the configured random effects.
 
+    The time structure (``timepoints``, ``analysis.time``, ``analysis.baseline``) and the
+    random effects come from the configuration; see the module docstring for the model of each
+    and for the ``effect`` rows (the estimand at each follow-up).
+
     Parameters
     ----------
     analysis : DataFrame
@@ -1190,9 +1194,10 @@ def fit_outcome_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: s
     outcome : str
         An outcome name from the configuration.
     population : {"complete_case", "all_available"}
-        ``complete_case``: patients with both scores of this outcome
-        (``complete_{outcome} == 1``); ``all_available``: every patient with a baseline score,
-        follow-up where present (valid under missing at random, through the likelihood).
+        ``complete_case``: patients with the baseline and every follow-up score of this
+        outcome (``complete_{outcome} == 1``); ``all_available``: every patient with a
+        baseline score, follow-ups where present (valid under missing at random, through the
+        likelihood).
     source : str
         Name of the input, for error messages.
 
@@ -1205,7 +1210,8 @@ def fit_outcome_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: s
     ConfigError
         Unknown outcome or population, or an invalid random-effects structure.
     DataError
-        Missing columns, too few patients, an empty arm, or too few clusters.
+        Missing columns, too few patients, an empty arm, too few clusters, or clusters that
+        are not nested.
     """
     spec = model_spec(config, outcome, population)
     long, notes = long_data(analysis, spec, source)
@@ -1303,10 +1309,13 @@ def fit_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: 
 
     The population is ``analysis.subgroup_population`` (default ``complete_case``) unless
     given. The subgroup is treated as a factor (levels sorted; the first is the reference). The
-    heterogeneity test is the Satterthwaite F test of all arm x time x subgroup terms. Each
-    level is also fitted on its own (without the subgroup terms) as a cross-check; a level too
-    small for its own fit is reported in ``warnings`` instead; ``stratified=False`` skips
-    these fits.
+    effect within each level is the primary effect (difference in mean change to the primary
+    follow-up) in that level. The heterogeneity test is the Satterthwaite F test that every
+    level's effect equals the reference level's: jointly, the arm x time x subgroup terms of
+    that contrast (with two time points all ``arm:time:<subgroup><level>`` terms; under ANCOVA
+    also ``arm:<subgroup><level>``). Each level is also fitted on its own (without the
+    subgroup terms) as a cross-check; a level too small for its own fit is reported in
+    ``warnings`` instead; ``stratified=False`` skips these fits.
     """
     settings = _analysis_settings(config)
     population = population or settings["subgroup_population"]
