@@ -16,8 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from trial_analysis.config import load_config
+from trial_analysis.config import _study_structure_problems, load_config
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.figures import trajectories_figure
 from trial_analysis.lmm_inference import FixedDfInference
@@ -30,6 +31,7 @@ from trial_analysis.models import (
     model_spec,
     run_fit,
 )
+from trial_analysis.report import describe_random_effects
 from trial_analysis.tables import effect_row, effects_by_followup, read_estimate_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -375,3 +377,57 @@ def test_effects_table_with_one_follow_up(cohort, base_config, tmp_path):
     row = table.iloc[0]
     assert row["followup"] == base_config["timepoints"]["followup"] and row["primary"]
     assert row["estimate"] == result.effect["estimate"]
+
+
+def _trial_config_file(tmp_path: Path, **analysis) -> Path:
+    """A validated-config YAML for the multitime trial (no therapists, arm as a column)."""
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["timepoints"] = {"baseline": "m0", "followups": FOUR, "values": MONTHS}
+    raw["input"]["tables"]["patients"]["variables"] = {"site": "category"}
+    raw["input"]["tables"]["therapists"] = raw["input"]["tables"]["sessions"] = None
+    raw["allocation"].update(rule="column", column="arm")
+    raw["analysis"].update(covariates=["age", "sex"], subgroups=[], **analysis)
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_fit_from_a_validated_trial_config(tmp_path, trial):
+    config = load_config(_trial_config_file(
+        tmp_path, random_effects=["site", "patient"], random_time_effects=["site"],
+        time="continuous"))
+    result = fit_outcome_model(trial, config, "function", "all_available")
+    assert result.random_effects["components"] == ["site", "site:time", "patient"]
+    assert result.n_clusters["site"] == trial["site"].nunique()
+    assert len(result.effects) == 6
+
+
+@pytest.mark.parametrize(("analysis", "timepoints"), [
+    ({"random_effects": [], "random_time_effects": []}, None),
+    ({"random_effects": ["patient", "site"], "random_time_effects": []}, None),
+    ({"random_effects": ["patient"], "random_time_effects": ["site"]}, None),
+    ({"random_effects": ["site", "patient"], "random_time_effects": ["patient"]}, None),
+    ({"random_effects": ["site", "patient"], "random_time_effects": [],
+      "baseline": "covariate"}, {"baseline": "m0", "followup": "m12"}),
+])
+def test_model_checks_word_problems_as_the_config_check_does(trial, base_config, analysis,
+                                                             timepoints):
+    """model_spec repeats config._study_structure_problems' random-effects rules verbatim."""
+    cfg = study(base_config, **analysis)
+    if timepoints:
+        cfg["timepoints"] = timepoints
+    cfg["input"]["tables"]["patients"]["variables"] = {"site": "category"}
+    expected = _study_structure_problems(cfg)
+    with pytest.raises(ConfigError) as caught:
+        model_spec(cfg, "function", "all_available")
+    assert caught.value.problems
+    for problem in caught.value.problems:
+        # Same rule, same words (model_spec may add the levels it got).
+        assert any(problem.startswith(p) for p in expected), (problem, expected)
+
+
+def test_report_names_a_model_without_random_effects(cohort, base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["analysis"].update(baseline="covariate", random_effects=[], random_time_effects=[])
+    result = fit_outcome_model(cohort, cfg, "function", "complete_case")
+    assert describe_random_effects(result.random_effects) == "none (least squares)"

@@ -276,6 +276,8 @@ def describe_random_effects(value: Any) -> str:
         components = value.get("components") or value.get("levels")
         if components:
             return " + ".join(f"(1 | {c})" for c in components)
+        if "levels" in value and not value["levels"]:
+            return "none (least squares)"
         return "; ".join(f"{k}: {v}" for k, v in value.items())
     return "" if value is None else str(value)
 
