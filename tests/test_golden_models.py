@@ -228,7 +228,10 @@ def test_study_structures_match_r(name, fit_path, base_config):
         assert result.fit_path == "ols" and result.model_name == "lm"
 
 
-@pytest.mark.parametrize("fit_path", FIT_PATHS)
+# statsmodels' MixedLM on 5 time points x site x time takes ~20 s: slow-marked, the fast path
+# runs by default and the statsmodels path is covered by the other structure cases.
+@pytest.mark.parametrize("fit_path", ["fast", pytest.param("statsmodels",
+                                                           marks=pytest.mark.slow)])
 def test_subgroup_with_several_follow_ups_matches_r(fit_path, base_config):
     name = "multitime_site_time_depression"
     frame, config, population, reference = _setup_multi(name, base_config, fit_path)
