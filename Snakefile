@@ -52,6 +52,7 @@ REPORT_TABLES = [
     "responders",
     "variance_components",
     "reproduction",
+    "effects_by_followup",
 ]
 FIGURES = ["flow", "trajectories", "forest"] + (
     ["sessions", "implementation"] if HAS_SESSIONS else []

@@ -23,6 +23,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
+from trial_analysis.config import (  # noqa: E402
+    followup_labels,
+    time_values,
+)
 from trial_analysis.errors import DataError  # noqa: E402
 from trial_analysis.io import atomic_path  # noqa: E402
 from trial_analysis.tables import (  # noqa: E402
@@ -200,7 +204,13 @@ def flow_figure(flow: pd.DataFrame) -> plt.Figure:
 def trajectories_figure(
     estimates: Mapping[str, Any], config: Mapping[str, Any], population: str
 ) -> plt.Figure:
-    """Adjusted marginal means by arm at baseline and follow-up, one panel per outcome."""
+    """Adjusted marginal means by arm at baseline and follow-up, one panel per outcome.
+
+    With several follow-ups the means are drawn over time (x = ``timepoints.values``), see
+    :func:`trajectories_over_time`.
+    """
+    if len(followup_labels(config)) > 1:
+        return trajectories_over_time(estimates, config, population)
     intervention, control = arm_labels(config)
     outcomes = config["outcomes"]
     figure, axes = plt.subplots(1, len(outcomes), figsize=(3.3 * len(outcomes), 3.2),
@@ -227,6 +237,56 @@ def trajectories_figure(
         ax.set_xticklabels(order)
         ax.set_xlim(-0.4, len(order) - 0.6)
         ax.set_xlabel("Assessment")
+        ax.set_ylabel(f"Adjusted mean ({outcome.get('units', 'score')})")
+        direction = "higher" if outcome.get("higher_is_better", True) else "lower"
+        ax.set_title(_wrap(f"{outcome_label(config, outcome['name'])}", 30), loc="left")
+        ax.text(0.99, 0.02, f"{direction} is better", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=7, color="#555555")
+    axes[0][0].legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def trajectories_over_time(
+    estimates: Mapping[str, Any], config: Mapping[str, Any], population: str
+) -> plt.Figure:
+    """Adjusted marginal means by arm at every time point, on the numeric time axis.
+
+    x is each time point's ``timepoints.values`` (0, 1, 2, ... by default); under ANCOVA the
+    means are at the follow-ups only (the baseline is a covariate, held at its mean).
+    """
+    intervention, control = arm_labels(config)
+    outcomes = config["outcomes"]
+    values = time_values(config)
+    span = max(values.values()) - min(values.values()) or 1.0
+    figure, axes = plt.subplots(1, len(outcomes), figsize=(3.6 * len(outcomes), 3.2),
+                                squeeze=False)
+    for ax, outcome in zip(axes[0], outcomes, strict=True):
+        doc = estimates["primary"][(outcome["name"], population)]
+        means = pd.DataFrame(doc.get("marginal_means") or [])
+        if means.empty:
+            raise DataError(doc["_file"], "marginal_means rows are needed for the trajectories",
+                            column="marginal_means")
+        unknown = sorted(set(means["time"].astype(str)) - set(values))
+        if unknown:
+            raise DataError(doc["_file"], f"marginal means at time points {unknown} that are "
+                            "not in timepoints", column="time")
+        labels = [label for label in values if label in set(means["time"].astype(str))]
+        # A small horizontal offset keeps the two arms' intervals apart.
+        for offset, arm, colour, marker in ((-0.01, intervention, INTERVENTION_COLOUR, "o"),
+                                            (0.01, control, CONTROL_COLOUR, "s")):
+            part = means[means["arm"].astype(str) == str(arm)].copy()
+            part["x"] = part["time"].astype(str).map(values)
+            part = part.sort_values("x")
+            x = part["x"].to_numpy(dtype=float) + offset * span
+            y = part["estimate"].to_numpy(dtype=float)
+            err = np.vstack([y - part["ci_low"].to_numpy(dtype=float),
+                             part["ci_high"].to_numpy(dtype=float) - y])
+            ax.errorbar(x, y, yerr=err, color=colour, marker=marker, capsize=3, lw=1.4,
+                        ms=5, label=str(arm))
+        ax.set_xticks([values[label] for label in labels])
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xlabel("Time since baseline")
         ax.set_ylabel(f"Adjusted mean ({outcome.get('units', 'score')})")
         direction = "higher" if outcome.get("higher_is_better", True) else "lower"
         ax.set_title(_wrap(f"{outcome_label(config, outcome['name'])}", 30), loc="left")

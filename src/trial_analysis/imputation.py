@@ -308,8 +308,12 @@ def line_up(
 
 
 def _effect_row(document: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """The arm x time row of a primary estimate file (term ``arm:time`` per the contract)."""
+    """The primary effect row of a primary estimate file: model ``effect``, term
+    ``arm:time`` (the contract); else any ``arm:time`` row (files from before the effect rows)."""
     rows = document.get("estimates", [])
+    for row in rows:
+        if str(row.get("term")) == "arm:time" and str(row.get("model")) == "effect":
+            return dict(row)
     for row in rows:
         if str(row.get("term")) == "arm:time":
             return dict(row)

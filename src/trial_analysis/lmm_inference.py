@@ -300,3 +300,41 @@ class SatterthwaiteInference:
             den = 2 * E / (E - q)
         return {"F": F, "num_df": float(q), "den_df": den,
                 "p_value": float(stats.f.sf(F, q, den))}
+
+
+@dataclass
+class FixedDfInference:
+    """t and F tests of ``L beta`` on a fixed residual df: a model without random effects.
+
+    Same methods as :class:`SatterthwaiteInference` (``contrast``, ``ci``, ``f_test``), so a
+    least-squares fit (``df = n - p``) goes through the same reporting code. With no
+    variance parameters besides the residual, these are the exact t and F tests of ``lm``.
+    """
+
+    beta: np.ndarray
+    cov_beta: np.ndarray
+    df: float
+    notes: list[str] = field(default_factory=list)
+
+    def contrast(self, L: np.ndarray) -> dict[str, float]:
+        """t test of one linear combination ``L beta``: estimate, SE, df, t, p."""
+        L = np.asarray(L, dtype=float).ravel()
+        estimate = float(L @ self.beta)
+        se = float(np.sqrt(L @ self.cov_beta @ L))
+        t = estimate / se
+        return {"estimate": estimate, "std_error": se, "df": float(self.df),
+                "statistic": float(t), "p_value": float(2 * stats.t.sf(abs(t), self.df))}
+
+    def ci(self, contrast: dict[str, float], level: float) -> tuple[float, float]:
+        """Confidence interval for a :meth:`contrast` result on the t(df) distribution."""
+        half = stats.t.ppf(0.5 + level / 2, contrast["df"]) * contrast["std_error"]
+        return contrast["estimate"] - half, contrast["estimate"] + half
+
+    def f_test(self, L: np.ndarray) -> dict[str, float]:
+        """Wald F test of ``L beta = 0`` (rows of ``L`` linearly independent)."""
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        b = L @ self.beta
+        q = L.shape[0]
+        F = float(b @ np.linalg.solve(L @ self.cov_beta @ L.T, b)) / q
+        return {"F": F, "num_df": float(q), "den_df": float(self.df),
+                "p_value": float(stats.f.sf(F, q, self.df))}

@@ -9,6 +9,48 @@ on long data (one row per patient and time point; ``time`` 0 = baseline, 1 = fol
 estimand is the ``arm:time`` coefficient: the difference between arms in mean change from
 baseline to follow-up, intervention minus control.
 
+Other study structures (configuration only)
+-------------------------------------------
+- **Several follow-ups** (``timepoints.followups``). ``analysis.time: categorical``: time is a
+  factor, baseline the reference, so there is one mean per arm and time point (terms
+  ``time<label>``, ``arm:time<label>``, ``time<label>:<covariate>``, as lme4 names them);
+  ``continuous``: time is numeric (``timepoints.values``), the change linear in time, and
+  ``arm:time`` the difference in slope per time unit. With one follow-up and categorical time
+  the single 0/1 column keeps the name ``time`` (the default model above, unchanged).
+- **Baseline as covariate** (``analysis.baseline: covariate``, ANCOVA): the rows are the
+  follow-ups only and the baseline score is a covariate named ``baseline``:
+  ``score ~ arm [* time] + baseline + covariates [* time]``. Patients without a baseline
+  score are left out (noted in ``warnings``). A level x time random intercept needs several
+  follow-ups; with one it is dropped (noted).
+- **Random effects** (``analysis.random_effects``, outermost first): ``clinic`` (column
+  ``clinic_id``), ``therapist`` (``therapist_id``), ``patient`` (``patient_id``, always last),
+  or any patient-level column such as ``site``. Levels must nest (each therapist within one
+  site, say); crossed or re-used ids are a DataError. ``[]``: no random effects, allowed only
+  with one row per patient (one follow-up, baseline as covariate): ordinary least squares
+  with t tests on n - p df (``model`` ``lm``, ``fit_path`` ``ols``).
+
+The estimand rows
+-----------------
+Every outcome estimate file has rows with ``model: effect`` (built by :func:`effect_contrasts`
+and tested with the fit's Satterthwaite t, as lmerTest's ``contest``):
+
+- ``arm:time``: the difference between arms in mean change from baseline to the primary
+  follow-up (``timepoints.primary``, default the last) -- the primary estimand. Categorical
+  time: the ``arm:time<primary>`` coefficient (``arm:time`` with two time points); ANCOVA:
+  ``arm`` + ``arm:time<primary>`` (``arm`` alone at the first follow-up or with one
+  follow-up); continuous time: the slope difference x (t_primary - t_baseline) (ANCOVA:
+  ``arm`` + slope difference x t_primary).
+- with several follow-ups also ``arm:time [<label>]`` for each follow-up and
+  ``arm:time [overall]``, the equal-weight average over the follow-ups.
+
+With one follow-up the ``effect`` row repeats the ``lmm`` row ``arm:time``.
+:attr:`OutcomeModelResult.effect` is the primary row. Marginal means are per arm and model time
+point (ANCOVA: the follow-ups, baseline score at its mean). Subgroup models interact arm x time
+with the subgroup; the effect within each level is the primary contrast plus its subgroup
+interaction terms, and the heterogeneity F test is the joint test that every level's primary
+effect equals the reference level's (one row per other level: the subgroup interaction terms
+of that contrast; with two time points, the ``arm:time:<subgroup><level>`` coefficients).
+
 How the numbers are obtained, and why
 -------------------------------------
 - **Fit.** statsmodels ``MixedLM`` (REML by default). Groups are the outermost random level;
@@ -54,18 +96,35 @@ from scipy import stats
 from scipy.optimize import minimize
 from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
 
+from trial_analysis.config import (
+    followup_labels,
+    primary_followup,
+    score_columns,
+    time_values,
+)
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.fast_lmm import fit_nested_lmm
 from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv, write_json
-from trial_analysis.lmm_inference import MixedDesign, SatterthwaiteInference
+from trial_analysis.lmm_inference import (
+    FixedDfInference,
+    MixedDesign,
+    SatterthwaiteInference,
+)
 
 POPULATIONS = ("complete_case", "all_available")
-# Random-effect levels, outermost first, and the analysis-table column that identifies each.
+# Random-effect levels with their own analysis-table column; any other level is the name of a
+# patient-level column (a site, say). "patient" is always the innermost level.
 LEVEL_COLUMNS = {"clinic": "clinic_id", "therapist": "therapist_id", "patient": "patient_id"}
 NESTING = ("clinic", "therapist", "patient")
 TIDY_COLUMNS = ESTIMATE_COLUMNS
 MARGINAL_COLUMNS = ["arm", "time", "estimate", "std_error", "ci_low", "ci_high"]
 EFFECT_TERM = "arm:time"
+# Rows of the estimand (difference between arms in mean change to each follow-up) carry this
+# ``model`` value in every estimate file; the row with term EFFECT_TERM is the primary one.
+EFFECT_MODEL = "effect"
+OVERALL_LABEL = "overall"
+# The baseline score's name as a covariate (analysis.baseline: covariate, ANCOVA).
+BASELINE_COVARIATE = "baseline"
 # Fewer patients than this in a population (or a subgroup level) is no basis for a mixed model.
 MIN_PATIENTS = 10
 # lme4's isSingular tolerance on the relative standard deviations.
@@ -75,6 +134,7 @@ FIT_METHODS = ["lbfgs", "bfgs", "powell"]
 FIT_MAXITER = 2000
 FIT_PATH = "statsmodels"
 FAST_PATH = "fast_nested"
+OLS_PATH = "ols"
 _ANALYSIS_FILE = "analysis table"
 
 
@@ -84,7 +144,12 @@ _ANALYSIS_FILE = "analysis table"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to fit: outcome, population, covariates and random-effects structure."""
+    """What to fit: outcome, population, time structure, covariates and random effects.
+
+    ``baseline_label`` and ``followups`` are the time point labels in time order,
+    ``time_values`` the numeric time of each (baseline first), ``score_columns`` the
+    analysis-table column of each follow-up score.
+    """
 
     outcome: str
     population: str
@@ -96,6 +161,45 @@ class ModelSpec:
     subgroup: str | None = None
     fit_path: str = "fast_nested"
     covariates_by_time: bool = True
+    baseline_label: str = "baseline"
+    followups: tuple[str, ...] = ("followup",)
+    primary: str = "followup"
+    time: str = "categorical"
+    baseline: str = "timepoint"
+    time_values: tuple[float, ...] = (0.0, 1.0)
+    score_columns: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ancova(self) -> bool:
+        """The baseline score is a covariate (rows are follow-ups only)."""
+        return self.baseline == "covariate"
+
+    @property
+    def model_times(self) -> list[str]:
+        """Labels of the time points that are rows of the model, in time order."""
+        return list(self.followups) if self.ancova else [self.baseline_label, *self.followups]
+
+    @property
+    def time_value_of(self) -> dict[str, float]:
+        """Numeric time of each label (baseline included)."""
+        return dict(zip([self.baseline_label, *self.followups], self.time_values, strict=True))
+
+    @property
+    def time_terms(self) -> list[str]:
+        """Fixed-effect columns coding time (lme4 names; empty with a single time point).
+
+        Categorical time is a factor with the first model time point as reference (terms
+        ``time<label>``), except in the two-time-point design with the baseline as a time
+        point, where the single 0/1 column keeps its historical name ``time``. Continuous
+        time is one numeric column ``time``.
+        """
+        times = self.model_times
+        if len(times) < 2:
+            return []
+        if self.time == "continuous" or (not self.ancova and len(times) == 2):
+            return ["time"]
+        return [f"time{label}" for label in times[1:]]
 
     @property
     def random_components(self) -> list[str]:
@@ -108,18 +212,31 @@ class ModelSpec:
         return names
 
     def lme4_formula(self) -> str:
-        """The model in lme4 syntax (nested units written as interactions)."""
-        fixed = "score ~ arm * time" + (f" * {self.subgroup}" if self.subgroup else "")
+        """The model in lme4 syntax (nested units written as interactions).
+
+        ``time`` is a factor under categorical time with several follow-ups (or with the
+        baseline as covariate), numeric otherwise; ``baseline`` is the baseline score.
+        """
+        fixed = "score ~ arm" + (" * time" if self.time_terms else "")
+        fixed += f" * {self.subgroup}" if self.subgroup else ""
+        if self.ancova:
+            fixed += f" + {BASELINE_COVARIATE}"
         if self.covariates:
             joined = " + ".join(self.covariates)
-            fixed += f" + ({joined}) * time" if self.covariates_by_time else f" + {joined}"
+            by_time = self.covariates_by_time and self.time_terms
+            fixed += f" + ({joined}) * time" if by_time else f" + {joined}"
         terms = []
         for i, level in enumerate(self.random_effects):
             path = ":".join(self.random_effects[: i + 1])
             terms.append(f"(1 | {path})")
             if level in self.random_time_effects:
                 terms.append(f"(1 | {path}:time)")
-        return fixed + " + " + " + ".join(terms)
+        return fixed + "".join(f" + {t}" for t in terms)
+
+
+def level_column(level: str) -> str:
+    """Analysis-table column identifying the units of a random-effect level."""
+    return LEVEL_COLUMNS.get(level, level)
 
 
 def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +250,45 @@ def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings.setdefault("subgroup_population", "complete_case")
     settings.setdefault("fit_path", "auto")
     settings.setdefault("covariates_by_time", True)
+    settings.setdefault("time", "categorical")
+    settings.setdefault("baseline", "timepoint")
     return settings
+
+
+def _random_effects_problems(levels: list[str], time_levels: list[str],
+                             one_row_per_patient: bool) -> list[str]:
+    """The random-effects rules of config._study_structure_problems, in the same words.
+
+    Repeated here because models are also fitted from configurations edited after
+    validation (sensitivity analyses, tests); the column behind each level is checked
+    against the data (missing column, nesting).
+    """
+    problems = []
+    if len(set(levels)) != len(levels):
+        problems.append(f"analysis/random_effects: list each level once, got {levels}")
+    if "patient" in levels and levels[-1] != "patient":
+        problems.append("analysis/random_effects: 'patient' is the innermost level and must "
+                        f"come last (levels are listed outermost first), got {levels}")
+    if {"clinic", "therapist"} <= set(levels) and levels.index("clinic") > \
+            levels.index("therapist"):
+        problems.append("analysis/random_effects: therapists are nested in clinics; list "
+                        f"clinic before therapist (outermost first), got {levels}")
+    for level in time_levels:
+        if level not in levels:
+            problems.append(f"analysis/random_time_effects: '{level}' must also be in "
+                            f"analysis/random_effects {levels}")
+        if level == "patient":
+            problems.append("analysis/random_time_effects: a patient x time intercept is the "
+                            "residual itself; remove 'patient'")
+    if not levels and not one_row_per_patient:
+        problems.append("analysis/random_effects: [] (no random effects) needs one row per "
+                        "patient: a single follow-up and analysis/baseline: covariate; with "
+                        "repeated scores per patient use [patient]")
+    if "patient" in levels and one_row_per_patient:
+        problems.append("analysis/random_effects: with one follow-up and the baseline as a "
+                        "covariate each patient has one row, so a patient intercept cannot be "
+                        "told from the residual; remove 'patient'")
+    return problems
 
 
 def model_spec(config: dict[str, Any], outcome: str, population: str,
@@ -143,8 +298,8 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
     Raises
     ------
     ConfigError
-        Unknown outcome, population or subgroup, or a random-effects structure that is not a
-        nesting of clinic > therapist > patient.
+        Unknown outcome, population or subgroup, or a random-effects structure the model
+        cannot have (see :func:`_random_effects_problems`).
     """
     settings = _analysis_settings(config)
     problems = []
@@ -156,35 +311,47 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
     if subgroup is not None and subgroup not in settings["subgroups"]:
         problems.append(f"subgroup '{subgroup}' is not one of analysis.subgroups "
                         f"{settings['subgroups']}")
+    followups = tuple(followup_labels(config))
+    ancova = settings["baseline"] == "covariate"
     levels = list(settings["random_effects"])
-    if not levels:
-        problems.append("analysis.random_effects: at least one random-effect level is needed")
-    unknown = [lv for lv in levels if lv not in NESTING]
-    if unknown:
-        problems.append(f"analysis.random_effects: unknown level(s) {unknown}; use {NESTING}")
-    elif levels != sorted(levels, key=NESTING.index) or len(set(levels)) != len(levels):
-        problems.append(f"analysis.random_effects: list the levels once each, outermost first "
-                        f"(clinic, therapist, patient), got {levels}")
-    stray = [lv for lv in settings["random_time_effects"] if lv not in levels]
-    if stray:
-        problems.append(f"analysis.random_time_effects: {stray} must also be in "
-                        f"analysis.random_effects {levels}")
-    if "patient" in settings["random_time_effects"]:
-        problems.append("analysis.random_time_effects: a patient x time intercept is the "
-                        "residual itself; remove 'patient'")
+    time_levels = list(settings["random_time_effects"])
+    problems += _random_effects_problems(levels, time_levels,
+                                         one_row_per_patient=ancova and len(followups) == 1)
+    if ancova and BASELINE_COVARIATE in settings["covariates"]:
+        problems.append(f"analysis/covariates: '{BASELINE_COVARIATE}' is the name of the "
+                        "baseline score under analysis/baseline: covariate; rename the column")
+    if settings["time"] == "continuous" and ancova and len(followups) < 2:
+        problems.append("analysis/time: continuous time needs at least two follow-ups when the "
+                        "baseline is a covariate")
     if problems:
         raise ConfigError("config analysis", problems)
+    notes = []
+    if ancova and len(followups) == 1 and time_levels:
+        # One row per patient: a level x time intercept would be the level's intercept again.
+        notes.append(f"model: random_time_effects {time_levels} dropped (a single follow-up "
+                     "with the baseline as covariate has one time point)")
+        time_levels = []
     covariates = [c for c in settings["covariates"] if c != subgroup]
     # Every structure admitted above (nested random intercepts, optional level x time
     # intercepts) is one the fast exact path handles; statsmodels stays selectable as the
-    # general path and cross-check.
-    fit_path = "statsmodels" if settings["fit_path"] == "statsmodels" else FAST_PATH
+    # general path and cross-check. Without random effects the fit is least squares.
+    if not levels:
+        fit_path = OLS_PATH
+    else:
+        fit_path = "statsmodels" if settings["fit_path"] == "statsmodels" else FAST_PATH
+    values = time_values(config)
     return ModelSpec(outcome=outcome, population=population, covariates=tuple(covariates),
-                     random_effects=tuple(levels),
-                     random_time_effects=tuple(settings["random_time_effects"]),
+                     random_effects=tuple(levels), random_time_effects=tuple(time_levels),
                      reml=bool(settings["reml"]),
                      confidence_level=float(settings["confidence_level"]), subgroup=subgroup,
-                     fit_path=fit_path, covariates_by_time=bool(settings["covariates_by_time"]))
+                     fit_path=fit_path, covariates_by_time=bool(settings["covariates_by_time"]),
+                     baseline_label=str(config["timepoints"]["baseline"]), followups=followups,
+                     primary=primary_followup(config), time=str(settings["time"]),
+                     baseline=str(settings["baseline"]),
+                     time_values=tuple(values[label] for label in
+                                       [str(config["timepoints"]["baseline"]), *followups]),
+                     score_columns=tuple(score_columns(config, outcome)[f] for f in followups)
+                     if outcome in outcomes else (), notes=tuple(notes))
 
 
 def _require_columns(analysis: pd.DataFrame, columns: list[str], source: str) -> None:
@@ -202,15 +369,23 @@ def _require_columns(analysis: pd.DataFrame, columns: list[str], source: str) ->
 
 def long_data(analysis: pd.DataFrame, spec: ModelSpec,
               source: str = _ANALYSIS_FILE) -> tuple[pd.DataFrame, list[str]]:
-    """Select the population and reshape to one row per patient and time point.
+    """Select the population and reshape to one row per patient and model time point.
+
+    Rows are the baseline and every follow-up (``analysis.baseline: timepoint``) or the
+    follow-ups only, with the baseline score in column ``baseline`` (``covariate``; patients
+    without a baseline score are left out). Columns: ``patient_id``, ``arm``, covariates,
+    cluster ids, ``time`` (0 = baseline, 1, 2, ... = follow-ups in order), ``time_label``,
+    ``time_value`` (``timepoints.values``), ``score`` and, under ANCOVA, ``baseline``.
 
     Returns the long frame (sorted by cluster, patient and time, so fits are reproducible) and
-    notes on patients left out for missing covariates or cluster ids.
+    notes on patients left out for missing covariates, cluster ids or baseline.
     """
     outcome = spec.outcome
-    base, follow, complete = f"{outcome}_baseline", f"{outcome}_followup", f"complete_{outcome}"
-    id_columns = [LEVEL_COLUMNS[lv] for lv in spec.random_effects]
-    needed = ["patient_id", "arm_intervention", base, follow, *spec.covariates, *id_columns]
+    base, complete = f"{outcome}_baseline", f"complete_{outcome}"
+    follow_columns = list(spec.score_columns) or [f"{outcome}_followup"]
+    id_columns = [level_column(lv) for lv in spec.random_effects]
+    needed = ["patient_id", "arm_intervention", base, *follow_columns, *spec.covariates,
+              *id_columns]
     if spec.population == "complete_case":
         needed.append(complete)
     if spec.subgroup:
@@ -223,11 +398,17 @@ def long_data(analysis: pd.DataFrame, spec: ModelSpec,
         raise DataError(source, "arm_intervention must be 1 (intervention) or 0 (control)",
                         column="arm_intervention",
                         rows=(np.flatnonzero(bad_arm.to_numpy()) + 1).tolist())
+    notes = list(spec.notes)
     if spec.population == "complete_case":
         selected = analysis[analysis[complete] == 1]
     else:
         selected = analysis[analysis[base].notna()]
-    notes = []
+    if spec.ancova:
+        no_baseline = int((analysis[base].isna()
+                           & analysis[follow_columns].notna().any(axis=1)).sum())
+        if no_baseline:
+            notes.append(f"data: {no_baseline} patient(s) with a follow-up but no baseline "
+                         f"score left out (the baseline is a covariate)")
     keep_columns = [c for c in dict.fromkeys(
         [*spec.covariates, *id_columns] + ([spec.subgroup] if spec.subgroup else []))
         if c != "patient_id"]
@@ -238,11 +419,18 @@ def long_data(analysis: pd.DataFrame, spec: ModelSpec,
                      f"{', '.join(missing_in)} (complete-covariate analysis)")
         selected = selected[~incomplete]
 
+    labels = [spec.baseline_label, *spec.followups]
+    columns = dict(zip(labels, [base, *follow_columns], strict=True))
+    values = spec.time_value_of
     frames = []
-    for time, column in ((0, base), (1, follow)):
+    for label in spec.model_times:
         part = selected[["patient_id", "arm_intervention", *keep_columns]].copy()
-        part["time"] = time
-        part["score"] = pd.to_numeric(selected[column], errors="coerce")
+        part["time"] = labels.index(label)
+        part["time_label"] = label
+        part["time_value"] = values[label]
+        part["score"] = pd.to_numeric(selected[columns[label]], errors="coerce")
+        if spec.ancova:
+            part[BASELINE_COVARIATE] = pd.to_numeric(selected[base], errors="coerce")
         frames.append(part)
     long = pd.concat(frames, ignore_index=True)
     long = long[long["score"].notna()].rename(columns={"arm_intervention": "arm"})
@@ -250,6 +438,27 @@ def long_data(analysis: pd.DataFrame, spec: ModelSpec,
     sort_keys = [*dict.fromkeys([*id_columns, "patient_id"]), "time"]
     long = long.sort_values(sort_keys, kind="mergesort").reset_index(drop=True)
     return long, notes
+
+
+def _check_nesting(long: pd.DataFrame, spec: ModelSpec, source: str) -> None:
+    """Each unit of an inner level must lie within one unit of the level outside it.
+
+    The fits key inner units by their path (site/therapist), so a therapist seen at two
+    sites would silently become two therapists; crossed or re-used ids are an error instead.
+    """
+    levels = list(spec.random_effects)
+    for outer, inner in zip(levels, levels[1:], strict=False):
+        outer_col, inner_col = level_column(outer), level_column(inner)
+        spread = long.groupby(inner_col, sort=True)[outer_col].nunique()
+        crossed = spread[spread > 1]
+        if len(crossed):
+            unit = crossed.index[0]
+            where = sorted(long.loc[long[inner_col] == unit, outer_col].astype(str).unique())
+            raise DataError(source, f"random effects must be nested: {len(crossed)} {inner}(s) "
+                            f"lie in more than one {outer} (e.g. {inner} '{unit}' in {outer}s "
+                            f"{', '.join(where[:5])})", column=inner_col,
+                            hint=f"give each {inner} an id unique to its {outer}, or remove "
+                                 f"'{outer}' or '{inner}' from analysis.random_effects")
 
 
 def _check_population(long: pd.DataFrame, spec: ModelSpec, source: str,
@@ -268,12 +477,13 @@ def _check_population(long: pd.DataFrame, spec: ModelSpec, source: str,
     for level in spec.random_effects:
         if level == "patient":
             continue
-        n_units = long[LEVEL_COLUMNS[level]].nunique()
+        n_units = long[level_column(level)].nunique()
         if n_units < 3:
             raise DataError(source, f"only {n_units} {level}(s) in the {what} ({label}); a "
                             f"{level} variance cannot be estimated",
-                            column=LEVEL_COLUMNS[level],
+                            column=level_column(level),
                             hint=f"remove '{level}' from analysis.random_effects")
+    _check_nesting(long, spec, source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,13 +514,31 @@ def _level_labels(series: pd.Series) -> pd.Series:
     return series.astype(str)
 
 
+def time_coding(spec: ModelSpec, label: str) -> dict[str, float]:
+    """Values of the time columns (:attr:`ModelSpec.time_terms`) at time point ``label``."""
+    terms = spec.time_terms
+    if terms == ["time"]:
+        if spec.time == "continuous":
+            return {"time": spec.time_value_of[label]}
+        return {"time": float(spec.model_times.index(label))}
+    return {term: float(term == f"time{label}") for term in terms}
+
+
 def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
-    """Build X: intercept, arm, time, [subgroup], covariates, then the interactions."""
+    """Build X: intercept, arm, time, [subgroup], [baseline], covariates, then interactions.
+
+    Column names are lme4's: ``time`` or ``time<label>`` per :attr:`ModelSpec.time_terms`,
+    ``arm:time<label>``, ``time<label>:<covariate>``, ``arm:time<label>:<subgroup><level>``.
+    """
+    time_terms = spec.time_terms
+    coding = {label: time_coding(spec, label) for label in spec.model_times}
     cols: dict[str, np.ndarray] = {
         "(Intercept)": np.ones(len(long)),
         "arm": long["arm"].to_numpy(float),
-        "time": long["time"].to_numpy(float),
     }
+    for term in time_terms:
+        cols[term] = long["time_label"].map({lb: c[term] for lb, c in coding.items()}
+                                            ).to_numpy(float)
     sub_levels: list[str] = []
     sub_dummies: list[str] = []
     if spec.subgroup:
@@ -320,6 +548,8 @@ def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
             name = f"{spec.subgroup}{level}"
             cols[name] = (labels == level).to_numpy(float)
             sub_dummies.append(name)
+    if spec.ancova:
+        cols[BASELINE_COVARIATE] = long[BASELINE_COVARIATE].to_numpy(float)
     numeric, factors = [], {}
     for cov in spec.covariates:
         if _is_factor(long[cov]):
@@ -332,19 +562,23 @@ def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
         else:
             cols[cov] = pd.to_numeric(long[cov]).to_numpy(float)
             numeric.append(cov)
-    cols[EFFECT_TERM] = cols["arm"] * cols["time"]
+    for term in time_terms:
+        cols[f"arm:{term}"] = cols["arm"] * cols[term]
     if spec.covariates_by_time:
         # Covariates adjust the change as well as the level: a prognostic factor of change
         # that differs between arms (age here) would otherwise bias the arm x time contrast,
         # which within patients is untouched by level-only covariates. R names these terms
         # "time:<covariate>" for `arm * time + (covariates) * time` (time appears first).
-        for name in [*numeric, *(d for dummies in factors.values() for d in dummies)]:
-            cols[f"time:{name}"] = cols[name] * cols["time"]
+        for term in time_terms:
+            for name in [*numeric, *(d for dummies in factors.values() for d in dummies)]:
+                cols[f"{term}:{name}"] = cols[name] * cols[term]
     for name in sub_dummies:
         cols[f"arm:{name}"] = cols["arm"] * cols[name]
-        cols[f"time:{name}"] = cols["time"] * cols[name]
+        for term in time_terms:
+            cols[f"{term}:{name}"] = cols[term] * cols[name]
     for name in sub_dummies:
-        cols[f"arm:time:{name}"] = cols[EFFECT_TERM] * cols[name]
+        for term in time_terms:
+            cols[f"arm:{term}:{name}"] = cols[f"arm:{term}"] * cols[name]
     X = pd.DataFrame(cols, index=long.index)
     rank = np.linalg.matrix_rank(X.to_numpy())
     if rank < X.shape[1]:
@@ -376,14 +610,15 @@ def random_design(long: pd.DataFrame, spec: ModelSpec) -> RandomDesign:
     path = pd.Series([""] * len(long), index=long.index, dtype=object)
     time_text = long["time"].astype(str)
     for i, level in enumerate(spec.random_effects):
-        ids = long[LEVEL_COLUMNS[level]].astype(str)
+        ids = long[level_column(level)].astype(str)
         path = ids if i == 0 else path + "/" + ids
         keys[level] = path.to_numpy()
         if level in spec.random_time_effects:
             keys[f"{level}:time"] = (path + "@" + time_text).to_numpy()
     n_units = {name: int(pd.Series(k).nunique()) for name, k in keys.items()}
-    return RandomDesign(components=spec.random_components, unit_keys=keys,
-                        groups=keys[spec.random_effects[0]], n_units=n_units)
+    groups = keys[spec.random_effects[0]] if spec.random_effects else np.zeros(0)
+    return RandomDesign(components=spec.random_components, unit_keys=keys, groups=groups,
+                        n_units=n_units)
 
 
 def _sparse_design(long: pd.DataFrame, fixed: FixedDesign, rand: RandomDesign) -> MixedDesign:
@@ -435,7 +670,7 @@ class _Fit:
     sigma: float
     beta: np.ndarray
     cov_beta: np.ndarray
-    inference: SatterthwaiteInference | None
+    inference: SatterthwaiteInference | FixedDfInference | None
     converged: bool
     warnings: list[str]
     criterion: float
@@ -510,9 +745,43 @@ def _refine_optimum(criterion, theta0: np.ndarray, start_value: float) -> np.nda
 
 def _fit(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign, rand: RandomDesign) -> _Fit:
     """Fit by the path the spec names; both give lme4's REML/ML optimum (golden-tested)."""
+    if not spec.random_effects:
+        return _fit_ols(long, spec, fixed)
     if spec.fit_path == FAST_PATH:
         return _fit_fast(long, spec, fixed, rand)
     return _fit_statsmodels(long, spec, fixed, rand)
+
+
+def _fit_ols(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign) -> _Fit:
+    """Least squares (no random effects: one row per patient), t tests on n - p df.
+
+    The residual variance is RSS / (n - p) whatever ``reml`` says (as R's ``lm``); the
+    criterion is -2 x R's ``logLik(fit, REML = reml)``.
+    """
+    X = fixed.X.to_numpy(float)
+    y = long["score"].to_numpy(float)
+    n, p = X.shape
+    df = n - p
+    if df < 1:
+        raise DataError(_ANALYSIS_FILE, f"{n} rows cannot estimate {p} fixed effects and a "
+                        "residual variance", column=f"{spec.outcome}_followup")
+    # QR rather than normal equations: cond(X) squares in X'X.
+    Q, R = np.linalg.qr(X)
+    beta = np.linalg.solve(R, Q.T @ y)
+    rss = float(np.sum((y - X @ beta) ** 2))
+    sigma2 = rss / df
+    R_inv = np.linalg.solve(R, np.eye(p))
+    cov_beta = sigma2 * (R_inv @ R_inv.T)
+    logdet_xtx = float(2 * np.sum(np.log(np.abs(np.diag(R)))))
+    if spec.reml:
+        criterion = logdet_xtx + df * (1 + np.log(2 * np.pi * rss / df))
+    else:
+        criterion = n * (1 + np.log(2 * np.pi * rss / n))
+    method = f"ordinary least squares (no random effects); t tests on n - p = {df} df"
+    return _Fit(theta=np.zeros(0), sigma=float(np.sqrt(sigma2)), beta=beta, cov_beta=cov_beta,
+                inference=FixedDfInference(beta=beta, cov_beta=cov_beta, df=float(df)),
+                converged=True, warnings=[], criterion=float(criterion), refinement=0.0,
+                singular=[], method=method)
 
 
 def _satterthwaite(design, theta: np.ndarray, sigma: float, beta: np.ndarray, reml: bool,
@@ -530,7 +799,7 @@ def _satterthwaite(design, theta: np.ndarray, sigma: float, beta: np.ndarray, re
 def _fit_fast(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign,
               rand: RandomDesign) -> _Fit:
     """Exact nested-intercept REML/ML exploiting the block structure (trial_analysis.fast_lmm)."""
-    levels = {lv: long[LEVEL_COLUMNS[lv]].astype(str).to_numpy() for lv in spec.random_effects}
+    levels = {lv: long[level_column(lv)].astype(str).to_numpy() for lv in spec.random_effects}
     res = fit_nested_lmm(long["score"].to_numpy(float), fixed.X.to_numpy(float), levels,
                          time=long["time"].to_numpy(), time_effects=list(spec.random_time_effects),
                          reml=spec.reml, column_names=list(fixed.X.columns))
@@ -655,16 +924,23 @@ class OutcomeModelResult:
     singular: bool
     inference: str
     extra_rows: pd.DataFrame | None = None
+    effects: pd.DataFrame | None = None
+    primary_followup: str | None = None
 
     @property
     def effect(self) -> pd.Series:
-        """The arm x time row: difference between arms in mean change."""
-        return self.fixed_effects.set_index("term").loc[EFFECT_TERM]
+        """The primary estimand: difference between arms in mean change from baseline to the
+        primary follow-up (the ``effect`` row with term ``arm:time``)."""
+        if self.effects is None:
+            return self.fixed_effects.set_index("term").loc[EFFECT_TERM]
+        return self.effects.set_index("term").loc[EFFECT_TERM]
 
     @property
     def n_clusters_outer(self) -> int:
-        """Independent clusters: units of the outermost random level."""
-        return self.n_clusters[self.random_effects["levels"][0]]
+        """Independent clusters: units of the outermost random level (patients without
+        random effects)."""
+        levels = self.random_effects["levels"]
+        return self.n_clusters[levels[0]] if levels else self.n_patients
 
     def _tidy(self, rows: pd.DataFrame, model: str) -> pd.DataFrame:
         out = rows.copy()
@@ -681,8 +957,11 @@ class OutcomeModelResult:
         return out[TIDY_COLUMNS]
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy rows (one per fixed effect, plus any extra rows), sorted by model and term."""
+        """Tidy rows (one per fixed effect, the ``effect`` rows, any extra rows), sorted by
+        model and term."""
         frames = [self._tidy(self.fixed_effects, self.model_name)]
+        if self.effects is not None:
+            frames.append(self._tidy(self.effects, EFFECT_MODEL))
         if self.extra_rows is not None:
             frames.append(self.extra_rows[TIDY_COLUMNS])
         frame = pd.concat(frames, ignore_index=True)
@@ -710,17 +989,27 @@ class OutcomeModelResult:
         """Readable text: the effect, fixed effects, variance components, warnings."""
         pct = f"{self.confidence_level:.0%}"
         e = self.effect
-        df_text = "z" if self.inference == "z" else f"t, Satterthwaite df {e['df']:.1f}"
+        df_text = {"z": "z", "t": f"t, {e['df']:.0f} df"}.get(
+            self.inference, f"t, Satterthwaite df {e['df']:.1f}")
         lines = [
-            f"Linear mixed model: {self.outcome}, {self.population} ({self.method})",
+            f"{'Linear mixed model' if self.random_effects['levels'] else 'Linear model'}: "
+            f"{self.outcome}, {self.population} ({self.method})",
             f"  {self.formula}",
             f"  {self.n_patients} patients, {self.n_observations} observations, clusters: "
             + ", ".join(f"{k} {v}" for k, v in self.n_clusters.items()),
             f"  converged: {self.converged}; singular: {self.singular}",
             "",
-            f"Difference in mean change (intervention - control): {e['estimate']:.3f} "
+            "Difference in mean change (intervention - control)"
+            + (f" to {self.primary_followup}" if self.primary_followup else "")
+            + f": {e['estimate']:.3f} "
             f"(SE {e['std_error']:.3f}, {pct} CI {e['ci_low']:.3f} to {e['ci_high']:.3f}, "
             f"p = {e['p_value']:.4g}; {df_text})",
+        ]
+        if self.effects is not None and len(self.effects) > 1:
+            lines += [f"  {row.term}: {row.estimate:.3f} ({row.ci_low:.3f} to "
+                      f"{row.ci_high:.3f}), p = {row.p_value:.4g}"
+                      for row in self.effects.iloc[1:].itertuples()]
+        lines += [
             "",
             "Fixed effects:",
             self.fixed_effects.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
@@ -755,35 +1044,94 @@ def _fixed_rows(fit: _Fit, names: list[str], level: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def effect_contrasts(spec: ModelSpec, names: list[str],
+                     subgroup_dummy: str | None = None) -> dict[str, pd.Series]:
+    """The estimand as linear combinations of the fixed effects, one per follow-up.
+
+    Difference between arms in mean change from baseline to each follow-up (under ANCOVA:
+    in the baseline-adjusted follow-up mean, the same quantity):
+
+    - baseline as time point, categorical time: the ``arm:time<label>`` coefficient
+      (``arm:time`` in the two-time-point design);
+    - baseline as time point, continuous time: ``arm:time`` x (t_label - t_baseline);
+    - ANCOVA, categorical: ``arm`` + ``arm:time<label>`` (``arm`` at the reference follow-up
+      and with a single follow-up);
+    - ANCOVA, continuous: ``arm`` + ``arm:time`` x t_label.
+
+    With ``subgroup_dummy`` (``depression1``, say) each coefficient's subgroup interaction is
+    added, giving the effect within that level of the subgroup. Returns ``{label: L}`` in
+    follow-up order, ``L`` indexed by ``names``.
+    """
+    out = {}
+    for label in spec.followups:
+        weights: dict[str, float] = {}
+        coding = time_coding(spec, label)
+        if spec.ancova:
+            weights["arm"] = 1.0
+        for term, value in coding.items():
+            if spec.time == "continuous" and not spec.ancova:
+                value = value - spec.time_value_of[spec.baseline_label]
+            if value:
+                weights[f"arm:{term}"] = value
+        L = pd.Series(0.0, index=names)
+        for term, weight in weights.items():
+            L[term] += weight
+            if subgroup_dummy is not None:
+                L[f"{term}:{subgroup_dummy}"] += weight
+        out[label] = L
+    return out
+
+
+def _effect_rows(fit: _Fit, spec: ModelSpec, names: list[str], level: float) -> pd.DataFrame:
+    """``model: effect`` rows: the primary effect (term ``arm:time``) and, with several
+    follow-ups, the effect at each (``arm:time [<label>]``) and their equal-weight average
+    (``arm:time [overall]``)."""
+    contrasts = effect_contrasts(spec, names)
+    rows = [{"term": EFFECT_TERM, **_contrast(fit, contrasts[spec.primary].to_numpy(), level)}]
+    if len(spec.followups) > 1:
+        for label, L in contrasts.items():
+            rows.append({"term": f"{EFFECT_TERM} [{label}]", **_contrast(fit, L.to_numpy(),
+                                                                         level)})
+        overall = sum(contrasts.values()) / len(contrasts)
+        rows.append({"term": f"{EFFECT_TERM} [{OVERALL_LABEL}]",
+                     **_contrast(fit, overall.to_numpy(), level)})
+    return pd.DataFrame(rows)
+
+
 def _marginal_means(fit: _Fit, fixed: FixedDesign, long: pd.DataFrame, config: dict[str, Any],
-                    level: float) -> pd.DataFrame:
+                    level: float, spec: ModelSpec) -> pd.DataFrame:
+    """Adjusted means per arm and model time point on emmeans' reference grid.
+
+    Numeric covariates (and, under ANCOVA, the baseline score) at their mean over the model
+    rows, factor covariates averaged over their levels with equal weights.
+    """
     names = list(fixed.X.columns)
     alloc = config.get("allocation", {})
-    timepoints = config.get("timepoints", {})
     arm_labels = {0: alloc.get("control", "control"), 1: alloc.get("intervention", "intervention")}
-    time_labels = {0: timepoints.get("baseline", "baseline"),
-                   1: timepoints.get("primary") or timepoints.get("followup")
-                   or (timepoints.get("followups") or ["followup"])[-1]}
+    numeric = [*fixed.numeric_covariates, *([BASELINE_COVARIATE] if spec.ancova else [])]
     rows = []
     for arm in (0, 1):
-        for time in (0, 1):
+        for label in spec.model_times:
             L = pd.Series(0.0, index=names)
             L["(Intercept)"] = 1.0
-            L["arm"], L["time"], L[EFFECT_TERM] = arm, time, arm * time
+            L["arm"] = arm
+            for term, value in time_coding(spec, label).items():
+                L[term], L[f"arm:{term}"] = value, arm * value
             # emmeans' reference grid: numeric covariates at their mean over the model rows.
-            for cov in fixed.numeric_covariates:
+            for cov in numeric:
                 L[cov] = fixed.X[cov].mean()
             # Factors: equal weight to every level (the reference level contributes zeros).
             for dummies in fixed.factor_dummies.values():
                 for d in dummies:
                     L[d] = 1.0 / (len(dummies) + 1)
-            # Covariate x time terms take the covariate's grid value times the time point.
-            for name in [*fixed.numeric_covariates,
-                         *(d for dummies in fixed.factor_dummies.values() for d in dummies)]:
-                if f"time:{name}" in L.index:
-                    L[f"time:{name}"] = L[name] * time
+            # Covariate x time terms take the covariate's grid value times the time coding.
+            for term in spec.time_terms:
+                for name in [*fixed.numeric_covariates,
+                             *(d for dummies in fixed.factor_dummies.values() for d in dummies)]:
+                    if f"{term}:{name}" in L.index:
+                        L[f"{term}:{name}"] = L[name] * L[term]
             res = _contrast(fit, L.to_numpy(), level)
-            rows.append({"arm": arm_labels[arm], "time": time_labels[time],
+            rows.append({"arm": arm_labels[arm], "time": label,
                          **{k: res[k] for k in MARGINAL_COLUMNS[2:]}})
     return pd.DataFrame(rows, columns=MARGINAL_COLUMNS)
 
@@ -796,10 +1144,22 @@ def _fit_prepared(long: pd.DataFrame, spec: ModelSpec, config: dict[str, Any],
     fit = _fit(long, spec, fixed, rand)
     variances, icc = _variance_summary(fit, rand)
     level = spec.confidence_level
-    fixed_rows = _fixed_rows(fit, list(fixed.X.columns), level)
-    marginal = (_marginal_means(fit, fixed, long, config, level) if spec.subgroup is None
-                else pd.DataFrame(columns=MARGINAL_COLUMNS))
+    names = list(fixed.X.columns)
+    fixed_rows = _fixed_rows(fit, names, level)
+    # Within a subgroup model the estimand is per level (fit_subgroup_model); the coefficients
+    # at the reference level are no summary of their own.
+    if spec.subgroup is None:
+        marginal = _marginal_means(fit, fixed, long, config, level, spec)
+        effects = _effect_rows(fit, spec, names, level)
+    else:
+        marginal, effects = pd.DataFrame(columns=MARGINAL_COLUMNS), None
     n_clusters = {lv: rand.n_units[lv] for lv in spec.random_effects}
+    if not spec.random_effects and model_name == "lmm":
+        model_name = "lm"
+    if isinstance(fit.inference, FixedDfInference):
+        inference = "t"
+    else:
+        inference = "satterthwaite" if fit.inference is not None else "z"
     result = OutcomeModelResult(
         outcome=spec.outcome, population=spec.population, model_name=model_name,
         formula=spec.lme4_formula(),
@@ -812,13 +1172,17 @@ def _fit_prepared(long: pd.DataFrame, spec: ModelSpec, config: dict[str, Any],
         n_patients=int(long["patient_id"].nunique()), n_observations=len(long),
         n_clusters=n_clusters, confidence_level=level, reml_criterion=fit.criterion,
         optimum_refinement=fit.refinement, singular=bool(fit.singular),
-        inference="satterthwaite" if fit.inference is not None else "z")
+        inference=inference, effects=effects, primary_followup=spec.primary)
     return result, fit, fixed
 
 
 def fit_outcome_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: str,
                       population: str, *, source: str = _ANALYSIS_FILE) -> OutcomeModelResult:
     """Fit ``score ~ arm * time + covariates`` with the configured random effects.
+
+    The time structure (``timepoints``, ``analysis.time``, ``analysis.baseline``) and the
+    random effects come from the configuration; see the module docstring for the model of each
+    and for the ``effect`` rows (the estimand at each follow-up).
 
     Parameters
     ----------
@@ -830,9 +1194,10 @@ def fit_outcome_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: s
     outcome : str
         An outcome name from the configuration.
     population : {"complete_case", "all_available"}
-        ``complete_case``: patients with both scores of this outcome
-        (``complete_{outcome} == 1``); ``all_available``: every patient with a baseline score,
-        follow-up where present (valid under missing at random, through the likelihood).
+        ``complete_case``: patients with the baseline and every follow-up score of this
+        outcome (``complete_{outcome} == 1``); ``all_available``: every patient with a
+        baseline score, follow-ups where present (valid under missing at random, through the
+        likelihood).
     source : str
         Name of the input, for error messages.
 
@@ -845,7 +1210,8 @@ def fit_outcome_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: s
     ConfigError
         Unknown outcome or population, or an invalid random-effects structure.
     DataError
-        Missing columns, too few patients, an empty arm, or too few clusters.
+        Missing columns, too few patients, an empty arm, too few clusters, or clusters that
+        are not nested.
     """
     spec = model_spec(config, outcome, population)
     long, notes = long_data(analysis, spec, source)
@@ -897,7 +1263,7 @@ class SubgroupModelResult:
             "p_value": self.heterogeneity["p_value"], "df": self.heterogeneity["den_df"]}])
         rows.append(base._tidy(het, "subgroup_heterogeneity"))
         for level, res in self.stratified.items():
-            eff = res.fixed_effects[res.fixed_effects["term"] == EFFECT_TERM].copy()
+            eff = res.effect.to_frame().T.reset_index(names="term")
             eff["term"] = f"arm:time [{self.subgroup}={level}]"
             rows.append(res._tidy(eff, "stratified"))
         frame = pd.concat(rows, ignore_index=True)
@@ -943,10 +1309,13 @@ def fit_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: 
 
     The population is ``analysis.subgroup_population`` (default ``complete_case``) unless
     given. The subgroup is treated as a factor (levels sorted; the first is the reference). The
-    heterogeneity test is the Satterthwaite F test of all arm x time x subgroup terms. Each
-    level is also fitted on its own (without the subgroup terms) as a cross-check; a level too
-    small for its own fit is reported in ``warnings`` instead; ``stratified=False`` skips
-    these fits.
+    effect within each level is the primary effect (difference in mean change to the primary
+    follow-up) in that level. The heterogeneity test is the Satterthwaite F test that every
+    level's effect equals the reference level's: jointly, the arm x time x subgroup terms of
+    that contrast (with two time points all ``arm:time:<subgroup><level>`` terms; under ANCOVA
+    also ``arm:<subgroup><level>``). Each level is also fitted on its own (without the
+    subgroup terms) as a cross-check; a level too small for its own fit is reported in
+    ``warnings`` instead; ``stratified=False`` skips these fits.
     """
     settings = _analysis_settings(config)
     population = population or settings["subgroup_population"]
@@ -961,27 +1330,30 @@ def fit_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: 
     result, fit, fixed = _fit_prepared(long, spec, config, notes, "subgroup_interaction")
     names = list(fixed.X.columns)
     level_ci = spec.confidence_level
+    # The primary effect within each level: its contrast at the reference level plus the
+    # matching subgroup interaction terms for the other levels.
+    within = {level: effect_contrasts(spec, names, None if i == 0 else f"{subgroup}{level}"
+                                      )[spec.primary].to_numpy()
+              for i, level in enumerate(fixed.subgroup_levels)}
     rows = []
-    for level in fixed.subgroup_levels:
-        L = pd.Series(0.0, index=names)
-        L[EFFECT_TERM] = 1.0
-        if f"arm:time:{subgroup}{level}" in L.index:
-            L[f"arm:time:{subgroup}{level}"] = 1.0
-        res = _contrast(fit, L.to_numpy(), level_ci)
+    for level, L in within.items():
+        res = _contrast(fit, L, level_ci)
         rows.append({"level": level, **res,
                      "n_patients": int(long.loc[labels == level, "patient_id"].nunique()),
                      "n_observations": int((labels == level).sum())})
     effects = pd.DataFrame(rows)
-    three_way = [names.index(f"arm:time:{d}") for d in fixed.subgroup_dummies]
-    L3 = np.zeros((len(three_way), len(names)))
-    L3[np.arange(len(three_way)), three_way] = 1.0
+    # Heterogeneity: every level's effect equals the reference level's. Each row is the
+    # subgroup interaction part of that level's contrast (in the two-time-point design the
+    # arm:time:<subgroup><level> coefficients, as before).
+    reference = within[fixed.subgroup_levels[0]]
+    L3 = np.vstack([within[level] - reference for level in fixed.subgroup_levels[1:]])
     if fit.inference is not None:
         heterogeneity = fit.inference.f_test(L3)
     else:
         b = L3 @ fit.beta
         chi2 = float(b @ np.linalg.solve(L3 @ fit.cov_beta @ L3.T, b))
-        heterogeneity = {"F": chi2 / len(three_way), "num_df": float(len(three_way)),
-                         "den_df": np.inf, "p_value": float(stats.chi2.sf(chi2, len(three_way)))}
+        heterogeneity = {"F": chi2 / len(L3), "num_df": float(len(L3)),
+                         "den_df": np.inf, "p_value": float(stats.chi2.sf(chi2, len(L3)))}
 
     strata: dict[str, OutcomeModelResult] = {}
     # Within a stratum the subgroup variable is constant: it cannot also be a covariate there.

@@ -276,6 +276,8 @@ def describe_random_effects(value: Any) -> str:
         components = value.get("components") or value.get("levels")
         if components:
             return " + ".join(f"(1 | {c})" for c in components)
+        if "levels" in value and not value["levels"]:
+            return "none (least squares)"
         return "; ".join(f"{k}: {v}" for k, v in value.items())
     return "" if value is None else str(value)
 
@@ -338,6 +340,20 @@ def build_context(
             "p": fmt_p(_float(row["p_value"])),
             "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
         })
+    # Shown only with several follow-ups; with one it repeats the primary table.
+    by_followup = []
+    if len(followup_labels(config)) > 1:
+        for row in frames["effects_by_followup"].to_dict("records"):
+            by_followup.append({
+                "outcome": outcome_label(config, row["outcome"]),
+                "population": POPULATION_NAMES.get(row["population"], row["population"]),
+                "followup": ("average over follow-ups" if row["followup"] == "overall"
+                             else row["followup"]) + (" (primary)" if row["primary"] == "True"
+                                                      else ""),
+                "n": row["n_patients"], "estimate": fmt_number(_float(row["estimate"])),
+                "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
+                "p": fmt_p(_float(row["p_value"])),
+            })
     subgroups = []
     for row in frames["subgroup_estimates"].to_dict("records"):
         subgroups.append({
@@ -423,6 +439,7 @@ def build_context(
         "table1": table1, "implementation": frames["implementation"].to_dict("records"),
         "flow": frames["flow"].to_dict("records"),
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
+        "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
         "variance": variance, "models": models, "reproduction": reproduction,
         "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),

@@ -66,7 +66,7 @@ from trial_analysis import io
 from trial_analysis.allocate import allocate_arms
 from trial_analysis.eligibility import apply_eligibility
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.models import EFFECT_TERM, POPULATIONS, fit_outcome_model
+from trial_analysis.models import EFFECT_MODEL, EFFECT_TERM, POPULATIONS, fit_outcome_model
 from trial_analysis.simulate import SimulatedExtract, simulate_extract
 
 log = logging.getLogger(__name__)
@@ -410,7 +410,8 @@ def run_replicate(config: Mapping[str, Any], study: SimulationStudy, scenario: S
         if analysis is not None:
             try:
                 fit = fit_outcome_model(analysis, cfg, outcome, population).to_frame()
-                effect = fit[(fit["term"] == EFFECT_TERM) & (fit["model"] == "lmm")].iloc[0]
+                effect = fit[(fit["term"] == EFFECT_TERM)
+                             & (fit["model"] == EFFECT_MODEL)].iloc[0]
                 row |= {k: effect[k] for k in ("estimate", "std_error", "ci_low", "ci_high",
                                                "p_value", "df", "n_patients")}
                 row["status"] = "ok" if bool(effect["converged"]) else "not_converged"

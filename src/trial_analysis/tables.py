@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trial_analysis.config import followup_labels, primary_followup, time_values
 from trial_analysis.errors import DataError
 from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv
 
@@ -41,7 +42,11 @@ TIDY_COLUMNS = ESTIMATE_COLUMNS
 ESTIMATE_REQUIRED = ["term", "estimate", "ci_low", "ci_high"]
 TABLE_NAMES = [
     "table1", "primary_estimates", "subgroup_estimates", "sessions", "responders",
-    "variance_components", "reproduction",
+    "variance_components", "reproduction", "effects_by_followup",
+]
+EFFECTS_BY_FOLLOWUP_COLUMNS = [
+    "outcome", "population", "followup", "time_value", "primary", "estimate", "std_error",
+    "ci_low", "ci_high", "p_value", "df", "n_patients", "n_observations", "outcome_label",
 ]
 TABLE1_COLUMNS = [
     "population", "variable", "level", "statistic", "missing", "overall", "intervention",
@@ -155,10 +160,14 @@ def _is_effect_term(term: str) -> bool:
 def effect_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The arm x time (difference in mean change) row of a primary estimate file.
 
-    Exact term ``arm:time`` first (the contract); otherwise the first term that names both arm
-    and time in an interaction (e.g. ``arm[T.ETMI]:time[T.discharge]``).
+    The row with model ``effect`` and term ``arm:time`` (the contract: the effect at the
+    primary follow-up); then any term ``arm:time``; otherwise the first term that names both
+    arm and time in an interaction (e.g. ``arm[T.ETMI]:time[T.discharge]``).
     """
     rows = doc["estimates"]
+    for row in rows:
+        if str(row["term"]) == "arm:time" and str(row.get("model")) == "effect":
+            return dict(row)
     for row in rows:
         if str(row["term"]) == "arm:time":
             return dict(row)
@@ -571,8 +580,11 @@ def primary_estimates(
     for (outcome, population), doc in estimates["primary"].items():
         row = effect_row(doc)
         tidy = _tidy(row, outcome=outcome, population=population)
-        if tidy["model"] is None:
-            tidy["model"] = doc["model"].get("formula")
+        if tidy["model"] in (None, "effect"):
+            # Name the fitted model (lmm, lm), not the estimand's row label.
+            fitted = [str(r.get("model")) for r in doc["estimates"]
+                      if r.get("model") not in (None, "effect")]
+            tidy["model"] = fitted[0] if fitted else doc["model"].get("formula")
         rows.append({
             **tidy, "outcome_label": outcome_label(config, outcome),
             "true_value": true_effect(truth, outcome),
@@ -606,6 +618,45 @@ def subgroup_estimates(
     columns = [*TIDY_COLUMNS, "subgroup", "level", "p_heterogeneity", "outcome_label",
                "true_value"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def effects_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> pd.DataFrame:
+    """The effect at every follow-up and their average, per outcome and population.
+
+    Rows of model ``effect``: ``arm:time [<label>]`` for each follow-up and
+    ``arm:time [overall]`` (equal-weight average over follow-ups) when the study has several
+    follow-ups; otherwise the single ``arm:time`` row, under the follow-up's label.
+    ``primary`` marks the follow-up of the primary estimand; ``time_value`` is
+    ``timepoints.values`` of the follow-up (empty for ``overall``).
+    """
+    followups = followup_labels(config)
+    primary_label = primary_followup(config)
+    values = time_values(config)
+    rows = []
+    for (outcome, population), doc in estimates["primary"].items():
+        effect_rows = {str(r["term"]): r for r in doc["estimates"]
+                       if str(r.get("model")) == "effect"}
+        if len(followups) == 1:
+            wanted = [(followups[0], "arm:time")]
+        else:
+            wanted = [(label, f"arm:time [{label}]") for label in [*followups, "overall"]]
+        for label, term in wanted:
+            row = effect_rows.get(term)
+            if row is None:
+                if len(followups) == 1:
+                    row = effect_row(doc)
+                else:
+                    raise DataError(doc.get("_file", "estimate file"),
+                                    f"no effect row '{term}' (model 'effect') found",
+                                    column="term", hint="re-run the model steps")
+            rows.append({
+                **{k: row.get(k) for k in ("estimate", "std_error", "ci_low", "ci_high",
+                                           "p_value", "df", "n_patients", "n_observations")},
+                "outcome": outcome, "population": population, "followup": label,
+                "time_value": values.get(label, np.nan), "primary": label == primary_label,
+                "outcome_label": outcome_label(config, outcome),
+            })
+    return pd.DataFrame(rows, columns=EFFECTS_BY_FOLLOWUP_COLUMNS)
 
 
 def tidy_rows(doc: Mapping[str, Any] | None) -> pd.DataFrame:
@@ -824,6 +875,7 @@ def build_tables(
         "responders": tidy_rows(estimates.get("responders")),
         "variance_components": variance_components(estimates),
         "reproduction": reproduction_table(analysis, estimates, config, tables_folder, truth),
+        "effects_by_followup": effects_by_followup(estimates, config),
     }
 
 

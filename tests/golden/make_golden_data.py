@@ -10,6 +10,9 @@ are simulated with a known truth (:func:`simulate_cohort`), which the recovery t
 - ``singletons``: many therapists with a single patient.
 - ``small_subgroup``: a subgroup level with only a handful of patients.
 - ``singular``: no therapist variation at all, so that variance component is at zero.
+- ``multitime``: a randomised trial with four follow-ups (months 1, 3, 6, 12 after baseline
+  month 0), patients clustered in sites (no therapists), follow-ups missing at random; the
+  analysis-table columns of a several-follow-up study (``{outcome}__{label}``).
 """
 
 from __future__ import annotations
@@ -111,6 +114,70 @@ def simulate_cohort(
     return frame
 
 
+MULTITIME_LABELS = ("m1", "m3", "m6", "m12")
+MULTITIME_MONTHS = {"m0": 0.0, "m1": 1.0, "m3": 3.0, "m6": 6.0, "m12": 12.0}
+
+
+def simulate_multitime(n_sites: int = 16, patients_per_site: tuple[int, int] = (8, 20), *,
+                       effect_per_month: float = 0.4, sd_site: float = 2.0,
+                       sd_site_time: float = 1.0, sd_patient: float = 6.0,
+                       sd_residual: float = 5.0, missing: float = 0.15,
+                       seed: int = 21) -> pd.DataFrame:
+    """Simulate a randomised trial's analysis table with four follow-ups, clustered by site.
+
+    ``function`` at month t: ``40 + 0.05 age + 1.5 male + 1.2 sqrt(t) (recovery) +
+    effect_per_month min(t, 6) arm (+ 1 depression arm t/12) + site + site x time point +
+    patient + residual``, arm randomised 1:1 within site. Each follow-up is missing with
+    probability ``missing`` (higher for older patients: MAR). ``function_followup`` repeats
+    the last follow-up (the primary one), as the analysis table does.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(patients_per_site[0], patients_per_site[1] + 1, size=n_sites)
+    site = np.repeat(np.arange(n_sites), sizes)
+    n = len(site)
+    arm = rng.permutation(np.arange(n) % 2)
+    age = np.round(rng.normal(50, 14, n).clip(18, 90), 1)
+    sex = np.where(rng.random(n) < 0.55, "F", "M")
+    duration = np.round(rng.gamma(2.0, 15.0, n), 1)
+    depression = (rng.random(n) < 0.25).astype(int)
+    times = ["m0", *MULTITIME_LABELS]
+    site_re = rng.normal(0, sd_site, n_sites)
+    site_time_re = rng.normal(0, sd_site_time, (n_sites, len(times)))
+    patient_re = rng.normal(0, sd_patient, n)
+    common = (40 + 0.05 * age + 1.5 * (sex == "M") - 0.01 * duration + site_re[site]
+              + patient_re)
+    frame = pd.DataFrame({
+        "patient_id": [f"P{i:04d}" for i in range(n)],
+        "arm": np.where(arm == 1, "ETMI", "usual care"),
+        "arm_intervention": arm,
+        "therapist_id": np.nan,
+        "clinic_id": np.nan,
+        "site": [f"S{s:02d}" for s in site],
+        "age": age,
+        "sex": sex,
+        "symptom_duration_weeks": duration,
+        "depression": depression,
+    })
+    for k, label in enumerate(times):
+        t = MULTITIME_MONTHS[label]
+        score = (common + 1.2 * np.sqrt(t) + effect_per_month * min(t, 6.0) * arm
+                 + 1.0 * depression * arm * t / 12 + site_time_re[site, k]
+                 + rng.normal(0, sd_residual, n))
+        if k == 0:
+            frame["function_baseline"] = np.round(score, 6)
+            continue
+        p_missing = missing * np.exp(0.02 * (age - 50)) / (1 + missing * (np.exp(
+            0.02 * (age - 50)) - 1))
+        observed = rng.random(n) >= p_missing
+        frame[f"function__{label}"] = np.where(observed, np.round(score, 6), np.nan)
+    follow = [f"function__{label}" for label in MULTITIME_LABELS]
+    frame["function_followup"] = frame[follow[-1]]
+    frame["complete_function"] = (frame["function_baseline"].notna()
+                                  & frame[follow].notna().all(axis=1)).astype(int)
+    frame["complete_case"] = frame["complete_function"]
+    return frame
+
+
 def golden_designs() -> dict[str, pd.DataFrame]:
     """The committed datasets, by name."""
     rng = np.random.default_rng(7)
@@ -125,6 +192,7 @@ def golden_designs() -> dict[str, pd.DataFrame]:
                                           effect_modification=3.0, seed=14),
         "singular": simulate_cohort(30, (4, 12), sd_therapist=0.0, sd_therapist_time=0.0,
                                     sd_clinic=0.0, seed=15),
+        "multitime": simulate_multitime(),
     }
 
 
@@ -133,7 +201,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in golden_designs().items():
         frame.to_csv(out / f"{name}.csv", index=False, lineterminator="\n", float_format="%.10g")
-        print(f"{name}: {len(frame)} patients, {frame['therapist_id'].nunique()} therapists")
+        clusters = (f"{frame['therapist_id'].nunique()} therapists" if "site" not in frame
+                    else f"{frame['site'].nunique()} sites")
+        print(f"{name}: {len(frame)} patients, {clusters}")
 
 
 if __name__ == "__main__":
