@@ -71,6 +71,24 @@ STEPS: dict[str, dict[str, Any]] = {
             (("--ledger",), _path("cleaning ledger to write (Parquet)")),
         ],
     },
+    "check-data": {
+        "target": ("trial_analysis.check_data", "run_check_data"),
+        "help": "check the raw extract against the config and report every problem at once",
+        "description": (
+            "Reads: the raw tables named in config input.tables under --raw (default: config "
+            "paths.raw), with the cleaning step's own rules. Writes: a report of every problem "
+            "per file to standard output (errors, which would stop the pipeline; warnings, rows "
+            "or values cleaning would drop or set missing; notes), and the same as JSON to "
+            "--out. Exit status 2 if any problem would stop the pipeline."
+        ),
+        "args": [
+            CONFIG,
+            (("--raw",), {"type": Path, "default": None,
+                          "help": "folder of the raw extract (default: config paths.raw)"}),
+            (("--out",), {"type": Path, "default": None,
+                          "help": "also write the report as JSON to this file"}),
+        ],
+    },
     "eligibility": {
         "target": ("trial_analysis.eligibility", "run_eligibility"),
         "help": "apply the eligibility rules; write the cohort, final ledger and flow counts",
