@@ -433,8 +433,6 @@ def check_data(config: Mapping[str, Any], raw_dir: str | Path) -> DataCheck:
                 _reference(cleaner, "episode_id", patients, "episode_id")
         elif name == "outcomes":
             _clean_long_outcomes(cleaner, lenient, patients)
-        if name == "outcomes" and patients is None:
-            problems.append(_unchecked(file, name, "episode_id", "patients"))
         else:
             _clean_simple(cleaner, spec)
             if name == "sessions":
@@ -443,6 +441,8 @@ def check_data(config: Mapping[str, Any], raw_dir: str | Path) -> DataCheck:
                         _reference(cleaner, column, cleaners[target], cleaners[target].key)
                     elif (config["input"].get("tables") or {}).get(target) is not None:
                         problems.append(_unchecked(file, name, column, target))
+        if name == "outcomes" and patients is None:
+            problems.append(_unchecked(file, name, "episode_id", "patients"))
         cleaner.check_invalid_share()
         cleaners[name] = cleaner
         problems += _mapping_problems(file, name, mapping, columns)
