@@ -158,3 +158,15 @@ def test_validate_config_command_prints_every_problem(default_config: dict, tmp_
     assert "2 configuration problem(s)" in err
     assert "unknown key 'subgroup'; did you mean 'subgroups'?" in err
     assert "did you mean 'pain'?" in err
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("outcomes", 1), ("analysis", []), ("codes", "x"), ("timepoints", None),
+    ("published", {"estimates": [1, None]}), ("allocation", [1, 2]),
+])
+def test_wrong_types_are_config_errors_not_crashes(default_config: dict, key: str,
+                                                   value: object) -> None:
+    """Cross-field checks run alongside the schema's, so they must survive any shape."""
+    default_config[key] = value
+    with pytest.raises(ConfigError):
+        validate_config(default_config)

@@ -112,7 +112,9 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
     before use), so that all problems are listed in one pass.
     """
     problems: list[str] = []
-    outcomes = [o for o in config.get("outcomes") or [] if isinstance(o, Mapping)]
+    listed_outcomes = config.get("outcomes")
+    outcomes = [o for o in listed_outcomes if isinstance(o, Mapping)] if isinstance(
+        listed_outcomes, list) else []
     names = [str(o["name"]) for o in outcomes if "name" in o]
     if len(set(names)) != len(names):
         problems.append(f"outcomes: names must be unique, got {names}")
