@@ -246,8 +246,8 @@ class _TableCleaner:
 
     A structural problem raises a :class:`DataError` at once, unless ``collect`` is a list:
     then every problem is appended to it and cleaning goes on as far as it can (what
-    ``trial-analysis check-data`` does to report all problems in one pass), and with
-    ``record_events`` every fate is also kept as a :class:`FateEvent`.
+    ``trial-analysis check-data`` does to report all problems in one pass), and every fate
+    is also kept as a :class:`FateEvent` in ``fates.events``.
     """
 
     def __init__(
