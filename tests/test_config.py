@@ -85,3 +85,88 @@ def test_config_reference_in_the_docs_matches_the_schema() -> None:
     from trial_analysis.config_docs import generated_section, render_config_reference
 
     assert generated_section(REPO / "config" / "README.md") == render_config_reference()
+
+
+def test_mistyped_keys_and_values_get_close_match_suggestions(default_config: dict) -> None:
+    default_config["analysis"]["covariats"] = default_config["analysis"].pop("covariates")
+    default_config["sensitivity"]["propensity"]["weighting"] = "overlapp"
+    default_config["analysis"]["populations"] = ["complete_cases"]
+    with pytest.raises(ConfigError) as error:
+        validate_config(default_config)
+    problems = error.value.problems
+    assert "analysis: unknown key 'covariats'; did you mean 'covariates'?" in problems
+    assert ("sensitivity/propensity/weighting: 'overlapp' is not one of overlap, iptw; "
+            "did you mean 'overlap'?") in problems
+    assert any(p.startswith("analysis/populations/0: 'complete_cases'")
+               and p.endswith("did you mean 'complete_case'?") for p in problems)
+
+
+def test_schema_and_cross_field_problems_are_listed_together(default_config: dict) -> None:
+    del default_config["study"]["name"]
+    default_config["primary_outcome"] = "functon"
+    default_config["codes"]["fidelity_forbidden"].append("MANUEL")
+    with pytest.raises(ConfigError) as error:
+        validate_config(default_config)
+    problems = error.value.problems
+    assert "study: required key 'name' is missing" in problems
+    assert any(p.startswith("primary_outcome: 'functon'") and "did you mean 'function'?" in p
+               for p in problems)
+    assert any(p.startswith("codes/fidelity_forbidden: 'MANUEL'")
+               and "did you mean 'MANUAL'?" in p for p in problems)
+    assert len(problems) == 3
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["sensitivity"].update(outcomes=["pian"]),
+         "sensitivity/outcomes: 'pian' is not one of the outcomes"),
+        (lambda c: c["sensitivity"]["tipping_point"].update(outcomes=["functoin"]),
+         "did you mean 'function'?"),
+        (lambda c: c["codes"].update(etmi="ETMII"), "codes/etmi: 'ETMII'"),
+        (lambda c: c["timepoints"].update(followup="intake"), "time point labels must differ"),
+        (lambda c: c["analysis"].update(random_effects=["patient"]),
+         "analysis/random_time_effects: 'therapist' must also be in"),
+        (lambda c: c["analysis"].update(populations=["complete_case"]),
+         "sensitivity/evalue/populations: 'all_available' is not in analysis/populations"),
+        (lambda c: c["outcomes"][1].pop("mcid"), "'pain' has no mcid"),
+        (lambda c: c["published"]["directions"].update(fear_avoidence="favours_intervention"),
+         "did you mean 'fear_avoidance'?"),
+        (lambda c: c["published"].update(estimates=[
+            {"outcome": "fuction", "population": "complete_case", "estimate": 1.0}]),
+         "published/estimates/0/outcome: 'fuction'"),
+    ],
+)
+def test_cross_field_problems(default_config: dict, mutate, expected: str) -> None:
+    mutate(default_config)
+    with pytest.raises(ConfigError) as error:
+        validate_config(default_config)
+    assert expected in str(error.value)
+
+
+def test_validate_config_command_prints_every_problem(default_config: dict, tmp_path: Path,
+                                                      capsys) -> None:
+    from trial_analysis.cli import main
+
+    default_config["analysis"]["subgroup"] = default_config["analysis"].pop("subgroups")
+    default_config["primary_outcome"] = "pain_"
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(default_config), encoding="utf-8")
+    assert main(["-q", "validate-config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert "2 configuration problem(s)" in err
+    assert "unknown key 'subgroup'; did you mean 'subgroups'?" in err
+    assert "did you mean 'pain'?" in err
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("outcomes", 1), ("analysis", []), ("codes", "x"), ("timepoints", None),
+    ("published", {"estimates": [1, None]}), ("allocation", [1, 2]),
+])
+def test_wrong_types_are_config_errors_not_crashes(default_config: dict, key: str,
+                                                   value: object) -> None:
+    """Cross-field checks run alongside the schema's, so they must survive any shape."""
+    default_config[key] = value
+    with pytest.raises(ConfigError):
+        validate_config(default_config)

@@ -30,7 +30,6 @@ millions of rows is cleaned without per-row Python loops.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +42,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from trial_analysis.config import outcome_names
-from trial_analysis.errors import DataError
+from trial_analysis.errors import DataError, closest_match
 from trial_analysis.io import write_parquet
 from trial_analysis.readers import read_table
 from trial_analysis.schemas import (
@@ -89,6 +88,37 @@ def _fmt_number(values: pd.Series) -> pd.Series:
     return text
 
 
+@dataclass(frozen=True)
+class FateEvent:
+    """One cleaning decision applied to a set of rows, as :mod:`trial_analysis.check_data` lists it.
+
+    Attributes
+    ----------
+    fate : str
+        ``dropped``, ``value_set_missing`` or ``repaired``.
+    kind : str
+        What happened, in a few words (``unparsable date``, ``score out of range``).
+    column : str or None
+        Canonical column concerned; None for whole-row decisions (exact duplicates).
+    count : int
+        Rows affected.
+    rows : list of int
+        The first five rows affected (1-based raw rows).
+    examples : list of str
+        Up to three distinct ledger reasons, which quote the offending value.
+    row_level : bool
+        A drop that ``input.strict`` forbids and ``input.max_invalid_fraction`` counts.
+    """
+
+    fate: str
+    kind: str
+    column: str | None
+    count: int
+    rows: list[int]
+    examples: list[str]
+    row_level: bool = False
+
+
 class _Fates:
     """The ledger of one raw table under construction: fate, reason and counts per record."""
 
@@ -103,6 +133,17 @@ class _Fates:
         self.missing_reason = np.full(n_rows, "", dtype=object)
         self.repair_reason = np.full(n_rows, "", dtype=object)
         self.counts: Counter[tuple[str, str]] = Counter()
+        # Opt-in (check-data): a record of every decision, with example rows and reasons.
+        self.events: list[FateEvent] | None = None
+
+    def _record(self, fate: str, kind: str, column: str | None, positions: np.ndarray,
+                texts: np.ndarray, row_level: bool = False) -> None:
+        if self.events is not None:
+            examples = list(dict.fromkeys(str(t) for t in texts[:1000]))[:3]
+            rows = [int(r) for r in self.record_id[positions[:5]]]
+            self.events.append(
+                FateEvent(fate, kind, column, len(positions), rows, examples, row_level)
+            )
 
     @staticmethod
     def _texts(reasons: Reasons, positions: np.ndarray) -> np.ndarray:
@@ -110,34 +151,43 @@ class _Fates:
             return np.full(len(positions), reasons, dtype=object)
         return np.asarray(list(reasons(positions)), dtype=object)
 
-    def drop(self, mask: np.ndarray, reasons: Reasons, kind: str, row_level: bool) -> None:
+    def drop(self, mask: np.ndarray, reasons: Reasons, kind: str, row_level: bool,
+             column: str | None = None) -> None:
         """Drop the rows in ``mask`` not dropped yet; the first reason given to a row stands."""
         positions = np.flatnonzero(np.asarray(mask, dtype=bool) & ~self.dropped)
         if len(positions) == 0:
             return
         self.dropped[positions] = True
         self.row_level[positions] = row_level
-        self.drop_reason[positions] = self._texts(reasons, positions)
+        texts = self._texts(reasons, positions)
+        self.drop_reason[positions] = texts
         self.counts[("dropped", kind)] += len(positions)
+        self._record("dropped", kind, column, positions, texts, row_level)
 
     @staticmethod
     def _append(target: np.ndarray, positions: np.ndarray, texts: np.ndarray) -> None:
         current = target[positions]
         target[positions] = np.where(current == "", texts, current + "; " + texts)
 
-    def repair(self, mask: np.ndarray, reason: Reasons, kind: str) -> None:
+    def repair(self, mask: np.ndarray, reason: Reasons, kind: str,
+               column: str | None = None) -> None:
         """Record a repair of the rows in ``mask`` (the row is kept)."""
         positions = np.flatnonzero(np.asarray(mask, dtype=bool))
         if len(positions):
-            self._append(self.repair_reason, positions, self._texts(reason, positions))
+            texts = self._texts(reason, positions)
+            self._append(self.repair_reason, positions, texts)
             self.counts[("repaired", kind)] += len(positions)
+            self._record("repaired", kind, column, positions, texts)
 
-    def set_missing(self, mask: np.ndarray, reasons: Reasons, kind: str) -> None:
+    def set_missing(self, mask: np.ndarray, reasons: Reasons, kind: str,
+                    column: str | None = None) -> None:
         """Record that a value of the rows in ``mask`` was set missing."""
         positions = np.flatnonzero(np.asarray(mask, dtype=bool))
         if len(positions):
-            self._append(self.missing_reason, positions, self._texts(reasons, positions))
+            texts = self._texts(reasons, positions)
+            self._append(self.missing_reason, positions, texts)
             self.counts[("value_set_missing", kind)] += len(positions)
+            self._record("value_set_missing", kind, column, positions, texts)
 
     def frame(self) -> pd.DataFrame:
         """The ledger rows: dropped, else value_set_missing, else repaired, else kept."""
@@ -192,7 +242,13 @@ def _as_text(series: pd.Series) -> pd.Series:
 
 
 class _TableCleaner:
-    """Parse, validate and repair one raw table against its column specifications."""
+    """Parse, validate and repair one raw table against its column specifications.
+
+    A structural problem raises a :class:`DataError` at once, unless ``collect`` is a list:
+    then every problem is appended to it and cleaning goes on as far as it can (what
+    ``trial-analysis check-data`` does to report all problems in one pass), and every fate
+    is also kept as a :class:`FateEvent` in ``fates.events``.
+    """
 
     def __init__(
         self,
@@ -203,7 +259,10 @@ class _TableCleaner:
         key: str,
         mapping: Mapping[str, str],
         config: Mapping[str, Any],
+        *,
+        collect: list[DataError] | None = None,
     ):
+        self.collect = collect
         self.table = table
         self.file = file
         self.columns = list(columns)
@@ -215,11 +274,19 @@ class _TableCleaner:
         self.raw = self._map_columns(raw, mapping)
         self.n = len(self.raw)
         self.fates = _Fates(table, file, self.n)
+        if collect is not None:
+            self.fates.events = []
         self.values = pd.DataFrame(index=self.raw.index)
         # Per column: raw text where a value failed to parse, so exact-duplicate detection
         # compares what was written, not two NaNs.
         self.unparsed: dict[str, pd.Series] = {}
-        self.pending_row_drops: list[tuple[np.ndarray, Reasons, str]] = []
+        self.pending_row_drops: list[tuple[np.ndarray, Reasons, str, str]] = []
+
+    def fail(self, error: DataError) -> None:
+        """Raise ``error``, or record it and go on when collecting every problem."""
+        if self.collect is None:
+            raise error
+        self.collect.append(error)
 
     # ---- columns -------------------------------------------------------------------------
 
@@ -234,10 +301,8 @@ class _TableCleaner:
             if found is None:
                 if spec.optional_column and configured is None:
                     continue
-                close = difflib.get_close_matches(
-                    wanted, [str(c) for c in present], n=1, cutoff=0.6
-                )
-                suggestion = f"Did you mean '{close[0]}'? " if close else ""
+                close = closest_match(wanted, present)
+                suggestion = f"Did you mean '{close}'? " if close else ""
                 if configured is not None:
                     rule = (
                         f"column '{wanted}' (configured for '{spec.name}' in "
@@ -249,12 +314,13 @@ class _TableCleaner:
                         f"If the file names it differently, map it in "
                         f"input.tables.{self.table}.columns (e.g. {spec.name}: <name in file>). "
                     )
-                raise DataError(
+                self.fail(DataError(
                     self.file,
                     rule,
                     column=wanted,
                     hint=f"{suggestion}The file has columns: {', '.join(map(str, present))}",
-                )
+                ))
+                continue
             renamed[found] = spec.name
             self.file_names[spec.name] = str(found)
         self.columns = [c for c in self.columns if c.name in self.file_names]
@@ -272,7 +338,8 @@ class _TableCleaner:
     def _examples(self, text: pd.Series, mask: pd.Series | np.ndarray) -> tuple[list[int], str]:
         positions = np.flatnonzero(np.asarray(mask, dtype=bool))
         rows = [int(p) + 1 for p in positions[:5]]
-        distinct = text.iloc[positions[:1000]].astype(str).unique()[:5]
+        # At most three example values: messages may reach people who must not see records.
+        distinct = text.iloc[positions[:1000]].astype(str).unique()[:3]
         return rows, ", ".join(repr(v) for v in distinct)
 
     # ---- parsing by kind -----------------------------------------------------------------
@@ -297,7 +364,7 @@ class _TableCleaner:
                 # Unparsable dates were queued first, so they keep that more precise reason.
                 missing = self.values[spec.name].isna().to_numpy()
                 reason = f"missing {spec.name}"
-                self.pending_row_drops.append((missing, reason, reason))
+                self.pending_row_drops.append((missing, reason, reason, spec.name))
         self._check_structure()
 
     def _stripped(self, series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -311,13 +378,14 @@ class _TableCleaner:
         norm = stripped.str.upper()
         changed = (norm != text) & norm.notna()
         self.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
-                          f"whitespace or case in {spec.name}")
+                          f"whitespace or case in {spec.name}", column=spec.name)
         return norm
 
     def _parse_text(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
         text, stripped = self._stripped(series)
         changed = (stripped != text) & stripped.notna()
-        self.fates.repair(changed.to_numpy(), f"stray whitespace in {spec.name}", "text")
+        self.fates.repair(changed.to_numpy(), f"stray whitespace in {spec.name}", "text",
+                          column=spec.name)
         return stripped
 
     def _parse_code(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
@@ -328,7 +396,7 @@ class _TableCleaner:
         norm = norm.where(norm.notna(), stripped).astype("str")
         changed = (norm != text) & stripped.notna()
         self.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
-                          f"whitespace or case in {spec.name}")
+                          f"whitespace or case in {spec.name}", column=spec.name)
         return norm
 
     def _parse_codes(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
@@ -344,7 +412,7 @@ class _TableCleaner:
         norm = pd.Series(lookup[codes], index=series.index, dtype="str")  # code -1 -> last: None
         changed = (norm != text) & text.notna()
         self.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
-                          f"whitespace or case in {spec.name}")
+                          f"whitespace or case in {spec.name}", column=spec.name)
         return norm
 
     def _parse_date(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
@@ -383,6 +451,7 @@ class _TableCleaner:
                 used == number,
                 f"{spec.name} in non-first date format {formats[number]}",
                 "date in another configured format",
+                column=spec.name,
             )
         if bad.any():
             self.unparsed[spec.name] = stripped
@@ -392,6 +461,7 @@ class _TableCleaner:
                     lambda pos, s=stripped, n=spec.name: f"{n} '" + s.iloc[pos].astype(str)
                     + "' is not a date in a configured format",
                     "unparsable date",
+                    spec.name,
                 )
             )
         return parsed
@@ -401,12 +471,12 @@ class _TableCleaner:
         present = int(text.notna().sum())
         if present and bad.sum() > MOSTLY * present:
             rows, shown = self._examples(text, bad)
-            raise self.error(
+            self.fail(self.error(
                 f"{int(bad.sum())} of {present} values are {rule}; e.g. {shown}",
                 column=spec.name,
                 rows=rows,
                 hint=hint,
-            )
+            ))
 
     def _parse_number(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
         if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
@@ -429,12 +499,14 @@ class _TableCleaner:
                 rows, shown = self._examples(stripped, bad)
                 rule = "values must be 0 or 1" if spec.kind == FLAG else (
                     "session counts must be whole numbers of 0 or more")
-                raise self.error(f"{rule}; found {shown}", column=spec.name, rows=rows)
+                self.fail(self.error(f"{rule}; found {shown}", column=spec.name, rows=rows))
+                return number
             self.fates.set_missing(
                 bad,
                 lambda pos, s=stripped, n=spec.name: f"{n} '" + s.iloc[pos].astype(str)
                 + "' is not a number",
                 f"{spec.name} not a number",
+                column=spec.name,
             )
         if spec.kind == INTEGER:
             fractional = (number.notna() & (number != np.floor(number))).to_numpy()
@@ -443,6 +515,7 @@ class _TableCleaner:
                 lambda pos, v=number, n=spec.name: f"{n} " + _fmt_number(v.iloc[pos])
                 + " is not a whole number",
                 f"{spec.name} not a whole number",
+                column=spec.name,
             )
             number = number.where(~fractional)
         return number
@@ -454,25 +527,40 @@ class _TableCleaner:
         try:
             schema.validate(self.values, lazy=True)
         except pa.errors.SchemaErrors as errors:
-            raise self._translate(errors.failure_cases) from None
+            for error in self._translate(errors.failure_cases):
+                self.fail(error)
 
-    def _translate(self, failures: pd.DataFrame) -> DataError:
-        """One readable error for the first failing column of a pandera report."""
+    def _translate(self, failures: pd.DataFrame) -> list[DataError]:
+        """One readable error per failing column of a pandera report, in column order."""
         failures = failures[failures["column"].notna()]
         order = {c.name: i for i, c in enumerate(self.columns)}
-        first_column = min(failures["column"], key=lambda c: order.get(c, len(order)))
-        cases = failures[failures["column"] == first_column]
-        rows = sorted(int(i) + 1 for i in cases["index"].dropna().unique())
-        values = list(dict.fromkeys(_fmt_value(v) for v in cases["failure_case"]))
-        shown = ", ".join(repr(v) for v in values[:5])
-        kind = next((c.kind for c in self.columns if c.name == first_column), None)
-        return self.error(
-            f"{cases['check'].iloc[0]}; found {shown}",
-            column=str(first_column),
-            rows=rows,
-            hint="If the code is valid, add it to the config (codes, outcomes or timepoints)"
-            if kind in (CODE, CODES) else None,
-        )
+        errors = []
+        for column in sorted(failures["column"].unique(), key=lambda c: order.get(c, len(order))):
+            cases = failures[failures["column"] == column]
+            rows = sorted(int(i) + 1 for i in cases["index"].dropna().unique())
+            values = list(dict.fromkeys(_fmt_value(v) for v in cases["failure_case"]))
+            shown = ", ".join(repr(v) for v in values[:3])
+            spec = next((c for c in self.columns if c.name == column), None)
+            hint = None
+            if spec is not None and spec.kind in (CODE, CODES):
+                hint = self._code_suggestions(spec, values) + (
+                    "If the code is valid, add it to the config (codes, outcomes or timepoints)")
+            errors.append(self.error(
+                f"{cases['check'].iloc[0]}; found {shown}", column=str(column), rows=rows,
+                hint=hint,
+            ))
+        return errors
+
+    def _code_suggestions(self, spec: ColumnSpec, values: Sequence[str]) -> str:
+        """``"'Dischrage' may be 'discharge'. "`` for unknown codes close to an allowed one."""
+        allowed = spec.allowed or ()
+        unknown: list[str] = []
+        for value in values:
+            parts = value.split(self.separator) if spec.kind == CODES else [value]
+            unknown += [p for p in parts if p and p not in allowed and p not in unknown]
+        pairs = [(u, closest_match(u, allowed)) for u in unknown]
+        shown = [f"'{u}' may be '{m}'" for u, m in pairs if m is not None][:3]
+        return "; ".join(shown) + ". " if shown else ""
 
     # ---- rows ----------------------------------------------------------------------------
 
@@ -499,12 +587,18 @@ class _TableCleaner:
         )
 
     def apply_row_drops(self) -> None:
-        for mask, reasons, kind in self.pending_row_drops:
-            self.fates.drop(mask, reasons, kind, row_level=True)
+        for mask, reasons, kind, column in self.pending_row_drops:
+            self.fates.drop(mask, reasons, kind, row_level=True, column=column)
         self.pending_row_drops = []
+
+    def has(self, *columns: str) -> bool:
+        """Whether every column was found (only a collecting cleaner goes on without one)."""
+        return all(c in self.values.columns for c in columns)
 
     def check_key_conflicts(self, key_columns: Sequence[str], what: str) -> None:
         """Rows left with the same key must be identical: anything else is a structural error."""
+        if not self.has(*key_columns):
+            return
         alive = ~self.fates.dropped & self.values[list(key_columns)].notna().all(axis=1).to_numpy()
         keyed = self.values.loc[alive, list(key_columns)]
         clash = keyed.duplicated(keep=False)
@@ -514,17 +608,19 @@ class _TableCleaner:
             same = (keyed[clash] == first_key).all(axis=1).to_numpy()
             example_rows = [int(p) + 1 for p in positions[same]]
             shown = ", ".join(f"{c}={first_key[c]!r}" for c in key_columns)
-            raise self.error(
+            self.fail(self.error(
                 f"the same {what} on rows with different content ({shown} on rows "
                 f"{', '.join(map(str, example_rows[:5]))})",
                 column=key_columns[0],
                 rows=[int(p) + 1 for p in positions],
                 hint="Keep one version of each record and rerun",
-            )
+            ))
 
     def check_references(self, column: str, target: str, kept: pd.Index, known: pd.Index,
                          file_column: str) -> None:
         """Drop rows whose ``column`` is not a kept key of table ``target``."""
+        if not self.has(column):
+            return
         values = self.values[column]
         alive = ~self.fates.dropped & values.notna().to_numpy()
         unknown = alive & ~values.isin(kept).to_numpy()
@@ -537,6 +633,7 @@ class _TableCleaner:
             + f"' refers to a row dropped from the {target} table",
             f"{column} of a dropped {target} row",
             row_level=True,
+            column=column,
         )
         self.fates.drop(
             unknown & ~was_dropped,
@@ -544,11 +641,14 @@ class _TableCleaner:
             + f"' not in the {target} table",
             f"{column} not in the {target} table",
             row_level=True,
+            column=column,
         )
 
     def set_out_of_range(self, column: str, low: pd.Series | float, high: pd.Series | float,
                          label: str) -> None:
         """Values outside ``[low, high]`` become missing with a reason; never clipped."""
+        if not self.has(column):
+            return
         values = self.values[column]
         outside = (values.notna() & ((values < low) | (values > high))).to_numpy()
         if not outside.any():
@@ -560,6 +660,7 @@ class _TableCleaner:
             lambda pos: f"{label} " + _fmt_number(values.iloc[pos]) + " outside "
             + _fmt_number(low_s.iloc[pos]) + "-" + _fmt_number(high_s.iloc[pos]),
             f"{label} out of range",
+            column=column,
         )
         self.values[column] = values.where(~outside)
 
@@ -573,22 +674,23 @@ class _TableCleaner:
         reasons = Counter(self.fates.drop_reason[bad])
         first_reason = self.fates.drop_reason[bad][0]
         if self.input_cfg.get("strict", False):
-            raise self.error(
+            self.fail(self.error(
                 f"{first_reason} ({count} such row(s))",
                 rows=rows,
                 hint="input.strict is true, so rows are not dropped; fix the rows or set "
                 "input.strict: false to drop them with a ledger entry",
-            )
+            ))
+            return
         limit = float(self.input_cfg.get("max_invalid_fraction", 0.05))
         if count > limit * self.n:
             common = "; ".join(f"{r} ({k}x)" for r, k in reasons.most_common(3))
-            raise self.error(
+            self.fail(self.error(
                 f"{count} of {self.n} rows ({100 * count / self.n:.1f}%) would be dropped as "
                 f"invalid, more than input.max_invalid_fraction ({100 * limit:g}%): the file is "
                 f"probably malformed",
                 rows=rows,
                 hint=f"Most common reasons: {common}",
-            )
+            ))
 
     def kept_values(self) -> pd.DataFrame:
         """Rows not dropped, with output dtypes and ``record_id``."""
@@ -668,21 +770,27 @@ def _clean_simple(cleaner: _TableCleaner, spec: TableSpec) -> None:
 
 
 def _reference(cleaner: _TableCleaner, column: str, target: _TableCleaner, target_key: str) -> None:
+    if not target.has(target_key):
+        return
     kept = pd.Index(target.values.loc[~target.fates.dropped, target_key].dropna().unique())
     known = pd.Index(target.values[target_key].dropna().unique())
     cleaner.check_references(column, target.table, kept, known, target.file)
 
 
 def _clean_long_outcomes(
-    cleaner: _TableCleaner, config: Mapping[str, Any], patients: _TableCleaner
+    cleaner: _TableCleaner, config: Mapping[str, Any], patients: _TableCleaner | None
 ) -> None:
     cleaner.parse()
     cleaner.drop_exact_duplicates()
     cleaner.apply_row_drops()
     cleaner.check_key_conflicts(["outcome_id"], "outcome_id")
     # Rows of unknown episodes go first: their repeated scores are not the study's data.
-    _reference(cleaner, "episode_id", patients, "episode_id")
+    # (No patients cleaner only when check-data could not read the patients table.)
+    if patients is not None:
+        _reference(cleaner, "episode_id", patients, "episode_id")
     _drop_repeated_assessments(cleaner)
+    if not cleaner.has("instrument", "score"):
+        return
     ranges = score_ranges(config)
     instrument = cleaner.values["instrument"]
     low = instrument.map({k: v[0] for k, v in ranges.items()}).astype(float)
@@ -693,6 +801,8 @@ def _clean_long_outcomes(
 def _drop_repeated_assessments(cleaner: _TableCleaner) -> None:
     """The same assessment twice: an error if the scores differ, else later copies dropped."""
     key = ["episode_id", "instrument", "timepoint"]
+    if not cleaner.has(*key, "score"):
+        return
     values = cleaner.values
     alive = ~cleaner.fates.dropped & values[key].notna().all(axis=1).to_numpy()
     repeated_alive = values.loc[alive, key].duplicated(keep=False).to_numpy()
@@ -706,12 +816,13 @@ def _drop_repeated_assessments(cleaner: _TableCleaner) -> None:
         conflict = positions[(distinct > 1).to_numpy()]
         first = values.iloc[conflict[0]]
         shown = ", ".join(f"{k}={first[k]!r}" for k in key)
-        raise cleaner.error(
+        cleaner.fail(cleaner.error(
             f"the same (episode_id, instrument, timepoint) with different scores ({shown})",
             column="score",
             rows=[int(p) + 1 for p in conflict],
             hint="Keep one score per episode, instrument and time point",
-        )
+        ))
+        return
     labels = pd.Series(subset.index.to_numpy(), index=subset.index)
     first_row = labels.groupby([subset[k] for k in key], sort=False).transform("first")
     later = subset.index.to_numpy() != first_row.to_numpy()
@@ -725,6 +836,7 @@ def _drop_repeated_assessments(cleaner: _TableCleaner) -> None:
         + pd.Series(first_record[pos]).astype(str),
         "repeated assessment",
         row_level=False,
+        column="score",
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trial_analysis import __version__
-from trial_analysis.errors import TrialAnalysisError
+from trial_analysis.errors import ConfigError, TrialAnalysisError
 
 log = logging.getLogger("trial_analysis")
 
@@ -69,6 +69,28 @@ STEPS: dict[str, dict[str, Any]] = {
             (("--raw",), _path("folder of the raw extract")),
             (("--out",), _path("folder for the cleaned tables (Parquet)")),
             (("--ledger",), _path("cleaning ledger to write (Parquet)")),
+        ],
+    },
+    "check-data": {
+        "target": ("trial_analysis.check_data", "run_check_data"),
+        "help": "check the raw extract against the config and report every problem at once",
+        "description": (
+            "Reads: the raw tables named in config input.tables under --raw (default: config "
+            "paths.raw), with the cleaning step's own rules. Writes: a report of every problem "
+            "per file to standard output (errors, which would stop the pipeline; warnings, rows "
+            "or values cleaning would drop or set missing; notes), and the same as JSON to "
+            "--out. Exit status 2 if any problem would stop the pipeline."
+        ),
+        "args": [
+            # `trial-analysis check-data CONFIG`, like validate-config; --config also works.
+            (("config_file",), {"type": Path, "nargs": "?", "default": None,
+                                "metavar": "CONFIG", "help": "study configuration (YAML)"}),
+            (("--config",), {"type": Path, "default": None,
+                             "help": "study configuration (YAML), instead of CONFIG"}),
+            (("--raw",), {"type": Path, "default": None,
+                          "help": "folder of the raw extract (default: config paths.raw)"}),
+            (("--out",), {"type": Path, "default": None,
+                          "help": "also write the report as JSON to this file"}),
         ],
     },
     "eligibility": {
@@ -314,7 +336,10 @@ def _run_step(args: argparse.Namespace) -> int:
     kwargs = {
         k: v for k, v in vars(args).items() if k not in {"command", "target", "quiet", "handler"}
     }
-    kwargs["config"] = load_config(kwargs["config"])
+    given = kwargs.pop("config_file", None) or kwargs["config"]
+    if given is None:
+        raise ConfigError(args.command, ["give the study configuration: CONFIG or --config"])
+    kwargs["config"] = load_config(given)
     module_name, function_name = args.target
     function: Callable[..., Any] = getattr(importlib.import_module(module_name), function_name)
     function(**kwargs)

@@ -7,8 +7,10 @@ problem at once, in plain words, rather than stopping at the first.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from trial_analysis.errors import ConfigError
+from trial_analysis.errors import ConfigError, closest_match
 
 SCHEMA_FILE = "schema.yaml"
 
@@ -67,35 +69,102 @@ def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, 
             _fill_defaults(item, schema["items"], root)
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: jsonschema.ValidationError) -> list[str]:
+    """The schema error in plain words; a mistyped key or value gets its closest match."""
     where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-    return f"{where}: {error.message}"
+    if (error.validator == "additionalProperties" and error.validator_value is False
+            and isinstance(error.instance, dict)):
+        known = list(error.schema.get("properties", {}))
+        patterns = list(error.schema.get("patternProperties", {}))
+        extra = [k for k in error.instance
+                 if k not in known and not any(re.search(p, str(k)) for p in patterns)]
+        lines = []
+        for key in extra:
+            match = closest_match(key, known)
+            lines.append(f"{where}: unknown key '{key}'; " + (
+                f"did you mean '{match}'?" if match else f"known keys: {', '.join(known)}"))
+        if lines:
+            return lines
+    if error.validator == "enum" and isinstance(error.validator_value, list):
+        options = [str(v) for v in error.validator_value]
+        match = closest_match(error.instance, options) if isinstance(error.instance, str) else None
+        return [f"{where}: {error.instance!r} is not one of {', '.join(options)}"
+                + (f"; did you mean '{match}'?" if match else "")]
+    if error.validator == "required":
+        missing = re.fullmatch(r"'(.+)' is a required property", error.message)
+        if missing:
+            return [f"{where}: required key '{missing.group(1)}' is missing"]
+    return [f"{where}: {error.message}"]
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _not_among(key: str, value: str, known: list[str], what: str) -> str:
+    match = closest_match(value, known)
+    return (f"{key}: '{value}' is not {what} ({', '.join(known)})"
+            + (f"; did you mean '{match}'?" if match else ""))
 
 
 def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
-    """Checks a JSON schema cannot express: cross-references between keys."""
+    """Checks a JSON schema cannot express: cross-references between keys.
+
+    Written to run on a config that also breaks the schema (every value is type-checked
+    before use), so that all problems are listed in one pass.
+    """
     problems: list[str] = []
-    names = [o["name"] for o in config.get("outcomes", [])]
+    listed_outcomes = config.get("outcomes")
+    outcomes = [o for o in listed_outcomes if isinstance(o, Mapping)] if isinstance(
+        listed_outcomes, list) else []
+    names = [str(o["name"]) for o in outcomes if "name" in o]
     if len(set(names)) != len(names):
         problems.append(f"outcomes: names must be unique, got {names}")
-    if config.get("primary_outcome") not in names:
-        problems.append(
-            f"primary_outcome: '{config.get('primary_outcome')}' is not one of the outcomes {names}"
-        )
-    for key, listed in (
-        ("complete_case/outcomes", config.get("complete_case", {}).get("outcomes", [])),
-        (
-            "analysis/responders/outcomes",
-            config.get("analysis", {}).get("responders", {}).get("outcomes", []),
-        ),
-    ):
-        for name in listed:
-            if name not in names:
-                problems.append(f"{key}: '{name}' is not one of the outcomes {names}")
-    for outcome in config.get("outcomes", []):
-        if outcome.get("min", 0) >= outcome.get("max", 1):
+    primary = config.get("primary_outcome")
+    if isinstance(primary, str) and primary not in names:
+        problems.append(_not_among("primary_outcome", primary, names, "one of the outcomes"))
+    analysis = _mapping(config.get("analysis"))
+    sensitivity = _mapping(config.get("sensitivity"))
+    published = _mapping(config.get("published"))
+    listed = [
+        ("complete_case/outcomes", _strings(_mapping(config.get("complete_case")).get("outcomes"))),
+        ("analysis/responders/outcomes",
+         _strings(_mapping(analysis.get("responders")).get("outcomes"))),
+        ("sensitivity/outcomes", _strings(sensitivity.get("outcomes"))),
+        ("sensitivity/tipping_point/outcomes",
+         _strings(_mapping(sensitivity.get("tipping_point")).get("outcomes"))),
+    ]
+    estimates = published.get("estimates")
+    for i, estimate in enumerate(estimates if isinstance(estimates, list) else []):
+        listed.append((f"published/estimates/{i}/outcome",
+                       _strings([_mapping(estimate).get("outcome")])))
+    for key, values in listed:
+        problems += [_not_among(key, v, names, "one of the outcomes")
+                     for v in values if v not in names]
+    for name in _strings(list(_mapping(published.get("directions")))):
+        if name not in [*names, "sessions"]:
+            problems.append(_not_among("published/directions", name, [*names, "sessions"],
+                                       "an outcome or sessions"))
+    by_name = {str(o.get("name")): o for o in outcomes}
+    for name in _strings(_mapping(analysis.get("responders")).get("outcomes")):
+        if name in by_name and "mcid" not in by_name[name]:
+            problems.append(f"analysis/responders/outcomes: '{name}' has no mcid in outcomes "
+                            "(a responder improves by at least the MCID)")
+    for outcome in outcomes:
+        low, high = outcome.get("min", 0), outcome.get("max", 1)
+        if isinstance(low, int | float) and isinstance(high, int | float) and low >= high:
             problems.append(f"outcomes/{outcome.get('name')}: min must be below max")
-    elig = config.get("eligibility", {})
+    timepoints = _mapping(config.get("timepoints"))
+    labels = [timepoints[k] for k in ("baseline", "followup")
+              if isinstance(timepoints.get(k), str)]
+    labels += _strings(timepoints.get("followups"))
+    if len(set(labels)) != len(labels):
+        problems.append(f"timepoints: the time point labels must differ, got {labels}")
+    elig = _mapping(config.get("eligibility"))
     dates = {}
     for key in ("window_start", "window_end"):
         if key in elig:
@@ -105,12 +174,40 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                 problems.append(f"eligibility/{key}: '{elig[key]}' is not a date (YYYY-MM-DD)")
     if len(dates) == 2 and dates["window_start"] > dates["window_end"]:
         problems.append("eligibility: window_start is after window_end")
-    problems += _study_structure_problems(config)
-    alloc = config.get("allocation", {})
+    # These checks read a schema-shaped config; a config of another shape has its schema
+    # problems listed already, and these follow once the shape is right.
+    with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
+        problems += _study_structure_problems(config)
+    alloc = _mapping(config.get("allocation"))
     if alloc.get("rule") == "column" and not alloc.get("column"):
         problems.append("allocation/column: required when allocation/rule is 'column'")
-    if alloc.get("intervention") == alloc.get("control"):
+    if "intervention" in alloc and alloc.get("intervention") == alloc.get("control"):
         problems.append("allocation: intervention and control labels must differ")
+    codes = _mapping(config.get("codes"))
+    treatments = [t.strip().upper() for t in _strings(codes.get("treatments"))]
+    if treatments:
+        etmi = codes.get("etmi", "ETMI")
+        rule = alloc.get("rule", "etmi_code_by_trained_therapist")
+        if rule == "etmi_code_by_trained_therapist" and isinstance(etmi, str) and (
+                etmi.strip().upper() not in treatments):
+            problems.append(_not_among("codes/etmi", etmi, treatments, "one of codes/treatments"))
+        for code in _strings(codes.get("fidelity_forbidden")):
+            if code.strip().upper() not in treatments:
+                problems.append(_not_among("codes/fidelity_forbidden", code, treatments,
+                                           "one of codes/treatments"))
+    levels = _strings(analysis.get("random_effects", ["therapist", "patient"]))
+    for level in _strings(analysis.get("random_time_effects")):
+        if level not in levels:
+            problems.append(f"analysis/random_time_effects: '{level}' must also be in "
+                            f"analysis/random_effects {levels}")
+    populations = _strings(analysis.get("populations", ["complete_case", "all_available"]))
+    if "evalue" in _strings(sensitivity.get("analyses")):
+        for population in _strings(_mapping(sensitivity.get("evalue")).get("populations")):
+            if population not in populations:
+                problems.append(
+                    f"sensitivity/evalue/populations: '{population}' is not in "
+                    f"analysis/populations {populations}, so its primary estimates are never "
+                    "fitted")
     return problems
 
 
@@ -126,9 +223,9 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     validator = jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
     )
-    problems = [_describe(e) for e in sorted(validator.iter_errors(config), key=str)]
-    if not problems:
-        problems = _semantic_problems(config)
+    described = [line for e in validator.iter_errors(config) for line in _describe(e)]
+    problems = sorted(dict.fromkeys(described))
+    problems += [p for p in _semantic_problems(config) if p not in problems]
     if problems:
         raise ConfigError(source, problems)
     return config
@@ -297,9 +394,10 @@ def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:
     for key in ("covariates", "subgroups"):
         for name in analysis.get(key, []):
             if name not in variables and name not in ("n_sessions",):
-                problems.append(f"analysis/{key}: '{name}' is not a patient variable; declare "
-                                "it in input/tables/patients/variables (known: "
-                                f"{', '.join(variables)})")
+                problems.append(_not_among(
+                    f"analysis/{key}", name, list(variables),
+                    "a built-in patient variable or one declared in "
+                    "input/tables/patients/variables"))
     sensitivity = config.get("sensitivity") or {}
     analyses = sensitivity.get("analyses", [])
     if not therapist_tables:

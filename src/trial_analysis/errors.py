@@ -8,6 +8,8 @@ that was broken, so the user can find and fix the record.
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Iterable, Sequence
 
 
@@ -26,6 +28,45 @@ class ConfigError(TrialAnalysisError):
         lines = [f"{source}: {len(self.problems)} configuration problem(s):"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
+
+
+def _normalised(word: object) -> str:
+    # Case, spaces, underscores and dots are how the same name most often differs between a
+    # config and a spreadsheet header ("patient_id" vs "PatientID", "Dischrage " vs "discharge").
+    return re.sub(r"[\W_]+", "", str(word).casefold())
+
+
+def closest_match(word: object, candidates: Iterable[object], cutoff: float = 0.6) -> str | None:
+    """The candidate a mistyped ``word`` most probably meant, or None if none is close.
+
+    A candidate equal to ``word`` once case, spaces, underscores and punctuation are ignored
+    wins outright; otherwise the closest by :func:`difflib.get_close_matches` on the
+    case-folded spellings, if at least ``cutoff`` similar.
+
+    Examples
+    --------
+    >>> closest_match("patient_id", ["PatientID", "BirthDate"])
+    'PatientID'
+    >>> closest_match("Dischrage", ["intake", "discharge"])
+    'discharge'
+    """
+    spellings = list(dict.fromkeys(str(c) for c in candidates))
+    target = _normalised(word)
+    if target:
+        for candidate in spellings:
+            if _normalised(candidate) == target:
+                return candidate
+    folded: dict[str, str] = {}
+    for candidate in spellings:
+        folded.setdefault(candidate.casefold(), candidate)
+    close = difflib.get_close_matches(str(word).casefold(), list(folded), n=1, cutoff=cutoff)
+    return folded[close[0]] if close else None
+
+
+def did_you_mean(word: object, candidates: Iterable[object]) -> str:
+    """``"did you mean 'x'?"`` for the closest candidate, or an empty string if none is close."""
+    match = closest_match(word, candidates)
+    return f"did you mean '{match}'?" if match is not None else ""
 
 
 def _format_rows(rows: Iterable[object], limit: int = 5) -> str:

@@ -152,9 +152,10 @@ def _patient_columns(config: Mapping[str, Any]) -> list[ColumnSpec]:
     """The patients table's columns: what the eligibility rules and the analysis need.
 
     ``referral_date`` and ``birth_date`` are required (rows without them are dropped) when an
-    eligibility rule needs them; ``patient_id`` may be absent (one episode per patient: it is
-    then the episode id); ``age`` may be given directly instead of a birth date. Built-in
-    covariates must be present when the analysis uses them and are optional otherwise;
+    eligibility rule needs them; ``patient_id`` may be absent when ``first_episode_only`` is
+    off (one episode per patient: it is then the episode id); ``age`` may be given directly
+    instead of a birth date. Built-in covariates must be present when the analysis uses them
+    and are optional otherwise;
     variables declared in ``input.tables.patients.variables`` must be present.
     """
     elig = config.get("eligibility", {})
@@ -167,7 +168,9 @@ def _patient_columns(config: Mapping[str, Any]) -> list[ColumnSpec]:
     needs_referral = window or bool(elig.get("first_episode_only", True)) or derive_age
     columns = [
         ColumnSpec("episode_id", ID, required=True),
-        ColumnSpec("patient_id", ID, required=True, optional_column=True),
+        # Without the first-episode rule an episode is a patient: the id may then be absent.
+        ColumnSpec("patient_id", ID, required=True,
+                   optional_column=not elig.get("first_episode_only", True)),
         ColumnSpec("referral_date", DATE, required=needs_referral,
                    optional_column=not needs_referral),
         ColumnSpec("birth_date", DATE, required=derive_age, optional_column=not derive_age),
