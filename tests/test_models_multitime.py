@@ -386,6 +386,7 @@ def _trial_config_file(tmp_path: Path, **analysis) -> Path:
     raw["input"]["tables"]["patients"]["variables"] = {"site": "category"}
     raw["input"]["tables"]["therapists"] = raw["input"]["tables"]["sessions"] = None
     raw["allocation"].update(rule="column", column="arm")
+    del raw["sensitivity"]  # its therapist analyses need the tables this study lacks
     raw["analysis"].update(covariates=["age", "sex"], subgroups=[], **analysis)
     path = tmp_path / "trial.yaml"
     path.write_text(yaml.safe_dump(raw))
