@@ -155,6 +155,12 @@ def test_multisite_long_report_and_flow(multisite_long):
     html = (workdir / config["paths"]["reports"] / "report.html").read_text()
     assert "programme" in html and "P00001" not in html
     assert "adjusted for the baseline score (ANCOVA)" in html
+    assert "Difference between groups in mean score at 12m adjusted for the baseline score" in html
+    # The difference between sexes is that of the two within-level effects at 12 months.
+    subgroups = pd.read_csv(workdir / config["paths"]["reports"] / "tables"
+                            / "subgroup_estimates.csv")
+    koos = subgroups[subgroups["outcome"] == "koos"].set_index("level")["estimate"]
+    assert koos["heterogeneity"] == pytest.approx(koos["M"] - koos["F"], rel=1e-6)
     flow = _flow(workdir, config)
     reasons = flow.dropna(subset=["reason"]).set_index("reason")["n_excluded"].to_dict()
     assert reasons["referral outside study window"] == 1

@@ -168,8 +168,14 @@ def test_subgroup_model(cohort, config):
     assert set(result.stratified) == {"0", "1"}
     frame = result.to_frame()
     assert list(frame.columns) == TIDY_COLUMNS
-    assert {"subgroup_interaction", "subgroup_contrast", "subgroup_heterogeneity",
-            "stratified"} == set(frame["model"])
+    assert {"subgroup_interaction", "subgroup_contrast", "subgroup_difference",
+            "subgroup_heterogeneity", "stratified"} == set(frame["model"])
+    # Two time points: the difference between levels is the three-way coefficient itself.
+    difference = frame[frame["model"] == "subgroup_difference"].iloc[0]
+    assert difference["term"] == "arm:time [depression: 1 - 0]"
+    assert difference["estimate"] == pytest.approx(fe["arm:time:depression1"], rel=1e-10)
+    three_way = result.interaction.fixed_effects.set_index("term").loc["arm:time:depression1"]
+    assert difference["std_error"] == pytest.approx(three_way["std_error"], rel=1e-10)
     assert "Heterogeneity" in result.summary()
 
 

@@ -262,7 +262,12 @@ def test_subgroup_effect_at_the_primary_follow_up(trial, base_config):
     assert set(result.stratified) == {"0", "1"}
     rows = result.to_frame()
     assert set(rows["model"]) == {"subgroup_interaction", "subgroup_contrast",
-                                  "subgroup_heterogeneity", "stratified"}
+                                  "subgroup_difference", "subgroup_heterogeneity", "stratified"}
+    difference = rows[rows["model"] == "subgroup_difference"].iloc[0]
+    assert difference["estimate"] == pytest.approx(effects["1"] - effects["0"], rel=1e-9)
+    # One difference: its squared t is the heterogeneity F.
+    t = difference["estimate"] / difference["std_error"]
+    assert t**2 == pytest.approx(result.heterogeneity["F"], rel=1e-8)
 
 
 def test_subgroup_without_random_effects(cohort, base_config):
@@ -432,3 +437,18 @@ def test_report_names_a_model_without_random_effects(cohort, base_config):
     cfg["analysis"].update(baseline="covariate", random_effects=[], random_time_effects=[])
     result = fit_outcome_model(cohort, cfg, "function", "complete_case")
     assert describe_random_effects(result.random_effects) == "none (least squares)"
+
+
+def test_subgroup_difference_is_taken_at_the_primary_follow_up(trial, base_config):
+    """With several follow-ups the difference between levels is that of the within-level
+    effects at the primary follow-up, not a three-way coefficient (which compares times)."""
+    from trial_analysis.tables import interaction_row
+
+    cfg = study(base_config, random_effects=["site", "patient"], random_time_effects=[],
+                subgroups=["depression"])
+    result = fit_subgroup_model(trial, cfg, "function", "depression", stratified=False)
+    effects = result.subgroup_effects.set_index("level")["estimate"]
+    frame = result.to_frame()
+    row = interaction_row({"estimates": frame.to_dict("records")}, "depression")
+    assert row["model"] == "subgroup_difference"
+    assert row["estimate"] == pytest.approx(effects["1"] - effects["0"], rel=1e-9)

@@ -1248,15 +1248,19 @@ class SubgroupModelResult:
     subgroup_effects: pd.DataFrame
     heterogeneity: dict[str, float]
     stratified: dict[str, OutcomeModelResult]
+    level_differences: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy rows: interaction-model fixed effects, within-level effects, heterogeneity,
-        stratified effects. ``population`` carries the population the models were fitted in."""
+        """Tidy rows: interaction-model fixed effects, within-level effects, differences
+        between levels, heterogeneity, stratified effects. ``population`` carries the
+        population the models were fitted in."""
         base = self.interaction
         rows = [base._tidy(base.fixed_effects, "subgroup_interaction")]
         within = self.subgroup_effects.copy()
         within["term"] = [f"arm:time [{self.subgroup}={lv}]" for lv in within["level"]]
         rows.append(base._tidy(within.drop(columns="level"), "subgroup_contrast"))
+        if not self.level_differences.empty:
+            rows.append(base._tidy(self.level_differences, "subgroup_difference"))
         het = pd.DataFrame([{
             "term": f"heterogeneity F [{self.subgroup}]", "estimate": self.heterogeneity["F"],
             "std_error": np.nan, "ci_low": np.nan, "ci_high": np.nan,
@@ -1342,6 +1346,16 @@ def fit_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: 
                      "n_patients": int(long.loc[labels == level, "patient_id"].nunique()),
                      "n_observations": int((labels == level).sum())})
     effects = pd.DataFrame(rows)
+    # Each level's effect minus the reference level's, at the primary follow-up: the
+    # difference between levels the report shows (in the two-time-point design it is the
+    # arm:time:<subgroup><level> coefficient itself).
+    reference_level = fixed.subgroup_levels[0]
+    differences = []
+    for level in fixed.subgroup_levels[1:]:
+        res = _contrast(fit, within[level] - within[reference_level], level_ci)
+        differences.append({"term": f"arm:time [{subgroup}: {level} - {reference_level}]",
+                            **res, "n_patients": int(long["patient_id"].nunique()),
+                            "n_observations": len(long)})
     # Heterogeneity: every level's effect equals the reference level's. Each row is the
     # subgroup interaction part of that level's contrast (in the two-time-point design the
     # arm:time:<subgroup><level> coefficients, as before).
@@ -1369,7 +1383,8 @@ def fit_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: 
             result.warnings.append(f"stratified fit for {subgroup}={level} not possible: {exc}")
     return SubgroupModelResult(outcome=outcome, population=population, subgroup=subgroup,
                                interaction=result, subgroup_effects=effects,
-                               heterogeneity=heterogeneity, stratified=strata)
+                               heterogeneity=heterogeneity, stratified=strata,
+                               level_differences=pd.DataFrame(differences))
 
 
 # ---------------------------------------------------------------------------------------------

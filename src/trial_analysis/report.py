@@ -451,6 +451,16 @@ def build_context(
             "several": len(followup_labels(config)) > 1,
             "continuous": config["analysis"].get("time") == "continuous",
             "ancova": config["analysis"].get("baseline") == "covariate",
+            "estimand": (
+                f"mean score at {primary_followup(config)} adjusted for the baseline score"
+                if config["analysis"].get("baseline") == "covariate" else
+                "mean change from baseline to " + (
+                    primary_followup(config) if len(followup_labels(config)) > 1
+                    else "follow-up")),
+            "estimand_each": (
+                "mean score at each follow-up adjusted for the baseline score"
+                if config["analysis"].get("baseline") == "covariate" else
+                "mean change from baseline to each follow-up"),
         },
         "figure_captions": FIGURE_CAPTIONS,
         "provenance": {

@@ -203,7 +203,8 @@ def _is_level_term(row: Mapping[str, Any]) -> bool:
     """An arm x time effect within one subgroup level (``arm:time [depression=1]``)."""
     term = str(row["term"])
     marked = any(mark in term for mark in ("=", "|", "[")) or row.get("level") not in (None, "")
-    return marked and _is_effect_term(term) and not _is_heterogeneity_term(term)
+    difference = str(row.get("model", "")) == "subgroup_difference"
+    return marked and _is_effect_term(term) and not _is_heterogeneity_term(term) and not difference
 
 
 def heterogeneity_row(doc: Mapping[str, Any], subgroup: str | None = None) -> dict[str, Any] | None:
@@ -223,7 +224,16 @@ def heterogeneity_row(doc: Mapping[str, Any], subgroup: str | None = None) -> di
 
 
 def interaction_row(doc: Mapping[str, Any], subgroup: str) -> dict[str, Any] | None:
-    """The arm x time x subgroup coefficient (difference in effect between two levels)."""
+    """The difference in effect between two levels.
+
+    The model's ``subgroup_difference`` row (the difference of the within-level effects at
+    the primary follow-up) when there is exactly one; else the single arm x time x subgroup
+    coefficient, which is that difference in the two-time-point design.
+    """
+    differences = [r for r in doc["estimates"]
+                   if str(r.get("model", "")) == "subgroup_difference"]
+    if differences:
+        return dict(differences[0]) if len(differences) == 1 else None
     rows = [r for r in doc["estimates"] if str(r["term"]).count(":") >= 2
             and subgroup in str(r["term"]) and not _is_level_term(r)
             and not _is_heterogeneity_term(str(r["term"]))]
