@@ -50,13 +50,16 @@ def _snakemake(workdir: Path, cores: int, *extra: str) -> tuple[float, float, fl
 
 
 def read_benchmarks(workdir: Path) -> dict[str, dict[str, float]]:
-    """Per rule: total seconds over its jobs, largest max_rss (MiB) of any job, job count."""
+    """Per rule (per analysis for ``sensitivity``): total seconds over its jobs, largest
+    max_rss (MiB) of any job, job count."""
     rules: dict[str, dict[str, float]] = {}
     for tsv in sorted((workdir / "logs" / "benchmarks").glob("*.tsv")):
         with tsv.open() as handle:
             row = next(csv.DictReader(handle, delimiter="\t"))
         rule = tsv.stem.split(".")[0]
-        entry = rules.setdefault(rule, {"s": 0.0, "max_rss_mib": 0.0, "jobs": 0})
+        # sensitivity analyses differ in kind, so each is listed on its own
+        key = tsv.stem if rule == "sensitivity" else rule
+        entry = rules.setdefault(key, {"s": 0.0, "max_rss_mib": 0.0, "jobs": 0})
         entry["s"] += float(row["s"])
         rss = float(row["max_rss"]) if row.get("max_rss", "NA") not in ("NA", "") else 0.0
         entry["max_rss_mib"] = max(entry["max_rss_mib"], rss)
