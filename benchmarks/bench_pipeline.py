@@ -102,9 +102,9 @@ def main() -> None:
         print(f"patients {r['n_patients']}: simulate {r['simulate_s']:.1f} s; "
               f"clean -> report {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU; "
               f"peak RSS of any one process {r['peak_rss_mib']:.0f} MiB  ({r['workdir']})")
-        print(f"  {'rule':<26} {'jobs':>4} {'seconds':>9} {'max RSS MiB':>12}")
+        print(f"  {'rule':<36} {'jobs':>4} {'seconds':>9} {'max RSS MiB':>12}")
         for rule, entry in sorted(r["rules"].items(), key=lambda item: -item[1]["s"]):
-            print(f"  {rule:<26} {entry['jobs']:>4.0f} {entry['s']:>9.1f} "
+            print(f"  {rule:<36} {entry['jobs']:>4.0f} {entry['s']:>9.1f} "
                   f"{entry['max_rss_mib']:>12.0f}")
 
 
