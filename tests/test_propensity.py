@@ -12,7 +12,9 @@ from sensitivity_simulation import simulate_cohort, study_config
 
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.propensity import (
+    LOVE_PLOT_MAX_ROWS,
     balance_table,
+    clinic_indicators,
     effective_sample_size,
     fit_propensity,
     logistic_ridge,
@@ -136,6 +138,59 @@ def test_separation_keeps_the_fit_finite() -> None:
     assert model.converged
     assert np.isfinite(model.score).all()
     assert model.score[frame["clinic_id"] == "C00"].max() < 0.01
+
+
+def _dense_clinic_fit(frame: pd.DataFrame, config: dict) -> np.ndarray:
+    """The propensity model with clinic dummies as dense standardised columns (reference)."""
+    without = {**config, "sensitivity": {**config["sensitivity"],
+                                         "propensity": {"clinic_fixed_effects": False}}}
+    design = fit_propensity(frame, without).design
+    clinics = pd.get_dummies(frame["clinic_id"], dtype=float).iloc[:, 1:]
+    clinics.columns = [f"clinic_{c}" for c in clinics.columns]
+    design = pd.concat([design, clinics], axis=1)
+    standardised = (design - design.mean()) / design.std(ddof=0)
+    X = np.column_stack([np.ones(len(design)), standardised.to_numpy()])
+    beta, converged, _ = logistic_ridge(X, frame["arm_intervention"].to_numpy(float), 0.001)
+    assert converged
+    return beta
+
+
+def test_sparse_clinic_effects_match_dense_dummies() -> None:
+    # Many small clinics: the sparse Schur-complement Newton step must give the very
+    # estimates of the dense standardised design.
+    frame, _ = simulate_cohort(n_patients=1500, seed=11, n_clinics=40)
+    config = study_config(propensity={"ridge": 0.001})
+    model = fit_propensity(frame, config)
+    assert model.clinics is not None
+    assert len(model.clinics.names) == frame["clinic_id"].nunique() - 1 > 20
+    assert "clinic_C01" not in model.design.columns
+    reference = _dense_clinic_fit(frame, config)
+    assert model.coefficients["estimate_per_sd"].to_numpy() == pytest.approx(reference,
+                                                                             rel=1e-8, abs=1e-10)
+
+
+def test_clinic_balance_rows_match_dense_dummies(confounded: pd.DataFrame) -> None:
+    treated = confounded["arm_intervention"]
+    weights = pd.Series(np.linspace(0.1, 1.0, len(confounded)), index=confounded.index)
+    clinics = clinic_indicators(confounded)
+    sparse = balance_table(pd.DataFrame(index=confounded.index), treated, weights,
+                           clinics=clinics)
+    dummies = pd.get_dummies(confounded["clinic_id"], dtype=float).iloc[:, 1:]
+    dummies.columns = [f"clinic_{c}" for c in dummies.columns]
+    dense = balance_table(dummies, treated, weights)
+    assert sparse["covariate"].tolist() == dense["covariate"].tolist()
+    numeric = ["mean_intervention", "mean_control", "smd_unweighted", "smd_weighted"]
+    assert sparse[numeric].to_numpy() == pytest.approx(dense[numeric].to_numpy(), abs=1e-12)
+
+
+def test_love_plot_shows_the_largest_imbalances_of_many(tmp_path: Path) -> None:
+    n = LOVE_PLOT_MAX_ROWS + 40
+    balance = pd.DataFrame({"covariate": [f"clinic_{i:03d}" for i in range(n)],
+                            "smd_unweighted": np.linspace(0, 0.5, n),
+                            "smd_weighted": np.zeros(n)})
+    svg = love_plot(balance, tmp_path)[1].read_text()
+    assert f"{LOVE_PLOT_MAX_ROWS} of {n} covariates" in svg
+    assert f"clinic_{n - 1:03d}" in svg and "clinic_000" not in svg
 
 
 def test_love_plot_is_byte_identical_between_runs(confounded: pd.DataFrame,

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
 
 from trial_analysis.config import outcome_names
 from trial_analysis.errors import DataError, closest_match
@@ -189,10 +191,12 @@ class _Fates:
             self.counts[("value_set_missing", kind)] += len(positions)
             self._record("value_set_missing", kind, column, positions, texts)
 
+    def _fate_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.missing_reason != "", self.repair_reason != ""
+
     def frame(self) -> pd.DataFrame:
         """The ledger rows: dropped, else value_set_missing, else repaired, else kept."""
-        has_missing = self.missing_reason != ""
-        has_repair = self.repair_reason != ""
+        has_missing, has_repair = self._fate_masks()
         fate = np.select(
             [self.dropped, has_missing, has_repair],
             ["dropped", "value_set_missing", "repaired"],
@@ -217,7 +221,14 @@ class _Fates:
         )
 
     def log_counts(self) -> None:
-        fates = Counter(self.frame()["fate"])
+        # The fates of frame(), counted from the masks: building the ledger again for a log
+        # line would cost as much as the ledger itself.
+        has_missing, has_repair = self._fate_masks()
+        missing = has_missing & ~self.dropped
+        repaired = has_repair & ~has_missing & ~self.dropped
+        fates = {"dropped": int(self.dropped.sum()), "value_set_missing": int(missing.sum()),
+                 "repaired": int(repaired.sum())}
+        fates["kept"] = self.n - sum(fates.values())
         log.info(
             "clean %s: %d raw rows: %s",
             self.table,
@@ -233,6 +244,20 @@ def _fmt_value(value: object) -> str:
     if isinstance(value, float | np.floating) and float(value).is_integer():
         return str(int(value))
     return str(value)
+
+
+def _isin(values: pd.Series, keys: pd.Index) -> np.ndarray:
+    """``values.isin(keys)`` for text, through Arrow; missing values are never in ``keys``.
+
+    pandas' own ``isin`` on Arrow-backed text turns every key into a Python object first,
+    which dominates cleaning a registry extract with a million episode ids.
+    """
+    found = pc.is_in(
+        pyarrow.array(values.array, from_pandas=True).cast(pyarrow.large_string()),
+        value_set=pyarrow.array(keys.array, from_pandas=True).cast(pyarrow.large_string()),
+        skip_nulls=True,
+    )
+    return found.to_numpy(zero_copy_only=False).astype(bool)
 
 
 def _as_text(series: pd.Series) -> pd.Series:
@@ -623,10 +648,10 @@ class _TableCleaner:
             return
         values = self.values[column]
         alive = ~self.fates.dropped & values.notna().to_numpy()
-        unknown = alive & ~values.isin(kept).to_numpy()
+        unknown = alive & ~_isin(values, kept)
         if not unknown.any():
             return
-        was_dropped = values.isin(known).to_numpy()
+        was_dropped = _isin(values, known)
         self.fates.drop(
             unknown & was_dropped,
             lambda pos: f"{column} '" + values.iloc[pos].astype(str)

@@ -47,7 +47,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import matplotlib
 import numpy as np
@@ -99,12 +99,13 @@ def _draw_fitted(
     xtx = xtx + np.diag(np.maximum(np.diag(xtx), 1.0) * _RIDGE)
     inverse = np.linalg.inv(xtx)
     beta_hat = inverse @ (X_obs.T @ y_obs)
-    residual = y_obs - X_obs @ beta_hat
+    fitted_obs = X_obs @ beta_hat
+    residual = y_obs - fitted_obs
     df = max(len(y_obs) - X_obs.shape[1], 1)
     sigma = math.sqrt(float(residual @ residual) / rng.chisquare(df))
     chol = np.linalg.cholesky((inverse + inverse.T) / 2)
     beta_star = beta_hat + sigma * chol @ rng.standard_normal(len(beta_hat))
-    return X_obs @ beta_hat, X_mis @ beta_star
+    return fitted_obs, X_mis @ beta_star
 
 
 def match_donors(
@@ -121,11 +122,13 @@ def match_donors(
     ranked = fitted_obs[order]
     width = min(2 * d, n_obs)
     start = np.clip(np.searchsorted(ranked, fitted_mis) - d, 0, n_obs - width)
-    window = start[:, None] + np.arange(width)[None, :]
-    distance = np.abs(ranked[window] - fitted_mis[:, None])
+    # Row i of the window is ranked[start[i]:start[i] + width]: a strided view gathers whole
+    # contiguous rows instead of n_missing x width scattered elements.
+    windows = np.lib.stride_tricks.sliding_window_view(ranked, width)
+    distance = np.abs(windows[start] - fitted_mis[:, None])
     nearest = np.argsort(distance, axis=1, kind="stable")[:, :d]
     pick = nearest[np.arange(len(fitted_mis)), rng.integers(0, d, len(fitted_mis))]
-    return order[window[np.arange(len(fitted_mis)), pick]]
+    return order[start + pick]
 
 
 def _impute_group(
@@ -139,16 +142,58 @@ def _impute_group(
     for j in columns:
         observed = data[~missing[:, j], j]
         data[missing[:, j], j] = rng.choice(observed, int(missing[:, j].sum()))
-    intercept = np.ones((len(data), 1))
+    # One matrix [1, predictors, variables] kept current; the model of variable j uses every
+    # column but its own, in that order. Rows are taken per variable's observed and missing
+    # sets directly (no full-size copy of the design per step).
+    n_fixed = 1 + predictors.shape[1]
+    design = np.empty((len(data), n_fixed + data.shape[1]))
+    design[:, 0] = 1.0
+    design[:, 1:n_fixed] = predictors
+    design[:, n_fixed:] = data
+    observed_rows = {j: np.flatnonzero(~missing[:, j]) for j in columns}
+    missing_rows = {j: np.flatnonzero(missing[:, j]) for j in columns}
     for _ in range(iterations):
         for j in columns:
-            others = np.delete(data, j, axis=1)
-            X = np.column_stack([intercept, predictors, others])
-            obs, mis = ~missing[:, j], missing[:, j]
-            fitted_obs, fitted_mis = _draw_fitted(X[obs], data[obs, j], X[mis], rng)
+            model_columns = np.delete(np.arange(design.shape[1]), n_fixed + j)
+            obs, mis = observed_rows[j], missing_rows[j]
+            X_obs = design[np.ix_(obs, model_columns)]
+            X_mis = design[np.ix_(mis, model_columns)]
+            fitted_obs, fitted_mis = _draw_fitted(X_obs, data[obs, j], X_mis, rng)
             donor = match_donors(fitted_obs, fitted_mis, donors, rng)
             data[mis, j] = data[obs, j][donor]
+            design[mis, n_fixed + j] = data[mis, j]
     return pd.DataFrame(data, index=values.index, columns=values.columns)
+
+
+class CompletedDatasets(Sequence[pd.DataFrame]):
+    """The ``m`` completed tables, each built when it is asked for.
+
+    Only the imputed columns of each replicate are stored: ``m`` full copies of a registry's
+    analysis table would not fit in memory, and each analysis needs one table at a time.
+    """
+
+    def __init__(self, frame: pd.DataFrame, columns: Sequence[str],
+                 imputed: Sequence[np.ndarray]):
+        self._frame = frame
+        self._columns = list(columns)
+        self._imputed = list(imputed)
+
+    def __len__(self) -> int:
+        return len(self._imputed)
+
+    @overload
+    def __getitem__(self, index: int) -> pd.DataFrame: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[pd.DataFrame]: ...
+
+    def __getitem__(self, index: int | slice) -> pd.DataFrame | list[pd.DataFrame]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        completed = self._frame.copy()
+        completed[self._columns] = pd.DataFrame(self._imputed[index], index=self._frame.index,
+                                                columns=self._columns)
+        return completed
 
 
 @dataclass
@@ -157,15 +202,16 @@ class Imputations:
 
     Attributes
     ----------
-    datasets : list of DataFrame
-        Completed tables (all columns of the input; imputed columns filled).
+    datasets : sequence of DataFrame
+        Completed tables (all columns of the input; imputed columns filled), built one at a
+        time on access (:class:`CompletedDatasets`).
     missing : DataFrame
         True where a value of an imputed column was missing (and so imputed).
     columns : list of str
         The imputed columns.
     """
 
-    datasets: list[pd.DataFrame]
+    datasets: Sequence[pd.DataFrame]
     missing: pd.DataFrame
     columns: list[str]
     excluded: int = 0
@@ -216,19 +262,19 @@ def impute_chained(
             raise DataError(source, "a variable to impute has no observed value in an arm, so "
                             "nothing can be imputed from", column=empty[0])
     rng = np.random.default_rng(int(config.get("seed", 0)))
-    datasets = []
+    group_inputs = []
+    for mask in groups:
+        predictors = fixed.loc[mask]
+        varying = predictors.columns[predictors.nunique() > 1]
+        group_inputs.append((values.loc[mask], predictors[varying].to_numpy(float)))
+    imputed = []
     for _ in range(m):
-        parts = []
-        for mask in groups:
-            predictors = fixed.loc[mask]
-            varying = predictors.columns[predictors.nunique() > 1]
-            parts.append(_impute_group(values.loc[mask], predictors[varying].to_numpy(float),
-                                       int(options["iterations"]), int(options["donors"]), rng))
-        completed = frame.copy()
-        completed[impute] = pd.concat(parts).loc[frame.index]
-        datasets.append(completed)
-    return Imputations(datasets=datasets, missing=values.isna(), columns=impute,
-                       excluded=int((~keep).sum()))
+        parts = [_impute_group(group_values, predictors, int(options["iterations"]),
+                               int(options["donors"]), rng)
+                 for group_values, predictors in group_inputs]
+        imputed.append(pd.concat(parts).loc[frame.index].to_numpy())
+    return Imputations(datasets=CompletedDatasets(frame, impute, imputed),
+                       missing=values.isna(), columns=impute, excluded=int((~keep).sum()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,14 @@ Propensity model
     keeps the fit finite under (quasi-)separation, e.g. a clinic where no one got ETMI; its pull
     on an ordinary fit is negligible (information per coefficient is of order n).
 
+    Clinic dummies are never stored as a dense matrix: a large extract has thousands of
+    clinics, and n x clinics floats would not fit in memory. They are carried as one integer
+    code per patient (:class:`ClinicIndicators`) and enter Newton's method through the block
+    structure of the Hessian (a diagonal clinic block, eliminated by its Schur complement).
+    Newton's method is invariant under affine reparametrisation, so fitting the dummies
+    scaled but uncentred and moving their centring into the intercept gives the same iterates
+    as the standardised dense design.
+
 Weights (``weighting``)
     * ``overlap`` (default; Li, Morgan & Zaslavsky 2018): treated ``1 - e``, control ``e``.
       Target: the patients for whom either treatment is plausible (ATO). They are bounded, need
@@ -64,6 +72,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -92,6 +101,8 @@ from trial_analysis.sensitivity import (
 OPTIONAL_COVARIATES = ("bmi", "ses_score")
 # Propensities this close to 0 or 1 mark patients for whom one arm was practically impossible.
 EXTREME_PROPENSITY = 0.01
+# A Love plot taller than this many rows is unreadable (and beyond what Agg can render).
+LOVE_PLOT_MAX_ROWS = 60
 _MAX_ITER = 200
 _TOLERANCE = 1e-10
 
@@ -123,13 +134,46 @@ def therapist_terms(frame: pd.DataFrame, terms: Sequence[str]) -> pd.DataFrame:
     return out
 
 
+@dataclass
+class ClinicIndicators:
+    """Clinic dummies of the propensity model, one integer code per patient.
+
+    Attributes
+    ----------
+    codes : Series of int
+        Per patient (index of the frame): the position in ``names`` of the patient's clinic
+        dummy, or -1 for the reference clinic (every dummy 0).
+    names : list of str
+        Dummy column names ``clinic_{level}``, levels in sorted order, the first left out.
+    """
+
+    codes: pd.Series
+    names: list[str]
+
+    def subset(self, index: pd.Index) -> ClinicIndicators:
+        """The same dummies for the patients of ``index``."""
+        return ClinicIndicators(self.codes.loc[index], list(self.names))
+
+
+def clinic_indicators(
+    frame: pd.DataFrame, source: str = "analysis table"
+) -> ClinicIndicators:
+    """Clinic fixed-effect dummies of ``frame``: missing clinic is a level of its own."""
+    require_columns(frame, [CLINIC], source, "clinic fixed effects")
+    clinics = frame[CLINIC].astype("string").fillna("(missing)")
+    codes, levels = pd.factorize(clinics, sort=True)
+    names = [f"clinic_{level}" for level in levels[1:]]
+    return ClinicIndicators(pd.Series(codes - 1, index=frame.index), names)
+
+
 def propensity_covariates(
     frame: pd.DataFrame, config: Mapping[str, Any], source: str = "analysis table"
 ) -> pd.DataFrame:
     """The propensity model's covariates, encoded, *before* missing-value handling.
 
     Returns numeric columns (NaN where missing) indexed like ``frame``: patient covariates,
-    outcome baselines, therapist terms, clinic dummies.
+    outcome baselines, therapist terms. Clinic dummies (``clinic_fixed_effects``) come from
+    :func:`clinic_indicators`.
     """
     options = settings(config, "propensity")
     # BMI and SES enter "if present": a study's extract may simply not record them.
@@ -143,14 +187,7 @@ def propensity_covariates(
         # A text covariate's missing values form their own level so no patient is dropped.
         if not pd.api.types.is_numeric_dtype(frame[column]) and frame[column].isna().any():
             encoded[f"{column}_missing"] = frame[column].isna().astype(float)
-    parts = [encoded, therapist_terms(frame, options["therapist_terms"])]
-    if options["clinic_fixed_effects"]:
-        require_columns(frame, [CLINIC], source, "clinic fixed effects")
-        clinics = frame[CLINIC].astype("string").fillna("(missing)")
-        levels = sorted(clinics.unique())
-        parts.append(pd.DataFrame({f"clinic_{level}": (clinics == level).astype(float)
-                                   for level in levels[1:]}, index=frame.index))
-    return pd.concat(parts, axis=1)
+    return pd.concat([encoded, therapist_terms(frame, options["therapist_terms"])], axis=1)
 
 
 def with_missing_indicators(covariates: pd.DataFrame) -> pd.DataFrame:
@@ -177,9 +214,13 @@ class PropensityModel:
     coefficients : DataFrame
         ``term, estimate`` on the standardised-column scale (per SD of each column).
     design : DataFrame
-        The model columns after missing-value handling (constant columns removed).
+        The model columns after missing-value handling (constant columns removed), except the
+        clinic dummies.
     covariates : DataFrame
         The same columns with missing values kept (used for balance).
+    clinics : ClinicIndicators or None
+        The clinic dummies of the model (constant ones removed); None without clinic fixed
+        effects.
     """
 
     score: pd.Series
@@ -189,16 +230,56 @@ class PropensityModel:
     converged: bool
     iterations: int
     warnings: list[str] = field(default_factory=list)
+    clinics: ClinicIndicators | None = None
+
+
+def _linear_predictor(
+    X: np.ndarray, beta: np.ndarray, indicators: tuple[np.ndarray, np.ndarray] | None
+) -> np.ndarray:
+    """``X @ beta`` plus the indicator columns' contribution (see :func:`logistic_ridge`)."""
+    k = X.shape[1]
+    eta = X @ beta[:k]
+    if indicators is not None:
+        codes, scale = indicators
+        has = codes >= 0
+        eta[has] += (beta[k:] / scale)[codes[has]]
+    return eta
 
 
 def logistic_ridge(
-    X: np.ndarray, t: np.ndarray, ridge: float
+    X: np.ndarray, t: np.ndarray, ridge: float,
+    indicators: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, bool, int]:
     """Penalised logistic regression by Newton-Raphson; the intercept (column 0) is unpenalised.
 
     Minimises ``-loglik + ridge / 2 * ||beta[1:]||^2``.
+
+    Parameters
+    ----------
+    X : ndarray
+        Dense design, intercept first.
+    t : ndarray
+        0/1 response.
+    ridge : float
+        Penalty on every coefficient but the intercept.
+    indicators : (codes, scale), optional
+        Further columns given sparsely: column ``j`` is ``(codes == j) / scale[j]`` (``codes``
+        -1: every such column 0). Their coefficients follow those of ``X`` in ``beta``. The
+        Hessian's indicator block is then diagonal and is eliminated by its Schur complement,
+        so thousands of indicators cost no n x thousands matrix.
     """
-    n, k = X.shape
+    n, k_dense = X.shape
+    if indicators is None:
+        n_indicators = 0
+    else:
+        codes, scale = indicators
+        n_indicators = len(scale)
+        has = codes >= 0
+        rows, columns = np.flatnonzero(has), codes[has]
+        # Indicator-by-patient incidence, for the cross block X' V D in one sparse product.
+        incidence = sp.csr_matrix((np.ones(len(rows)), (columns, rows)),
+                                  shape=(n_indicators, n))
+    k = k_dense + n_indicators
     penalty = np.full(k, ridge)
     penalty[0] = 0.0
     beta = np.zeros(k)
@@ -206,15 +287,19 @@ def logistic_ridge(
     beta[0] = math.log(share / (1 - share))
     objective = math.inf
     for iteration in range(1, _MAX_ITER + 1):
-        eta = X @ beta
+        eta = _linear_predictor(X, beta, indicators)
         p = 1 / (1 + np.exp(-eta))
-        gradient = X.T @ (t - p) - penalty * beta
-        hessian = (X.T * (p * (1 - p))) @ X + np.diag(penalty)
-        step = np.linalg.solve(hessian, gradient)
+        if n_indicators == 0:
+            gradient = X.T @ (t - p) - penalty * beta
+            hessian = (X.T * (p * (1 - p))) @ X + np.diag(penalty)
+            step = np.linalg.solve(hessian, gradient)
+        else:
+            step = _block_newton_step(X, t - p, p * (1 - p), beta, penalty, rows, columns,
+                                      scale, incidence)
         # Step halving keeps Newton monotone when separation makes the curvature tiny.
         for _ in range(30):
             candidate = beta + step
-            eta_c = X @ candidate
+            eta_c = _linear_predictor(X, candidate, indicators)
             new_objective = float(np.sum(np.logaddexp(0, eta_c)) - t @ eta_c
                                   + 0.5 * np.sum(penalty * candidate**2))
             if new_objective <= objective + 1e-12:
@@ -226,6 +311,46 @@ def logistic_ridge(
         if converged:
             return beta, True, iteration
     return beta, False, _MAX_ITER
+
+
+def _block_newton_step(
+    X: np.ndarray, residual: np.ndarray, curvature: np.ndarray, beta: np.ndarray,
+    penalty: np.ndarray, rows: np.ndarray, columns: np.ndarray, scale: np.ndarray,
+    incidence: sp.csr_matrix,
+) -> np.ndarray:
+    """Newton step for dense columns plus indicator columns (see :func:`logistic_ridge`).
+
+    The Hessian is ``[[A, B], [B', C]]`` with ``C`` diagonal (each patient has at most one
+    indicator); eliminating ``C`` leaves a system the size of the dense design.
+    """
+    k_dense = X.shape[1]
+    n_indicators = len(scale)
+    gradient_dense = X.T @ residual - penalty[:k_dense] * beta[:k_dense]
+    gradient_indicators = (np.bincount(columns, weights=residual[rows], minlength=n_indicators)
+                           / scale - penalty[k_dense:] * beta[k_dense:])
+    A = (X.T * curvature) @ X + np.diag(penalty[:k_dense])
+    B = np.asarray(incidence @ (X * curvature[:, None])) / scale[:, None]  # indicators x dense
+    C = (np.bincount(columns, weights=curvature[rows], minlength=n_indicators) / scale**2
+         + penalty[k_dense:])
+    schur = A - B.T @ (B / C[:, None])
+    step_dense = np.linalg.solve(schur, gradient_dense - B.T @ (gradient_indicators / C))
+    step_indicators = (gradient_indicators - B @ step_dense) / C
+    return np.concatenate([step_dense, step_indicators])
+
+
+def _nonconstant_clinics(clinics: ClinicIndicators) -> tuple[ClinicIndicators, list[str]]:
+    """Drop clinic dummies that are constant in this sample (no patient, or every patient)."""
+    codes = clinics.codes.to_numpy()
+    counts = np.bincount(codes[codes >= 0], minlength=len(clinics.names))
+    keep = (counts > 0) & (counts < len(codes))
+    position = np.cumsum(keep) - 1
+    kept_codes = np.full(len(codes), -1)
+    member = codes >= 0
+    member[member] = keep[codes[member]]
+    kept_codes[member] = position[codes[member]]
+    names = [name for name, kept in zip(clinics.names, keep, strict=True) if kept]
+    dropped = [name for name, kept in zip(clinics.names, keep, strict=True) if not kept]
+    return ClinicIndicators(pd.Series(kept_codes, index=clinics.codes.index), names), dropped
 
 
 def fit_propensity(
@@ -256,8 +381,23 @@ def fit_propensity(
     standardised = (design - design.mean()) / sd
     X = np.column_stack([np.ones(len(design)), standardised.to_numpy(dtype=float)])
     t = frame[ARM].to_numpy(dtype=float)
-    beta, converged, iterations = logistic_ridge(X, t, float(options["ridge"]))
-    score = pd.Series(1 / (1 + np.exp(-(X @ beta))), index=frame.index, name="propensity")
+    clinics, indicators = None, None
+    if options["clinic_fixed_effects"]:
+        clinics, constant_clinics = _nonconstant_clinics(
+            clinic_indicators(base, source).subset(frame.index))
+        constant += constant_clinics
+        codes = clinics.codes.to_numpy()
+        share = np.bincount(codes[codes >= 0], minlength=len(clinics.names)) / len(codes)
+        clinic_sd = np.sqrt(share * (1 - share))
+        # Dummies enter scaled but uncentred; their centring moves into the intercept below.
+        indicators = (codes, clinic_sd)
+    beta, converged, iterations = logistic_ridge(X, t, float(options["ridge"]), indicators)
+    score = pd.Series(1 / (1 + np.exp(-_linear_predictor(X, beta, indicators))),
+                      index=frame.index, name="propensity")
+    per_sd = beta.copy()
+    if indicators is not None:
+        # back to standardised (centred) dummies: the intercept absorbs -mean/sd * beta
+        per_sd[0] += float(np.sum(share / clinic_sd * beta[X.shape[1]:]))
     warnings = [] if converged else [f"propensity model did not converge in {_MAX_ITER} "
                                      "Newton steps"]
     if constant:
@@ -268,11 +408,11 @@ def fit_propensity(
     if absent:
         warnings.append(f"not in the analysis table, left out of the propensity model: "
                         f"{absent}")
-    coefficients = pd.DataFrame({"term": ["(Intercept)", *design.columns],
-                                 "estimate_per_sd": beta})
+    terms = ["(Intercept)", *design.columns, *(clinics.names if clinics else [])]
+    coefficients = pd.DataFrame({"term": terms, "estimate_per_sd": per_sd})
     return PropensityModel(score=score, coefficients=coefficients, design=design,
                            covariates=covariates, converged=converged, iterations=iterations,
-                           warnings=warnings)
+                           warnings=warnings, clinics=clinics)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,29 +462,61 @@ def standardised_difference(x: np.ndarray, t: np.ndarray, w: np.ndarray) -> floa
     return (mean1 - mean0) / pooled
 
 
+def _indicator_balance(
+    clinics: ClinicIndicators, t: np.ndarray, w: np.ndarray, threshold: float
+) -> list[dict[str, Any]]:
+    """Balance rows of the clinic dummies, from their codes (the same formulas as for dense
+    columns: a dummy's mean is its share, its variance share * (1 - share))."""
+    codes = clinics.codes.to_numpy()
+    n_clinics = len(clinics.names)
+
+    def shares(arm: int, weights: np.ndarray) -> np.ndarray:
+        in_arm = t == arm
+        total = weights[in_arm].sum()
+        if total <= 0:
+            return np.full(n_clinics, math.nan)
+        member = in_arm & (codes >= 0)
+        return np.bincount(codes[member], weights=weights[member], minlength=n_clinics) / total
+
+    ones = np.ones_like(w)
+    mean1, mean0 = shares(1, ones), shares(0, ones)
+    weighted1, weighted0 = shares(1, w), shares(0, w)
+    pooled = np.sqrt((mean1 * (1 - mean1) + mean0 * (1 - mean0)) / 2)
+    rows = []
+    for j, name in enumerate(clinics.names):
+        smd = []
+        for treated_mean, control_mean in ((mean1[j], mean0[j]), (weighted1[j], weighted0[j])):
+            if not pooled[j] > 0:
+                smd.append(0.0 if treated_mean == control_mean else math.nan)
+            else:
+                smd.append(float((treated_mean - control_mean) / pooled[j]))
+        rows.append({
+            "covariate": name, "mean_intervention": float(mean1[j]),
+            "mean_control": float(mean0[j]), "smd_unweighted": smd[0], "smd_weighted": smd[1],
+            "imbalanced_unweighted": bool(abs(smd[0]) > threshold),
+            "imbalanced_weighted": bool(abs(smd[1]) > threshold),
+        })
+    return rows
+
+
 def balance_table(
-    covariates: pd.DataFrame, treated: pd.Series, weights: pd.Series, threshold: float = 0.1
+    covariates: pd.DataFrame, treated: pd.Series, weights: pd.Series, threshold: float = 0.1,
+    clinics: ClinicIndicators | None = None,
 ) -> pd.DataFrame:
     """SMD before and after weighting for every covariate, with the threshold flagged.
 
     Numeric columns with missing values are compared on patients with the value present, and
-    their ``_missing`` indicator is listed as a covariate of its own.
+    their ``_missing`` indicator is listed as a covariate of its own. ``clinics`` (the model's
+    clinic dummies, row order of ``covariates``) are listed after the covariates, before the
+    missing indicators.
     """
     t = treated.to_numpy(dtype=float)
     w = weights.to_numpy(dtype=float)
-    rows = []
-    columns = list(covariates.columns)
-    for column in covariates.columns:
-        if covariates[column].isna().any() and f"{column}_missing" not in columns:
-            columns.append(f"{column}_missing")
-    for column in columns:
-        if column in covariates.columns:
-            x = covariates[column].to_numpy(dtype=float)
-        else:
-            x = covariates[column.removesuffix("_missing")].isna().to_numpy(dtype=float)
+
+    def row(column: str, x: np.ndarray) -> dict[str, Any]:
         before = standardised_difference(x, t, np.ones_like(w))
         after = standardised_difference(x, t, w)
-        rows.append({
+        return {
             "covariate": column,
             "mean_intervention": _weighted_moments(x[t == 1], np.ones(int((t == 1).sum())))[0],
             "mean_control": _weighted_moments(x[t == 0], np.ones(int((t == 0).sum())))[0],
@@ -352,7 +524,16 @@ def balance_table(
             "smd_weighted": after,
             "imbalanced_unweighted": bool(abs(before) > threshold),
             "imbalanced_weighted": bool(abs(after) > threshold),
-        })
+        }
+
+    rows = [row(column, covariates[column].to_numpy(dtype=float))
+            for column in covariates.columns]
+    if clinics is not None:
+        rows += _indicator_balance(clinics, t, w, threshold)
+    for column in covariates.columns:
+        if covariates[column].isna().any() and f"{column}_missing" not in covariates.columns:
+            rows.append(row(f"{column}_missing",
+                            covariates[column].isna().to_numpy(dtype=float)))
     return pd.DataFrame(rows)
 
 
@@ -404,9 +585,20 @@ def love_plot(
 ) -> list[Path]:
     """Dot plot of |SMD| before and after weighting; writes ``name.png`` and ``name.svg``.
 
-    Deterministic: fixed SVG hash salt, no dates or software metadata in either file.
+    With more than :data:`LOVE_PLOT_MAX_ROWS` covariates (thousands of clinic dummies in a
+    large extract) only those with the largest |SMD| before or after weighting are drawn, and
+    the title says so; the balance table lists them all. Deterministic: fixed SVG hash salt,
+    no dates or software metadata in either file.
     """
     out_dir = Path(out_dir)
+    if len(balance) > LOVE_PLOT_MAX_ROWS:
+        largest = balance[["smd_unweighted", "smd_weighted"]].abs().max(axis=1)
+        shown = (balance.assign(largest=largest)
+                 .sort_values(["largest", "covariate"], ascending=[False, True], kind="stable")
+                 .head(LOVE_PLOT_MAX_ROWS).drop(columns="largest"))
+        title = (f"{title}\n({LOVE_PLOT_MAX_ROWS} of {len(balance)} covariates, largest |SMD|; "
+                 "all in the balance table)")
+        balance = shown
     ordered = balance.assign(order=balance["smd_unweighted"].abs()).sort_values(
         ["order", "covariate"], kind="stable")
     y = np.arange(len(ordered))
@@ -468,10 +660,13 @@ def run_propensity_analysis(
             model = fit_propensity(analysed, config, source, therapist_frame=analysis)
             score = model.score
             balance_covariates = model.covariates
+            balance_clinics = model.clinics
         else:
             model = cohort_model
             score = model.score.loc[analysed.index]
             balance_covariates = model.covariates.loc[analysed.index]
+            balance_clinics = (None if model.clinics is None
+                               else model.clinics.subset(analysed.index))
         weights = propensity_weights(score, analysed[ARM], method,
                                      options["iptw_trim_percentiles"])
         unadjusted = fit_ancova(analysed, outcome, [], source=source)
@@ -489,7 +684,8 @@ def run_propensity_analysis(
             rows.append(tidy_row(outcome, "propensity", method_name, ARM_TERM,
                                  fit.row(level=level), fit.n_patients, fit.n_clusters,
                                  [*notes, *fit.notes, *extra]))
-        balance = balance_table(balance_covariates, analysed[ARM], weights, threshold)
+        balance = balance_table(balance_covariates, analysed[ARM], weights, threshold,
+                                clinics=balance_clinics)
         balances.append(balance.assign(outcome=outcome))
         distributions.append(weight_distribution(weights, analysed[ARM], score)
                              .assign(outcome=outcome))
