@@ -61,14 +61,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.figures import OKABE_ITO, STYLE, save_figure
 from trial_analysis.sensitivity import (
     ARM,
     ARM_TERM,
@@ -406,6 +402,13 @@ def love_plot(
 
     Deterministic: fixed SVG hash salt, no dates or software metadata in either file.
     """
+    # Drawing libraries load only here, so the analyses without a figure start faster.
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from trial_analysis.figures import OKABE_ITO, STYLE, save_figure
+
     out_dir = Path(out_dir)
     ordered = balance.assign(order=balance["smd_unweighted"].abs()).sort_values(
         ["order", "covariate"], kind="stable")
