@@ -288,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
             "step of the Snakemake pipeline; run `snakemake -c2` to run them all."
         ),
     )
-    parser.add_argument("--version", action=_VersionAction, nargs=0,
-                        help="show program's version number and exit")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, dest=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, help="show program's version number and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
     for name, spec in STEPS.items():
