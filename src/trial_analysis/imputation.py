@@ -94,12 +94,13 @@ def _draw_fitted(
     xtx = xtx + np.diag(np.maximum(np.diag(xtx), 1.0) * _RIDGE)
     inverse = np.linalg.inv(xtx)
     beta_hat = inverse @ (X_obs.T @ y_obs)
-    residual = y_obs - X_obs @ beta_hat
+    fitted_obs = X_obs @ beta_hat
+    residual = y_obs - fitted_obs
     df = max(len(y_obs) - X_obs.shape[1], 1)
     sigma = math.sqrt(float(residual @ residual) / rng.chisquare(df))
     chol = np.linalg.cholesky((inverse + inverse.T) / 2)
     beta_star = beta_hat + sigma * chol @ rng.standard_normal(len(beta_hat))
-    return X_obs @ beta_hat, X_mis @ beta_star
+    return fitted_obs, X_mis @ beta_star
 
 
 def match_donors(
@@ -116,11 +117,10 @@ def match_donors(
     ranked = fitted_obs[order]
     width = min(2 * d, n_obs)
     start = np.clip(np.searchsorted(ranked, fitted_mis) - d, 0, n_obs - width)
-    window = start[:, None] + np.arange(width)[None, :]
-    distance = np.abs(ranked[window] - fitted_mis[:, None])
-    nearest = np.argsort(distance, axis=1, kind="stable")[:, :d]
+    distance = np.abs(ranked[start[:, None] + np.arange(width)] - fitted_mis[:, None])
+    nearest = np.argsort(distance, axis=1, kind="stable")
     pick = nearest[np.arange(len(fitted_mis)), rng.integers(0, d, len(fitted_mis))]
-    return order[window[np.arange(len(fitted_mis)), pick]]
+    return order[start + pick]
 
 
 def _impute_group(
@@ -134,15 +134,23 @@ def _impute_group(
     for j in columns:
         observed = data[~missing[:, j], j]
         data[missing[:, j], j] = rng.choice(observed, int(missing[:, j].sum()))
-    intercept = np.ones((len(data), 1))
+    # The design of variable j is [1, predictors, every other variable]. It is refilled in
+    # place rather than rebuilt: only the other variables' current values change, and the
+    # copies of a fresh stack cost more than the regression itself.
+    first = 1 + predictors.shape[1]
+    X = np.empty((len(data), first + data.shape[1] - 1))
+    X[:, 0] = 1.0
+    X[:, 1:first] = predictors
+    rows = {j: (np.flatnonzero(~missing[:, j]), np.flatnonzero(missing[:, j])) for j in columns}
     for _ in range(iterations):
         for j in columns:
-            others = np.delete(data, j, axis=1)
-            X = np.column_stack([intercept, predictors, others])
-            obs, mis = ~missing[:, j], missing[:, j]
-            fitted_obs, fitted_mis = _draw_fitted(X[obs], data[obs, j], X[mis], rng)
+            X[:, first:first + j] = data[:, :j]
+            X[:, first + j:] = data[:, j + 1:]
+            obs, mis = rows[j]
+            y_obs = data[obs, j]
+            fitted_obs, fitted_mis = _draw_fitted(X[obs], y_obs, X[mis], rng)
             donor = match_donors(fitted_obs, fitted_mis, donors, rng)
-            data[mis, j] = data[obs, j][donor]
+            data[mis, j] = y_obs[donor]
     return pd.DataFrame(data, index=values.index, columns=values.columns)
 
 
