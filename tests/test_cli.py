@@ -49,6 +49,23 @@ def test_console_script_and_module_entry_point_agree() -> None:
     assert result.stdout.startswith("trial-analysis ")
 
 
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_step_receives_only_its_own_arguments(step: str) -> None:
+    """Global options (--version, --quiet) never reach the step function as keywords."""
+    import importlib
+    import inspect
+
+    module_name, function_name = STEPS[step]["target"]
+    accepted = set(inspect.signature(
+        getattr(importlib.import_module(module_name), function_name)).parameters)
+    argv = [step]
+    for flags, options in STEPS[step]["args"]:
+        if options.get("required"):
+            argv += [flags[0], options["choices"][0] if "choices" in options else "x"]
+    passed = set(vars(build_parser().parse_args(argv))) - {"command", "target", "quiet"}
+    assert passed <= accepted
+
+
 def test_validate_config_accepts_the_default_study(capsys: pytest.CaptureFixture) -> None:
     assert main(["validate-config", str(REPO / "config" / "config.yaml")]) == 0
     assert "valid" in capsys.readouterr().out

@@ -5,11 +5,21 @@ One module per pipeline step (``simulate``, ``clean``, ``eligibility``, ``alloca
 each as a ``trial-analysis`` subcommand that the Snakefile calls.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("trial-analysis")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from typing import Any
 
 __all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``__version__`` is looked up on first use: importlib.metadata costs every step process a
+    # tenth of a second, and only ``--version`` and the report need it.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("trial-analysis")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            value = "0.0.0+unknown"
+        globals()["__version__"] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

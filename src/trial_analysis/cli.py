@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trial_analysis import __version__
 from trial_analysis.errors import ConfigError, TrialAnalysisError
 
 log = logging.getLogger("trial_analysis")
@@ -292,6 +291,16 @@ def _config_docs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the package version is looked up only when asked for (it is slow)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        import trial_analysis
+
+        print(f"{parser.prog} {trial_analysis.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one subcommand per pipeline step."""
     parser = argparse.ArgumentParser(
@@ -301,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
             "step of the Snakemake pipeline; run `snakemake -c2` to run them all."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, dest=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, help="show program's version number and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
     for name, spec in STEPS.items():

@@ -12,24 +12,19 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import FancyBboxPatch  # noqa: E402
-
-from trial_analysis.config import (  # noqa: E402
+from trial_analysis.config import (
     followup_labels,
     time_values,
 )
-from trial_analysis.errors import DataError  # noqa: E402
-from trial_analysis.io import atomic_path  # noqa: E402
-from trial_analysis.tables import (  # noqa: E402
+from trial_analysis.errors import DataError
+from trial_analysis.io import atomic_path
+from trial_analysis.tables import (
     arm_labels,
     effect_row,
     fmt_p,
@@ -38,6 +33,9 @@ from trial_analysis.tables import (  # noqa: E402
     read_analysis,
     subgroup_rows,
 )
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 FIGURE_NAMES = ["flow", "trajectories", "forest", "sessions", "implementation"]
 # Figures drawn from the sessions table; a study without one has none of them.
@@ -69,6 +67,20 @@ STYLE = {
 PNG_DPI = 130
 
 
+def _pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend, imported on first use.
+
+    The report and sensitivity steps import this module for its names and style; importing
+    pyplot only when something is drawn spares them most of a second of start-up each.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
 def save_figure(figure: plt.Figure, out: Path, name: str) -> list[Path]:
     """Write ``figure`` as ``name.png`` and ``name.svg`` atomically, without dated metadata."""
     written = []
@@ -78,7 +90,7 @@ def save_figure(figure: plt.Figure, out: Path, name: str) -> list[Path]:
             figure.savefig(tmp, format=ext, dpi=PNG_DPI, metadata=metadata,
                            bbox_inches="tight")
         written.append(target)
-    plt.close(figure)
+    _pyplot().close(figure)
     return written
 
 
@@ -122,6 +134,9 @@ def _reason(row: Mapping[str, Any]) -> str:
 
 def flow_figure(flow: pd.DataFrame) -> plt.Figure:
     """STROBE flow diagram drawn from ``flow.csv`` (see :func:`flow_layout`)."""
+    plt = _pyplot()
+    from matplotlib.patches import FancyBboxPatch
+
     levels = flow_layout(flow)
     line, gap = 0.17, 0.75  # data units per text line; vertical space between levels
     for level in levels:
@@ -211,6 +226,7 @@ def trajectories_figure(
     """
     if len(followup_labels(config)) > 1:
         return trajectories_over_time(estimates, config, population)
+    plt = _pyplot()
     intervention, control = arm_labels(config)
     outcomes = config["outcomes"]
     figure, axes = plt.subplots(1, len(outcomes), figsize=(3.3 * len(outcomes), 3.2),
@@ -255,6 +271,7 @@ def trajectories_over_time(
     x is each time point's ``timepoints.values`` (0, 1, 2, ... by default); under ANCOVA the
     means are at the follow-ups only (the baseline is a covariate, held at its mean).
     """
+    plt = _pyplot()
     intervention, control = arm_labels(config)
     outcomes = config["outcomes"]
     values = time_values(config)
@@ -330,6 +347,7 @@ def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome
 
 def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> plt.Figure:
     """Arm x time effect by population and subgroup level, one panel per outcome."""
+    plt = _pyplot()
     outcomes = config["outcomes"]
     all_rows = {o["name"]: forest_rows(estimates, config, o["name"]) for o in outcomes}
     n_rows = max(len(r) for r in all_rows.values())
@@ -389,6 +407,7 @@ def sessions_distribution(analysis: pd.DataFrame, config: Mapping[str, Any]) -> 
 
 def sessions_figure(analysis: pd.DataFrame, config: Mapping[str, Any]) -> plt.Figure:
     """Distribution of the number of sessions by arm (percentage of patients)."""
+    plt = _pyplot()
     table = sessions_distribution(analysis, config)
     intervention, control = arm_labels(config)
     labels = list(dict.fromkeys(table["label"]))
@@ -413,6 +432,7 @@ def sessions_figure(analysis: pd.DataFrame, config: Mapping[str, Any]) -> plt.Fi
 
 def implementation_figure(implementation: pd.DataFrame) -> plt.Figure:
     """Implementation outcomes (reach, adoption, fidelity) as percentages with counts."""
+    plt = _pyplot()
     names = {"reach": "Reach (therapists trained)",
              "therapist_adoption": "Adoption (therapists delivering)",
              "patient_adoption": "Adoption (patients receiving)",
@@ -478,7 +498,7 @@ def run_figures(
     populations = config["analysis"]["populations"]
     population = "complete_case" if "complete_case" in populations else populations[0]
     written: list[Path] = []
-    with plt.rc_context(STYLE):
+    with _pyplot().rc_context(STYLE):
         # Draw everything first, then save: a failing figure leaves no partial set behind.
         figures = {
             "flow": flow_figure(flow),

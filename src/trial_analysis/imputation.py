@@ -49,15 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from scipy import optimize
 
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.figures import OKABE_ITO, STYLE, save_figure
 from trial_analysis.io import read_json
 from trial_analysis.robust import cr1_factor
 from trial_analysis.sensitivity import (
@@ -585,6 +580,8 @@ def tipping_point(
     def limit(delta: float) -> float:
         return pooled_at(fits, delta, level)[bound]
 
+    from scipy import optimize  # only the tipping point's root search needs it
+
     exact = optimize.brentq(limit, float(grid[upper - 1]), float(grid[upper]), xtol=1e-6)
     return table, {"tipping_delta": float(exact), "status": "reached"}
 
@@ -592,6 +589,13 @@ def tipping_point(
 def tipping_plot(table: pd.DataFrame, tipping: float | None, out_dir: str | Path, name: str,
                  unit_label: str, intervention: str = "intervention") -> list[Path]:
     """Estimate and CI against delta (PNG + SVG, deterministic)."""
+    # Drawing libraries load only here, so the analyses without a figure start faster.
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from trial_analysis.figures import OKABE_ITO, STYLE, save_figure
+
     with matplotlib.rc_context(STYLE):
         figure = Figure(figsize=(5.5, 3.4))
         FigureCanvasAgg(figure)

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy import stats
 from scipy.sparse.linalg import splu
+
+from trial_analysis.distributions import f_sf, t_ppf, t_sf
 
 # lmerTest's tolerance for eigenvalues of the deviance Hessian treated as zero.
 HESSIAN_EIGEN_TOL = 1e-8
@@ -260,13 +261,13 @@ class SatterthwaiteInference:
         df = 2 * var**2 / denom if denom > 0 else np.inf
         se = np.sqrt(var)
         t = estimate / se
-        p = 2 * stats.t.sf(abs(t), df)
+        p = 2 * t_sf(abs(t), df)
         return {"estimate": estimate, "std_error": float(se), "df": float(df),
                 "statistic": float(t), "p_value": float(p)}
 
     def ci(self, contrast: dict[str, float], level: float) -> tuple[float, float]:
         """Confidence interval for a :meth:`contrast` result on the t(df) distribution."""
-        q = stats.t.ppf(0.5 + level / 2, contrast["df"])
+        q = t_ppf(0.5 + level / 2, contrast["df"])
         half = q * contrast["std_error"]
         return contrast["estimate"] - half, contrast["estimate"] + half
 
@@ -299,7 +300,7 @@ class SatterthwaiteInference:
             E = float(np.sum(nu_arr / (nu_arr - 2)))
             den = 2 * E / (E - q)
         return {"F": F, "num_df": float(q), "den_df": den,
-                "p_value": float(stats.f.sf(F, q, den))}
+                "p_value": float(f_sf(F, q, den))}
 
 
 @dataclass
@@ -323,11 +324,11 @@ class FixedDfInference:
         se = float(np.sqrt(L @ self.cov_beta @ L))
         t = estimate / se
         return {"estimate": estimate, "std_error": se, "df": float(self.df),
-                "statistic": float(t), "p_value": float(2 * stats.t.sf(abs(t), self.df))}
+                "statistic": float(t), "p_value": float(2 * t_sf(abs(t), self.df))}
 
     def ci(self, contrast: dict[str, float], level: float) -> tuple[float, float]:
         """Confidence interval for a :meth:`contrast` result on the t(df) distribution."""
-        half = stats.t.ppf(0.5 + level / 2, contrast["df"]) * contrast["std_error"]
+        half = t_ppf(0.5 + level / 2, contrast["df"]) * contrast["std_error"]
         return contrast["estimate"] - half, contrast["estimate"] + half
 
     def f_test(self, L: np.ndarray) -> dict[str, float]:
@@ -337,4 +338,4 @@ class FixedDfInference:
         q = L.shape[0]
         F = float(b @ np.linalg.solve(L @ self.cov_beta @ L.T, b)) / q
         return {"F": F, "num_df": float(q), "den_df": float(self.df),
-                "p_value": float(stats.f.sf(F, q, self.df))}
+                "p_value": float(f_sf(F, q, self.df))}

@@ -87,14 +87,12 @@ import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy import stats
 from scipy.optimize import minimize
-from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
 
 from trial_analysis.config import (
     followup_labels,
@@ -102,6 +100,7 @@ from trial_analysis.config import (
     score_columns,
     time_values,
 )
+from trial_analysis.distributions import chi2_sf, norm_ppf, norm_sf
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.fast_lmm import fit_nested_lmm
 from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv, write_json
@@ -110,6 +109,9 @@ from trial_analysis.lmm_inference import (
     MixedDesign,
     SatterthwaiteInference,
 )
+
+if TYPE_CHECKING:
+    from statsmodels.regression.mixed_linear_model import MixedLM
 
 POPULATIONS = ("complete_case", "all_available")
 # Random-effect levels with their own analysis-table column; any other level is the name of a
@@ -636,6 +638,10 @@ def _sparse_design(long: pd.DataFrame, fixed: FixedDesign, rand: RandomDesign) -
 
 def _statsmodels_model(long: pd.DataFrame, fixed: FixedDesign, rand: RandomDesign) -> MixedLM:
     """MixedLM with the outermost level as groups and inner components as VCSpec."""
+    # Imported here: only the statsmodels cross-check path needs it, and it costs every
+    # other fit process a second of start-up.
+    from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
+
     groups = rand.groups
     # MixedLM orders groups by sorted label; VCSpec matrices must follow that order.
     labels = sorted(set(groups))
@@ -872,10 +878,10 @@ def _contrast(fit: _Fit, L: np.ndarray, level: float) -> dict[str, float]:
                 "ci_high": high, "p_value": res["p_value"], "df": res["df"]}
     estimate = float(L @ fit.beta)
     se = float(np.sqrt(L @ fit.cov_beta @ L))
-    q = stats.norm.ppf(0.5 + level / 2)
+    q = norm_ppf(0.5 + level / 2)
     return {"estimate": estimate, "std_error": se, "ci_low": estimate - q * se,
             "ci_high": estimate + q * se,
-            "p_value": float(2 * stats.norm.sf(abs(estimate / se))), "df": np.nan}
+            "p_value": float(2 * norm_sf(abs(estimate / se))), "df": np.nan}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1367,7 +1373,7 @@ def fit_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: 
         b = L3 @ fit.beta
         chi2 = float(b @ np.linalg.solve(L3 @ fit.cov_beta @ L3.T, b))
         heterogeneity = {"F": chi2 / len(L3), "num_df": float(len(L3)),
-                         "den_df": np.inf, "p_value": float(stats.chi2.sf(chi2, len(L3)))}
+                         "den_df": np.inf, "p_value": float(chi2_sf(chi2, len(L3)))}
 
     strata: dict[str, OutcomeModelResult] = {}
     # Within a stratum the subgroup variable is constant: it cannot also be a covariate there.

@@ -69,15 +69,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.figures import OKABE_ITO, STYLE, save_figure
 from trial_analysis.sensitivity import (
     ARM,
     ARM_TERM,
@@ -590,6 +586,13 @@ def love_plot(
     the title says so; the balance table lists them all. Deterministic: fixed SVG hash salt,
     no dates or software metadata in either file.
     """
+    # Drawing libraries load only here, so the analyses without a figure start faster.
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from trial_analysis.figures import OKABE_ITO, STYLE, save_figure
+
     out_dir = Path(out_dir)
     if len(balance) > LOVE_PLOT_MAX_ROWS:
         largest = balance[["smd_unweighted", "smd_weighted"]].abs().max(axis=1)

@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy import stats
+from statsmodels.genmod import families
 
 from trial_analysis.config import outcome_spec
+from trial_analysis.distributions import norm_ppf, norm_sf
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import read_analysis_table
 from trial_analysis.sessions import (
@@ -67,7 +67,7 @@ def wilson_interval(successes: int, n: int, level: float) -> tuple[float, float]
     """Wilson score interval for a proportion (no continuity correction)."""
     if n == 0:
         return math.nan, math.nan
-    z = stats.norm.ppf(0.5 + level / 2)
+    z = norm_ppf(0.5 + level / 2)
     p = successes / n
     denominator = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denominator
@@ -100,7 +100,7 @@ def newcombe_difference(
     pooled = (r1 + r0) / (n1 + n0)
     if 0 < pooled < 1:
         z = difference / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
-        p_value = 2 * stats.norm.sf(abs(z))
+        p_value = 2 * norm_sf(abs(z))
     else:
         p_value = math.nan
     return {
@@ -142,7 +142,7 @@ class BinaryFit:
 def fit_logistic(X: np.ndarray, y: np.ndarray, clusters: np.ndarray, names: list[str],
                  model: str) -> BinaryFit:
     """Logistic regression by IRLS; expected-information and CR1 clustered covariances."""
-    result, messages = fit_glm(X, y, sm.families.Binomial())
+    result, messages = fit_glm(X, y, families.Binomial())
     mu = np.asarray(result.fittedvalues)
     if np.any((mu < 1e-8) | (mu > 1 - 1e-8)):
         messages.append("fitted probabilities numerically 0 or 1 (possible separation)")

@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from trial_analysis.distributions import norm_ppf, norm_sf, t_ppf, t_sf
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import read_analysis_table, write_csv, write_json
 from trial_analysis.robust import cr1_factor
@@ -262,14 +262,15 @@ def t_interval(estimate: float, std_error: float, df: float, level: float) -> di
     if not (std_error > 0) or not np.isfinite(std_error):
         return {"estimate": estimate, "std_error": std_error, "ci_low": math.nan,
                 "ci_high": math.nan, "p_value": math.nan}
-    reference = stats.t(df) if np.isfinite(df) else stats.norm()
-    quantile = float(reference.ppf(0.5 + level / 2))
+    finite = np.isfinite(df)
+    quantile = t_ppf(0.5 + level / 2, df) if finite else norm_ppf(0.5 + level / 2)
+    tail = t_sf(abs(estimate / std_error), df) if finite else norm_sf(abs(estimate / std_error))
     return {
         "estimate": estimate,
         "std_error": std_error,
         "ci_low": estimate - quantile * std_error,
         "ci_high": estimate + quantile * std_error,
-        "p_value": float(2 * reference.sf(abs(estimate / std_error))),
+        "p_value": 2 * tail,
     }
 
 

@@ -31,9 +31,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy import optimize, special, stats
+from scipy import optimize, special
+from statsmodels.genmod import families
+from statsmodels.genmod.generalized_linear_model import GLM
 
+from trial_analysis.distributions import norm_ppf, norm_sf
 from trial_analysis.errors import DataError
 from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv, write_json
 from trial_analysis.robust import cr1_factor
@@ -181,9 +183,9 @@ def wald_row(
     estimate: float, std_error: float, level: float, exponentiate: bool
 ) -> dict[str, float]:
     """Estimate, CI and two-sided p from a normal reference; optionally on the ratio scale."""
-    z = stats.norm.ppf(0.5 + level / 2)
+    z = norm_ppf(0.5 + level / 2)
     low, high = estimate - z * std_error, estimate + z * std_error
-    p_value = 2 * stats.norm.sf(abs(estimate / std_error)) if std_error > 0 else math.nan
+    p_value = 2 * norm_sf(abs(estimate / std_error)) if std_error > 0 else math.nan
     if exponentiate:
         estimate, low, high = math.exp(estimate), math.exp(low), math.exp(high)
     return {
@@ -208,12 +210,12 @@ def tidy_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def fit_glm(
-    X: np.ndarray, y: np.ndarray, family: sm.families.Family, start: np.ndarray | None = None
+    X: np.ndarray, y: np.ndarray, family: families.Family, start: np.ndarray | None = None
 ) -> tuple[Any, list[str]]:
     """Fit a GLM by IRLS with statsmodels; return the result and the warnings raised."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = sm.GLM(y, X, family=family).fit(
+        result = GLM(y, X, family=family).fit(
             start_params=start, method="IRLS", tol=_EPSILON, maxiter=_MAX_ITER
         )
     messages = sorted({str(w.message) for w in caught})
@@ -344,7 +346,7 @@ def fit_negative_binomial(
 ) -> GlmFit:
     """NB2 regression with ML theta, alternating as ``MASS::glm.nb`` does."""
     messages: list[str] = []
-    poisson, poisson_messages = fit_glm(X, y, sm.families.Poisson())
+    poisson, poisson_messages = fit_glm(X, y, families.Poisson())
     messages += [f"starting Poisson fit: {m}" for m in poisson_messages]
     mu = poisson.fittedvalues
     theta, theta_messages = theta_ml(y, mu)
@@ -355,7 +357,7 @@ def fit_negative_binomial(
     while iteration < _MAX_ITER:
         iteration += 1
         result, irls_messages = fit_glm(
-            X, y, sm.families.NegativeBinomial(alpha=1 / theta), start=beta
+            X, y, families.NegativeBinomial(alpha=1 / theta), start=beta
         )
         beta, mu = result.params, result.fittedvalues
         previous_theta, previous_loglik = theta, loglik
@@ -377,7 +379,7 @@ def fit_negative_binomial(
     messages += irls_messages + theta_messages
     # Refit at the final theta so coefficients, means and theta are mutually consistent.
     result, final_messages = fit_glm(
-        X, y, sm.families.NegativeBinomial(alpha=1 / theta), start=beta
+        X, y, families.NegativeBinomial(alpha=1 / theta), start=beta
     )
     messages += [m for m in final_messages if m not in messages]
     beta, mu = result.params, result.fittedvalues
@@ -404,7 +406,7 @@ def fit_negative_binomial(
 
 def fit_poisson(X: np.ndarray, y: np.ndarray, clusters: np.ndarray, names: list[str]) -> GlmFit:
     """Poisson regression; with clustered SEs its ratio of means is robust to over-dispersion."""
-    result, messages = fit_glm(X, y, sm.families.Poisson())
+    result, messages = fit_glm(X, y, families.Poisson())
     mu = result.fittedvalues
     bread = np.linalg.inv(X.T @ (X * mu[:, None]))
     scores = X * (y - mu)[:, None]
