@@ -62,7 +62,9 @@ def test_step_receives_only_its_own_arguments(step: str) -> None:
     for flags, options in STEPS[step]["args"]:
         if options.get("required"):
             argv += [flags[0], options["choices"][0] if "choices" in options else "x"]
-    passed = set(vars(build_parser().parse_args(argv))) - {"command", "target", "quiet"}
+    # config_file (check-data's positional CONFIG) is folded into `config` by the dispatcher.
+    passed = set(vars(build_parser().parse_args(argv))) - {"command", "target", "quiet",
+                                                           "config_file"}
     assert passed <= accepted
 
 
@@ -93,3 +95,8 @@ def test_missing_config_is_a_short_error(tmp_path: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert "nope.yaml" in err and "file not found" in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_check_data_takes_the_config_positionally_or_by_option(capsys) -> None:
+    assert main(["check-data"]) == 2
+    assert "give the study configuration: CONFIG or --config" in capsys.readouterr().err
