@@ -198,11 +198,6 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
             if code.strip().upper() not in treatments:
                 problems.append(_not_among("codes/fidelity_forbidden", code, treatments,
                                            "one of codes/treatments"))
-    levels = _strings(analysis.get("random_effects", ["therapist", "patient"]))
-    for level in _strings(analysis.get("random_time_effects")):
-        if level not in levels:
-            problems.append(f"analysis/random_time_effects: '{level}' must also be in "
-                            f"analysis/random_effects {levels}")
     populations = _strings(analysis.get("populations", ["complete_case", "all_available"]))
     if "evalue" in _strings(sensitivity.get("analyses")):
         for population in _strings(_mapping(sensitivity.get("evalue")).get("populations")):
@@ -371,25 +366,9 @@ def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:
         elif level not in variables:
             problems.append(f"analysis/random_effects: '{level}' is neither clinic, therapist, "
                             "patient nor a variable declared in input/tables/patients/variables")
-    if "patient" in levels and levels[-1] != "patient":
-        problems.append("analysis/random_effects: 'patient' is the innermost level and must "
-                        "come last")
-    for level in analysis.get("random_time_effects", []):
-        if level not in levels:
-            problems.append(f"analysis/random_time_effects: '{level}' must also be in "
-                            f"analysis/random_effects {levels}")
-        if level == "patient":
-            problems.append("analysis/random_time_effects: a patient x time intercept is the "
-                            "residual itself; remove 'patient'")
     one_row_per_patient = analysis.get("baseline") == "covariate" and len(followups) == 1
-    if not levels and not one_row_per_patient:
-        problems.append("analysis/random_effects: [] (no random effects) needs one row per "
-                        "patient: a single follow-up and analysis/baseline: covariate; with "
-                        "repeated scores per patient use [patient]")
-    if "patient" in levels and one_row_per_patient:
-        problems.append("analysis/random_effects: with one follow-up and the baseline as a "
-                        "covariate each patient has one row, so a patient intercept cannot be "
-                        "told from the residual; remove 'patient'")
+    problems += random_effects_problems(levels, list(analysis.get("random_time_effects", [])),
+                                        one_row_per_patient)
     if analysis.get("time") == "continuous" and len(followups) < 2 and \
             analysis.get("baseline") == "covariate":
         problems.append("analysis/time: continuous time needs at least two follow-ups when the "
@@ -416,4 +395,40 @@ def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:
     if alloc.get("rule", "etmi_code_by_trained_therapist") != "column" and not therapist_tables:
         problems.append("allocation/rule: deriving the arm from ETMI codes needs the therapists "
                         "and sessions tables; give the arm as a column (rule: column)")
+    return problems
+
+
+def random_effects_problems(levels: list[str], time_levels: list[str],
+                             one_row_per_patient: bool) -> list[str]:
+    """Problems with a random-effects structure, in plain words.
+
+    Shared by the config check and ``models.model_spec`` (models are also fitted from
+    configurations edited after validation: sensitivity analyses, tests), so both word a
+    problem the same way.
+    """
+    problems = []
+    if len(set(levels)) != len(levels):
+        problems.append(f"analysis/random_effects: list each level once, got {levels}")
+    if "patient" in levels and levels[-1] != "patient":
+        problems.append("analysis/random_effects: 'patient' is the innermost level and must "
+                        f"come last (levels are listed outermost first), got {levels}")
+    if {"clinic", "therapist"} <= set(levels) and levels.index("clinic") > \
+            levels.index("therapist"):
+        problems.append("analysis/random_effects: therapists are nested in clinics; list "
+                        f"clinic before therapist (outermost first), got {levels}")
+    for level in time_levels:
+        if level not in levels:
+            problems.append(f"analysis/random_time_effects: '{level}' must also be in "
+                            f"analysis/random_effects {levels}")
+        if level == "patient":
+            problems.append("analysis/random_time_effects: a patient x time intercept is the "
+                            "residual itself; remove 'patient'")
+    if not levels and not one_row_per_patient:
+        problems.append("analysis/random_effects: [] (no random effects) needs one row per "
+                        "patient: a single follow-up and analysis/baseline: covariate; with "
+                        "repeated scores per patient use [patient]")
+    if "patient" in levels and one_row_per_patient:
+        problems.append("analysis/random_effects: with one follow-up and the baseline as a "
+                        "covariate each patient has one row, so a patient intercept cannot be "
+                        "told from the residual; remove 'patient'")
     return problems

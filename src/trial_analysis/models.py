@@ -97,6 +97,7 @@ from scipy.optimize import minimize
 from trial_analysis.config import (
     followup_labels,
     primary_followup,
+    random_effects_problems,
     score_columns,
     time_values,
 )
@@ -257,42 +258,6 @@ def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _random_effects_problems(levels: list[str], time_levels: list[str],
-                             one_row_per_patient: bool) -> list[str]:
-    """The random-effects rules of config._study_structure_problems, in the same words.
-
-    Repeated here because models are also fitted from configurations edited after
-    validation (sensitivity analyses, tests); the column behind each level is checked
-    against the data (missing column, nesting).
-    """
-    problems = []
-    if len(set(levels)) != len(levels):
-        problems.append(f"analysis/random_effects: list each level once, got {levels}")
-    if "patient" in levels and levels[-1] != "patient":
-        problems.append("analysis/random_effects: 'patient' is the innermost level and must "
-                        f"come last (levels are listed outermost first), got {levels}")
-    if {"clinic", "therapist"} <= set(levels) and levels.index("clinic") > \
-            levels.index("therapist"):
-        problems.append("analysis/random_effects: therapists are nested in clinics; list "
-                        f"clinic before therapist (outermost first), got {levels}")
-    for level in time_levels:
-        if level not in levels:
-            problems.append(f"analysis/random_time_effects: '{level}' must also be in "
-                            f"analysis/random_effects {levels}")
-        if level == "patient":
-            problems.append("analysis/random_time_effects: a patient x time intercept is the "
-                            "residual itself; remove 'patient'")
-    if not levels and not one_row_per_patient:
-        problems.append("analysis/random_effects: [] (no random effects) needs one row per "
-                        "patient: a single follow-up and analysis/baseline: covariate; with "
-                        "repeated scores per patient use [patient]")
-    if "patient" in levels and one_row_per_patient:
-        problems.append("analysis/random_effects: with one follow-up and the baseline as a "
-                        "covariate each patient has one row, so a patient intercept cannot be "
-                        "told from the residual; remove 'patient'")
-    return problems
-
-
 def model_spec(config: dict[str, Any], outcome: str, population: str,
                subgroup: str | None = None) -> ModelSpec:
     """Build and check the model specification from the configuration.
@@ -301,7 +266,7 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
     ------
     ConfigError
         Unknown outcome, population or subgroup, or a random-effects structure the model
-        cannot have (see :func:`_random_effects_problems`).
+        cannot have (see :func:`trial_analysis.config.random_effects_problems`).
     """
     settings = _analysis_settings(config)
     problems = []
@@ -317,7 +282,7 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
     ancova = settings["baseline"] == "covariate"
     levels = list(settings["random_effects"])
     time_levels = list(settings["random_time_effects"])
-    problems += _random_effects_problems(levels, time_levels,
+    problems += random_effects_problems(levels, time_levels,
                                          one_row_per_patient=ancova and len(followups) == 1)
     if ancova and BASELINE_COVARIATE in settings["covariates"]:
         problems.append(f"analysis/covariates: '{BASELINE_COVARIATE}' is the name of the "
