@@ -216,6 +216,25 @@ def flow_figure(flow: pd.DataFrame) -> plt.Figure:
 # --------------------------------------------------------------------------------------------
 # Trajectories
 # --------------------------------------------------------------------------------------------
+def _draw_means(ax: Any, part: pd.DataFrame, x: np.ndarray, colour: str, marker: str,
+                label: str) -> None:
+    """One arm's adjusted means (``estimate``, ``ci_low``, ``ci_high`` rows) with their CIs."""
+    y = part["estimate"].to_numpy(dtype=float)
+    err = np.vstack([y - part["ci_low"].to_numpy(dtype=float),
+                     part["ci_high"].to_numpy(dtype=float) - y])
+    ax.errorbar(x, y, yerr=err, color=colour, marker=marker, capsize=3, lw=1.4, ms=5,
+                label=label)
+
+
+def _label_means_panel(ax: Any, config: Mapping[str, Any], outcome: Mapping[str, Any]) -> None:
+    """Axis label, title and direction note of one outcome's panel of adjusted means."""
+    ax.set_ylabel(f"Adjusted mean ({outcome.get('units', 'score')})")
+    direction = "higher" if outcome.get("higher_is_better", True) else "lower"
+    ax.set_title(_wrap(f"{outcome_label(config, outcome['name'])}", 30), loc="left")
+    ax.text(0.99, 0.02, f"{direction} is better", transform=ax.transAxes, ha="right",
+            va="bottom", fontsize=7, color="#555555")
+
+
 def trajectories_figure(
     estimates: Mapping[str, Any], config: Mapping[str, Any], population: str
 ) -> plt.Figure:
@@ -244,20 +263,12 @@ def trajectories_figure(
             part["position"] = part["time"].astype(str).map(order.index)
             part = part.sort_values("position")
             x = part["position"].to_numpy(dtype=float) + offset
-            y = part["estimate"].to_numpy(dtype=float)
-            err = np.vstack([y - part["ci_low"].to_numpy(dtype=float),
-                             part["ci_high"].to_numpy(dtype=float) - y])
-            ax.errorbar(x, y, yerr=err, color=colour, marker=marker, capsize=3, lw=1.4,
-                        ms=5, label=str(arm))
+            _draw_means(ax, part, x, colour, marker, str(arm))
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels(order)
         ax.set_xlim(-0.4, len(order) - 0.6)
         ax.set_xlabel("Assessment")
-        ax.set_ylabel(f"Adjusted mean ({outcome.get('units', 'score')})")
-        direction = "higher" if outcome.get("higher_is_better", True) else "lower"
-        ax.set_title(_wrap(f"{outcome_label(config, outcome['name'])}", 30), loc="left")
-        ax.text(0.99, 0.02, f"{direction} is better", transform=ax.transAxes, ha="right",
-                va="bottom", fontsize=7, color="#555555")
+        _label_means_panel(ax, config, outcome)
     axes[0][0].legend(frameon=False, fontsize=8)
     figure.tight_layout()
     return figure
@@ -296,19 +307,11 @@ def trajectories_over_time(
             part["x"] = part["time"].astype(str).map(values)
             part = part.sort_values("x")
             x = part["x"].to_numpy(dtype=float) + offset * span
-            y = part["estimate"].to_numpy(dtype=float)
-            err = np.vstack([y - part["ci_low"].to_numpy(dtype=float),
-                             part["ci_high"].to_numpy(dtype=float) - y])
-            ax.errorbar(x, y, yerr=err, color=colour, marker=marker, capsize=3, lw=1.4,
-                        ms=5, label=str(arm))
+            _draw_means(ax, part, x, colour, marker, str(arm))
         ax.set_xticks([values[label] for label in labels])
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_xlabel("Time since baseline")
-        ax.set_ylabel(f"Adjusted mean ({outcome.get('units', 'score')})")
-        direction = "higher" if outcome.get("higher_is_better", True) else "lower"
-        ax.set_title(_wrap(f"{outcome_label(config, outcome['name'])}", 30), loc="left")
-        ax.text(0.99, 0.02, f"{direction} is better", transform=ax.transAxes, ha="right",
-                va="bottom", fontsize=7, color="#555555")
+        _label_means_panel(ax, config, outcome)
     axes[0][0].legend(frameon=False, fontsize=8)
     figure.tight_layout()
     return figure
