@@ -188,3 +188,20 @@ def test_multisite_long_clusters_by_site_and_recovers_the_truth(multisite_long):
     model = json.loads((workdir / config["paths"]["reports"] / "estimates"
                         / "koos.complete_case.json").read_text())["model"]
     assert model["random_effects"]["levels"] == ["site", "patient"]
+
+
+@pytest.mark.parametrize("name", ["randomised_wide", "multisite_long"])
+def test_check_data_passes_each_example_with_its_planted_problems_as_warnings(
+        name, tmp_path, capsys):
+    from trial_analysis.cli import main
+
+    config = yaml.safe_load((EXAMPLES / name / "config.yaml").read_text())
+    raw = tmp_path / "raw"
+    _load_generator(name).main(["--out", str(raw)])
+    capsys.readouterr()
+    assert main(["-q", "check-data", str(EXAMPLES / name / "config.yaml"),
+                 "--raw", str(raw)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing would stop the pipeline" in out
+    assert "warning" in out  # the planted records cleaning will handle
+    assert config["input"]["tables"]["sessions"] is None
