@@ -270,6 +270,13 @@ BUILTIN_PATIENT_VARIABLES: dict[str, str] = {
 }
 # Random-effect levels that come from the therapists and sessions tables.
 THERAPIST_LEVELS: dict[str, str] = {"clinic": "clinic_id", "therapist": "therapist_id"}
+# Analysis-table column of each named level; any other level is a column of its own name.
+LEVEL_COLUMNS: dict[str, str] = {**THERAPIST_LEVELS, "patient": "patient_id"}
+
+
+def level_column(level: str) -> str:
+    """Analysis-table column identifying the units of a random-effect level."""
+    return LEVEL_COLUMNS.get(level, level)
 
 
 def followup_labels(config: Mapping[str, Any]) -> list[str]:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from trial_analysis.config import (
     followup_labels,
+    has_table,
     time_values,
 )
 from trial_analysis.errors import DataError
@@ -44,7 +45,7 @@ SESSION_FIGURES = ("sessions", "implementation")
 
 def figure_names(config: Mapping[str, Any]) -> list[str]:
     """The report figures this study has (no sessions figures without a sessions table)."""
-    with_sessions = config["input"]["tables"].get("sessions") is not None
+    with_sessions = has_table(config, "sessions")
     return [name for name in FIGURE_NAMES if with_sessions or name not in SESSION_FIGURES]
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 OKABE_ITO = {
@@ -216,6 +217,15 @@ def flow_figure(flow: pd.DataFrame) -> plt.Figure:
 # --------------------------------------------------------------------------------------------
 # Trajectories
 # --------------------------------------------------------------------------------------------
+def _marginal_means_of(doc: Mapping[str, Any]) -> pd.DataFrame:
+    """The adjusted marginal means of a primary estimate file; a file without them is an error."""
+    means = pd.DataFrame(doc.get("marginal_means") or [])
+    if means.empty:
+        raise DataError(doc["_file"], "marginal_means rows are needed for the trajectories",
+                        column="marginal_means")
+    return means
+
+
 def _draw_means(ax: Any, part: pd.DataFrame, x: np.ndarray, colour: str, marker: str,
                 label: str) -> None:
     """One arm's adjusted means (``estimate``, ``ci_low``, ``ci_high`` rows) with their CIs."""
@@ -252,10 +262,7 @@ def trajectories_figure(
                                 squeeze=False)
     for ax, outcome in zip(axes[0], outcomes, strict=True):
         doc = estimates["primary"][(outcome["name"], population)]
-        means = pd.DataFrame(doc.get("marginal_means") or [])
-        if means.empty:
-            raise DataError(doc["_file"], "marginal_means rows are needed for the trajectories",
-                            column="marginal_means")
+        means = _marginal_means_of(doc)
         order = list(dict.fromkeys(means["time"].astype(str)))
         for offset, arm, colour, marker in ((-0.04, intervention, INTERVENTION_COLOUR, "o"),
                                             (0.04, control, CONTROL_COLOUR, "s")):
@@ -291,10 +298,7 @@ def trajectories_over_time(
                                 squeeze=False)
     for ax, outcome in zip(axes[0], outcomes, strict=True):
         doc = estimates["primary"][(outcome["name"], population)]
-        means = pd.DataFrame(doc.get("marginal_means") or [])
-        if means.empty:
-            raise DataError(doc["_file"], "marginal_means rows are needed for the trajectories",
-                            column="marginal_means")
+        means = _marginal_means_of(doc)
         unknown = sorted(set(means["time"].astype(str)) - set(values))
         if unknown:
             raise DataError(doc["_file"], f"marginal means at time points {unknown} that are "

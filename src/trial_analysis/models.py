@@ -96,6 +96,7 @@ from scipy.optimize import minimize
 
 from trial_analysis.config import (
     followup_labels,
+    level_column,
     primary_followup,
     random_effects_problems,
     score_columns,
@@ -117,7 +118,6 @@ if TYPE_CHECKING:
 POPULATIONS = ("complete_case", "all_available")
 # Random-effect levels with their own analysis-table column; any other level is the name of a
 # patient-level column (a site, say). "patient" is always the innermost level.
-LEVEL_COLUMNS = {"clinic": "clinic_id", "therapist": "therapist_id", "patient": "patient_id"}
 NESTING = ("clinic", "therapist", "patient")
 TIDY_COLUMNS = ESTIMATE_COLUMNS
 MARGINAL_COLUMNS = ["arm", "time", "estimate", "std_error", "ci_low", "ci_high"]
@@ -235,11 +235,6 @@ class ModelSpec:
             if level in self.random_time_effects:
                 terms.append(f"(1 | {path}:time)")
         return fixed + "".join(f" + {t}" for t in terms)
-
-
-def level_column(level: str) -> str:
-    """Analysis-table column identifying the units of a random-effect level."""
-    return LEVEL_COLUMNS.get(level, level)
 
 
 def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:

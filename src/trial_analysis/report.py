@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from trial_analysis import __version__
-from trial_analysis.config import followup_labels, primary_followup
+from trial_analysis.config import followup_labels, has_table, primary_followup
 from trial_analysis.errors import DataError
 from trial_analysis.figures import FIGURE_NAMES, figure_names
 from trial_analysis.io import atomic_path
@@ -176,6 +176,23 @@ def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
             raise DataError(str(path), "table is missing", hint="run the `tables` step first")
         tables[name] = pd.read_csv(path, dtype=str, keep_default_na=False)
     return tables
+
+
+def study_schedule(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Time points and estimand of the study, as the report's design text names them."""
+    followups, primary = followup_labels(config), primary_followup(config)
+    several = len(followups) > 1
+    ancova = config["analysis"].get("baseline") == "covariate"
+    return {
+        "baseline": config["timepoints"]["baseline"], "followups": followups,
+        "primary": primary, "several": several,
+        "continuous": config["analysis"].get("time") == "continuous", "ancova": ancova,
+        "estimand": (f"mean score at {primary} adjusted for the baseline score" if ancova
+                     else "mean change from baseline to "
+                     + (primary if several else "follow-up")),
+        "estimand_each": ("mean score at each follow-up adjusted for the baseline score"
+                          if ancova else "mean change from baseline to each follow-up"),
+    }
 
 
 def embed_figures(folder: Path, names: Sequence[str] = tuple(FIGURE_NAMES)) -> dict[str, str]:
@@ -444,24 +461,8 @@ def build_context(
         "variance": variance, "models": models, "reproduction": reproduction,
         "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),
         "assumptions": assumptions, "figures": embed_figures(figures, figure_names(config)),
-        "has_sessions": config["input"]["tables"].get("sessions") is not None,
-        "schedule": {
-            "baseline": config["timepoints"]["baseline"],
-            "followups": followup_labels(config), "primary": primary_followup(config),
-            "several": len(followup_labels(config)) > 1,
-            "continuous": config["analysis"].get("time") == "continuous",
-            "ancova": config["analysis"].get("baseline") == "covariate",
-            "estimand": (
-                f"mean score at {primary_followup(config)} adjusted for the baseline score"
-                if config["analysis"].get("baseline") == "covariate" else
-                "mean change from baseline to " + (
-                    primary_followup(config) if len(followup_labels(config)) > 1
-                    else "follow-up")),
-            "estimand_each": (
-                "mean score at each follow-up adjusted for the baseline score"
-                if config["analysis"].get("baseline") == "covariate" else
-                "mean change from baseline to each follow-up"),
-        },
+        "has_sessions": has_table(config, "sessions"),
+        "schedule": study_schedule(config),
         "figure_captions": FIGURE_CAPTIONS,
         "provenance": {
             "checksums": file_checksums(raw).to_dict("records"),

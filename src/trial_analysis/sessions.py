@@ -35,6 +35,7 @@ from scipy import optimize, special
 from statsmodels.genmod import families
 from statsmodels.genmod.generalized_linear_model import GLM
 
+from trial_analysis.config import level_column
 from trial_analysis.distributions import norm_ppf, norm_sf
 from trial_analysis.errors import DataError
 from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv, write_json
@@ -162,12 +163,11 @@ def cluster_level(config: Mapping[str, Any]) -> tuple[str, str]:
     site column in another); ``("patient", "patient_id")`` when the study has no clusters,
     which makes the clustered SE the heteroskedasticity-robust (HC1) one.
     """
-    columns = {"clinic": "clinic_id", "therapist": CLUSTER, "patient": "patient_id"}
     levels = [lv for lv in config.get("analysis", {}).get("random_effects",
                                                             ["therapist", "patient"])
               if lv != "patient"]
     level = levels[0] if levels else "patient"
-    return level, columns.get(level, level)
+    return level, level_column(level)
 
 
 def cluster_labels(frame: pd.DataFrame, column: str = CLUSTER) -> tuple[np.ndarray, int]:
