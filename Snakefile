@@ -81,8 +81,6 @@ include: "workflow/common.smk"
 
 wildcard_constraints:
     outcome="|".join(OUTCOMES),
-    population="|".join(POPULATIONS),
-    subgroup="|".join(SUBGROUPS) if SUBGROUPS else "(?!)",
     analysis="|".join(SENSITIVITY) if SENSITIVITY else "(?!)",
 
 
@@ -211,51 +209,29 @@ rule allocate:
 
 
 rule fit:
-    """Primary linear mixed model: one outcome in one population."""
+    """Every model of one outcome: the primary linear mixed model in each population and the
+    arm x time x subgroup model for each subgroup (one job: the table is read once)."""
     input:
         analysis=rules.allocate.output.analysis,
         config=CONFIG_AS_RUN,
     output:
-        json=f"{REPORTS}/estimates/{{outcome}}.{{population}}.json",
-        csv=f"{REPORTS}/estimates/{{outcome}}.{{population}}.csv",
+        json=model_files("{outcome}", "json"),
+        csv=model_files("{outcome}", "csv"),
+    params:
+        estimates=lambda wildcards, output: Path(output.json[0]).parent,
     log:
-        f"{LOGS}/fit/{{outcome}}.{{population}}.log",
+        f"{LOGS}/fit/{{outcome}}.log",
     benchmark:
-        f"{BENCH}/fit.{{outcome}}.{{population}}.tsv"
+        f"{BENCH}/fit.{{outcome}}.tsv"
     conda:
         ENV
     threads: 1
     resources:
         mem_mb=8000,
-        runtime=60,
+        runtime=120,
     shell:
-        "python -m trial_analysis fit --config {input.config} --analysis {input.analysis}"
-        " --outcome {wildcards.outcome} --population {wildcards.population}"
-        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
-
-
-rule fit_subgroup:
-    """Arm x time x subgroup model: the effect within each level and the heterogeneity test."""
-    input:
-        analysis=rules.allocate.output.analysis,
-        config=CONFIG_AS_RUN,
-    output:
-        json=f"{REPORTS}/estimates/{{outcome}}.subgroup_{{subgroup}}.json",
-        csv=f"{REPORTS}/estimates/{{outcome}}.subgroup_{{subgroup}}.csv",
-    log:
-        f"{LOGS}/fit/{{outcome}}.subgroup_{{subgroup}}.log",
-    benchmark:
-        f"{BENCH}/fit_subgroup.{{outcome}}.{{subgroup}}.tsv"
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    shell:
-        "python -m trial_analysis fit-subgroup --config {input.config} --analysis {input.analysis}"
-        " --outcome {wildcards.outcome} --subgroup {wildcards.subgroup}"
-        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+        "python -m trial_analysis fit-models --config {input.config} --analysis {input.analysis}"
+        " --outcome {wildcards.outcome} --out-dir {params.estimates} > {log} 2>&1"
 
 
 rule sessions:
@@ -339,16 +315,7 @@ SENSITIVITY_OUTPUTS = expand(
 )
 
 ESTIMATES = (
-    expand(
-        f"{REPORTS}/estimates/{{outcome}}.{{population}}.json",
-        outcome=OUTCOMES,
-        population=POPULATIONS,
-    )
-    + expand(
-        f"{REPORTS}/estimates/{{outcome}}.subgroup_{{subgroup}}.json",
-        outcome=OUTCOMES,
-        subgroup=SUBGROUPS,
-    )
+    [path for outcome in OUTCOMES for path in model_files(outcome, "json")]
     + (rules.sessions.output if HAS_SESSIONS else [])
     + rules.responders.output
 )
@@ -395,7 +362,9 @@ rule figures:
     """Figures (PNG and SVG): flow diagram, trajectories, forest plot, sessions, implementation."""
     input:
         estimates=ESTIMATES,
-        tables=rules.tables.output,
+        # the flow and implementation tables (from allocate): figures need not wait for `tables`
+        flow=rules.allocate.output.flow,
+        implementation=rules.allocate.output.implementation,
         analysis=rules.allocate.output.analysis,
         config=CONFIG_AS_RUN,
     output:
@@ -410,7 +379,7 @@ rule figures:
         svg=expand(f"{REPORTS}/figures/{{name}}.svg", name=FIGURES),
     params:
         estimates=lambda wildcards, input: Path(input.estimates[0]).parent,
-        tables=lambda wildcards, input: Path(input.tables[0]).parent,
+        tables=lambda wildcards, input: Path(input.flow).parent,
         figures=lambda wildcards, output: Path(output.png[0]).parent,
     log:
         f"{LOGS}/figures.log",

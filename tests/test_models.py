@@ -25,6 +25,7 @@ from trial_analysis.models import (
     fit_outcome_model,
     fit_subgroup_model,
     run_fit,
+    run_fit_models,
     run_fit_subgroup,
 )
 
@@ -249,6 +250,49 @@ def test_cli_entries_deterministic(tmp_path, cohort, config):
                      out_json=tmp_path / "s.json", out_csv=tmp_path / "s.csv")
     sub = json.loads((tmp_path / "s.json").read_text())
     assert sub["subgroup"] == "anxiety" and sub["heterogeneity"]["num_df"] == 1
+
+
+def test_fit_models_writes_every_model_of_an_outcome_as_the_single_fits_do(tmp_path, cohort,
+                                                                         config):
+    """The pipeline's one-job-per-outcome entry writes the files of each population and each
+    subgroup, byte for byte as ``fit`` and ``fit-subgroup`` write them one at a time."""
+    path = tmp_path / "analysis.parquet"
+    cohort.to_parquet(path, index=False)
+    config = {**config, "analysis": {**config["analysis"],
+                                     "populations": ["complete_case", "all_available"],
+                                     "subgroups": ["depression", "anxiety"]}}
+    together = tmp_path / "together"
+    results = run_fit_models(config=config, analysis=path, outcome="function", out_dir=together)
+    expected = ["function.complete_case", "function.all_available",
+                "function.subgroup_depression", "function.subgroup_anxiety"]
+    assert list(results) == expected
+    assert sorted(p.name for p in together.iterdir()) == sorted(
+        f"{stem}.{ext}" for stem in expected for ext in ("json", "csv"))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for population in ("complete_case", "all_available"):
+        stem = f"function.{population}"
+        run_fit(config=config, analysis=path, outcome="function", population=population,
+                out_json=alone / f"{stem}.json", out_csv=alone / f"{stem}.csv")
+    for subgroup in ("depression", "anxiety"):
+        stem = f"function.subgroup_{subgroup}"
+        run_fit_subgroup(config=config, analysis=path, outcome="function", subgroup=subgroup,
+                         out_json=alone / f"{stem}.json", out_csv=alone / f"{stem}.csv")
+    for stem in expected:
+        for ext in ("json", "csv"):
+            assert (together / f"{stem}.{ext}").read_bytes() == (
+                alone / f"{stem}.{ext}").read_bytes(), f"{stem}.{ext}"
+
+
+def test_fit_models_writes_nothing_when_a_model_fails(tmp_path, cohort, config):
+    path = tmp_path / "analysis.parquet"
+    cohort.to_parquet(path, index=False)
+    config = {**config, "analysis": {**config["analysis"], "subgroups": ["smoking"]}}
+    # the primary models fit; the subgroup model then fails on its missing column
+    with pytest.raises(DataError, match="smoking"):
+        run_fit_models(config=config, analysis=path, outcome="function",
+                       out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_cli_missing_file(tmp_path, config):

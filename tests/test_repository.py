@@ -31,7 +31,7 @@ def test_dry_run_shows_the_whole_plan() -> None:
         capture_output=True, text=True, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
-    for rule in ("clean", "eligibility", "allocate", "fit", "fit_subgroup", "sessions",
+    for rule in ("clean", "eligibility", "allocate", "fit", "sessions",
                  "responders", "tables", "figures", "report"):
         assert rule in result.stdout
 

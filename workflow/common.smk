@@ -10,3 +10,10 @@ def primary_estimates_for(wildcards):
         outcome=SENSITIVITY_OUTCOMES,
         population=POPULATIONS,
     )
+
+
+def model_files(outcome, extension):
+    """The estimate files of every model of one outcome (each population, each subgroup)."""
+    stems = [f"{outcome}.{population}" for population in POPULATIONS]
+    stems += [f"{outcome}.subgroup_{subgroup}" for subgroup in SUBGROUPS]
+    return [f"{REPORTS}/estimates/{stem}.{extension}" for stem in stems]

@@ -128,6 +128,21 @@ STEPS: dict[str, dict[str, Any]] = {
             (("--fidelity",), _path("per-therapist fidelity table to write (CSV)")),
         ],
     },
+    "fit-models": {
+        "target": ("trial_analysis.models", "run_fit_models"),
+        "help": "fit every model of one outcome: each population and each subgroup",
+        "description": (
+            "Reads: the analysis table (once). Writes: for each of analysis.populations "
+            "{outcome}.{population}.json/.csv and for each of analysis.subgroups "
+            "{outcome}.subgroup_{subgroup}.json/.csv in --out-dir; the same files as `fit` "
+            "and `fit-subgroup` give one at a time."
+        ),
+        "args": [
+            CONFIG, ANALYSIS,
+            (("--outcome",), {"required": True, "help": "outcome name from config"}),
+            (("--out-dir",), _path("folder of the estimate files to write")),
+        ],
+    },
     "fit": {
         "target": ("trial_analysis.models", "run_fit"),
         "help": "fit the primary linear mixed model for one outcome and population",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,7 +35,7 @@ from trial_analysis.tables import (
 )
 
 if TYPE_CHECKING:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
 FIGURE_NAMES = ["flow", "trajectories", "forest", "sessions", "implementation"]
 # Figures drawn from the sessions table; a study without one has none of them.
@@ -68,21 +67,22 @@ STYLE = {
 PNG_DPI = 130
 
 
-def _pyplot() -> ModuleType:
-    """``matplotlib.pyplot`` on the Agg backend, imported on first use.
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float],
+               **subplot_options: Any) -> tuple[Figure, Any]:
+    """A figure on the Agg canvas and its axes (as ``pyplot.subplots`` returns them).
 
-    The report and sensitivity steps import this module for its names and style; importing
-    pyplot only when something is drawn spares them most of a second of start-up each.
+    Figures are drawn without pyplot: its import costs most of a second of every step's
+    start-up, and it keeps a registry of open figures that a batch step never needs.
     """
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(nrows, ncols, **subplot_options)
 
-    return matplotlib.pyplot
 
-
-def save_figure(figure: plt.Figure, out: Path, name: str) -> list[Path]:
+def save_figure(figure: Figure, out: Path, name: str) -> list[Path]:
     """Write ``figure`` as ``name.png`` and ``name.svg`` atomically, without dated metadata."""
     written = []
     for ext, metadata in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
@@ -91,7 +91,6 @@ def save_figure(figure: plt.Figure, out: Path, name: str) -> list[Path]:
             figure.savefig(tmp, format=ext, dpi=PNG_DPI, metadata=metadata,
                            bbox_inches="tight")
         written.append(target)
-    _pyplot().close(figure)
     return written
 
 
@@ -133,9 +132,8 @@ def _reason(row: Mapping[str, Any]) -> str:
     return "" if reason is None or pd.isna(reason) else str(reason)
 
 
-def flow_figure(flow: pd.DataFrame) -> plt.Figure:
+def flow_figure(flow: pd.DataFrame) -> Figure:
     """STROBE flow diagram drawn from ``flow.csv`` (see :func:`flow_layout`)."""
-    plt = _pyplot()
     from matplotlib.patches import FancyBboxPatch
 
     levels = flow_layout(flow)
@@ -154,7 +152,7 @@ def flow_figure(flow: pd.DataFrame) -> plt.Figure:
             level["labels"].append(label)
         level["height"] = max(lab.count("\n") + 1 for lab in level["labels"]) * line + 0.3
     total = sum(level["height"] for level in levels) + gap * (len(levels) - 1) + 0.5
-    figure, ax = plt.subplots(figsize=(8.5, 0.8 * total + 0.3))
+    figure, ax = new_figure(figsize=(8.5, 0.8 * total + 0.3))
     ax.set_xlim(0, 10)
     ax.set_ylim(0, total)
     ax.axis("off")
@@ -247,7 +245,7 @@ def _label_means_panel(ax: Any, config: Mapping[str, Any], outcome: Mapping[str,
 
 def trajectories_figure(
     estimates: Mapping[str, Any], config: Mapping[str, Any], population: str
-) -> plt.Figure:
+) -> Figure:
     """Adjusted marginal means by arm at baseline and follow-up, one panel per outcome.
 
     With several follow-ups the means are drawn over time (x = ``timepoints.values``), see
@@ -255,11 +253,10 @@ def trajectories_figure(
     """
     if len(followup_labels(config)) > 1:
         return trajectories_over_time(estimates, config, population)
-    plt = _pyplot()
     intervention, control = arm_labels(config)
     outcomes = config["outcomes"]
-    figure, axes = plt.subplots(1, len(outcomes), figsize=(3.3 * len(outcomes), 3.2),
-                                squeeze=False)
+    figure, axes = new_figure(1, len(outcomes), figsize=(3.3 * len(outcomes), 3.2),
+                              squeeze=False)
     for ax, outcome in zip(axes[0], outcomes, strict=True):
         doc = estimates["primary"][(outcome["name"], population)]
         means = _marginal_means_of(doc)
@@ -283,19 +280,18 @@ def trajectories_figure(
 
 def trajectories_over_time(
     estimates: Mapping[str, Any], config: Mapping[str, Any], population: str
-) -> plt.Figure:
+) -> Figure:
     """Adjusted marginal means by arm at every time point, on the numeric time axis.
 
     x is each time point's ``timepoints.values`` (0, 1, 2, ... by default); under ANCOVA the
     means are at the follow-ups only (the baseline is a covariate, held at its mean).
     """
-    plt = _pyplot()
     intervention, control = arm_labels(config)
     outcomes = config["outcomes"]
     values = time_values(config)
     span = max(values.values()) - min(values.values()) or 1.0
-    figure, axes = plt.subplots(1, len(outcomes), figsize=(3.6 * len(outcomes), 3.2),
-                                squeeze=False)
+    figure, axes = new_figure(1, len(outcomes), figsize=(3.6 * len(outcomes), 3.2),
+                              squeeze=False)
     for ax, outcome in zip(axes[0], outcomes, strict=True):
         doc = estimates["primary"][(outcome["name"], population)]
         means = _marginal_means_of(doc)
@@ -352,15 +348,14 @@ def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome
     return rows
 
 
-def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> plt.Figure:
+def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Figure:
     """Arm x time effect by population and subgroup level, one panel per outcome."""
-    plt = _pyplot()
     outcomes = config["outcomes"]
     all_rows = {o["name"]: forest_rows(estimates, config, o["name"]) for o in outcomes}
     n_rows = max(len(r) for r in all_rows.values())
-    figure, axes = plt.subplots(1, len(outcomes), figsize=(3.6 * len(outcomes),
-                                                            0.32 * n_rows + 1.6),
-                                squeeze=False, sharey=True)
+    figure, axes = new_figure(1, len(outcomes), figsize=(3.6 * len(outcomes),
+                                                          0.32 * n_rows + 1.6),
+                              squeeze=False, sharey=True)
     for ax, outcome in zip(axes[0], outcomes, strict=True):
         rows = all_rows[outcome["name"]]
         y = np.arange(len(rows))[::-1]
@@ -412,14 +407,13 @@ def sessions_distribution(analysis: pd.DataFrame, config: Mapping[str, Any]) -> 
     return pd.DataFrame(rows)
 
 
-def sessions_figure(analysis: pd.DataFrame, config: Mapping[str, Any]) -> plt.Figure:
+def sessions_figure(analysis: pd.DataFrame, config: Mapping[str, Any]) -> Figure:
     """Distribution of the number of sessions by arm (percentage of patients)."""
-    plt = _pyplot()
     table = sessions_distribution(analysis, config)
     intervention, control = arm_labels(config)
     labels = list(dict.fromkeys(table["label"]))
     x = np.arange(len(labels))
-    figure, ax = plt.subplots(figsize=(7.0, 3.2))
+    figure, ax = new_figure(figsize=(7.0, 3.2))
     for offset, arm, colour, hatch in ((-0.2, intervention, INTERVENTION_COLOUR, ""),
                                        (0.2, control, CONTROL_COLOUR, "//")):
         part = table[table["arm"] == arm]
@@ -437,9 +431,8 @@ def sessions_figure(analysis: pd.DataFrame, config: Mapping[str, Any]) -> plt.Fi
     return figure
 
 
-def implementation_figure(implementation: pd.DataFrame) -> plt.Figure:
+def implementation_figure(implementation: pd.DataFrame) -> Figure:
     """Implementation outcomes (reach, adoption, fidelity) as percentages with counts."""
-    plt = _pyplot()
     names = {"reach": "Reach (therapists trained)",
              "therapist_adoption": "Adoption (therapists delivering)",
              "patient_adoption": "Adoption (patients receiving)",
@@ -448,7 +441,7 @@ def implementation_figure(implementation: pd.DataFrame) -> plt.Figure:
     percent = 100 * pd.to_numeric(frame["numerator"], errors="coerce") / pd.to_numeric(
         frame["denominator"], errors="coerce")
     y = np.arange(len(frame))[::-1]
-    figure, ax = plt.subplots(figsize=(7.0, 0.55 * len(frame) + 1.0))
+    figure, ax = new_figure(figsize=(7.0, 0.55 * len(frame) + 1.0))
     ax.barh(y, percent, color=OKABE_ITO["green"], height=0.55)
     for yi, p, (_, row) in zip(y, percent, frame.iterrows(), strict=True):
         ax.text(min(p, 100) + 1.0, yi, f"{p:.1f}% ({int(row['numerator'])}/"
@@ -505,7 +498,9 @@ def run_figures(
     populations = config["analysis"]["populations"]
     population = "complete_case" if "complete_case" in populations else populations[0]
     written: list[Path] = []
-    with _pyplot().rc_context(STYLE):
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
         # Draw everything first, then save: a failing figure leaves no partial set behind.
         figures = {
             "flow": flow_figure(flow),

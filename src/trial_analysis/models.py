@@ -245,6 +245,7 @@ def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings.setdefault("reml", True)
     settings.setdefault("confidence_level", 0.95)
     settings.setdefault("subgroups", [])
+    settings.setdefault("populations", ["complete_case", "all_available"])
     settings.setdefault("subgroup_population", "complete_case")
     settings.setdefault("fit_path", "auto")
     settings.setdefault("covariates_by_time", True)
@@ -1365,6 +1366,45 @@ def run_fit(config: dict[str, Any], analysis: str | Path, outcome: str, populati
     write_json(result.to_json_dict(), out_json)
     write_csv(result.to_frame(), out_csv)
     return result
+
+
+def estimate_files(out_dir: str | Path, outcome: str, config: dict[str, Any]
+                   ) -> dict[str, tuple[Path, Path]]:
+    """The JSON and CSV estimate files of every model of ``outcome``, keyed by model:
+    ``{outcome}.{population}`` per population and ``{outcome}.subgroup_{subgroup}`` per
+    subgroup (the names the Snakefile and :func:`trial_analysis.tables.load_estimates` use)."""
+    settings = _analysis_settings(config)
+    stems = [f"{outcome}.{population}" for population in settings["populations"]]
+    stems += [f"{outcome}.subgroup_{subgroup}" for subgroup in settings.get("subgroups") or []]
+    out_dir = Path(out_dir)
+    return {stem: (out_dir / f"{stem}.json", out_dir / f"{stem}.csv") for stem in stems}
+
+
+def run_fit_models(config: dict[str, Any], analysis: str | Path, outcome: str,
+                   out_dir: str | Path) -> dict[str, OutcomeModelResult | SubgroupModelResult]:
+    """CLI ``fit-models``: every model of one outcome, the analysis table read once.
+
+    The primary model in each of ``analysis.populations`` and the subgroup model for each of
+    ``analysis.subgroups``, written to :func:`estimate_files` in ``out_dir``. The models are
+    the same as those of ``fit`` and ``fit-subgroup``, byte for byte: one job per outcome
+    instead of one per model only saves the start-up and the reading of the table.
+    """
+    table = read_analysis_table(analysis)
+    settings = _analysis_settings(config)
+    files = estimate_files(out_dir, outcome, config)
+    results: dict[str, OutcomeModelResult | SubgroupModelResult] = {}
+    for population in settings["populations"]:
+        results[f"{outcome}.{population}"] = fit_outcome_model(
+            table, config, outcome, population, source=str(analysis))
+    for subgroup in settings.get("subgroups") or []:
+        results[f"{outcome}.subgroup_{subgroup}"] = fit_subgroup_model(
+            table, config, outcome, subgroup, source=str(analysis))
+    # Written only once every model has been fitted: a failing model leaves no partial set.
+    for stem, result in results.items():
+        out_json, out_csv = files[stem]
+        write_json(result.to_json_dict(), out_json)
+        write_csv(result.to_frame(), out_csv)
+    return results
 
 
 def run_fit_subgroup(config: dict[str, Any], analysis: str | Path, outcome: str, subgroup: str,
