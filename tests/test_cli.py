@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,18 @@ def test_missing_config_is_a_short_error(tmp_path: Path, capsys: pytest.CaptureF
 def test_check_data_takes_the_config_positionally_or_by_option(capsys) -> None:
     assert main(["check-data"]) == 2
     assert "give the study configuration: CONFIG or --config" in capsys.readouterr().err
+
+
+def test_steps_run_one_blas_thread_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Snakemake runs steps side by side: each step's BLAS gets one thread (and the same last
+    digits on any machine) unless the variable is already set."""
+    from trial_analysis.cli import BLAS_THREAD_VARIABLES
+
+    for variable in BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "4")
+    assert main(["validate-config", str(REPO / "config" / "config.yaml")]) == 0
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert os.environ["MKL_NUM_THREADS"] == "4"
