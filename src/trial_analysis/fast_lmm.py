@@ -50,6 +50,8 @@ SINGULAR_TOL = 1e-4
 DECREMENT_TOL = 1e-9
 STEP_TOL = 1e-10
 MAX_POLISH_STEPS = 50
+# Results of NestedDesign.pieces kept for repeated theta (oldest dropped first).
+PIECES_CACHE_SIZE = 64
 MODEL_INPUT = "model input"
 
 
@@ -122,6 +124,7 @@ class NestedDesign:
         self._check_inputs(y, X, levels, time, time_effects, column_names)
         self.n, self.p = n, p
         self.reml = bool(reml)
+        self._pieces_cache: dict[bytes, dict[str, float | np.ndarray]] = {}
         self.column_names = (list(column_names) if column_names is not None
                              else [f"x{j}" for j in range(p)])
 
@@ -396,7 +399,26 @@ class NestedDesign:
         Same keys as :meth:`trial_analysis.lmm_inference.MixedDesign.pieces`:
         ``logdet_L`` (log det V0 = lme4's log|L|^2), ``logdet_RX`` (log det X'V0^-1 X),
         ``r2`` (generalised residual sum of squares), ``beta`` and ``XtViX_inv``.
+
+        The last :data:`PIECES_CACHE_SIZE` results are kept (arrays read-only): the
+        Satterthwaite derivatives move ``sigma`` with ``theta`` fixed, or revisit the same
+        ``theta``, in about a third of their evaluations, and the pieces depend on ``theta``
+        only. A repeated ``theta`` returns the very same numbers, so results are unchanged.
         """
+        key = np.asarray(theta, dtype=float).tobytes()
+        cached = self._pieces_cache.get(key)
+        if cached is not None:
+            return cached
+        result = self._compute_pieces(theta)
+        for value in result.values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+        if len(self._pieces_cache) >= PIECES_CACHE_SIZE:
+            self._pieces_cache.pop(next(iter(self._pieces_cache)))
+        self._pieces_cache[key] = result
+        return result
+
+    def _compute_pieces(self, theta: np.ndarray) -> dict[str, float | np.ndarray]:
         logdet, logdet_RX, r2, beta_c, XVX_inv_c = self._solve_fixed(theta, need_inverse=True)
         p = self.p
         # Undo the centring: beta = U (beta_c + ybar e_intercept), cov = U cov_c U'.
