@@ -84,6 +84,7 @@ all components, residual included).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,10 +413,15 @@ def _check_nesting(long: pd.DataFrame, spec: ModelSpec, source: str) -> None:
     levels = list(spec.random_effects)
     for outer, inner in zip(levels, levels[1:], strict=False):
         outer_col, inner_col = level_column(outer), level_column(inner)
-        spread = long.groupby(inner_col, sort=True)[outer_col].nunique()
-        crossed = spread[spread > 1]
+        # Distinct (inner, outer) pairs on integer codes: a groupby-nunique on the ids costs
+        # seconds per model on a registry extract.
+        outer_codes, outer_units = pd.factorize(long[outer_col], sort=True)
+        inner_codes, inner_units = pd.factorize(long[inner_col], sort=True)
+        pairs = np.unique(inner_codes.astype(np.int64) * len(outer_units) + outer_codes)
+        spread = np.bincount(pairs // len(outer_units), minlength=len(inner_units))
+        crossed = np.flatnonzero(spread > 1)
         if len(crossed):
-            unit = crossed.index[0]
+            unit = inner_units[crossed[0]]
             where = sorted(long.loc[long[inner_col] == unit, outer_col].astype(str).unique())
             raise DataError(source, f"random effects must be nested: {len(crossed)} {inner}(s) "
                             f"lie in more than one {outer} (e.g. {inner} '{unit}' in {outer}s "
@@ -558,30 +564,70 @@ def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
 
 @dataclass
 class RandomDesign:
-    """Unit codes of each variance component and the outermost grouping."""
+    """Units of each variance component and the outermost grouping.
+
+    ``n_units`` comes from integer codes; the text keys (``unit_keys``, ``groups``) that the
+    sparse and statsmodels paths need are built only when first asked for: joining ids into
+    path strings costs seconds per model on a registry extract, and the fast path never
+    needs them.
+    """
 
     components: list[str]
-    unit_keys: dict[str, np.ndarray]  # component -> unit key per row (nested path)
-    groups: np.ndarray                # outermost unit key per row
     n_units: dict[str, int]
+    long: pd.DataFrame = field(repr=False)
+    spec: ModelSpec = field(repr=False)
+
+    @functools.cached_property
+    def unit_keys(self) -> dict[str, np.ndarray]:
+        """Component -> unit key per row: the nested path of ids as text (``"t1/p7"``)."""
+        keys: dict[str, np.ndarray] = {}
+        long, spec = self.long, self.spec
+        path = pd.Series([""] * len(long), index=long.index, dtype=object)
+        time_text = long["time"].astype(str)
+        for i, level in enumerate(spec.random_effects):
+            ids = long[level_column(level)].astype(str)
+            path = ids if i == 0 else path + "/" + ids
+            keys[level] = path.to_numpy()
+            if level in spec.random_time_effects:
+                keys[f"{level}:time"] = (path + "@" + time_text).to_numpy()
+        return keys
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Outermost unit key per row."""
+        return (self.unit_keys[self.spec.random_effects[0]] if self.spec.random_effects
+                else np.zeros(0))
+
+
+def unit_codes(long: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Integer unit code per row of each variance component, inner units numbered within
+    their path (lme4's ``therapist:patient``: ids need not be unique across clusters).
+
+    Codes follow the order in which units first appear, as ``pd.factorize`` numbers the
+    ids themselves, so a fit given codes instead of ids sees its units in the same order.
+    """
+    codes: dict[str, np.ndarray] = {}
+    time_codes = pd.factorize(long["time"])[0].astype(np.int64)
+    n_times = int(time_codes.max()) + 1 if len(time_codes) else 1
+    path: np.ndarray | None = None
+    for level in spec.random_effects:
+        ids, id_units = pd.factorize(long[level_column(level)])
+        ids = ids.astype(np.int64)
+        path = ids if path is None else pd.factorize(path * len(id_units) + ids)[0].astype(
+            np.int64)
+        codes[level] = path
+        if level in spec.random_time_effects:
+            codes[f"{level}:time"] = pd.factorize(path * n_times + time_codes)[0]
+    return codes
 
 
 def random_design(long: pd.DataFrame, spec: ModelSpec) -> RandomDesign:
-    """Unit keys per component; inner units are keyed by their full path so ids need not be
+    """Units per component; inner units are keyed by their full path so ids need not be
     unique across clusters (lme4's ``therapist:patient``)."""
-    keys: dict[str, np.ndarray] = {}
-    path = pd.Series([""] * len(long), index=long.index, dtype=object)
-    time_text = long["time"].astype(str)
-    for i, level in enumerate(spec.random_effects):
-        ids = long[level_column(level)].astype(str)
-        path = ids if i == 0 else path + "/" + ids
-        keys[level] = path.to_numpy()
-        if level in spec.random_time_effects:
-            keys[f"{level}:time"] = (path + "@" + time_text).to_numpy()
-    n_units = {name: int(pd.Series(k).nunique()) for name, k in keys.items()}
-    groups = keys[spec.random_effects[0]] if spec.random_effects else np.zeros(0)
-    return RandomDesign(components=spec.random_components, unit_keys=keys, groups=groups,
-                        n_units=n_units)
+    n_units = {name: int(c.max()) + 1 if len(c) else 0
+               for name, c in unit_codes(long, spec).items()}
+    return RandomDesign(components=spec.random_components, n_units=n_units, long=long,
+                        spec=spec)
 
 
 def _sparse_design(long: pd.DataFrame, fixed: FixedDesign, rand: RandomDesign) -> MixedDesign:
@@ -766,7 +812,13 @@ def _satterthwaite(design, theta: np.ndarray, sigma: float, beta: np.ndarray, re
 def _fit_fast(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign,
               rand: RandomDesign) -> _Fit:
     """Exact nested-intercept REML/ML exploiting the block structure (trial_analysis.fast_lmm)."""
-    levels = {lv: long[level_column(lv)].astype(str).to_numpy() for lv in spec.random_effects}
+    # Integer codes number the ids in order of appearance, as the fit would: same units in
+    # the same order as the ids themselves give, without turning a million ids into text.
+    # (A missing id stays missing, NaN, for the fit's own check.)
+    levels = {}
+    for lv in spec.random_effects:
+        codes = pd.factorize(long[level_column(lv)])[0]
+        levels[lv] = np.where(codes >= 0, codes, np.nan)
     res = fit_nested_lmm(long["score"].to_numpy(float), fixed.X.to_numpy(float), levels,
                          time=long["time"].to_numpy(), time_effects=list(spec.random_time_effects),
                          reml=spec.reml, column_names=list(fixed.X.columns))
