@@ -530,7 +530,11 @@ class _TableCleaner:
             bad = np.isinf(number.to_numpy())
         else:
             _, stripped = self._stripped(series)
-            number = pd.to_numeric(stripped, errors="coerce").astype("float64")
+            # Parsed once per distinct text: scores and ages repeat a few hundred values.
+            codes, uniques = pd.factorize(stripped)
+            parsed = pd.to_numeric(pd.Series(uniques), errors="coerce").astype("float64")
+            number = pd.Series(np.append(parsed.to_numpy(), np.nan)[codes],
+                               index=stripped.index)  # code -1 (missing): NaN
             bad = (stripped.notna() & (number.isna() | np.isinf(number))).to_numpy()
         number = number.where(~bad)
         what = "whole numbers" if spec.kind in (INTEGER, FLAG, COUNT) else "numbers"
