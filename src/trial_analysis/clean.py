@@ -203,9 +203,11 @@ class _Fates:
             ["dropped", "value_set_missing", "repaired"],
             default="kept",
         )
-        with_repair = np.where(
-            has_repair, self.missing_reason + "; " + self.repair_reason, self.missing_reason
-        )
+        # Both reasons joined only where a row has both: joining every row's (mostly empty)
+        # texts is a Python string operation per raw record.
+        with_repair = self.missing_reason.copy()
+        both = np.flatnonzero(has_repair & has_missing)
+        with_repair[both] = self.missing_reason[both] + "; " + self.repair_reason[both]
         reason = np.select(
             [self.dropped, has_missing, has_repair],
             [self.drop_reason, with_repair, self.repair_reason],
