@@ -494,21 +494,23 @@ def table_one(
             "analysis table", f"both arms ('{intervention}', '{control}') must have patients",
             column="arm", hint=f"arms found: {sorted(present)}",
         )
-    with warnings.catch_warnings(), pd.option_context("future.infer_string", False):
+    with warnings.catch_warnings():
         # tableone warns about normality and low counts; the report handles both explicitly.
         warnings.simplefilter("ignore")
         # tableone turns each categorical column into a list of strings and iterates over it
         # again per arm; as Arrow-backed text (pandas 3's default) every element costs a
         # Python object, about 60 times slower than an object array, so a million patients
         # took most of a minute. Object columns hold the same strings and give the same table.
-        t1 = TableOne(
-            frame, columns=continuous + categorical, categorical=categorical,
-            continuous=continuous, groupby="arm", nonnormal=continuous if median else None,
-            smd=True, missing=True, overall=True, label_suffix=False, include_null=False,
-            decimals=1, order={c: ["female", "male"] if c == "Sex" else ["yes", "no"]
-                               for c in categorical
-                               if c == "Sex" or set(frame[c].dropna()) <= {"yes", "no"}},
-        )
+        # (pandas 4 removes this option: setting it will then fail, and this line must go.)
+        with pd.option_context("future.infer_string", False):
+            t1 = TableOne(
+                frame, columns=continuous + categorical, categorical=categorical,
+                continuous=continuous, groupby="arm", nonnormal=continuous if median else None,
+                smd=True, missing=True, overall=True, label_suffix=False, include_null=False,
+                decimals=1, order={c: ["female", "male"] if c == "Sex" else ["yes", "no"]
+                                   for c in categorical
+                                   if c == "Sex" or set(frame[c].dropna()) <= {"yes", "no"}},
+            )
     table = t1.tableone
     table.columns = [c[1] if isinstance(c, tuple) else c for c in table.columns]
     smd_column = next((c for c in table.columns if str(c).startswith("SMD")), None)
