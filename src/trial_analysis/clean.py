@@ -61,6 +61,7 @@ from trial_analysis.schemas import (
     ColumnSpec,
     TableSpec,
     cleaned_schema,
+    lookup,
     output_dtype,
     score_ranges,
     structural_schema,
@@ -202,9 +203,11 @@ class _Fates:
             ["dropped", "value_set_missing", "repaired"],
             default="kept",
         )
-        with_repair = np.where(
-            has_repair, self.missing_reason + "; " + self.repair_reason, self.missing_reason
-        )
+        # Both reasons joined only where a row has both: joining every row's (mostly empty)
+        # texts is a Python string operation per raw record.
+        with_repair = self.missing_reason.copy()
+        both = np.flatnonzero(has_repair & has_missing)
+        with_repair[both] = self.missing_reason[both] + "; " + self.repair_reason[both]
         reason = np.select(
             [self.dropped, has_missing, has_repair],
             [self.drop_reason, with_repair, self.repair_reason],
@@ -260,6 +263,20 @@ def _isin(values: pd.Series, keys: pd.Index) -> np.ndarray:
     return found.to_numpy(zero_copy_only=False).astype(bool)
 
 
+def _row_groups(codes: Sequence[np.ndarray]) -> np.ndarray:
+    """Group number of each row over several factorized columns, numbered by first appearance.
+
+    Rows with equal codes in every column share a group; a missing value (code -1) equals
+    another missing value, as in ``DataFrame.duplicated``.
+    """
+    groups = np.zeros(len(codes[0]), dtype=np.int64)
+    for column in codes:
+        # Renumbered after each column, so the combined number stays below rows x levels.
+        width = int(column.max()) + 2 if len(column) else 1  # codes run from -1 (missing)
+        groups, _ = pd.factorize(groups * width + (column + 1))
+    return groups
+
+
 def _as_text(series: pd.Series) -> pd.Series:
     """Text values with missing kept missing, whatever the stored type."""
     text = series.astype("str")
@@ -306,6 +323,9 @@ class _TableCleaner:
         # compares what was written, not two NaNs.
         self.unparsed: dict[str, pd.Series] = {}
         self.pending_row_drops: list[tuple[np.ndarray, Reasons, str, str]] = []
+        # Factorized columns (pd.factorize codes over all rows), shared by the duplicate, key
+        # and repeated-assessment checks: hashing a million ids is the costly part of each.
+        self._codes: dict[str, np.ndarray] = {}
 
     def fail(self, error: DataError) -> None:
         """Raise ``error``, or record it and go on when collecting every problem."""
@@ -416,7 +436,9 @@ class _TableCleaner:
     def _parse_code(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
         text, stripped = self._stripped(series)
         canonical = {str(a).upper(): a for a in spec.allowed or ()}
-        norm = stripped.str.upper().map(canonical)
+        upper = stripped.str.upper()
+        norm = pd.Series(lookup(upper, canonical, default=None).astype(object),
+                         index=upper.index, dtype="str")
         # Unknown codes keep their written value so the structural check can report it.
         norm = norm.where(norm.notna(), stripped).astype("str")
         changed = (norm != text) & stripped.notna()
@@ -510,7 +532,11 @@ class _TableCleaner:
             bad = np.isinf(number.to_numpy())
         else:
             _, stripped = self._stripped(series)
-            number = pd.to_numeric(stripped, errors="coerce").astype("float64")
+            # Parsed once per distinct text: scores and ages repeat a few hundred values.
+            codes, uniques = pd.factorize(stripped)
+            parsed = pd.to_numeric(pd.Series(uniques), errors="coerce").astype("float64")
+            number = pd.Series(np.append(parsed.to_numpy(), np.nan)[codes],
+                               index=stripped.index)  # code -1 (missing): NaN
             bad = (stripped.notna() & (number.isna() | np.isinf(number))).to_numpy()
         number = number.where(~bad)
         what = "whole numbers" if spec.kind in (INTEGER, FLAG, COUNT) else "numbers"
@@ -591,19 +617,23 @@ class _TableCleaner:
 
     def drop_exact_duplicates(self) -> None:
         """Later copies of an identical row are dropped, naming the first copy."""
-        compare = self.values.copy()
-        for name, text in self.unparsed.items():
-            compare[name] = compare[name].astype(object).where(compare[name].notna(), text)
-        duplicated = compare.duplicated(keep="first").to_numpy()
+        if self.n == 0 or len(self.values.columns) == 0:
+            return
+        codes = []
+        for name in self.values.columns:
+            if name in self.unparsed:
+                # An unparsable value is compared as written, not as a missing value.
+                column = self.values[name]
+                compare = column.astype(object).where(column.notna(), self.unparsed[name])
+                codes.append(pd.factorize(compare)[0])
+            else:
+                codes.append(self.codes(name))
+        groups = _row_groups(codes)
+        _, first_position = np.unique(groups, return_index=True)
+        duplicated = first_position[groups] != np.arange(self.n)
         if not duplicated.any():
             return
-        involved = compare.duplicated(keep=False).to_numpy()
-        groups = compare[involved].groupby(list(compare.columns), dropna=False, sort=False).ngroup()
-        first = pd.Series(self.fates.record_id[involved], index=groups.index).groupby(
-            groups.to_numpy()
-        ).transform("first")
-        first_row = np.zeros(self.n, dtype=np.int64)
-        first_row[involved] = first.to_numpy()
+        first_row = self.fates.record_id[first_position[groups]]
         self.fates.drop(
             duplicated,
             lambda pos: "exact duplicate of row " + pd.Series(first_row[pos]).astype(str),
@@ -616,6 +646,21 @@ class _TableCleaner:
             self.fates.drop(mask, reasons, kind, row_level=True, column=column)
         self.pending_row_drops = []
 
+    def codes(self, column: str) -> np.ndarray:
+        """``pd.factorize`` codes of ``values[column]`` (-1 missing), computed once per column."""
+        if column not in self._codes:
+            self._codes[column] = pd.factorize(self.values[column])[0]
+        return self._codes[column]
+
+    def release_codes(self) -> None:
+        """Forget the factorized columns once the row checks are done (memory)."""
+        self._codes.clear()
+
+    def set_values(self, column: str, values: pd.Series) -> None:
+        """Replace a column's values (and forget its codes)."""
+        self.values[column] = values
+        self._codes.pop(column, None)
+
     def has(self, *columns: str) -> bool:
         """Whether every column was found (only a collecting cleaner goes on without one)."""
         return all(c in self.values.columns for c in columns)
@@ -625,9 +670,11 @@ class _TableCleaner:
         if not self.has(*key_columns):
             return
         alive = ~self.fates.dropped & self.values[list(key_columns)].notna().all(axis=1).to_numpy()
-        keyed = self.values.loc[alive, list(key_columns)]
-        clash = keyed.duplicated(keep=False)
+        keys = _row_groups([self.codes(c)[alive] for c in key_columns])
+        clash = pd.Series(np.bincount(keys)[keys] > 1) if len(keys) else pd.Series([], dtype=bool)
         if clash.any():
+            keyed = self.values.loc[alive, list(key_columns)]
+            clash.index = keyed.index
             positions = np.flatnonzero(alive)[clash.to_numpy()]
             first_key = keyed[clash].iloc[0]
             same = (keyed[clash] == first_key).all(axis=1).to_numpy()
@@ -687,7 +734,7 @@ class _TableCleaner:
             f"{label} out of range",
             column=column,
         )
-        self.values[column] = values.where(~outside)
+        self.set_values(column, values.where(~outside))
 
     def check_invalid_share(self) -> None:
         """Stop in strict mode on any row-level drop, else when too many rows would go."""
@@ -789,6 +836,7 @@ def _clean_simple(cleaner: _TableCleaner, spec: TableSpec) -> None:
     cleaner.drop_exact_duplicates()
     cleaner.apply_row_drops()
     cleaner.check_key_conflicts([spec.key], spec.key)
+    cleaner.release_codes()
     for column in cleaner.columns:
         if column.value_range is not None:
             cleaner.set_out_of_range(column.name, *column.value_range, label=column.name)
@@ -814,12 +862,15 @@ def _clean_long_outcomes(
     if patients is not None:
         _reference(cleaner, "episode_id", patients, "episode_id")
     _drop_repeated_assessments(cleaner)
+    cleaner.release_codes()
     if not cleaner.has("instrument", "score"):
         return
     ranges = score_ranges(config)
     instrument = cleaner.values["instrument"]
-    low = instrument.map({k: v[0] for k, v in ranges.items()}).astype(float)
-    high = instrument.map({k: v[1] for k, v in ranges.items()}).astype(float)
+    low = pd.Series(lookup(instrument, {k: v[0] for k, v in ranges.items()}).astype(float),
+                    index=instrument.index)
+    high = pd.Series(lookup(instrument, {k: v[1] for k, v in ranges.items()}).astype(float),
+                     index=instrument.index)
     cleaner.set_out_of_range("score", low, high, label="score")
 
 
@@ -830,7 +881,9 @@ def _drop_repeated_assessments(cleaner: _TableCleaner) -> None:
         return
     values = cleaner.values
     alive = ~cleaner.fates.dropped & values[key].notna().all(axis=1).to_numpy()
-    repeated_alive = values.loc[alive, key].duplicated(keep=False).to_numpy()
+    assessments = _row_groups([cleaner.codes(k)[alive] for k in key])
+    repeated_alive = np.bincount(assessments)[assessments] > 1 if len(assessments) else (
+        np.zeros(0, dtype=bool))
     if not repeated_alive.any():
         return
     positions = np.flatnonzero(alive)[repeated_alive]
@@ -870,6 +923,7 @@ def _clean_wide_outcomes(cleaner: _TableCleaner, config: Mapping[str, Any]) -> N
     cleaner.drop_exact_duplicates()
     cleaner.apply_row_drops()
     cleaner.check_key_conflicts(["episode_id"], "episode_id")
+    cleaner.release_codes()
     ranges = score_ranges(config)
     for instrument in outcome_names(config):
         for timepoint in timepoint_labels(config):

@@ -262,6 +262,18 @@ def wide_outcome_columns(config: Mapping[str, Any]) -> list[ColumnSpec]:
     return columns
 
 
+def lookup(series: pd.Series, mapping: Mapping[Any, Any], default: Any = np.nan) -> np.ndarray:
+    """``series.map(mapping)`` as an array, deciding each distinct value once.
+
+    ``Series.map`` calls back into Python for every row of Arrow-backed text; a registry's
+    few instruments or code combinations over millions of rows need one decision each.
+    Values not in ``mapping``, and missing values, get ``default``.
+    """
+    codes, uniques = pd.factorize(series)
+    table = np.array([mapping.get(value, default) for value in uniques] + [default])
+    return table[codes]  # code -1 (missing) takes the last entry
+
+
 def _codes_within(allowed: tuple[str, ...], separator: str) -> pa.Check:
     """Check that every code of a multi-code cell is in ``allowed``.
 
@@ -271,9 +283,10 @@ def _codes_within(allowed: tuple[str, ...], separator: str) -> pa.Check:
     allowed_set = set(allowed)
 
     def check(series: pd.Series) -> pd.Series:
-        values = series.dropna().unique()
-        ok = {v: all(part in allowed_set for part in str(v).split(separator)) for v in values}
-        return series.map(ok).fillna(True).astype(bool)
+        codes, values = pd.factorize(series)
+        ok = np.array([all(part in allowed_set for part in str(v).split(separator))
+                       for v in values] + [True], dtype=bool)
+        return pd.Series(ok[codes], index=series.index)  # missing (code -1) passes
 
     return pa.Check(check, error=f"codes must be among {', '.join(allowed)}")
 
@@ -367,7 +380,7 @@ def cleaned_schema(
 def _scores_in_range(
     frame: pd.DataFrame, ranges: Mapping[str, tuple[float, float]]
 ) -> pd.Series:
-    low = frame["instrument"].map({k: v[0] for k, v in ranges.items()}).astype(float)
-    high = frame["instrument"].map({k: v[1] for k, v in ranges.items()}).astype(float)
+    low = lookup(frame["instrument"], {k: v[0] for k, v in ranges.items()}).astype(float)
+    high = lookup(frame["instrument"], {k: v[1] for k, v in ranges.items()}).astype(float)
     score = frame["score"]
     return score.isna() | ((score >= low) & (score <= high))

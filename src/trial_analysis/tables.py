@@ -397,6 +397,16 @@ def true_sessions_ratio(truth: Mapping[str, Any] | None) -> float | None:
 # --------------------------------------------------------------------------------------------
 # Table 1
 # --------------------------------------------------------------------------------------------
+def _labelled(values: pd.Series, mapping: Mapping[Any, str]) -> pd.Series:
+    """Each value's label (``mapping``, else its text), missing kept missing, as objects.
+
+    Labelled once per distinct value: a registry's million patients have a handful of levels.
+    """
+    codes, uniques = pd.factorize(values)
+    labels = np.array([mapping.get(v, str(v)) for v in uniques] + [np.nan], dtype=object)
+    return pd.Series(labels[codes], index=values.index, dtype=object)  # code -1: missing
+
+
 def _table1_frame(
     analysis: pd.DataFrame, config: Mapping[str, Any]
 ) -> tuple[pd.DataFrame, list[str], list[str], list[str]]:
@@ -440,8 +450,7 @@ def _table1_frame(
             numeric = pd.to_numeric(values, errors="coerce") if mapping is yes_no else None
             if numeric is not None and numeric.notna().sum() == values.notna().sum():
                 values = numeric
-            values = values.map(lambda v, m=mapping: m.get(v, str(v)) if pd.notna(v) else None)
-            frame[label] = values.astype(object)
+            frame[label] = _labelled(values, mapping)
             categorical.append(label)
         else:
             frame[label] = pd.to_numeric(values, errors="coerce").astype(float)
@@ -488,14 +497,20 @@ def table_one(
     with warnings.catch_warnings():
         # tableone warns about normality and low counts; the report handles both explicitly.
         warnings.simplefilter("ignore")
-        t1 = TableOne(
-            frame, columns=continuous + categorical, categorical=categorical,
-            continuous=continuous, groupby="arm", nonnormal=continuous if median else None,
-            smd=True, missing=True, overall=True, label_suffix=False, include_null=False,
-            decimals=1, order={c: ["female", "male"] if c == "Sex" else ["yes", "no"]
-                               for c in categorical
-                               if c == "Sex" or set(frame[c].dropna()) <= {"yes", "no"}},
-        )
+        # tableone turns each categorical column into a list of strings and iterates over it
+        # again per arm; as Arrow-backed text (pandas 3's default) every element costs a
+        # Python object, about 60 times slower than an object array, so a million patients
+        # took most of a minute. Object columns hold the same strings and give the same table.
+        # (pandas 4 removes this option: setting it will then fail, and this line must go.)
+        with pd.option_context("future.infer_string", False):
+            t1 = TableOne(
+                frame, columns=continuous + categorical, categorical=categorical,
+                continuous=continuous, groupby="arm", nonnormal=continuous if median else None,
+                smd=True, missing=True, overall=True, label_suffix=False, include_null=False,
+                decimals=1, order={c: ["female", "male"] if c == "Sex" else ["yes", "no"]
+                                   for c in categorical
+                                   if c == "Sex" or set(frame[c].dropna()) <= {"yes", "no"}},
+            )
     table = t1.tableone
     table.columns = [c[1] if isinstance(c, tuple) else c for c in table.columns]
     smd_column = next((c for c in table.columns if str(c).startswith("SMD")), None)
