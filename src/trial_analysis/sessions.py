@@ -51,6 +51,11 @@ INTERCEPT = "(Intercept)"
 # Convergence settings: tighter than glm.control's 1e-8 so that our estimates sit well inside
 # the golden tolerances whatever path R took to its own optimum.
 _EPSILON = 1e-10
+# IRLS also stops when the deviance changes by less than this fraction of itself. An absolute
+# tolerance alone cannot be met on a registry extract: at 10^6 patients the deviance is ~10^6
+# and its rounding noise alone exceeds 1e-10, so IRLS ran all iterations and reported no
+# convergence. (R's glm uses a relative criterion, |dev - dev_old| / (|dev| + 0.1) < 1e-8.)
+_RELATIVE_EPSILON = 1e-14
 _MAX_ITER = 100
 # If the likelihood still rises in theta at this value, the counts show no over-dispersion and
 # the NB maximum lies at infinity (the Poisson model). The extra variance mu^2/theta is then
@@ -216,7 +221,8 @@ def fit_glm(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = GLM(y, X, family=family).fit(
-            start_params=start, method="IRLS", tol=_EPSILON, maxiter=_MAX_ITER
+            start_params=start, method="IRLS", tol=_EPSILON, rtol=_RELATIVE_EPSILON,
+            maxiter=_MAX_ITER,
         )
     messages = sorted({str(w.message) for w in caught})
     if not result.converged:
