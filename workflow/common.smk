@@ -10,3 +10,10 @@ def primary_estimates_for(wildcards):
         outcome=SENSITIVITY_OUTCOMES,
         population=POPULATIONS,
     )
+
+
+def imputations_for(wildcards):
+    """Multiple imputation and the tipping point share the imputations of rule impute."""
+    if wildcards.analysis not in ("multiple_imputation", "tipping_point"):
+        return []
+    return rules.impute.output.imputations

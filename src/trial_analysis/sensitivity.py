@@ -581,6 +581,7 @@ def run_sensitivity(
     out_csv: str | Path,
     figures_dir: str | Path | None = None,
     estimates_dir: str | Path | None = None,
+    imputations: str | Path | None = None,
 ) -> SensitivityResult:
     """CLI entry: run one sensitivity analysis and write ``sensitivity.{name}.json/.csv``.
 
@@ -601,6 +602,9 @@ def run_sensitivity(
         Folder of the primary estimate files ``{outcome}.{population}.json``; required by
         ``evalue``; used by ``multiple_imputation`` to line complete-case, all-available and
         MI estimates up when present.
+    imputations : path, optional
+        The imputation file of the ``impute`` step (``imputations.parquet``), used by
+        ``multiple_imputation`` and ``tipping_point`` instead of imputing again.
     """
     if analysis_name not in ANALYSES:
         raise ConfigError("command line", [f"analysis_name '{analysis_name}' is not one of "
@@ -610,6 +614,11 @@ def run_sensitivity(
     if figures_dir is not None:
         # the folder is this step's declared output even for analyses that draw nothing
         Path(figures_dir).mkdir(parents=True, exist_ok=True)
+    shared = None
+    if imputations is not None and analysis_name in ("multiple_imputation", "tipping_point"):
+        from trial_analysis.imputation import read_imputations
+
+        shared = read_imputations(imputations, frame, config, source=source)
     if analysis_name == "propensity":
         from trial_analysis.propensity import run_propensity_analysis
 
@@ -625,11 +634,12 @@ def run_sensitivity(
         from trial_analysis.imputation import run_multiple_imputation
 
         result = run_multiple_imputation(frame, config, estimates_dir=estimates_dir,
-                                         source=source)
+                                         source=source, imputations=shared)
     elif analysis_name == "tipping_point":
         from trial_analysis.imputation import run_tipping_point
 
-        result = run_tipping_point(frame, config, figures_dir=figures_dir, source=source)
+        result = run_tipping_point(frame, config, figures_dir=figures_dir, source=source,
+                                   imputations=shared)
     else:
         result = fit_therapist_fixed_effects(frame, config, source=source)
     write_json(result.to_json(), out_json)
