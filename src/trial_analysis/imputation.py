@@ -140,20 +140,19 @@ def donor_candidates(
     order = _stable_argsort(fitted_obs)
     ranked = fitted_obs[order]
     width = min(2 * d, n_obs)
-    # Binary searches for queries in sorted order walk memory in order: several times faster.
+    # Missing rows are handled in order of their fitted values: the binary searches and the
+    # reads of sorted neighbours then walk memory in order (several times faster at scale).
     query_order = np.argsort(fitted_mis)
-    insertion = np.empty(n_mis, dtype=np.intp)
-    insertion[query_order] = np.searchsorted(ranked, fitted_mis[query_order])
-    start = np.clip(insertion - d, 0, n_obs - width)
-    # Row i of the window is ranked[start[i]:start[i] + width]: a strided view gathers whole
-    # contiguous rows instead of n_missing x width scattered elements.
-    windows = np.lib.stride_tricks.sliding_window_view(ranked, width)
-    distance = np.abs(windows[start] - fitted_mis[:, None])
-    rows = np.arange(n_mis)
+    targets = fitted_mis[query_order]
+    start = np.searchsorted(ranked, targets) - d
+    np.clip(start, 0, n_obs - width, out=start)
     offset = np.zeros(n_mis, dtype=np.intp)
     for _ in range(width - d):
-        offset += distance[rows, offset + d] < distance[rows, offset]
-    return order, start + offset, d
+        left = start + offset
+        offset += np.abs(ranked[left + d] - targets) < np.abs(ranked[left] - targets)
+    first = np.empty(n_mis, dtype=np.intp)
+    first[query_order] = start + offset
+    return order, first, d
 
 
 def match_donors(
@@ -191,31 +190,47 @@ def _impute_group(
         design[missing[:, j], n_fixed + j] = rng.choice(observed, int(missing[:, j].sum()))
     observed_rows = {j: np.flatnonzero(~missing[:, j]) for j in columns}
     missing_rows = {j: np.flatnonzero(missing[:, j]) for j in columns}
+    n_columns = design.shape[1]
+    # The Gram matrix of all rows is kept current (a changed column refreshes its row and
+    # column), so the observed rows' Gram is gathered directly when they are the fewer and
+    # otherwise as all rows minus the missing ones: no step gathers more than half the rows.
+    # Fitted values come from passes over the whole design (cheaper than gathering rows).
+    gram_all = design.T @ design
+    gathered = max((min(len(observed_rows[j]), len(missing_rows[j])) for j in columns),
+                   default=0)
+    # one buffer for the gathered rows: fresh arrays this large would be mapped and
+    # page-faulted anew at every step
+    buffer = np.empty((gathered, n_columns))
     for _ in range(iterations):
         for j in columns:
             obs, mis = observed_rows[j], missing_rows[j]
             own = n_fixed + j
-            model = np.delete(np.arange(design.shape[1]), own)
-            # Whole rows are gathered (contiguous copies); one Gram matrix of all columns gives
-            # X'X, X'y and y'y of the model without re-gathering X without its own column.
-            rows_obs = np.take(design, obs, axis=0)
-            gram = rows_obs.T @ rows_obs
+            model = np.delete(np.arange(n_columns), own)
+            if len(obs) <= len(mis):
+                rows = np.take(design, obs, axis=0, out=buffer[:len(obs)])
+                gram = rows.T @ rows
+            else:
+                rows = np.take(design, mis, axis=0, out=buffer[:len(mis)])
+                gram = gram_all - rows.T @ rows
             xtx = gram[np.ix_(model, model)]
             xtx = xtx + np.diag(np.maximum(np.diag(xtx), 1.0) * _RIDGE)
             inverse = np.linalg.inv(xtx)
-            beta_hat = np.zeros(design.shape[1])
+            beta_hat = np.zeros(n_columns)
             beta_hat[model] = inverse @ gram[model, own]
-            y_obs = rows_obs[:, own]
-            fitted_obs = rows_obs @ beta_hat
+            y_obs = design[obs, own]
+            fitted_obs = (design @ beta_hat)[obs]
             residual = y_obs - fitted_obs
             df = max(len(obs) - len(model), 1)
             sigma = math.sqrt(float(residual @ residual) / rng.chisquare(df))
             chol = np.linalg.cholesky((inverse + inverse.T) / 2)
-            beta_star = np.zeros(design.shape[1])
+            beta_star = np.zeros(n_columns)
             beta_star[model] = beta_hat[model] + sigma * chol @ rng.standard_normal(len(model))
-            fitted_mis = np.take(design, mis, axis=0) @ beta_star
+            fitted_mis = (design @ beta_star)[mis]
             donor = match_donors(fitted_obs, fitted_mis, donors, rng)
             design[mis, own] = y_obs[donor]
+            refreshed = design.T @ design[:, own]
+            gram_all[own, :] = refreshed
+            gram_all[:, own] = refreshed
     return design[:, n_fixed:].copy()
 
 
