@@ -475,7 +475,10 @@ def _provenance(analysis: pd.DataFrame, config: Mapping[str, Any],
     options = prepared.options
     key = ""
     if ROW_KEY in analysis.columns:
-        key = hashlib.sha256("\n".join(analysis[ROW_KEY].astype(str)).encode()).hexdigest()
+        keys = analysis[ROW_KEY]
+        if not (pd.api.types.is_string_dtype(keys) and keys.notna().all()):
+            keys = keys.astype(str)
+        key = hashlib.sha256("\n".join(keys.tolist()).encode()).hexdigest()
     return {
         "format": IMPUTATIONS_FORMAT, "version": IMPUTATIONS_VERSION,
         "seed": int(config.get("seed", 0)), "m": int(options["m"]),
@@ -538,6 +541,7 @@ def read_imputations(
     row count, row-key checksum and every imputed cell's row and column are checked; a
     mismatch raises :class:`DataError` (rerun the ``impute`` step).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -557,7 +561,6 @@ def read_imputations(
                         f"configuration (differing: {', '.join(differ)})",
                         hint="Rerun the `impute` step")
     rows, columns = _cell_keys(prepared)
-    names = np.asarray(prepared.columns, dtype=object)[columns]
     value_columns = [f"imputation_{i + 1}" for i in range(expected["m"])]
     missing_columns = [c for c in ["row", "column", *value_columns]
                        if c not in table.column_names]
@@ -565,9 +568,16 @@ def read_imputations(
         raise DataError(str(path), "column missing from the imputation file",
                         column=missing_columns[0])
     stored_rows = table.column("row").to_numpy()
-    stored_names = np.asarray(table.column("column").to_pylist(), dtype=object)
+    # column names are compared as numbers: the dictionary's names mapped to their position
+    names = table.column("column").combine_chunks()
+    if not isinstance(names, pa.DictionaryArray):
+        names = names.dictionary_encode()
+    position = {name: i for i, name in enumerate(prepared.columns)}
+    known = np.array([position.get(name, -1) for name in names.dictionary.to_pylist()] or [-1])
+    stored_columns = (known[names.indices.to_numpy(zero_copy_only=False)]
+                      if names.null_count == 0 else np.full(len(names), -1))
     if (len(stored_rows) != len(rows) or not np.array_equal(stored_rows, rows)
-            or not np.array_equal(stored_names, names)):
+            or not np.array_equal(stored_columns, columns)):
         raise DataError(str(path), "the imputed cells (row, column) are not the missing cells "
                         "of the analysis table", column="row", hint="Rerun the `impute` step")
     cells = np.empty((expected["m"], len(rows)))

@@ -359,9 +359,13 @@ def ancova_design(
 
 def cluster_sums(design: AncovaDesign, residuals: np.ndarray) -> np.ndarray:
     """Per-cluster sums of the score contributions ``w_i x_i r_i`` (clusters x k)."""
-    summed = np.zeros((int(design.clusters.max()) + 1, design.X.shape[1]))
-    np.add.at(summed, design.clusters, design.X * (design.w * residuals)[:, None])
-    return summed
+    n_clusters = int(design.clusters.max()) + 1
+    scores = design.X * (design.w * residuals)[:, None]
+    # bincount adds in row order as np.add.at does (the same sums, bit for bit), many times
+    # faster on a registry's rows
+    return np.column_stack([np.bincount(design.clusters, weights=scores[:, k],
+                                        minlength=n_clusters)
+                            for k in range(scores.shape[1])]).reshape(n_clusters, -1)
 
 
 def fit_ancova(
