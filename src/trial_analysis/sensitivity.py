@@ -331,7 +331,8 @@ def ancova_design(
     w_all = np.ones(len(frame)) if weights is None else np.asarray(weights, dtype=float)
     keep &= w_all > 0
     rows = np.flatnonzero(keep)
-    data = frame.iloc[rows]
+    # only the model's columns are copied (a registry's table has many more, some text)
+    data = frame[list(dict.fromkeys([ARM, THERAPIST, baseline, followup, *covariates]))].iloc[rows]
     w = w_all[rows]
     design = pd.concat([data[[ARM, baseline]].astype(float), encode_columns(data, covariates)],
                        axis=1)
