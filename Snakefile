@@ -285,10 +285,34 @@ rule responders:
         " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
 
 
+rule impute:
+    """Multiple imputation (chained equations, PMM), once for MI and the tipping point."""
+    input:
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        imputations=f"{INTERIM}/imputations.parquet",
+    log:
+        f"{LOGS}/impute.log",
+    benchmark:
+        f"{BENCH}/impute.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        # The chains run in {threads} processes, each with one BLAS thread (the shell prefix).
+        "python -m trial_analysis impute --config {input.config} --analysis {input.analysis}"
+        " --out {output.imputations} --jobs {threads} > {log} 2>&1"
+
+
 rule sensitivity:
     """One sensitivity analysis of the observational comparison (confounding, missing data)."""
     input:
         estimates=primary_estimates_for,
+        imputations=imputations_for,
         analysis=rules.allocate.output.analysis,
         config=CONFIG_AS_RUN,
     output:
@@ -298,6 +322,9 @@ rule sensitivity:
     params:
         estimates=lambda wildcards, input: (
             f"--estimates-dir {Path(input.estimates[0]).parent}" if input.estimates else ""
+        ),
+        imputations=lambda wildcards, input: (
+            f"--imputations {input.imputations}" if input.imputations else ""
         ),
     log:
         f"{LOGS}/sensitivity/{{analysis}}.log",
@@ -312,7 +339,7 @@ rule sensitivity:
     shell:
         "python -m trial_analysis sensitivity --config {input.config} --analysis {input.analysis}"
         " --analysis-name {wildcards.analysis} --out-json {output.json} --out-csv {output.csv}"
-        " --figures-dir {output.figures} {params.estimates} > {log} 2>&1"
+        " --figures-dir {output.figures} {params.estimates} {params.imputations} > {log} 2>&1"
 
 
 SENSITIVITY_OUTPUTS = expand(

@@ -9,18 +9,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sensitivity_simulation import simulate_cohort, study_config
 
+from trial_analysis.errors import DataError
 from trial_analysis.imputation import (
+    donor_candidates,
     impute_chained,
     line_up,
     match_donors,
     pool_rubin,
     pooled_at,
     pooled_effect,
+    read_imputations,
+    run_impute,
     run_multiple_imputation,
     run_tipping_point,
     shiftable_fits,
+    write_imputations,
 )
-from trial_analysis.sensitivity import fit_ancova
+from trial_analysis.sensitivity import fit_ancova, run_sensitivity
 
 COVARIATES = ["age", "sex", "symptom_duration_weeks"]
 FAST = {"m": 5, "iterations": 5}
@@ -58,6 +63,35 @@ def test_donor_is_always_among_the_nearest(observed: list[float], targets: list[
     for target, index in zip(fitted_mis, chosen, strict=True):
         distances = np.sort(np.abs(fitted_obs - target))
         assert abs(fitted_obs[index] - target) <= distances[d - 1] + 1e-12
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    observed=st.lists(st.integers(-8, 8), min_size=1, max_size=30),
+    targets=st.lists(st.floats(-10, 10, allow_nan=False), min_size=1, max_size=10),
+    donors=st.integers(1, 6),
+)
+def test_donor_candidates_are_the_nearest_by_a_stable_sort(observed: list[int],
+                                                           targets: list[float],
+                                                           donors: int) -> None:
+    # Integer fitted values make ties common. The candidates must be d nearest, and, unless
+    # two candidates are equally near, exactly those the previous implementation chose (a
+    # stable sort of the distances within the window of 2d sorted values around the insertion
+    # point). Among equally near values the run nearest the insertion point is taken now;
+    # the previous sort took the earliest, which need not be a contiguous run.
+    fitted_obs, fitted_mis = np.array(observed, dtype=float), np.array(targets)
+    order, first, d = donor_candidates(fitted_obs, fitted_mis, donors)
+    assert np.array_equal(order, np.argsort(fitted_obs, kind="stable"))
+    ranked = fitted_obs[order]
+    width = min(2 * d, len(ranked))
+    for target, start in zip(fitted_mis, first, strict=True):
+        chosen = np.abs(ranked[start:start + d] - target)
+        assert np.array_equal(np.sort(chosen), np.sort(np.abs(ranked - target))[:d])
+        window = int(np.clip(np.searchsorted(ranked, target) - d, 0, len(ranked) - width))
+        distance = np.abs(ranked[window:window + width] - target)
+        previous = window + np.argsort(distance, kind="stable")[:d]
+        if len(np.unique(distance)) == len(distance):
+            assert set(range(start, start + d)) == set(previous.tolist())
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +252,94 @@ def test_multiple_imputation_is_unbiased_over_replicates() -> None:
     assert np.mean(complete) - 4.0 > 1.0
     assert abs(np.mean(imputed) - 4.0) < 0.4
     assert np.mean(covered) >= 0.75
+
+
+# --------------------------------------------------------------------------------------------
+# Seeded chains and the shared imputation file
+# --------------------------------------------------------------------------------------------
+
+
+def _small(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.iloc[:700].reset_index(drop=True).assign(
+        episode_id=[f"E{i:05d}" for i in range(700)])
+
+
+def _assert_same_imputations(first, second) -> None:
+    assert first.columns == second.columns and first.excluded == second.excluded
+    assert np.array_equal(first.positions, second.positions)
+    pd.testing.assert_frame_equal(first.missing, second.missing)
+    assert len(first.datasets) == len(second.datasets)
+    for a, b in zip(first.datasets, second.datasets, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_each_chain_has_its_own_stream(mar_cohort: pd.DataFrame) -> None:
+    # Imputation i is drawn from SeedSequence(seed, spawn_key=(i, arm)): it is the same
+    # whether 2 or 3 imputations are made, and the two imputations differ.
+    frame = mar_cohort.iloc[:600]
+    two = impute_chained(frame, study_config(multiple_imputation={"m": 2, "iterations": 2}))
+    three = impute_chained(frame, study_config(multiple_imputation={"m": 3, "iterations": 2}))
+    assert np.array_equal(two.datasets.cells, three.datasets.cells[:2])
+    assert not np.array_equal(two.datasets.cells[0], two.datasets.cells[1])
+
+
+def test_file_does_not_depend_on_the_number_of_processes(
+    mar_cohort: pd.DataFrame, tmp_path
+) -> None:
+    frame = _small(mar_cohort)
+    config = study_config(multiple_imputation={"m": 3, "iterations": 2})
+    paths = []
+    for jobs in (1, 2):
+        imputations = impute_chained(frame, config, jobs=jobs)
+        paths.append(write_imputations(imputations, frame, config, tmp_path / f"{jobs}.parquet"))
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_file_round_trip_gives_the_same_imputations(mar_cohort: pd.DataFrame,
+                                                     tmp_path) -> None:
+    frame = _small(mar_cohort)
+    # a text covariate missing for some patients: they are left out, and counted
+    frame.loc[[3, 50], "sex"] = None
+    config = study_config(multiple_imputation={"m": 3, "iterations": 2})
+    in_memory = impute_chained(frame, config)
+    assert in_memory.excluded == 2
+    path = write_imputations(in_memory, frame, config, tmp_path / "imputations.parquet")
+    _assert_same_imputations(read_imputations(path, frame, config), in_memory)
+
+
+def test_file_of_another_table_or_config_is_refused(mar_cohort: pd.DataFrame,
+                                                     tmp_path) -> None:
+    frame = _small(mar_cohort)
+    config = study_config(multiple_imputation={"m": 2, "iterations": 2})
+    path = write_imputations(impute_chained(frame, config), frame, config,
+                             tmp_path / "imputations.parquet")
+    with pytest.raises(DataError, match="seed"):
+        read_imputations(path, frame, {**config, "seed": 1})
+    with pytest.raises(DataError, match="row_key_sha256"):
+        read_imputations(path, frame.iloc[::-1].reset_index(drop=True), config)
+    other = frame.copy()
+    other.loc[0, "function_followup"] = np.nan if pd.notna(other.loc[0, "function_followup"]) \
+        else 50.0
+    with pytest.raises(DataError, match="missing cells"):
+        read_imputations(path, other, config)
+
+
+def test_sensitivity_rows_from_the_file_equal_the_in_memory_ones(
+    mar_cohort: pd.DataFrame, tmp_path
+) -> None:
+    frame = _small(mar_cohort)
+    config = study_config(outcomes=["function", "pain"],
+                          multiple_imputation={"m": 3, "iterations": 2},
+                          tipping_point={"delta_steps": 5})
+    analysis = tmp_path / "analysis.parquet"
+    frame.to_parquet(analysis, index=False)
+    shared = tmp_path / "imputations.parquet"
+    run_impute(config, analysis, shared, jobs=2)
+    direct = {"multiple_imputation": run_multiple_imputation(frame, config),
+              "tipping_point": run_tipping_point(frame, config)}
+    for name, expected in direct.items():
+        via_file = run_sensitivity(config, analysis, name, tmp_path / f"{name}.json",
+                                   tmp_path / f"{name}.csv", imputations=shared)
+        pd.testing.assert_frame_equal(via_file.to_frame(), expected.to_frame())
+        for table, value in expected.tables.items():
+            pd.testing.assert_frame_equal(via_file.tables[table], value)

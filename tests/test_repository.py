@@ -36,6 +36,26 @@ def test_dry_run_shows_the_whole_plan() -> None:
         assert rule in result.stdout
 
 
+def _planned_rules(*targets: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile",
+         str(REPO / "Snakefile"), *targets],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    # the "Job stats" table: a header, a rule, then one "rule count" row each up to a blank line
+    table = result.stdout.split("Job stats:")[1].strip().split("\n\n")[0].splitlines()[2:]
+    return {line.split()[0] for line in table}
+
+
+def test_only_the_missing_data_analyses_wait_for_the_imputations() -> None:
+    estimates = "reports/estimates"
+    assert "impute" in _planned_rules(f"{estimates}/sensitivity.multiple_imputation.json")
+    assert "impute" in _planned_rules(f"{estimates}/sensitivity.tipping_point.json")
+    assert "impute" not in _planned_rules(f"{estimates}/sensitivity.propensity.json",
+                                          f"{estimates}/sensitivity.evalue.json")
+
+
 def test_no_data_or_reports_are_tracked() -> None:
     tracked = subprocess.run(
         ["git", "ls-files", "data", "reports"], capture_output=True, text=True, cwd=REPO

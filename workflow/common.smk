@@ -17,3 +17,10 @@ def model_files(outcome, extension):
     stems = [f"{outcome}.{population}" for population in POPULATIONS]
     stems += [f"{outcome}.subgroup_{subgroup}" for subgroup in SUBGROUPS]
     return [f"{REPORTS}/estimates/{stem}.{extension}" for stem in stems]
+
+
+def imputations_for(wildcards):
+    """Multiple imputation and the tipping point share the imputations of rule impute."""
+    if wildcards.analysis not in ("multiple_imputation", "tipping_point"):
+        return []
+    return rules.impute.output.imputations

@@ -191,12 +191,29 @@ STEPS: dict[str, dict[str, Any]] = {
         ),
         "args": [CONFIG, ANALYSIS, OUT_JSON, OUT_CSV],
     },
+    "impute": {
+        "target": ("trial_analysis.imputation", "run_impute"),
+        "help": "multiple imputation (chained equations, PMM), shared by MI and tipping point",
+        "description": (
+            "Reads: the analysis table (config sensitivity.multiple_imputation and seed). "
+            "Writes: the imputed cells of every imputation as Parquet to --out, read by the "
+            "multiple_imputation and tipping_point sensitivity analyses (--imputations). The "
+            "file is the same whatever --jobs is."
+        ),
+        "args": [
+            CONFIG, ANALYSIS,
+            (("--out",), _path("imputation file to write (Parquet)")),
+            (("--jobs",), {"type": int, "default": 1,
+                           "help": "processes running the imputation chains (default 1)"}),
+        ],
+    },
     "sensitivity": {
         "target": ("trial_analysis.sensitivity", "run_sensitivity"),
         "help": "one sensitivity analysis of the observational comparison",
         "description": (
             "Reads: the analysis table (and, for evalue and multiple_imputation, the primary "
-            "estimate files). Writes: tidy estimates as JSON and CSV; the love plot or "
+            "estimate files; for multiple_imputation and tipping_point, the imputation file of "
+            "`impute` when given). Writes: tidy estimates as JSON and CSV; the love plot or "
             "tipping-point figure to --figures-dir."
         ),
         "args": [
@@ -210,6 +227,10 @@ STEPS: dict[str, dict[str, Any]] = {
                                   "help": "folder for this analysis's figures"}),
             (("--estimates-dir",), {"type": Path, "default": None,
                                     "help": "folder of the primary estimate files"}),
+            (("--imputations",), {"type": Path, "default": None,
+                                  "help": "imputation file written by `impute` "
+                                          "(multiple_imputation, tipping_point; else they "
+                                          "impute themselves)"}),
         ],
     },
     "tables": {

@@ -18,11 +18,36 @@ Multiple imputation by chained equations (``sensitivity.multiple_imputation``)
     (``sigma* ~ SSR / chi2_(n-k)``, ``beta* ~ N(beta_hat, sigma*^2 (X'X)^-1)``) gives those of
     missing rows; each missing value is copied from one of the ``donors`` (5) observed rows with
     the nearest fitted value, chosen at random. Imputations therefore are always values that were
-    actually observed, inside the instrument's range. ``m`` (20) independent chains of
-    ``iterations`` (10) sweeps each, started from random draws of observed values; one
-    ``numpy`` generator seeded with the config ``seed`` drives everything (deterministic).
-    Patients are not clustered in the imputation model (therapist is ignored there); the
-    analysis model's clustered SEs then carry the clustering.
+    actually observed, inside the instrument's range (the ``d`` nearest form a run of the
+    observed rows sorted by fitted value; among exactly equally near candidates the run nearest
+    the missing row's fitted value is taken). ``m`` (20) independent chains of ``iterations``
+    (10) sweeps each, started from random draws of observed values. Patients are not clustered
+    in the imputation model (therapist is ignored there); the analysis model's clustered SEs
+    then carry the clustering.
+
+Random streams and parallel chains
+    Every chain, imputation ``i`` of arm ``g`` (``g = 0`` the only group without ``by_arm``),
+    draws from its own generator, ``SeedSequence(seed, spawn_key=(i, g))`` (the same stream as
+    ``SeedSequence(seed).spawn(m)[i].spawn(n_groups)[g]``), as ``mice``'s ``futuremice`` seeds
+    its parallel chains. The chains are therefore independent of each other and of how many
+    processes run them (``impute_chained(..., jobs=N)``, ``trial-analysis impute --jobs N``):
+    same data, config and seed give byte-identical imputations for every ``N``. Earlier
+    versions drove all chains from one generator in sequence; their MI and tipping-point
+    numbers differ from these by Monte Carlo noise only (checked on the default cohort over
+    eight seeds). For speed on registry extracts each regression's sums come from a Gram
+    matrix of all rows kept current (observed rows' sums = all rows' minus missing rows'
+    when fewer are missing); this equals the direct sums up to rounding, but chained PMM
+    turns any rounding difference into other, equally valid, donor draws, so the imputations
+    are not bit-identical to a direct computation.
+
+Imputing once (rule ``impute``)
+    The pipeline imputes once, writing ``{interim}/imputations.parquet``
+    (:func:`write_imputations`: one row per imputed cell, its row position in the analysis
+    table, its column and one value column per imputation), which the ``multiple_imputation``
+    and ``tipping_point`` analyses read (:func:`read_imputations`, which checks the file
+    against the analysis table and config) instead of imputing again. Called without a file
+    (:func:`run_multiple_imputation`, :func:`run_tipping_point`), they impute themselves,
+    with the same result.
 
 Analysis model and pooling
     ANCOVA on each imputed dataset (follow-up on arm, baseline and ``analysis.covariates``,
@@ -43,6 +68,8 @@ Tipping point (``sensitivity.tipping_point``; MNAR, delta adjustment)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +80,7 @@ import numpy as np
 import pandas as pd
 
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.io import read_json
+from trial_analysis.io import atomic_path, read_analysis_table, read_json
 from trial_analysis.robust import cr1_factor
 from trial_analysis.sensitivity import (
     ARM,
@@ -86,95 +113,216 @@ _RIDGE = 1e-5
 # --------------------------------------------------------------------------------------------
 
 
-def _draw_fitted(
-    X_obs: np.ndarray, y_obs: np.ndarray, X_mis: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fitted values of observed rows (``beta_hat``) and missing rows (posterior ``beta*``)."""
-    xtx = X_obs.T @ X_obs
-    xtx = xtx + np.diag(np.maximum(np.diag(xtx), 1.0) * _RIDGE)
-    inverse = np.linalg.inv(xtx)
-    beta_hat = inverse @ (X_obs.T @ y_obs)
-    fitted_obs = X_obs @ beta_hat
-    residual = y_obs - fitted_obs
-    df = max(len(y_obs) - X_obs.shape[1], 1)
-    sigma = math.sqrt(float(residual @ residual) / rng.chisquare(df))
-    chol = np.linalg.cholesky((inverse + inverse.T) / 2)
-    beta_star = beta_hat + sigma * chol @ rng.standard_normal(len(beta_hat))
-    return fitted_obs, X_mis @ beta_star
+def _stable_argsort(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values, kind="stable")``, computed faster when there are no ties.
+
+    Without ties every sort gives the same order, so the (several times faster) default sort is
+    used and checked; with ties the stable sort decides, so the order never depends on the
+    machine's sort kernel.
+    """
+    order = np.argsort(values)
+    ranked = values[order]
+    if len(ranked) > 1 and bool((ranked[1:] == ranked[:-1]).any()):
+        return np.argsort(values, kind="stable")
+    return order
+
+
+def donor_candidates(
+    fitted_obs: np.ndarray, fitted_mis: np.ndarray, donors: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The ``d = min(donors, n_obs)`` observed rows nearest each missing row's fitted value.
+
+    Returns ``order`` (observed rows sorted by fitted value, stable), ``first`` and ``d``: the
+    candidates of missing row ``i`` are ``order[first[i]:first[i] + d]``, the ``d`` nearest
+    (ties: the one earlier in ``order`` first, as a stable sort of the distances would choose).
+
+    The nearest ``d`` values of a sorted list are contiguous around the insertion point, so
+    only a window of ``2d`` sorted candidates per row is compared; inside it, the run of ``d``
+    slides right while the value past its right end is strictly nearer than its left end.
+    """
+    n_obs, n_mis = len(fitted_obs), len(fitted_mis)
+    d = min(donors, n_obs)
+    order = _stable_argsort(fitted_obs)
+    ranked = fitted_obs[order]
+    width = min(2 * d, n_obs)
+    # Missing rows are handled in order of their fitted values: the binary searches and the
+    # reads of sorted neighbours then walk memory in order (several times faster at scale).
+    query_order = np.argsort(fitted_mis)
+    targets = fitted_mis[query_order]
+    start = np.searchsorted(ranked, targets) - d
+    np.clip(start, 0, n_obs - width, out=start)
+    offset = np.zeros(n_mis, dtype=np.intp)
+    for _ in range(width - d):
+        left = start + offset
+        offset += np.abs(ranked[left + d] - targets) < np.abs(ranked[left] - targets)
+    first = np.empty(n_mis, dtype=np.intp)
+    first[query_order] = start + offset
+    return order, first, d
 
 
 def match_donors(
     fitted_obs: np.ndarray, fitted_mis: np.ndarray, donors: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """For each missing row, the index of an observed row among the ``donors`` nearest.
+    """For each missing row, the index of an observed row drawn among the ``donors`` nearest.
 
-    The nearest ``d`` fitted values of a sorted list are contiguous around the insertion point,
-    so only a window of ``2d`` sorted candidates per row has to be compared.
+    Each of the ``d`` nearest (:func:`donor_candidates`) is equally likely, as in ``mice``;
+    the random integer picks the candidate by its rank in fitted value.
     """
-    n_obs = len(fitted_obs)
-    d = min(donors, n_obs)
-    order = np.argsort(fitted_obs, kind="stable")
-    ranked = fitted_obs[order]
-    width = min(2 * d, n_obs)
-    start = np.clip(np.searchsorted(ranked, fitted_mis) - d, 0, n_obs - width)
-    # Row i of the window is ranked[start[i]:start[i] + width]: a strided view gathers whole
-    # contiguous rows instead of n_missing x width scattered elements.
-    windows = np.lib.stride_tricks.sliding_window_view(ranked, width)
-    distance = np.abs(windows[start] - fitted_mis[:, None])
-    nearest = np.argsort(distance, axis=1, kind="stable")[:, :d]
-    pick = nearest[np.arange(len(fitted_mis)), rng.integers(0, d, len(fitted_mis))]
-    return order[start + pick]
+    order, first, d = donor_candidates(fitted_obs, fitted_mis, donors)
+    return order[first + rng.integers(0, d, len(fitted_mis))]
 
 
 def _impute_group(
-    values: pd.DataFrame, predictors: np.ndarray, iterations: int, donors: int,
+    values: np.ndarray, predictors: np.ndarray, iterations: int, donors: int,
     rng: np.random.Generator,
-) -> pd.DataFrame:
-    """One chain of chained-equation PMM for one group (arm) of patients."""
-    data = values.to_numpy(dtype=float).copy()
-    missing = np.isnan(data)
-    columns = [j for j in range(data.shape[1]) if missing[:, j].any()]
-    for j in columns:
-        observed = data[~missing[:, j], j]
-        data[missing[:, j], j] = rng.choice(observed, int(missing[:, j].sum()))
-    # One matrix [1, predictors, variables] kept current; the model of variable j uses every
-    # column but its own, in that order. Rows are taken per variable's observed and missing
-    # sets directly (no full-size copy of the design per step).
+) -> np.ndarray:
+    """One chain of chained-equation PMM for one group (arm) of patients.
+
+    ``values`` holds the variables to impute (NaN where missing), ``predictors`` the fully
+    observed ones; returns ``values`` completed.
+    """
+    missing = np.isnan(values)
     n_fixed = 1 + predictors.shape[1]
-    design = np.empty((len(data), n_fixed + data.shape[1]))
+    # One matrix [1, predictors, variables] kept current; the model of variable j uses every
+    # column but its own, in that order.
+    # Column-major: fitted values, a variable's column and its Gram refresh then read
+    # contiguous memory.
+    design = np.empty((len(values), n_fixed + values.shape[1]), order="F")
     design[:, 0] = 1.0
     design[:, 1:n_fixed] = predictors
-    design[:, n_fixed:] = data
+    design[:, n_fixed:] = values
+    columns = [j for j in range(values.shape[1]) if missing[:, j].any()]
+    for j in columns:
+        observed = values[~missing[:, j], j]
+        design[missing[:, j], n_fixed + j] = rng.choice(observed, int(missing[:, j].sum()))
     observed_rows = {j: np.flatnonzero(~missing[:, j]) for j in columns}
     missing_rows = {j: np.flatnonzero(missing[:, j]) for j in columns}
+    n_columns = design.shape[1]
+    # The Gram matrix of all rows is kept current (a changed column refreshes its row and
+    # column), so the observed rows' Gram is gathered directly when they are the fewer and
+    # otherwise as all rows minus the missing ones: no step gathers more than half the rows.
+    # Fitted values come from passes over the whole design (cheaper than gathering rows).
+    gram_all = design.T @ design
+    gathered = max((min(len(observed_rows[j]), len(missing_rows[j])) for j in columns),
+                   default=0)
+    # One buffer (a column per row of it) for the gathered rows: fresh arrays this large would
+    # be mapped and page-faulted anew at every step.
+    buffer = np.empty((n_columns, gathered))
+
+    def gather(rows: np.ndarray) -> np.ndarray:
+        out = buffer[:, :len(rows)]
+        for column in range(n_columns):
+            np.take(design[:, column], rows, out=out[column])
+        return out.T
+
     for _ in range(iterations):
         for j in columns:
-            model_columns = np.delete(np.arange(design.shape[1]), n_fixed + j)
             obs, mis = observed_rows[j], missing_rows[j]
-            X_obs = design[np.ix_(obs, model_columns)]
-            X_mis = design[np.ix_(mis, model_columns)]
-            fitted_obs, fitted_mis = _draw_fitted(X_obs, data[obs, j], X_mis, rng)
+            own = n_fixed + j
+            model = np.delete(np.arange(n_columns), own)
+            if len(obs) <= len(mis):
+                rows = gather(obs)
+                gram = rows.T @ rows
+            else:
+                rows = gather(mis)
+                gram = gram_all - rows.T @ rows
+            xtx = gram[np.ix_(model, model)]
+            xtx = xtx + np.diag(np.maximum(np.diag(xtx), 1.0) * _RIDGE)
+            inverse = np.linalg.inv(xtx)
+            beta_hat = np.zeros(n_columns)
+            beta_hat[model] = inverse @ gram[model, own]
+            y_obs = design[obs, own]
+            fitted_obs = (design @ beta_hat)[obs]
+            residual = y_obs - fitted_obs
+            df = max(len(obs) - len(model), 1)
+            sigma = math.sqrt(float(residual @ residual) / rng.chisquare(df))
+            chol = np.linalg.cholesky((inverse + inverse.T) / 2)
+            beta_star = np.zeros(n_columns)
+            beta_star[model] = beta_hat[model] + sigma * chol @ rng.standard_normal(len(model))
+            fitted_mis = (design @ beta_star)[mis]
             donor = match_donors(fitted_obs, fitted_mis, donors, rng)
-            data[mis, j] = data[obs, j][donor]
-            design[mis, n_fixed + j] = data[mis, j]
-    return pd.DataFrame(data, index=values.index, columns=values.columns)
+            design[mis, own] = y_obs[donor]
+            refreshed = design.T @ design[:, own]
+            gram_all[own, :] = refreshed
+            gram_all[:, own] = refreshed
+    return design[:, n_fixed:].copy()
+
+
+@dataclass(frozen=True)
+class _ChainInputs:
+    """What every chain needs: per group its values to impute and fixed predictors."""
+
+    values: tuple[np.ndarray, ...]
+    predictors: tuple[np.ndarray, ...]
+    iterations: int
+    donors: int
+    seed: int
+
+
+def _chain(inputs: _ChainInputs, imputation: int, group: int) -> np.ndarray:
+    """Imputation ``imputation`` of group ``group``: the imputed cells, row by row.
+
+    Its random stream is ``SeedSequence(seed, spawn_key=(imputation, group))``, the same as
+    ``SeedSequence(seed).spawn(m)[imputation].spawn(n_groups)[group]``: independent of every
+    other chain and of the order or process in which chains run.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(inputs.seed,
+                                                       spawn_key=(imputation, group)))
+    values = inputs.values[group]
+    completed = _impute_group(values, inputs.predictors[group], inputs.iterations,
+                              inputs.donors, rng)
+    return completed[np.isnan(values)]
+
+
+# A worker process's chain inputs, inherited once (fork) or sent once (spawn) when it starts.
+_WORKER_INPUTS: _ChainInputs | None = None
+
+
+def _set_worker_inputs(inputs: _ChainInputs) -> None:
+    global _WORKER_INPUTS
+    _WORKER_INPUTS = inputs
+
+
+def _chain_in_worker(task: tuple[int, int]) -> np.ndarray:
+    assert _WORKER_INPUTS is not None, "worker started without chain inputs"
+    return _chain(_WORKER_INPUTS, *task)
+
+
+def _run_chains(inputs: _ChainInputs, tasks: Sequence[tuple[int, int]],
+                jobs: int) -> list[np.ndarray]:
+    """Run the chains, in ``jobs`` processes when ``jobs > 1``; results in ``tasks`` order."""
+    if jobs <= 1 or len(tasks) <= 1:
+        return [_chain(inputs, *task) for task in tasks]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork shares the (large) inputs without copying them; elsewhere each worker receives them
+    # once, pickled.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
+                             mp_context=multiprocessing.get_context(method),
+                             initializer=_set_worker_inputs, initargs=(inputs,)) as pool:
+        return list(pool.map(_chain_in_worker, tasks))
 
 
 class CompletedDatasets(Sequence[pd.DataFrame]):
     """The ``m`` completed tables, each built when it is asked for.
 
-    Only the imputed columns of each replicate are stored: ``m`` full copies of a registry's
-    analysis table would not fit in memory, and each analysis needs one table at a time.
+    Only the imputed cells of each replicate are stored (``cells``: ``m`` x the number of
+    missing cells, in row-major order of ``mask``): ``m`` full copies of a registry's analysis
+    table would not fit in memory, and each analysis needs one table at a time.
     """
 
-    def __init__(self, frame: pd.DataFrame, columns: Sequence[str],
-                 imputed: Sequence[np.ndarray]):
+    def __init__(self, frame: pd.DataFrame, columns: Sequence[str], mask: np.ndarray,
+                 cells: np.ndarray):
         self._frame = frame
         self._columns = list(columns)
-        self._imputed = list(imputed)
+        self.mask = mask
+        self.cells = cells
+        self._observed = frame[self._columns].to_numpy(dtype=float)
 
     def __len__(self) -> int:
-        return len(self._imputed)
+        return len(self.cells)
 
     @overload
     def __getitem__(self, index: int) -> pd.DataFrame: ...
@@ -185,8 +333,10 @@ class CompletedDatasets(Sequence[pd.DataFrame]):
     def __getitem__(self, index: int | slice) -> pd.DataFrame | list[pd.DataFrame]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
+        filled = self._observed.copy()
+        filled[self.mask] = self.cells[index]
         completed = self._frame.copy()
-        completed[self._columns] = pd.DataFrame(self._imputed[index], index=self._frame.index,
+        completed[self._columns] = pd.DataFrame(filled, index=self._frame.index,
                                                 columns=self._columns)
         return completed
 
@@ -204,23 +354,40 @@ class Imputations:
         True where a value of an imputed column was missing (and so imputed).
     columns : list of str
         The imputed columns.
+    excluded : int
+        Patients left out (lacking a text covariate).
+    positions : ndarray, optional
+        Row positions, in the analysis table, of the rows of ``datasets`` and ``missing``.
     """
 
     datasets: Sequence[pd.DataFrame]
     missing: pd.DataFrame
     columns: list[str]
     excluded: int = 0
+    positions: np.ndarray | None = None
 
 
-def impute_chained(
-    analysis: pd.DataFrame, config: Mapping[str, Any], source: str = "analysis table",
-    m: int | None = None,
-) -> Imputations:
-    """Multiple imputation by chained equations with PMM (see the module docstring)."""
+@dataclass
+class _Prepared:
+    """The analysis table made ready for imputation (see :func:`_prepare`)."""
+
+    frame: pd.DataFrame
+    columns: list[str]
+    values: np.ndarray
+    groups: list[np.ndarray]
+    predictors: list[np.ndarray]
+    positions: np.ndarray
+    excluded: int
+    options: dict[str, Any]
+
+
+def _prepare(analysis: pd.DataFrame, config: Mapping[str, Any], source: str,
+             m: int | None) -> _Prepared:
+    """Rows, variables to impute and per-group predictors, with the input checks."""
     check_arm(analysis, source)
     options = settings(config, "multiple_imputation")
-    m = int(m if m is not None else options["m"])
-    if m < 2:
+    options["m"] = int(m if m is not None else options["m"])
+    if options["m"] < 2:
         raise ConfigError("config", ["sensitivity.multiple_imputation.m must be at least 2"])
     covariates = analysis_covariates(config)
     scores = [c for o in config.get("outcomes", []) for c in outcome_columns(o["name"])]
@@ -247,30 +414,215 @@ def impute_chained(
     fixed = pd.concat([encoded.drop(columns=[c for c in impute if c in encoded.columns]),
                        frame[complete_aux].astype(float)], axis=1)
     fixed = fixed.loc[:, ~fixed.columns.duplicated()]
-    groups = [frame[ARM] == 1, frame[ARM] == 0] if options["by_arm"] else [frame[ARM] >= 0]
+    arm = frame[ARM].to_numpy()
+    groups = ([np.flatnonzero(arm == 1), np.flatnonzero(arm == 0)] if options["by_arm"]
+              else [np.arange(len(frame))])
     if not options["by_arm"]:
         fixed = fixed.assign(**{ARM: frame[ARM].astype(float)})
-    values = frame[impute].astype(float)
-    for mask in groups:
-        empty = [c for c in impute if values.loc[mask, c].isna().all()]
+    values = frame[impute].to_numpy(dtype=float)
+    for rows in groups:
+        empty = [c for c, seen in zip(impute, (~np.isnan(values[rows])).any(axis=0),
+                                      strict=True) if not seen]
         if empty:
             raise DataError(source, "a variable to impute has no observed value in an arm, so "
                             "nothing can be imputed from", column=empty[0])
-    rng = np.random.default_rng(int(config.get("seed", 0)))
-    group_inputs = []
-    for mask in groups:
-        predictors = fixed.loc[mask]
-        varying = predictors.columns[predictors.nunique() > 1]
-        group_inputs.append((values.loc[mask], predictors[varying].to_numpy(float)))
-    imputed = []
-    for _ in range(m):
-        parts = [_impute_group(group_values, predictors, int(options["iterations"]),
-                               int(options["donors"]), rng)
-                 for group_values, predictors in group_inputs]
-        imputed.append(pd.concat(parts).loc[frame.index].to_numpy())
-    return Imputations(datasets=CompletedDatasets(frame, impute, imputed),
-                       missing=values.isna(), columns=impute, excluded=int((~keep).sum()))
+    predictors = []
+    for rows in groups:
+        in_group = fixed.iloc[rows]
+        varying = in_group.columns[in_group.nunique() > 1]
+        predictors.append(np.ascontiguousarray(in_group[varying].to_numpy(float)))
+    return _Prepared(frame=frame, columns=impute, values=values, groups=groups,
+                     predictors=predictors, positions=np.flatnonzero(keep.to_numpy()),
+                     excluded=int((~keep).sum()), options=options)
 
+
+def _imputations(prepared: _Prepared, cells: np.ndarray) -> Imputations:
+    mask = np.isnan(prepared.values)
+    missing = pd.DataFrame(mask, index=prepared.frame.index, columns=prepared.columns)
+    return Imputations(
+        datasets=CompletedDatasets(prepared.frame, prepared.columns, mask, cells),
+        missing=missing, columns=prepared.columns, excluded=prepared.excluded,
+        positions=prepared.positions)
+
+
+def impute_chained(
+    analysis: pd.DataFrame, config: Mapping[str, Any], source: str = "analysis table",
+    m: int | None = None, jobs: int = 1,
+) -> Imputations:
+    """Multiple imputation by chained equations with PMM (see the module docstring).
+
+    ``jobs`` processes run the chains (one per imputation and group, each with its own seeded
+    stream); the result does not depend on ``jobs``.
+    """
+    prepared = _prepare(analysis, config, source, m)
+    options = prepared.options
+    inputs = _ChainInputs(
+        values=tuple(np.ascontiguousarray(prepared.values[rows]) for rows in prepared.groups),
+        predictors=tuple(prepared.predictors), iterations=int(options["iterations"]),
+        donors=int(options["donors"]), seed=int(config.get("seed", 0)))
+    tasks = [(i, g) for i in range(options["m"]) for g in range(len(prepared.groups))]
+    results = _run_chains(inputs, tasks, jobs)
+    # Cell k of the table (row-major over the missing mask) is cell k_g of its group's chain.
+    mask = np.isnan(prepared.values)
+    cell_number = np.full(mask.shape, -1, dtype=np.int64)
+    cell_number[mask] = np.arange(int(mask.sum()))
+    targets = [cell_number[rows][mask[rows]] for rows in prepared.groups]
+    cells = np.empty((options["m"], int(mask.sum())))
+    for (i, g), result in zip(tasks, results, strict=True):
+        cells[i, targets[g]] = result
+    return _imputations(prepared, cells)
+
+
+# --------------------------------------------------------------------------------------------
+# The shared imputation file (rule `impute`)
+# --------------------------------------------------------------------------------------------
+
+IMPUTATIONS_FORMAT = "trial-analysis imputations"
+IMPUTATIONS_VERSION = 1
+# The analysis table's stable row key: the file stores row positions and this key's checksum.
+ROW_KEY = "episode_id"
+
+
+def _provenance(analysis: pd.DataFrame, config: Mapping[str, Any],
+                prepared: _Prepared) -> dict[str, Any]:
+    """What a file's imputations depend on; reading checks it against the table and config."""
+    options = prepared.options
+    key = ""
+    if ROW_KEY in analysis.columns:
+        keys = analysis[ROW_KEY]
+        if not (pd.api.types.is_string_dtype(keys) and keys.notna().all()):
+            keys = keys.astype(str)
+        key = hashlib.sha256("\n".join(keys.tolist()).encode()).hexdigest()
+    return {
+        "format": IMPUTATIONS_FORMAT, "version": IMPUTATIONS_VERSION,
+        "seed": int(config.get("seed", 0)), "m": int(options["m"]),
+        "iterations": int(options["iterations"]), "donors": int(options["donors"]),
+        "by_arm": bool(options["by_arm"]), "auxiliary": list(options["auxiliary"]),
+        "covariates": analysis_covariates(config), "columns": list(prepared.columns),
+        "n_rows": len(analysis), "excluded": prepared.excluded,
+        "row_key": ROW_KEY if key else None, "row_key_sha256": key or None,
+    }
+
+
+def _cell_keys(prepared: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """Row position (in the analysis table) and column number of every imputed cell."""
+    rows, columns = np.nonzero(np.isnan(prepared.values))
+    return prepared.positions[rows], columns
+
+
+def write_imputations(
+    imputations: Imputations, analysis: pd.DataFrame, config: Mapping[str, Any],
+    path: str | Path, source: str = "analysis table",
+) -> Path:
+    """Write ``imputations`` of ``analysis`` to Parquet (atomically): one row per imputed cell.
+
+    Columns: ``row`` (position in the analysis table, 0-based), ``column`` (the imputed
+    variable) and ``imputation_1`` ... ``imputation_m`` (its value in each imputation); rows in
+    row-major order of the missing mask. The schema metadata ``trial_analysis`` (JSON) records
+    the settings, seed, imputed columns, row count, excluded count and a SHA-256 of the table's
+    ``episode_id`` column, which :func:`read_imputations` checks.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prepared = _prepare(analysis, config, source, len(imputations.datasets))
+    if not isinstance(imputations.datasets, CompletedDatasets):
+        raise TypeError("write_imputations needs the imputations made by impute_chained")
+    cells = imputations.datasets.cells
+    rows, columns = _cell_keys(prepared)
+    if prepared.columns != imputations.columns or cells.shape[1] != len(rows):
+        raise DataError(source, "the imputations were not made from this table and config")
+    names = np.asarray(prepared.columns, dtype=object)[columns]
+    table = pa.table({
+        "row": pa.array(rows, type=pa.int64()),
+        "column": pa.array(names, type=pa.string()).dictionary_encode(),
+        **{f"imputation_{i + 1}": pa.array(cells[i]) for i in range(len(cells))},
+    })
+    metadata = json.dumps(_provenance(analysis, config, prepared), sort_keys=True)
+    table = table.replace_schema_metadata({"trial_analysis": metadata})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_imputations(
+    path: str | Path, analysis: pd.DataFrame, config: Mapping[str, Any],
+    source: str = "analysis table",
+) -> Imputations:
+    """Read a file of :func:`write_imputations` back into the same :class:`Imputations`.
+
+    The file must belong to ``analysis`` and ``config``: the settings, seed, imputed columns,
+    row count, row-key checksum and every imputed cell's row and column are checked; a
+    mismatch raises :class:`DataError` (rerun the ``impute`` step).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), "the imputation file does not exist",
+                        hint="Run the `impute` step first")
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(str(path), f"not a readable Parquet file ({exc})") from None
+    stored = json.loads((table.schema.metadata or {}).get(b"trial_analysis", b"{}"))
+    prepared = _prepare(analysis, config, source, None)
+    expected = _provenance(analysis, config, prepared)
+    differ = sorted(k for k in expected if stored.get(k) != expected[k])
+    if differ:
+        raise DataError(str(path), f"the imputations were made from another analysis table or "
+                        f"configuration (differing: {', '.join(differ)})",
+                        hint="Rerun the `impute` step")
+    rows, columns = _cell_keys(prepared)
+    value_columns = [f"imputation_{i + 1}" for i in range(expected["m"])]
+    missing_columns = [c for c in ["row", "column", *value_columns]
+                       if c not in table.column_names]
+    if missing_columns:
+        raise DataError(str(path), "column missing from the imputation file",
+                        column=missing_columns[0])
+    stored_rows = table.column("row").to_numpy()
+    # column names are compared as numbers: the dictionary's names mapped to their position
+    names = table.column("column").combine_chunks()
+    if not isinstance(names, pa.DictionaryArray):
+        names = names.dictionary_encode()
+    position = {name: i for i, name in enumerate(prepared.columns)}
+    known = np.array([position.get(name, -1) for name in names.dictionary.to_pylist()] or [-1])
+    stored_columns = (known[names.indices.to_numpy(zero_copy_only=False)]
+                      if names.null_count == 0 else np.full(len(names), -1))
+    if (len(stored_rows) != len(rows) or not np.array_equal(stored_rows, rows)
+            or not np.array_equal(stored_columns, columns)):
+        raise DataError(str(path), "the imputed cells (row, column) are not the missing cells "
+                        "of the analysis table", column="row", hint="Rerun the `impute` step")
+    cells = np.empty((expected["m"], len(rows)))
+    for i, name in enumerate(value_columns):
+        cells[i] = table.column(name).to_numpy()
+    if np.isnan(cells).any():
+        raise DataError(str(path), "an imputed value is missing", column="imputation_*")
+    return _imputations(prepared, cells)
+
+
+def run_impute(
+    config: Mapping[str, Any], analysis: str | Path, out: str | Path, jobs: int = 1,
+) -> Imputations:
+    """CLI entry: impute the analysis table once and write ``imputations.parquet``.
+
+    Parameters
+    ----------
+    config : mapping
+        The validated study configuration (``sensitivity.multiple_imputation``, ``seed``).
+    analysis : path
+        The analysis table (``analysis.parquet``).
+    out : path
+        The imputation file to write (:func:`write_imputations`).
+    jobs : int
+        Processes running the chains; the file is the same whatever ``jobs`` is.
+    """
+    source = str(analysis)
+    frame = read_analysis_table(analysis)
+    imputations = impute_chained(frame, config, source, jobs=jobs)
+    write_imputations(imputations, frame, config, out, source)
+    return imputations
 
 # --------------------------------------------------------------------------------------------
 # Rubin's rules
@@ -390,14 +742,18 @@ def primary_effects(
 
 def run_multiple_imputation(
     analysis: pd.DataFrame, config: Mapping[str, Any], estimates_dir: str | Path | None = None,
-    source: str = "analysis table",
+    source: str = "analysis table", imputations: Imputations | None = None,
 ) -> SensitivityResult:
-    """Complete-case ANCOVA and MI-pooled ANCOVA per outcome; primary CC vs AA lined up."""
+    """Complete-case ANCOVA and MI-pooled ANCOVA per outcome; primary CC vs AA lined up.
+
+    ``imputations`` (e.g. read by :func:`read_imputations`) are used when given, else made.
+    """
     options = settings(config, "multiple_imputation")
     covariates = analysis_covariates(config)
     level = confidence_level(config)
     outcomes = sensitivity_outcomes(config)
-    imputations = impute_chained(analysis, config, source)
+    if imputations is None:
+        imputations = impute_chained(analysis, config, source)
     rows, fmi = [], {}
     for outcome in outcomes:
         complete = fit_ancova(analysis, outcome, covariates, source=source)

@@ -331,7 +331,8 @@ def ancova_design(
     w_all = np.ones(len(frame)) if weights is None else np.asarray(weights, dtype=float)
     keep &= w_all > 0
     rows = np.flatnonzero(keep)
-    data = frame.iloc[rows]
+    # only the model's columns are copied (a registry's table has many more, some text)
+    data = frame[list(dict.fromkeys([ARM, THERAPIST, baseline, followup, *covariates]))].iloc[rows]
     w = w_all[rows]
     design = pd.concat([data[[ARM, baseline]].astype(float), encode_columns(data, covariates)],
                        axis=1)
@@ -359,9 +360,13 @@ def ancova_design(
 
 def cluster_sums(design: AncovaDesign, residuals: np.ndarray) -> np.ndarray:
     """Per-cluster sums of the score contributions ``w_i x_i r_i`` (clusters x k)."""
-    summed = np.zeros((int(design.clusters.max()) + 1, design.X.shape[1]))
-    np.add.at(summed, design.clusters, design.X * (design.w * residuals)[:, None])
-    return summed
+    n_clusters = int(design.clusters.max()) + 1
+    scores = design.X * (design.w * residuals)[:, None]
+    # bincount adds in row order as np.add.at does (the same sums, bit for bit), many times
+    # faster on a registry's rows
+    return np.column_stack([np.bincount(design.clusters, weights=scores[:, k],
+                                        minlength=n_clusters)
+                            for k in range(scores.shape[1])]).reshape(n_clusters, -1)
 
 
 def fit_ancova(
@@ -581,6 +586,7 @@ def run_sensitivity(
     out_csv: str | Path,
     figures_dir: str | Path | None = None,
     estimates_dir: str | Path | None = None,
+    imputations: str | Path | None = None,
 ) -> SensitivityResult:
     """CLI entry: run one sensitivity analysis and write ``sensitivity.{name}.json/.csv``.
 
@@ -601,6 +607,9 @@ def run_sensitivity(
         Folder of the primary estimate files ``{outcome}.{population}.json``; required by
         ``evalue``; used by ``multiple_imputation`` to line complete-case, all-available and
         MI estimates up when present.
+    imputations : path, optional
+        The imputation file of the ``impute`` step (``imputations.parquet``), used by
+        ``multiple_imputation`` and ``tipping_point`` instead of imputing again.
     """
     if analysis_name not in ANALYSES:
         raise ConfigError("command line", [f"analysis_name '{analysis_name}' is not one of "
@@ -610,6 +619,11 @@ def run_sensitivity(
     if figures_dir is not None:
         # the folder is this step's declared output even for analyses that draw nothing
         Path(figures_dir).mkdir(parents=True, exist_ok=True)
+    shared = None
+    if imputations is not None and analysis_name in ("multiple_imputation", "tipping_point"):
+        from trial_analysis.imputation import read_imputations
+
+        shared = read_imputations(imputations, frame, config, source=source)
     if analysis_name == "propensity":
         from trial_analysis.propensity import run_propensity_analysis
 
@@ -625,11 +639,12 @@ def run_sensitivity(
         from trial_analysis.imputation import run_multiple_imputation
 
         result = run_multiple_imputation(frame, config, estimates_dir=estimates_dir,
-                                         source=source)
+                                         source=source, imputations=shared)
     elif analysis_name == "tipping_point":
         from trial_analysis.imputation import run_tipping_point
 
-        result = run_tipping_point(frame, config, figures_dir=figures_dir, source=source)
+        result = run_tipping_point(frame, config, figures_dir=figures_dir, source=source,
+                                   imputations=shared)
     else:
         result = fit_therapist_fixed_effects(frame, config, source=source)
     write_json(result.to_json(), out_json)
