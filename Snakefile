@@ -231,6 +231,8 @@ rule fit:
     conda:
         ENV
     threads: 1
+    # the models gate the estimates every later step reads: start them first
+    priority: 10
     resources:
         mem_mb=8000,
         runtime=120,
@@ -298,7 +300,11 @@ rule impute:
         f"{BENCH}/impute.tsv"
     conda:
         ENV
-    threads: 2
+    # Up to half the cores: on a 2-core machine the imputation then starts at once beside the
+    # fits instead of waiting for both cores to be free (the file is the same for any count).
+    threads: max(1, min(8, (workflow.cores or 2) // 2))
+    # multiple imputation and the tipping point wait for the imputations
+    priority: 10
     resources:
         mem_mb=8000,
         runtime=60,
