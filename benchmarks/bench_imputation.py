@@ -14,25 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def _run(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds and peak RSS (MiB) of the largest process run so far."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, after.ru_maxrss / 1024
+from timing import run_timed
 
 
 def main() -> None:
@@ -53,8 +39,9 @@ def main() -> None:
         files = []
         for jobs in args.jobs:
             path = out / f"imputations.{jobs}.parquet"
-            wall, cpu, rss = _run([*python, "impute", "--config", str(config), "--analysis",
-                                   str(analysis), "--out", str(path), "--jobs", str(jobs)], env)
+            wall, cpu, rss = run_timed(
+                [*python, "impute", "--config", str(config), "--analysis", str(analysis),
+                 "--out", str(path), "--jobs", str(jobs)], env, "impute failed")
             files.append(path)
             print(f"impute --jobs {jobs}: {wall:.1f} s wall, {cpu:.1f} s CPU, "
                   f"peak so far {rss:.0f} MiB, file {path.stat().st_size / 2**20:.1f} MiB")
@@ -62,12 +49,11 @@ def main() -> None:
         print(f"files identical for every --jobs: {same}")
         for name in ("multiple_imputation", "tipping_point"):
             extra = ["--estimates-dir", str(estimates)] if estimates.is_dir() else []
-            wall, cpu, rss = _run([*python, "sensitivity", "--config", str(config),
-                                   "--analysis", str(analysis), "--analysis-name", name,
-                                   "--out-json", str(out / f"{name}.json"),
-                                   "--out-csv", str(out / f"{name}.csv"),
-                                   "--figures-dir", str(out / name),
-                                   "--imputations", str(files[0]), *extra], env)
+            wall, cpu, rss = run_timed(
+                [*python, "sensitivity", "--config", str(config), "--analysis", str(analysis),
+                 "--analysis-name", name, "--out-json", str(out / f"{name}.json"),
+                 "--out-csv", str(out / f"{name}.csv"), "--figures-dir", str(out / name),
+                 "--imputations", str(files[0]), *extra], env, f"sensitivity {name} failed")
             print(f"sensitivity {name} (reading the file): {wall:.1f} s wall, {cpu:.1f} s CPU, "
                   f"peak so far {rss:.0f} MiB")
 

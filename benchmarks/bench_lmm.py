@@ -32,10 +32,16 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
-import pandas as pd
+# One BLAS thread, as every pipeline step runs (trial_analysis.cli) and as R's reference BLAS
+# does: the comparison is one core against one core. Set before numpy loads; an explicit
+# setting in the environment wins.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
-from trial_analysis.fast_lmm import fit_nested_lmm
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from trial_analysis.fast_lmm import fit_nested_lmm  # noqa: E402
 
 TERMS = ["Intercept", "arm", "time", "arm:time", "age", "sexM", "duration"]
 COMPONENTS = ["therapist", "therapist:time", "patient", "residual"]

@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from timing import run_timed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,20 +31,10 @@ def _snakemake(workdir: Path, cores: int, *extra: str) -> tuple[float, float, fl
     """Run the Snakefile in ``workdir``; wall seconds, CPU seconds, peak RSS (MiB)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    result = subprocess.run(
+    return run_timed(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
          "--directory", str(workdir), "--cores", str(cores), "--nolock", "--quiet", *extra],
-        capture_output=True, text=True, env=env, check=False,
-    )
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        sys.exit(f"pipeline failed in {workdir}:\n{result.stderr[-4000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    # ru_maxrss of children is the largest single descendant so far, in KiB on Linux
-    return wall, cpu, after.ru_maxrss / 1024
+        env, f"pipeline failed in {workdir}")
 
 
 def read_benchmarks(workdir: Path) -> dict[str, dict[str, float]]:
