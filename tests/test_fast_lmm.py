@@ -321,3 +321,25 @@ def test_bad_input_is_reported():
     with pytest.raises(ValueError, match="levels"):
         fit_nested_lmm(d["y"].to_numpy(), X, levels, time=d["time"].to_numpy(),
                        time_effects=["clinic"])
+
+
+def test_pieces_are_kept_for_a_repeated_theta_and_cannot_be_changed():
+    """Satterthwaite's derivatives revisit theta (sigma moves alone): the kept pieces are the
+    very numbers a fresh computation gives, read-only, and the store stays bounded."""
+    from trial_analysis.fast_lmm import PIECES_CACHE_SIZE
+
+    d = load("balanced")
+    res = fit(d, "default")
+    design, theta = res.design, np.asarray(res.theta, dtype=float)
+    first = design.pieces(theta)
+    assert design.pieces(theta.copy()) is first
+    fresh = design._compute_pieces(theta)
+    for key, value in fresh.items():
+        np.testing.assert_array_equal(first[key], value)
+    with pytest.raises(ValueError, match="read-only"):
+        first["beta"][0] = 0.0
+    for i in range(PIECES_CACHE_SIZE + 5):
+        design.pieces(theta * (1 + 1e-3 * (i + 1)))
+    assert len(design._pieces_cache) == PIECES_CACHE_SIZE
+    # a theta pushed out is computed again, to the same numbers
+    np.testing.assert_array_equal(design.pieces(theta)["XtViX_inv"], fresh["XtViX_inv"])

@@ -452,3 +452,24 @@ def test_subgroup_difference_is_taken_at_the_primary_follow_up(trial, base_confi
     row = interaction_row({"estimates": frame.to_dict("records")}, "depression")
     assert row["model"] == "subgroup_difference"
     assert row["estimate"] == pytest.approx(effects["1"] - effects["0"], rel=1e-9)
+
+
+def test_unit_counts_follow_the_nested_path_not_the_bare_ids(trial, base_config):
+    """Patient ids reused within each site are different patients; a therapist id reused in
+    two sites is two therapists (lme4's site/therapist): counts on integer codes agree with
+    counting the id paths as text."""
+    from trial_analysis.models import long_data, model_spec, random_design, unit_codes
+
+    data = trial.copy()
+    data["therapist_id"] = data["site"] + "-T" + (np.arange(len(data)) % 3).astype(str)
+    cfg = study(base_config, random_effects=["site", "therapist", "patient"],
+                random_time_effects=["site"])
+    spec = model_spec(cfg, "function", "all_available")
+    long, _ = long_data(data, spec)
+    codes = unit_codes(long, spec)
+    rand = random_design(long, spec)
+    for name, keys in rand.unit_keys.items():
+        assert rand.n_units[name] == len(set(keys)), name
+        # same partition of the rows: codes and text keys group rows identically
+        assert len(set(zip(codes[name], keys, strict=True))) == len(set(keys)), name
+    assert rand.n_units["site"] == data["site"].nunique()
