@@ -8,6 +8,7 @@
 from pathlib import Path
 
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -300,9 +301,7 @@ rule impute:
         f"{BENCH}/impute.tsv"
     conda:
         ENV
-    # Up to half the cores: on a 2-core machine the imputation then starts at once beside the
-    # fits instead of waiting for both cores to be free (the file is the same for any count).
-    threads: max(1, min(8, (workflow.cores or 2) // 2))
+    threads: imputation_threads()
     # Before the fits, even: impute -> multiple imputation -> report is the longest chain on a
     # registry extract (a 1M-patient run lost a minute when the imputation waited for a fit).
     priority: 20

@@ -24,3 +24,14 @@ def imputations_for(wildcards):
     if wildcards.analysis not in ("multiple_imputation", "tipping_point"):
         return []
     return rules.impute.output.imputations
+
+
+def imputation_threads():
+    """Up to half the cores (at most 8) for the imputation chains: on 2 cores the imputation
+    then starts at once beside the fits instead of waiting for both cores to be free. The
+    file is the same for any count. Without --cores (a dry run, --report) 1."""
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # Snakemake asks for --cores before it will say
+        cores = None
+    return max(1, min(8, (cores or 2) // 2))
