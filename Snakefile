@@ -70,10 +70,11 @@ if not _config_path.exists() or _config_path.read_text() != _config_text:
 
 # Jobs run `python -m trial_analysis` from this checkout's src/, so the same Snakefile works in
 # the project's virtual environment and in the conda environment of --use-conda. BLAS runs one
-# thread per job (the rules' `threads: 1`; a rule with more sets them in its own command):
-# Snakemake already runs jobs side by side on the cores, OpenBLAS threads competing for them
-# made a 1M-row cross-product 50 times slower, and one fixed thread count keeps the last digits
-# of every estimate the same on any machine.
+# thread per process (impute spreads its chains over {threads} processes instead; the
+# simulation-study chunks set {threads} in their own command): Snakemake already runs jobs
+# side by side on the cores, OpenBLAS threads competing for them made a 1M-row cross-product
+# 50 times slower, and one fixed thread count keeps the last digits of every estimate the same
+# on any machine.
 shell.prefix(
     f'set -euo pipefail; export PYTHONPATH="{Path(workflow.basedir) / "src"}'
     '${{PYTHONPATH:+:$PYTHONPATH}}"; '
