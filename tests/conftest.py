@@ -20,6 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_COHORT = 800
 
 
+# The covariates the model tests' small cohorts carry (no depression or anxiety columns).
+MODEL_TEST_COVARIATES = ["age", "sex", "symptom_duration_weeks"]
+
+
+def model_test_config() -> dict:
+    """The default study's config with the covariates of the model tests' cohorts."""
+    from trial_analysis.config import load_config
+
+    cfg = load_config(REPO / "config" / "config.yaml")
+    cfg["analysis"]["covariates"] = list(MODEL_TEST_COVARIATES)
+    return cfg
+
+
 def run_snakemake(workdir: Path, *targets: str, cores: int = 2) -> subprocess.CompletedProcess:
     """Run the repository's Snakefile in ``workdir`` (which holds config/config.yaml)."""
     env = dict(os.environ)

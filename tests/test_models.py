@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import model_test_config
 
-from trial_analysis.config import load_config
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.lmm_inference import MixedDesign, SatterthwaiteInference
 from trial_analysis.models import (
@@ -41,9 +41,7 @@ TRUE_EFFECT = 4.0
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    cfg = load_config(REPO / "config" / "config.yaml")
-    cfg["analysis"]["covariates"] = ["age", "sex", "symptom_duration_weeks"]
-    return cfg
+    return model_test_config()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import model_test_config
 
 from trial_analysis.config import _study_structure_problems, load_config
 from trial_analysis.errors import ConfigError, DataError
@@ -42,9 +43,7 @@ FOUR = ["m1", "m3", "m6", "m12"]
 
 @pytest.fixture(scope="module")
 def base_config() -> dict:
-    cfg = load_config(REPO / "config" / "config.yaml")
-    cfg["analysis"]["covariates"] = ["age", "sex", "symptom_duration_weeks"]
-    return cfg
+    return model_test_config()
 
 
 @pytest.fixture(scope="module")
