@@ -1,4 +1,4 @@
-"""Configuration: one schema for the Snakefile and the CLI; defaults filled; problems listed."""
+"""Configuration: one validation for the Snakefile and the CLI; defaults filled; problems listed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trial_analysis.config import load_config, load_schema, schema_path, validate_config
+from trial_analysis import config as config_module
+from trial_analysis.config import (
+    load_config,
+    load_schema,
+    schema_path,
+    validate_config,
+    validated_config_text,
+)
 from trial_analysis.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,3 +177,44 @@ def test_wrong_types_are_config_errors_not_crashes(default_config: dict, key: st
     default_config[key] = value
     with pytest.raises(ConfigError):
         validate_config(default_config)
+
+
+def _refuse_to_validate(*args, **kwargs):
+    raise AssertionError("validate_config was called")
+
+
+def test_a_stamped_config_is_taken_as_validated(default_config: dict, tmp_path: Path,
+                                                monkeypatch) -> None:
+    """The Snakefile's config.as_run.yaml: validated once, then read by every step as is."""
+    validated = validate_config(copy.deepcopy(default_config))
+    path = tmp_path / "config.as_run.yaml"
+    path.write_text(validated_config_text(validated), encoding="utf-8")
+    monkeypatch.setattr(config_module, "validate_config", _refuse_to_validate)
+    assert load_config(path) == validated
+
+
+def test_an_edited_stamped_config_is_validated_again(default_config: dict,
+                                                     tmp_path: Path) -> None:
+    text = validated_config_text(validate_config(default_config))
+    assert "reml: true" in text
+    path = tmp_path / "config.as_run.yaml"
+    path.write_text(text.replace("reml: true", "reml: maybe"), encoding="utf-8")
+    with pytest.raises(ConfigError, match="analysis/reml"):
+        load_config(path)
+
+
+def test_the_stamp_covers_the_schema_and_the_checks(default_config: dict, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    """A stamp written under another schema (or other checking code) is not trusted."""
+    text = validated_config_text(validate_config(default_config))
+    path = tmp_path / "config.as_run.yaml"
+    path.write_text(text, encoding="utf-8")
+    other_schema = tmp_path / "schema.yaml"
+    other_schema.write_text(schema_path().read_text(encoding="utf-8") + "\n# changed\n",
+                            encoding="utf-8")
+    monkeypatch.setattr(config_module, "schema_path", lambda: other_schema)
+    calls = []
+    monkeypatch.setattr(config_module, "validate_config",
+                        lambda config, source: calls.append(source) or config)
+    load_config(path)
+    assert calls == [str(path)]

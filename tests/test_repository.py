@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +36,56 @@ def test_dry_run_shows_the_whole_plan() -> None:
     for rule in ("clean", "eligibility", "allocate", "fit", "sessions",
                  "responders", "tables", "figures", "report"):
         assert rule in result.stdout
+
+
+def test_an_invalid_study_config_stops_the_plan_listing_every_problem(tmp_path: Path) -> None:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["analysis"]["reml"] = "maybe"           # the schema's check
+    config["allocation"]["control"] = "ETMI"       # a cross-field check (labels must differ)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
+         "--configfile", str(study)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert f"{study}: 2 configuration problem(s)" in said
+    assert "analysis/reml" in said
+    assert "labels must differ" in said
+
+
+# Plans the whole workflow (a dry run) and prints the rules whose params hold a plain value.
+_PLAIN_PARAMS_PROBE = """
+import atexit, sys
+from snakemake.jobs import Job
+jobs = []
+original_init = Job.__init__
+def init(job, *args, **kwargs):
+    original_init(job, *args, **kwargs)
+    jobs.append(job)
+Job.__init__ = init
+def report():
+    plain = sorted({job.rule.name for job in jobs if job.non_derived_params})
+    print("planned", len(jobs), "jobs; plain params in:", plain)
+atexit.register(report)
+from snakemake.cli import main
+sys.argv = ["snakemake", "-n", "--forceall", "--snakefile", sys.argv[1]]
+main()
+"""
+
+
+def test_no_rule_of_the_plan_has_a_plain_value_param() -> None:
+    """Snakemake imports pandas (about 0.9 s, before any job starts) to compare a param that
+    is a plain value with its last run's; params derived from input or output are exempt.
+    Values such as folders belong in the command or in a function of input/output."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PLAIN_PARAMS_PROBE, str(REPO / "Snakefile")],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "jobs; plain params in: []" in result.stdout, result.stdout[-2000:]
 
 
 def _planned_rules(*targets: str) -> set[str]:

@@ -1,8 +1,14 @@
 """Study configuration: load, fill defaults and validate against ``config/schema.yaml``.
 
-The same schema serves the Snakefile (``snakemake.utils.validate``) and the command line, so
-the two can never disagree about what a valid study is. :func:`load_config` reports every
-problem at once, in plain words, rather than stopping at the first.
+The same validation serves the Snakefile and the command line, so the two can never disagree
+about what a valid study is. :func:`load_config` reports every problem at once, in plain words,
+rather than stopping at the first.
+
+The Snakefile writes the configuration it validated as ``config.as_run.yaml`` with a stamp
+(:func:`validated_config_text`): a digest of the text, the schema and this module. Every step
+reads that file; when the stamp still matches, :func:`load_config` takes it as validated instead
+of validating it again (about a sixth of a second of each step's start). Any change to the text,
+the schema or the checks breaks the stamp, and the file is validated in full.
 """
 
 from __future__ import annotations
@@ -10,16 +16,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from trial_analysis.errors import ConfigError, closest_match
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_FILE = "schema.yaml"
 # libyaml's parser when PyYAML has it: the same documents, parsed ten times faster (every step
@@ -214,6 +223,8 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 
     Returns the same (mutated) dictionary for convenience.
     """
+    import jsonschema  # only here: a stamped configuration (load_config) never needs it
+
     if not isinstance(config, dict):
         raise ConfigError(source, ["the file must hold a mapping of keys to values"])
     schema = load_schema()
@@ -241,10 +252,37 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(str(path), ["file not found"])
     try:
-        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+        text = path.read_text(encoding="utf-8")
+        config = yaml.load(text, Loader=_YAML_LOADER)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    stamp, _, body = text.partition("\n")
+    if isinstance(config, dict) and stamp == _stamp(body):
+        return config
     return validate_config(config, source=str(path))
+
+
+VALIDATED_STAMP = "# trial-analysis: validated configuration, sha256 "
+
+
+def _stamp(body: str) -> str:
+    """The first line that certifies ``body`` as validated by this module and schema."""
+    digest = hashlib.sha256()
+    for part in (schema_path().read_bytes(), Path(__file__).read_bytes(), body.encode("utf-8")):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return VALIDATED_STAMP + digest.hexdigest()
+
+
+def validated_config_text(config: Mapping[str, Any]) -> str:
+    """YAML of a configuration that :func:`validate_config` has passed, headed by its stamp.
+
+    :func:`load_config` accepts the file without validating it again while the text, the
+    schema and this module are unchanged; the Snakefile writes ``config.as_run.yaml`` with it.
+    Pass only a configuration that has just been validated: the stamp certifies that it was.
+    """
+    body = yaml.safe_dump(dict(config), sort_keys=True)
+    return f"{_stamp(body)}\n{body}"
 
 
 def outcome_names(config: Mapping[str, Any]) -> list[str]:
