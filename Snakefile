@@ -373,10 +373,9 @@ SENSITIVITY_OUTPUTS = expand(
     f"{REPORTS}/estimates/sensitivity.{{analysis}}.json", analysis=SENSITIVITY
 )
 
+MODEL_ESTIMATES = [path for outcome in OUTCOMES for path in model_files(outcome, "json")]
 ESTIMATES = (
-    [path for outcome in OUTCOMES for path in model_files(outcome, "json")]
-    + (rules.sessions.output if HAS_SESSIONS else [])
-    + rules.responders.output
+    MODEL_ESTIMATES + (rules.sessions.output if HAS_SESSIONS else []) + rules.responders.output
 )
 
 
@@ -421,8 +420,9 @@ rule tables:
 rule figures:
     """Figures (PNG and SVG): flow diagram, trajectories, forest plot, sessions, implementation."""
     input:
-        estimates=ESTIMATES,
-        # the flow and implementation tables (from allocate): figures need not wait for `tables`
+        # the models' estimates only, and the flow and implementation tables (from allocate):
+        # figures need not wait for sessions, responders or `tables`
+        estimates=MODEL_ESTIMATES,
         flow=rules.allocate.output.flow,
         implementation=rules.allocate.output.implementation,
         analysis=rules.allocate.output.analysis,

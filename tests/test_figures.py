@@ -95,3 +95,18 @@ def test_missing_flow_table_is_a_data_error(drawn, tmp_path):
         run_figures(config=run.config, analysis=run.analysis, estimates=run.estimates,
                     tables=tables, out=tmp_path / "figures")
     assert not (tmp_path / "figures").exists() or not list((tmp_path / "figures").iterdir())
+
+
+def test_figures_read_only_the_models_estimates(drawn, tmp_path):
+    """The figures rule waits for the model fits only: sessions and responders not needed."""
+    run, (first, _) = drawn
+    estimates = tmp_path / "estimates"
+    estimates.mkdir()
+    for path in run.estimates.glob("*.json"):
+        if path.stem not in ("sessions", "responders"):
+            (estimates / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "figures"
+    run_figures(config=run.config, analysis=run.analysis, estimates=estimates,
+                tables=run.tables, out=out)
+    for name in FIGURE_NAMES:
+        assert (out / f"{name}.png").read_bytes() == (first / f"{name}.png").read_bytes()

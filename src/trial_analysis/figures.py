@@ -515,7 +515,7 @@ def run_figures(
     """
     out, tables = Path(out), Path(tables)
     frame = read_analysis(analysis, config)
-    loaded = load_estimates(estimates, config)
+    loaded = load_estimates(estimates, config, secondary=False)
     flow = _read_table(tables / "flow.csv", ["step", "description", "n", "n_excluded", "reason"])
     names = figure_names(config)
     populations = config["analysis"]["populations"]

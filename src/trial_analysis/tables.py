@@ -277,14 +277,26 @@ def sessions_ratio_row(doc: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict((preferred or rows)[0])
 
 
-def load_estimates(folder: str | Path, config: Mapping[str, Any]) -> dict[str, Any]:
+def load_estimates(folder: str | Path, config: Mapping[str, Any], *,
+                   secondary: bool = True) -> dict[str, Any]:
     """Read every estimate file the config implies.
+
+    Parameters
+    ----------
+    folder : path
+        The estimates folder.
+    config : mapping
+        Validated study configuration.
+    secondary : bool, default True
+        Also read ``sessions.json`` and ``responders.json``. The figures step reads only the
+        models' files (its declared inputs), so it need not wait for those two steps.
 
     Returns
     -------
     dict
         ``primary``: {(outcome, population): doc}; ``subgroups``: {(outcome, subgroup): doc};
-        ``sessions`` and ``responders``: doc or None when the file is absent.
+        with ``secondary``, ``sessions`` and ``responders``: doc or None when the file is
+        absent.
     """
     folder = Path(folder)
     outcomes = [o["name"] for o in config["outcomes"]]
@@ -300,7 +312,7 @@ def load_estimates(folder: str | Path, config: Mapping[str, Any]) -> dict[str, A
             if path.is_file():
                 by_subgroup[(o, s)] = read_estimate_file(path)
     extra = {}
-    for name in ("sessions", "responders"):
+    for name in ("sessions", "responders") if secondary else ():
         path = folder / f"{name}.json"
         extra[name] = read_estimate_file(path) if path.is_file() else None
     return {"primary": primary, "subgroups": by_subgroup, **extra}
