@@ -18,7 +18,7 @@ min_version("9.0")
 # any job starts. (It reads the schema with libyaml; Snakemake's own validate() spends about
 # half a second parsing the same file at every start.)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from trial_analysis.config import validate_config, validated_config_text
+from trial_analysis.config import validate_config, write_validated_config
 from trial_analysis.errors import ConfigError
 
 
@@ -71,14 +71,10 @@ FIGURES = ["flow", "trajectories", "forest"] + (
 )
 
 # The config as run (defaults filled, command-line overrides merged), written only when it
-# changes so that every rule reruns exactly when the study's configuration does. Its stamp
-# tells the steps it was validated above (see trial_analysis.config).
+# changes so that every rule reruns exactly when the study's configuration does. A stamp
+# beside it tells the steps it was validated above (see trial_analysis.config).
 CONFIG_AS_RUN = f"{INTERIM}/config.as_run.yaml"
-_config_text = validated_config_text(config)
-_config_path = Path(CONFIG_AS_RUN)
-if not _config_path.exists() or _config_path.read_text() != _config_text:
-    _config_path.parent.mkdir(parents=True, exist_ok=True)
-    _config_path.write_text(_config_text)
+write_validated_config(config, CONFIG_AS_RUN)
 
 # Jobs run `python -m trial_analysis` from this checkout's src/, so the same Snakefile works in
 # the project's virtual environment and in the conda environment of --use-conda. BLAS runs one
@@ -270,7 +266,7 @@ rule sessions:
     conda:
         ENV
     threads: 1
-    # tables and figures wait for it (and for the fits): before the sensitivity analyses
+    # tables waits for it (and for the fits): before the sensitivity analyses
     priority: 9
     resources:
         mem_mb=4000,
@@ -295,7 +291,7 @@ rule responders:
     conda:
         ENV
     threads: 1
-    # tables and figures wait for it (and for the fits): before the sensitivity analyses
+    # tables waits for it (and for the fits): before the sensitivity analyses
     priority: 9
     resources:
         mem_mb=4000,

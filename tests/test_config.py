@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from trial_analysis.config import (
     load_config,
     load_schema,
     schema_path,
+    stamp_path,
     validate_config,
-    validated_config_text,
+    write_validated_config,
 )
 from trial_analysis.errors import ConfigError
 
@@ -187,17 +189,18 @@ def test_a_stamped_config_is_taken_as_validated(default_config: dict, tmp_path: 
                                                 monkeypatch) -> None:
     """The Snakefile's config.as_run.yaml: validated once, then read by every step as is."""
     validated = validate_config(copy.deepcopy(default_config))
-    path = tmp_path / "config.as_run.yaml"
-    path.write_text(validated_config_text(validated), encoding="utf-8")
+    path = write_validated_config(validated, tmp_path / "config.as_run.yaml")
+    assert stamp_path(path).is_file()
     monkeypatch.setattr(config_module, "validate_config", _refuse_to_validate)
     assert load_config(path) == validated
 
 
 def test_an_edited_stamped_config_is_validated_again(default_config: dict,
                                                      tmp_path: Path) -> None:
-    text = validated_config_text(validate_config(default_config))
+    path = write_validated_config(validate_config(default_config),
+                                  tmp_path / "config.as_run.yaml")
+    text = path.read_text(encoding="utf-8")
     assert "reml: true" in text
-    path = tmp_path / "config.as_run.yaml"
     path.write_text(text.replace("reml: true", "reml: maybe"), encoding="utf-8")
     with pytest.raises(ConfigError, match="analysis/reml"):
         load_config(path)
@@ -206,9 +209,8 @@ def test_an_edited_stamped_config_is_validated_again(default_config: dict,
 def test_the_stamp_covers_the_schema_and_the_checks(default_config: dict, tmp_path: Path,
                                                     monkeypatch) -> None:
     """A stamp written under another schema (or other checking code) is not trusted."""
-    text = validated_config_text(validate_config(default_config))
-    path = tmp_path / "config.as_run.yaml"
-    path.write_text(text, encoding="utf-8")
+    path = write_validated_config(validate_config(default_config),
+                                  tmp_path / "config.as_run.yaml")
     other_schema = tmp_path / "schema.yaml"
     other_schema.write_text(schema_path().read_text(encoding="utf-8") + "\n# changed\n",
                             encoding="utf-8")
@@ -217,4 +219,35 @@ def test_the_stamp_covers_the_schema_and_the_checks(default_config: dict, tmp_pa
     monkeypatch.setattr(config_module, "validate_config",
                         lambda config, source: calls.append(source) or config)
     load_config(path)
+    assert calls == [str(path)]
+
+
+def test_a_new_stamp_leaves_the_config_file_untouched(default_config: dict, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    """Every rule takes config.as_run.yaml as input: new checking code or a new schema must
+    not rewrite it (that would rerun the whole pipeline), only its stamp."""
+    validated = validate_config(default_config)
+    path = write_validated_config(validated, tmp_path / "config.as_run.yaml")
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    other_schema = tmp_path / "schema.yaml"
+    other_schema.write_text(schema_path().read_text(encoding="utf-8") + "\n# changed\n",
+                            encoding="utf-8")
+    monkeypatch.setattr(config_module, "schema_path", lambda: other_schema)
+    stamp = stamp_path(path).read_text(encoding="utf-8")
+    write_validated_config(validated, path)
+    assert path.stat().st_mtime == 1_000_000_000
+    assert stamp_path(path).read_text(encoding="utf-8") != stamp
+
+
+def test_validate_config_command_checks_a_stamped_file_in_full(default_config: dict,
+                                                               tmp_path: Path,
+                                                               monkeypatch) -> None:
+    from trial_analysis.cli import main
+
+    path = write_validated_config(validate_config(default_config),
+                                  tmp_path / "config.as_run.yaml")
+    calls = []
+    monkeypatch.setattr(config_module, "validate_config",
+                        lambda config, source: calls.append(source) or config)
+    assert main(["-q", "validate-config", str(path)]) == 0
     assert calls == [str(path)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -79,13 +80,16 @@ main()
 def test_no_rule_of_the_plan_has_a_plain_value_param() -> None:
     """Snakemake imports pandas (about 0.9 s, before any job starts) to compare a param that
     is a plain value with its last run's; params derived from input or output are exempt.
-    Values such as folders belong in the command or in a function of input/output."""
+    Values such as folders belong in the command or in a function of input/output. (The
+    simulation-study target keeps one on purpose: its scenario's signature reruns it.)"""
     result = subprocess.run(
         [sys.executable, "-c", _PLAIN_PARAMS_PROBE, str(REPO / "Snakefile")],
         capture_output=True, text=True, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
-    assert "jobs; plain params in: []" in result.stdout, result.stdout[-2000:]
+    planned = re.search(r"planned (\d+) jobs; plain params in: (.*)", result.stdout)
+    assert planned is not None, result.stdout[-2000:]
+    assert int(planned.group(1)) >= 15 and planned.group(2) == "[]", planned.group(0)
 
 
 def _planned_rules(*targets: str) -> set[str]:

@@ -4,11 +4,14 @@ The same validation serves the Snakefile and the command line, so the two can ne
 about what a valid study is. :func:`load_config` reports every problem at once, in plain words,
 rather than stopping at the first.
 
-The Snakefile writes the configuration it validated as ``config.as_run.yaml`` with a stamp
-(:func:`validated_config_text`): a digest of the text, the schema and this module. Every step
-reads that file; when the stamp still matches, :func:`load_config` takes it as validated instead
-of validating it again (about a sixth of a second of each step's start). Any change to the text,
-the schema or the checks breaks the stamp, and the file is validated in full.
+The Snakefile writes the configuration it validated as ``config.as_run.yaml``
+(:func:`write_validated_config`) and beside it a stamp, ``config.as_run.yaml.validated``: a
+digest of the file's text, the schema and this module. Every step reads that file; while the
+stamp matches, :func:`load_config` takes it as validated instead of validating it again (about
+a tenth of a second of each step's start). Any change to the text, the schema or the checks
+breaks the stamp, and the file is validated in full. The stamp is a file of its own so that a
+new schema or new checking code does not touch ``config.as_run.yaml``, which every rule takes
+as input: only a change of the configuration itself reruns the pipeline.
 """
 
 from __future__ import annotations
@@ -240,8 +243,16 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     return config
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def load_config(path: str | Path, *, trust_stamp: bool = True) -> dict[str, Any]:
     """Read a YAML study configuration, fill defaults and validate it.
+
+    Parameters
+    ----------
+    path : path
+        The YAML file.
+    trust_stamp : bool, default True
+        Take a file that :func:`write_validated_config` wrote, with its stamp still matching,
+        as validated without validating it again.
 
     Raises
     ------
@@ -256,33 +267,47 @@ def load_config(path: str | Path) -> dict[str, Any]:
         config = yaml.load(text, Loader=_YAML_LOADER)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
-    stamp, _, body = text.partition("\n")
-    if isinstance(config, dict) and stamp == _stamp(body):
+    if trust_stamp and isinstance(config, dict) and _stamp_matches(path, text):
         return config
     return validate_config(config, source=str(path))
 
 
-VALIDATED_STAMP = "# trial-analysis: validated configuration, sha256 "
+def stamp_path(path: str | Path) -> Path:
+    """Where :func:`write_validated_config` records that ``path`` was validated."""
+    path = Path(path)
+    return path.with_name(path.name + ".validated")
 
 
-def _stamp(body: str) -> str:
-    """The first line that certifies ``body`` as validated by this module and schema."""
+def _stamp(text: str) -> str:
+    """The digest that certifies ``text`` as validated by this module against the schema."""
     digest = hashlib.sha256()
-    for part in (schema_path().read_bytes(), Path(__file__).read_bytes(), body.encode("utf-8")):
+    for part in (schema_path().read_bytes(), Path(__file__).read_bytes(), text.encode("utf-8")):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
-    return VALIDATED_STAMP + digest.hexdigest()
+    return f"trial-analysis validated configuration, sha256 {digest.hexdigest()}\n"
 
 
-def validated_config_text(config: Mapping[str, Any]) -> str:
-    """YAML of a configuration that :func:`validate_config` has passed, headed by its stamp.
+def _stamp_matches(path: Path, text: str) -> bool:
+    try:
+        return stamp_path(path).read_text(encoding="utf-8") == _stamp(text)
+    except (OSError, UnicodeDecodeError):
+        return False
 
-    :func:`load_config` accepts the file without validating it again while the text, the
-    schema and this module are unchanged; the Snakefile writes ``config.as_run.yaml`` with it.
-    Pass only a configuration that has just been validated: the stamp certifies that it was.
+
+def write_validated_config(config: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a configuration that :func:`validate_config` has passed, and its stamp.
+
+    Each file is written only when its content changes, so the configuration's modification
+    time moves only when the configuration does (Snakemake reruns what depends on it). Pass
+    only a configuration that has just been validated: the stamp certifies that it was.
     """
-    body = yaml.safe_dump(dict(config), sort_keys=True)
-    return f"{_stamp(body)}\n{body}"
+    path = Path(path)
+    text = yaml.safe_dump(dict(config), sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, content in ((path, text), (stamp_path(path), _stamp(text))):
+        if not target.is_file() or target.read_text(encoding="utf-8") != content:
+            target.write_text(content, encoding="utf-8")
+    return path
 
 
 def outcome_names(config: Mapping[str, Any]) -> list[str]:

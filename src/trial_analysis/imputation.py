@@ -138,7 +138,9 @@ def donor_candidates(
 
     The nearest ``d`` values of a sorted list are contiguous around the insertion point, so
     only a window of ``2d`` sorted candidates per row is compared; inside it, the run of ``d``
-    slides right while the value past its right end is strictly nearer than its left end.
+    slides right while the value past its right end is strictly nearer than its left end, or
+    equal to it and below the target: a run of equal values below the target may hide nearer
+    values beyond it (observed 0, 0, 0, 1 and target 1: the two nearest are 1 and a 0).
     """
     n_obs, n_mis = len(fitted_obs), len(fitted_mis)
     d = min(donors, n_obs)
@@ -154,7 +156,9 @@ def donor_candidates(
     offset = np.zeros(n_mis, dtype=np.intp)
     for _ in range(width - d):
         left = start + offset
-        offset += np.abs(ranked[left + d] - targets) < np.abs(ranked[left] - targets)
+        low, high = ranked[left], ranked[left + d]
+        offset += (np.abs(high - targets) < np.abs(low - targets)) | (
+            (high == low) & (low < targets))
     first = np.empty(n_mis, dtype=np.intp)
     first[query_order] = start + offset
     return order, first, d
