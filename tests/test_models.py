@@ -260,7 +260,7 @@ def test_fit_models_writes_every_model_of_an_outcome_as_the_single_fits_do(tmp_p
                                      "populations": ["complete_case", "all_available"],
                                      "subgroups": ["depression", "anxiety"]}}
     together = tmp_path / "together"
-    results = run_fit_models(config=config, analysis=path, outcome="function", out_dir=together)
+    results = run_fit_models(config=config, analysis=path, outcomes=["function"], out_dir=together)
     expected = ["function.complete_case", "function.all_available",
                 "function.subgroup_depression", "function.subgroup_anxiety"]
     assert list(results) == expected
@@ -288,9 +288,34 @@ def test_fit_models_writes_nothing_when_a_model_fails(tmp_path, cohort, config):
     config = {**config, "analysis": {**config["analysis"], "subgroups": ["smoking"]}}
     # the primary models fit; the subgroup model then fails on its missing column
     with pytest.raises(DataError, match="smoking"):
-        run_fit_models(config=config, analysis=path, outcome="function",
+        run_fit_models(config=config, analysis=path, outcomes=["function"],
                        out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_fit_models_gives_the_same_files_in_one_process_or_several(tmp_path, cohort, config):
+    """The pipeline fits all outcomes in one job, spread over --jobs processes."""
+    path = tmp_path / "analysis.parquet"
+    cohort.to_parquet(path, index=False)
+    outcomes = [o["name"] for o in config["outcomes"] if f"{o['name']}_baseline" in cohort]
+    assert len(outcomes) >= 2
+    config = {**config, "outcomes": [o for o in config["outcomes"] if o["name"] in outcomes]}
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    results = run_fit_models(config=config, analysis=path, out_dir=serial)
+    run_fit_models(config=config, analysis=path, out_dir=parallel, jobs=3)
+    assert {stem.split(".")[0] for stem in results} == set(outcomes)
+    files = sorted(p.name for p in serial.iterdir())
+    assert files == sorted(p.name for p in parallel.iterdir())
+    assert len(files) == 2 * len(results)
+    for name in files:
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
+
+
+def test_fit_models_refuses_an_unknown_outcome(tmp_path, cohort, config):
+    path = tmp_path / "analysis.parquet"
+    cohort.to_parquet(path, index=False)
+    with pytest.raises(ConfigError, match="outcome 'mobility' is not one of"):
+        run_fit_models(config=config, analysis=path, outcomes=["mobility"], out_dir=tmp_path)
 
 
 def test_cli_missing_file(tmp_path, config):

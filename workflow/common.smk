@@ -26,12 +26,22 @@ def imputations_for(wildcards):
     return rules.impute.output.imputations
 
 
+def _cores():
+    """The --cores of this run; None without it (a dry run, --report)."""
+    try:
+        return workflow.cores
+    except WorkflowError:  # Snakemake asks for --cores before it will say
+        return None
+
+
 def imputation_threads():
     """Up to half the cores (at most 8) for the imputation chains: on 2 cores the imputation
     then starts at once beside the fits instead of waiting for both cores to be free. The
     file is the same for any count. Without --cores (a dry run, --report) 1."""
-    try:
-        cores = workflow.cores
-    except WorkflowError:  # Snakemake asks for --cores before it will say
-        cores = None
-    return max(1, min(8, (cores or 2) // 2))
+    return max(1, min(8, (_cores() or 2) // 2))
+
+
+def model_fit_threads():
+    """Processes for the model fits, one per outcome at most, in the half of the cores the
+    imputation leaves; the files are the same for any count."""
+    return max(1, min(len(OUTCOMES), (_cores() or 2) // 2))

@@ -133,16 +133,19 @@ STEPS: dict[str, dict[str, Any]] = {
     },
     "fit-models": {
         "target": ("trial_analysis.models", "run_fit_models"),
-        "help": "fit every model of one outcome: each population and each subgroup",
+        "help": "fit every model of every outcome: each population and each subgroup",
         "description": (
-            "Reads: the analysis table (once). Writes: for each of analysis.populations "
-            "{outcome}.{population}.json/.csv and for each of analysis.subgroups "
-            "{outcome}.subgroup_{subgroup}.json/.csv in --out-dir; the same files as `fit` "
-            "and `fit-subgroup` give one at a time."
+            "Reads: the analysis table (once). Writes: for each outcome, for each of "
+            "analysis.populations {outcome}.{population}.json/.csv and for each of "
+            "analysis.subgroups {outcome}.subgroup_{subgroup}.json/.csv in --out-dir; the "
+            "same files as `fit` and `fit-subgroup` give one at a time, for any --jobs."
         ),
         "args": [
             CONFIG, ANALYSIS,
-            (("--outcome",), {"required": True, "help": "outcome name from config"}),
+            (("--outcomes", "--outcome"), {"nargs": "+", "default": None, "metavar": "OUTCOME",
+                                           "help": "outcome names from config (default: all)"}),
+            (("--jobs",), {"type": int, "default": 1,
+                           "help": "processes to fit the outcomes in (default 1)"}),
             (("--out-dir",), _path("folder of the estimate files to write")),
         ],
     },
