@@ -246,7 +246,7 @@ rule fit:
     priority: 10
     resources:
         mem_mb=8000,
-        runtime=360,
+        runtime=240,
     shell:
         "python -m trial_analysis fit-models --config {input.config} --analysis {input.analysis}"
         " --jobs {threads} --out-dir {params.estimates} > {log} 2>&1"

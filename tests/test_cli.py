@@ -116,3 +116,18 @@ def test_steps_run_one_blas_thread_unless_the_user_chose(monkeypatch: pytest.Mon
     assert os.environ["OMP_NUM_THREADS"] == "1"
     assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
     assert os.environ["MKL_NUM_THREADS"] == "4"
+
+
+def test_errors_for_people_survive_crossing_processes() -> None:
+    """Fit and imputation workers raise these; the parent must get them back whole."""
+    import pickle
+
+    from trial_analysis.errors import ConfigError, DataError
+
+    data = DataError("a.csv", "scores must be numbers", column="score", rows=[3, 4],
+                     hint="fix the file")
+    config = ConfigError("study.yaml", ["one", "two"])
+    for error in (data, config):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+    assert pickle.loads(pickle.dumps(data)).rows == [3, 4]

@@ -252,8 +252,8 @@ def test_cli_entries_deterministic(tmp_path, cohort, config):
 
 def test_fit_models_writes_every_model_of_an_outcome_as_the_single_fits_do(tmp_path, cohort,
                                                                          config):
-    """The pipeline's one-job-per-outcome entry writes the files of each population and each
-    subgroup, byte for byte as ``fit`` and ``fit-subgroup`` write them one at a time."""
+    """The pipeline's fit job writes the files of each population and each subgroup, byte for
+    byte as ``fit`` and ``fit-subgroup`` write them one at a time."""
     path = tmp_path / "analysis.parquet"
     cohort.to_parquet(path, index=False)
     config = {**config, "analysis": {**config["analysis"],
@@ -309,6 +309,19 @@ def test_fit_models_gives_the_same_files_in_one_process_or_several(tmp_path, coh
     assert len(files) == 2 * len(results)
     for name in files:
         assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
+
+
+def test_a_model_error_in_a_worker_process_reaches_the_user_as_itself(tmp_path, cohort, config):
+    """A DataError raised in a worker (here a subgroup column that is missing) must arrive as
+    the DataError the command line prints, not as a broken process pool."""
+    path = tmp_path / "analysis.parquet"
+    cohort.to_parquet(path, index=False)
+    outcomes = [o for o in config["outcomes"] if f"{o['name']}_baseline" in cohort]
+    config = {**config, "outcomes": outcomes,
+              "analysis": {**config["analysis"], "subgroups": ["smoking"]}}
+    with pytest.raises(DataError, match="smoking"):
+        run_fit_models(config=config, analysis=path, out_dir=tmp_path / "out", jobs=2)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_fit_models_refuses_an_unknown_outcome(tmp_path, cohort, config):

@@ -75,7 +75,7 @@ def test_provenance_section(run, html):
                     "pandera", "tableone"):
         assert f"<td>{package}</td>" in html
     assert str(run.config["seed"]) in html
-    assert "fit.function.complete_case" in html and "5.9" in html
+    assert "sensitivity.propensity" in html and "5.9" in html
     assert "min_cell_count: 5" in html  # the config as run, as YAML
 
 

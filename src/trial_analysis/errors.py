@@ -29,6 +29,11 @@ class ConfigError(TrialAnalysisError):
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
 
+    def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:
+        # Rebuilt from its own arguments when it crosses processes (a fit or imputation worker
+        # raising it): pickle's default would call __init__ with the message alone.
+        return type(self), (self.source, self.problems)
+
 
 def _normalised(word: object) -> str:
     # Case, spaces, underscores and dots are how the same name most often differs between a
@@ -116,3 +121,7 @@ class DataError(TrialAnalysisError):
         if hint:
             message += f". {hint}"
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        # see ConfigError.__reduce__
+        return type(self), (self.file, self.rule, self.column, self.rows, self.hint)

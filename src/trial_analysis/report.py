@@ -120,7 +120,7 @@ def benchmark_times(folder: str | Path | None) -> pd.DataFrame:
     """Run time and peak memory of each rule from Snakemake benchmark files.
 
     A benchmark file is a TSV with a header ``s h:m:s max_rss ...``; the job is named after
-    the file (``fit.function.complete_case.tsv`` -> ``fit.function.complete_case``). Repeated
+    the file (``sensitivity.propensity.tsv`` -> ``sensitivity.propensity``). Repeated
     measurements in one file are averaged.
     """
     columns = ["job", "seconds", "max_rss_mb"]
