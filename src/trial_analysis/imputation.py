@@ -81,6 +81,7 @@ import pandas as pd
 
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import atomic_path, read_analysis_table, read_json
+from trial_analysis.parallel import map_shared
 from trial_analysis.robust import cr1_factor
 from trial_analysis.sensitivity import (
     ARM,
@@ -278,35 +279,8 @@ def _chain(inputs: _ChainInputs, imputation: int, group: int) -> np.ndarray:
     return completed[np.isnan(values)]
 
 
-# A worker process's chain inputs, inherited once (fork) or sent once (spawn) when it starts.
-_WORKER_INPUTS: _ChainInputs | None = None
-
-
-def _set_worker_inputs(inputs: _ChainInputs) -> None:
-    global _WORKER_INPUTS
-    _WORKER_INPUTS = inputs
-
-
-def _chain_in_worker(task: tuple[int, int]) -> np.ndarray:
-    assert _WORKER_INPUTS is not None, "worker started without chain inputs"
-    return _chain(_WORKER_INPUTS, *task)
-
-
-def _run_chains(inputs: _ChainInputs, tasks: Sequence[tuple[int, int]],
-                jobs: int) -> list[np.ndarray]:
-    """Run the chains, in ``jobs`` processes when ``jobs > 1``; results in ``tasks`` order."""
-    if jobs <= 1 or len(tasks) <= 1:
-        return [_chain(inputs, *task) for task in tasks]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # fork shares the (large) inputs without copying them; elsewhere each worker receives them
-    # once, pickled.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
-                             mp_context=multiprocessing.get_context(method),
-                             initializer=_set_worker_inputs, initargs=(inputs,)) as pool:
-        return list(pool.map(_chain_in_worker, tasks))
+def _chain_task(inputs: _ChainInputs, task: tuple[int, int]) -> np.ndarray:
+    return _chain(inputs, *task)
 
 
 class CompletedDatasets(Sequence[pd.DataFrame]):
@@ -465,7 +439,7 @@ def impute_chained(
         predictors=tuple(prepared.predictors), iterations=int(options["iterations"]),
         donors=int(options["donors"]), seed=int(config.get("seed", 0)))
     tasks = [(i, g) for i in range(options["m"]) for g in range(len(prepared.groups))]
-    results = _run_chains(inputs, tasks, jobs)
+    results = map_shared(_chain_task, inputs, tasks, jobs)
     # Cell k of the table (row-major over the missing mask) is cell k_g of its group's chain.
     mask = np.isnan(prepared.values)
     cell_number = np.full(mask.shape, -1, dtype=np.int64)

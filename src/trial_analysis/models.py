@@ -114,6 +114,7 @@ from trial_analysis.lmm_inference import (
     MixedDesign,
     SatterthwaiteInference,
 )
+from trial_analysis.parallel import map_shared
 
 if TYPE_CHECKING:
     from statsmodels.regression.mixed_linear_model import MixedLM
@@ -1450,19 +1451,9 @@ def fit_outcome_models(table: pd.DataFrame, config: dict[str, Any], outcome: str
     return results
 
 
-# A worker process's table and config, inherited once (fork) or sent once (spawn) at its start.
-_WORKER_INPUTS: tuple[pd.DataFrame, dict[str, Any], str] | None = None
-
-
-def _set_worker_inputs(inputs: tuple[pd.DataFrame, dict[str, Any], str]) -> None:
-    global _WORKER_INPUTS
-    _WORKER_INPUTS = inputs
-
-
-def _fit_outcome_models_in_worker(outcome: str
-                                  ) -> dict[str, OutcomeModelResult | SubgroupModelResult]:
-    assert _WORKER_INPUTS is not None, "worker started without its table"
-    table, config, source = _WORKER_INPUTS
+def _fit_outcome_task(shared: tuple[pd.DataFrame, dict[str, Any], str], outcome: str
+                      ) -> dict[str, OutcomeModelResult | SubgroupModelResult]:
+    table, config, source = shared
     return fit_outcome_models(table, config, outcome, source)
 
 
@@ -1501,21 +1492,8 @@ def run_fit_models(config: dict[str, Any], analysis: str | Path, out_dir: str | 
     if unknown:
         raise ConfigError("command line", [f"outcome '{o}' is not one of {known}"
                                            for o in unknown])
-    table = read_analysis_table(analysis)
-    source = str(analysis)
-    if jobs <= 1 or len(outcomes) <= 1:
-        fitted = [fit_outcome_models(table, config, outcome, source) for outcome in outcomes]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork shares the table without copying it; elsewhere each worker receives it once
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(max_workers=min(jobs, len(outcomes)),
-                                 mp_context=multiprocessing.get_context(method),
-                                 initializer=_set_worker_inputs,
-                                 initargs=((table, config, source),)) as pool:
-            fitted = list(pool.map(_fit_outcome_models_in_worker, outcomes))
+    shared = (read_analysis_table(analysis), config, str(analysis))
+    fitted = map_shared(_fit_outcome_task, shared, outcomes, jobs)
     results = {stem: result for models in fitted for stem, result in models.items()}
     for outcome in outcomes:
         for stem, (out_json, out_csv) in estimate_files(out_dir, outcome, config).items():
