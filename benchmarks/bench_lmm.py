@@ -41,7 +41,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from trial_analysis.fast_lmm import fit_nested_lmm  # noqa: E402
+from trial_analysis.models.fast_lmm import fit_nested_lmm  # noqa: E402
 
 TERMS = ["Intercept", "arm", "time", "arm:time", "age", "sexM", "duration"]
 COMPONENTS = ["therapist", "therapist:time", "patient", "residual"]

@@ -28,7 +28,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 CHILD = """
 import resource, sys, time
 from trial_analysis.config import load_config
-from trial_analysis.simulate import run_simulate
+from trial_analysis.simulation.simulate import run_simulate
 config = load_config(sys.argv[1])
 start = time.perf_counter()
 extract = run_simulate(config, seed=None, out=sys.argv[2], layout=sys.argv[3],

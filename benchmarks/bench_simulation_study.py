@@ -62,7 +62,7 @@ def _study_file(folder: Path, scenario: str, replicates: int, chunk_size: int) -
 
 def _chunk(study_path: str, scenario: str, start: int, stop: int) -> tuple[pd.DataFrame, float]:
     from trial_analysis.config import load_config
-    from trial_analysis.simulation_study import load_study, run_chunk
+    from trial_analysis.simulation.simulation_study import load_study, run_chunk
 
     config = load_config(CONFIG)
     study = load_study(study_path, config)

@@ -166,11 +166,11 @@ def _row(outcome: str, population: str, model: str, term: str, estimate: float, 
 def fit_primary(analysis: pd.DataFrame, outcome: str, population: str) -> dict[str, Any]:
     """The primary estimate document, from the pipeline's own model step.
 
-    Using :func:`trial_analysis.models.fit_outcome_model` (not a hand-written refit) keeps the
-    fixtures in step with the model the pipeline actually runs; the reviewer notebook then
+    Using :func:`trial_analysis.models.outcome_models.fit_outcome_model` (not a hand-written
+    refit) keeps the fixtures in step with the model the pipeline actually runs; the reviewer notebook then
     checks it against an independent statsmodels refit.
     """
-    from trial_analysis.models import fit_outcome_model
+    from trial_analysis.models.outcome_models import fit_outcome_model
 
     config = load_config(REPO / "config" / "config.yaml")
     return to_jsonable(fit_outcome_model(analysis, config, outcome, population).to_json_dict())
@@ -285,7 +285,7 @@ def write_raw(raw: Path, analysis: pd.DataFrame, config: dict[str, Any]) -> None
     complete = int(analysis["complete_case"].sum())
     complete_int = int(((analysis["complete_case"] == 1) & (analysis["arm_intervention"] == 1))
                        .sum())
-    # The layout simulate writes (src/trial_analysis/simulate.py), abridged.
+    # The layout simulate writes (src/trial_analysis/simulation/simulate.py), abridged.
     write_json({
         "seed": config["seed"],
         "effects": {
@@ -401,9 +401,9 @@ def build_inputs(root: Path, n_patients: int = 240, seed: int = 7) -> FixtureRun
 
 def build_outputs(root: Path, n_patients: int = 240, seed: int = 7) -> FixtureRun:
     """Inputs plus the outputs of ``tables``, ``figures`` and ``report``."""
-    from trial_analysis.figures import run_figures
-    from trial_analysis.report import run_report
-    from trial_analysis.tables import run_tables
+    from trial_analysis.reporting.figures import run_figures
+    from trial_analysis.reporting.report import run_report
+    from trial_analysis.reporting.tables import run_tables
 
     run = build_inputs(root, n_patients=n_patients, seed=seed)
     run_tables(config=run.config, analysis=run.analysis, estimates=run.estimates, out=run.tables)
@@ -423,7 +423,7 @@ def shared_inputs(base: Path) -> FixtureRun:
     Building fits a dozen models, so test modules share it rather than rebuilding; tests must
     treat it as read-only (write anything they produce elsewhere).
     """
-    from trial_analysis.tables import run_tables
+    from trial_analysis.reporting.tables import run_tables
 
     key = (Path(base), "inputs")
     if key not in _SHARED:
@@ -436,8 +436,8 @@ def shared_inputs(base: Path) -> FixtureRun:
 
 def shared_outputs(base: Path) -> FixtureRun:
     """The shared fixture run with figures and the report too (read-only, like above)."""
-    from trial_analysis.figures import run_figures
-    from trial_analysis.report import run_report
+    from trial_analysis.reporting.figures import run_figures
+    from trial_analysis.reporting.report import run_report
 
     key = (Path(base), "outputs")
     if key not in _SHARED:

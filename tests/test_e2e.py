@@ -126,8 +126,8 @@ def test_ledger_accounts_for_every_raw_record(default_cohort_run: Path) -> None:
 
 def test_primary_models_recover_the_true_effects(default_cohort_run: Path) -> None:
     """On the published-size default cohort every true effect lies inside its 95% CI."""
-    from trial_analysis.models import fit_outcome_model
-    from trial_analysis.sessions import fit_sessions_model
+    from trial_analysis.models.outcome_models import fit_outcome_model
+    from trial_analysis.models.sessions import fit_sessions_model
 
     config = load_config(default_cohort_run / "config" / "config.yaml")
     analysis = pd.read_parquet(default_cohort_run / "data" / "processed" / "analysis.parquet")

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from trial_analysis.allocate import allocate_arms, analysis_columns
-from trial_analysis.clean import clean_tables
+from trial_analysis.cohort.allocate import allocate_arms, analysis_columns
+from trial_analysis.cohort.eligibility import apply_eligibility, eligibility_reasons
 from trial_analysis.config import (
     followup_labels,
     primary_followup,
@@ -24,9 +24,9 @@ from trial_analysis.config import (
     time_values,
     validate_config,
 )
-from trial_analysis.eligibility import apply_eligibility, eligibility_reasons
 from trial_analysis.errors import ConfigError
-from trial_analysis.schemas import table_specs
+from trial_analysis.ingest.clean import clean_tables
+from trial_analysis.ingest.schemas import table_specs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ if SIMULATED and Path(SIMULATION_STUDY_FILE).exists():
     _src = str(Path(str(workflow.current_basedir)).parent / "src")
     if _src not in sys.path:
         sys.path.insert(0, _src)
-    from trial_analysis.simulation_study import chunk_replicates, load_study, scenario_signature
+    from trial_analysis.simulation.simulation_study import chunk_replicates, load_study, scenario_signature
 
     SIMULATION_STUDY = load_study(SIMULATION_STUDY_FILE, dict(config))
     SIMULATION_DIR = f"{REPORTS}/simulation_study"

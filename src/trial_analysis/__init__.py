@@ -1,8 +1,19 @@
 """trial-analysis: a reproducible analysis pipeline for pragmatic intervention studies.
 
-One module per pipeline step (``simulate``, ``clean``, ``eligibility``, ``allocate``,
-``models``, ``sessions``, ``responders``, ``tables``, ``figures``, ``report``); ``cli`` exposes
-each as a ``trial-analysis`` subcommand that the Snakefile calls.
+One subpackage per stage of the analysis, one module per pipeline step:
+
+- ``ingest``: readers, schemas, clean, check_data
+- ``cohort``: eligibility, allocate
+- ``models``: outcome_models, fast_lmm, lmm_inference, sessions, responders, robust,
+  distributions
+- ``causal``: sensitivity (dispatcher), propensity, imputation, evalues, common
+- ``reporting``: tables, figures, report (and its templates)
+- ``simulation``: simulate, simulation_study
+
+Top level: ``cli`` (each step as a ``trial-analysis`` subcommand that the Snakefile calls),
+``config``, ``config_docs``, ``errors``, ``io``, ``parallel`` and ``plotting`` (the figure
+style shared by reporting and causal). A stage imports only earlier stages and the top-level
+helpers, never a later one; ``tests/test_repository.py`` fails on any import circle.
 """
 
 from typing import Any

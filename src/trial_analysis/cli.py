@@ -38,7 +38,7 @@ OUT_CSV: _Arg = (("--out-csv",), _path("the same estimates as a tidy CSV"))
 
 STEPS: dict[str, dict[str, Any]] = {
     "simulate": {
-        "target": ("trial_analysis.simulate", "run_simulate"),
+        "target": ("trial_analysis.simulation.simulate", "run_simulate"),
         "help": "write a simulated raw extract (the default study's data)",
         "description": (
             "Reads: the config (simulation.targets and simulation.assumptions). "
@@ -59,7 +59,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "clean": {
-        "target": ("trial_analysis.clean", "run_clean"),
+        "target": ("trial_analysis.ingest.clean", "run_clean"),
         "help": "validate and repair the raw tables; write the cleaning ledger",
         "description": (
             "Reads: the raw tables named in config input.tables under --raw. "
@@ -74,7 +74,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "check-data": {
-        "target": ("trial_analysis.check_data", "run_check_data"),
+        "target": ("trial_analysis.ingest.check_data", "run_check_data"),
         "help": "check the raw extract against the config and report every problem at once",
         "description": (
             "Reads: the raw tables named in config input.tables under --raw (default: config "
@@ -96,7 +96,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "eligibility": {
-        "target": ("trial_analysis.eligibility", "run_eligibility"),
+        "target": ("trial_analysis.cohort.eligibility", "run_eligibility"),
         "help": "apply the eligibility rules; write the cohort, final ledger and flow counts",
         "description": (
             "Reads: cleaned tables (--clean) and the cleaning ledger. Writes: the eligible "
@@ -113,7 +113,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "allocate": {
-        "target": ("trial_analysis.allocate", "run_allocate"),
+        "target": ("trial_analysis.cohort.allocate", "run_allocate"),
         "help": "assign arms, primary therapists, fidelity and complete-case flags",
         "description": (
             "Reads: the cohort, cleaned sessions/outcomes/therapists and the eligibility flow. "
@@ -132,7 +132,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "fit-models": {
-        "target": ("trial_analysis.models", "run_fit_models"),
+        "target": ("trial_analysis.models.outcome_models", "run_fit_models"),
         "help": "fit every model of every outcome: each population and each subgroup",
         "description": (
             "Reads: the analysis table (once). Writes: for each outcome, for each of "
@@ -150,7 +150,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "fit": {
-        "target": ("trial_analysis.models", "run_fit"),
+        "target": ("trial_analysis.models.outcome_models", "run_fit"),
         "help": "fit the primary linear mixed model for one outcome and population",
         "description": (
             "Reads: the analysis table. Writes: tidy estimates (arm x time effect with SE, CI, "
@@ -165,7 +165,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "fit-subgroup": {
-        "target": ("trial_analysis.models", "run_fit_subgroup"),
+        "target": ("trial_analysis.models.outcome_models", "run_fit_subgroup"),
         "help": "fit the arm x time x subgroup model for one outcome and subgroup",
         "description": (
             "Reads: the analysis table. Writes: the effect within each subgroup level, the "
@@ -179,7 +179,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "sessions": {
-        "target": ("trial_analysis.sessions", "run_sessions"),
+        "target": ("trial_analysis.models.sessions", "run_sessions"),
         "help": "model the number of treatment sessions by arm",
         "description": (
             "Reads: the analysis table. Writes: negative binomial ratio of means with "
@@ -188,7 +188,7 @@ STEPS: dict[str, dict[str, Any]] = {
         "args": [CONFIG, ANALYSIS, OUT_JSON, OUT_CSV],
     },
     "responders": {
-        "target": ("trial_analysis.responders", "run_responders"),
+        "target": ("trial_analysis.models.responders", "run_responders"),
         "help": "responder analysis at each outcome's MCID",
         "description": (
             "Reads: the analysis table. Writes: proportions improving by at least the MCID by "
@@ -197,7 +197,7 @@ STEPS: dict[str, dict[str, Any]] = {
         "args": [CONFIG, ANALYSIS, OUT_JSON, OUT_CSV],
     },
     "impute": {
-        "target": ("trial_analysis.imputation", "run_impute"),
+        "target": ("trial_analysis.causal.imputation", "run_impute"),
         "help": "multiple imputation (chained equations, PMM), shared by MI and tipping point",
         "description": (
             "Reads: the analysis table (config sensitivity.multiple_imputation and seed). "
@@ -213,7 +213,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "sensitivity": {
-        "target": ("trial_analysis.sensitivity", "run_sensitivity"),
+        "target": ("trial_analysis.causal.sensitivity", "run_sensitivity"),
         "help": "one sensitivity analysis of the observational comparison",
         "description": (
             "Reads: the analysis table (and, for evalue and multiple_imputation, the primary "
@@ -239,7 +239,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "tables": {
-        "target": ("trial_analysis.tables", "run_tables"),
+        "target": ("trial_analysis.reporting.tables", "run_tables"),
         "help": "write the report tables (Table 1, estimates, subgroups, ...) as CSV",
         "description": "Reads: the analysis table and estimate files. Writes: CSV tables to --out.",
         "args": [
@@ -249,7 +249,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "figures": {
-        "target": ("trial_analysis.figures", "run_figures"),
+        "target": ("trial_analysis.reporting.figures", "run_figures"),
         "help": "draw the report figures (PNG and SVG)",
         "description": (
             "Reads: the analysis table, estimate files and tables. Writes: flow diagram, "
@@ -263,7 +263,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "report": {
-        "target": ("trial_analysis.report", "run_report"),
+        "target": ("trial_analysis.reporting.report", "run_report"),
         "help": "assemble the self-contained HTML report",
         "description": (
             "Reads: tables, figures, estimates, the raw extract (for checksums) and rule "
@@ -281,7 +281,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "simulate-study": {
-        "target": ("trial_analysis.simulation_study", "run_simulate_study"),
+        "target": ("trial_analysis.simulation.simulation_study", "run_simulate_study"),
         "help": "simulation study: run one chunk of replicates of one scenario",
         "description": (
             "Reads: the config (its simulation section) and the simulation study file. "
@@ -298,7 +298,7 @@ STEPS: dict[str, dict[str, Any]] = {
         ],
     },
     "simulate-study-summary": {
-        "target": ("trial_analysis.simulation_study", "run_simulate_study_summary"),
+        "target": ("trial_analysis.simulation.simulation_study", "run_simulate_study_summary"),
         "help": "simulation study: bias, empirical SE, coverage, power with Monte Carlo SEs",
         "description": (
             "Reads: the config, the simulation study file and every chunk CSV. Writes: one row "

@@ -2,7 +2,7 @@
 
 Run from the repository root: ``.venv/bin/python tests/golden/make_golden_data.py``. The data
 are simulated with a known truth (:func:`simulate_cohort`), which the recovery tests in
-``tests/test_models.py`` also use. Each design stresses one part of the fitting code:
+``tests/models/test_outcome_models.py`` also use. Each design stresses one part of the fitting code:
 
 - ``cohort``: a reduced cohort (a few hundred patients) with the analysis-table columns;
   missing follow-up scores (MAR), so the all-available population differs from complete cases.

@@ -1,11 +1,11 @@
-# Reference values for tests/test_golden_models.py, from lme4 + lmerTest + emmeans.
+# Reference values for tests/models/test_golden_models.py, from lme4 + lmerTest + emmeans.
 #
 # Run from the repository root:  Rscript tests/golden/make_golden_models.R
 # Reads tests/golden/data/*.csv (written by make_golden_data.py) and writes one JSON file per
 # case to tests/golden/reference/. The cases (dataset, outcome, population, random effects,
-# subgroup) must match CASES in tests/test_golden_models.py.
+# subgroup) must match CASES in tests/models/test_golden_models.py.
 #
-# Conventions, the same as trial_analysis.models:
+# Conventions, the same as trial_analysis.models.outcome_models:
 # - long data: one row per patient and time point (time 0 = baseline, 1 = follow-up), rows with
 #   a missing score dropped; complete_case = complete_{outcome} == 1, all_available = baseline
 #   score present;
@@ -53,7 +53,7 @@ random_terms <- list(
   clinic = "(1|clinic) + (1|therapist) + (1|therapist_time) + (1|patient)",
   no_time = "(1|therapist) + (1|patient)"
 )
-# Names of the variance components, as trial_analysis.models names them.
+# Names of the variance components, as trial_analysis.models.outcome_models names them.
 component_names <- c(therapist = "therapist", therapist_time = "therapist:time",
                      patient = "patient", clinic = "clinic", Residual = "residual")
 
@@ -65,7 +65,7 @@ fit_case <- function(case) {
     l$sg <- factor(l[[case$subgroup]])
     "score ~ arm * time * sg"
   }
-  # Covariates adjust level and change (trial_analysis.models' default covariates_by_time).
+  # Covariates adjust level and change (trial_analysis.models.outcome_models' default covariates_by_time).
   f <- as.formula(paste(fixed, "+ (", paste(covariates, collapse = " + "), ") * time +",
                         random_terms[[case$random]]))
   fit <- lmer(f, data = l, REML = TRUE, control = ctrl)
@@ -133,7 +133,7 @@ cases <- list(
 
 # ---------------------------------------------------------------------------------------------
 # Several follow-ups, continuous time, the baseline as covariate (ANCOVA), site clustering and
-# no random effects (lm). Conventions, as trial_analysis.models:
+# no random effects (lm). Conventions, as trial_analysis.models.outcome_models:
 # - the follow-up score columns are {outcome}__{label} with several follow-ups,
 #   {outcome}_followup with one;
 # - categorical time is a factor over the model's time points in time order (the baseline, or

@@ -1,4 +1,4 @@
-"""Write the small datasets behind tests/test_fast_lmm.py's lme4 comparisons.
+"""Write the small datasets behind tests/models/test_fast_lmm.py's lme4 comparisons.
 
 Run from the repository root: ``.venv/bin/python tests/golden/fast_lmm/make_data.py``, then
 ``Rscript tests/golden/fast_lmm/make_reference.R``. The CSVs are committed, so neither script

@@ -1,10 +1,10 @@
-# lme4/lmerTest reference fits for tests/test_fast_lmm.py.
+# lme4/lmerTest reference fits for tests/models/test_fast_lmm.py.
 #
 # Run from the repository root:  Rscript tests/golden/fast_lmm/make_reference.R
 # Reads tests/golden/fast_lmm/{balanced,unbalanced,singular}.csv (written by make_data.py)
 # and writes tests/golden/fast_lmm/reference.json: one entry per case with the fixed effects,
 # their standard errors and Satterthwaite df (lmerTest), the variance components (named as
-# trial_analysis.fast_lmm names them), theta, logLik and the singular flag.
+# trial_analysis.models.fast_lmm names them), theta, logLik and the singular flag.
 #
 # Nested units are explicit ids (therapist x patient, therapist x time, ...) so that lme4
 # and fast_lmm see the same units. Optimiser tolerances are tight so that lme4 sits at the

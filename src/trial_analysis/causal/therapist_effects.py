@@ -1,0 +1,97 @@
+"""The therapist fixed-effects sensitivity analysis.
+
+If adopting therapists differ from the others (better results, different caseloads), a
+comparison across therapists is confounded at the therapist level. Comparing arms within the
+caseloads of therapists who treated patients in both arms removes every such therapist-level
+confounder; the price is a smaller, selected sample (therapists who used both approaches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from trial_analysis.causal.common import (
+    ARM,
+    ARM_TERM,
+    THERAPIST,
+    SensitivityResult,
+    analysis_covariates,
+    ancova_frame,
+    check_arm,
+    confidence_level,
+    fit_ancova,
+    sensitivity_outcomes,
+    settings,
+    tidy_frame,
+    tidy_row,
+)
+
+
+def both_arm_sample(
+    frame: pd.DataFrame, min_per_arm: int = 1
+) -> tuple[pd.DataFrame, list[str]]:
+    """Patients of therapists with at least ``min_per_arm`` patients in each arm."""
+    counts = frame.groupby(THERAPIST, observed=True)[ARM].agg(["sum", "count"])
+    counts["control"] = counts["count"] - counts["sum"]
+    both = counts.index[(counts["sum"] >= min_per_arm) & (counts["control"] >= min_per_arm)]
+    return frame.loc[frame[THERAPIST].isin(both)], [str(t) for t in both]
+
+
+def fit_therapist_fixed_effects(
+    analysis: pd.DataFrame, config: Mapping[str, Any], source: str = "analysis table"
+) -> SensitivityResult:
+    """The arm effect within therapists who treated patients in both arms.
+
+    For each outcome, among patients with both scores (and every covariate), keep therapists
+    with at least ``sensitivity.therapist_fixed_effects.min_patients_per_arm`` patients in each
+    arm (counted in that outcome's analysed sample) and fit the ANCOVA with a fixed intercept
+    per therapist: the arm effect is then estimated only from comparisons within a therapist's
+    own caseload, so any therapist-level confounding (adopting therapists who are better, or
+    see different patients, on average) is removed. Standard errors are CR1 clustered by
+    therapist. Rows: ``therapist_fixed_effects`` and, for comparison, the same ANCOVA without
+    fixed effects in the same sample (``ancova_same_sample``) and in all analysed patients
+    (``ancova_all_therapists``).
+    """
+    check_arm(analysis, source)
+    options = settings(config, "therapist_fixed_effects")
+    min_per_arm = int(options["min_patients_per_arm"])
+    covariates = analysis_covariates(config)
+    level = confidence_level(config)
+    rows, counts = [], []
+    for outcome in sensitivity_outcomes(config):
+        analysed, notes = ancova_frame(analysis, outcome, covariates, source)
+        sample, therapists = both_arm_sample(analysed, min_per_arm)
+        counts.append({"outcome": outcome, "therapists_analysed":
+                       int(analysed[THERAPIST].nunique()),
+                       "therapists_both_arms": len(therapists),
+                       "patients_analysed": len(analysed), "patients_both_arms": len(sample),
+                       "intervention_patients_both_arms": int(sample[ARM].sum())})
+        full = fit_ancova(analysed, outcome, covariates, source=source)
+        rows.append(tidy_row(outcome, "therapist_fixed_effects", "ancova_all_therapists",
+                             ARM_TERM, full.row(level=level), full.n_patients, full.n_clusters,
+                             notes + full.notes))
+        if len(therapists) < 2:
+            rows.append(tidy_row(outcome, "therapist_fixed_effects", "therapist_fixed_effects",
+                                 ARM_TERM, {}, len(sample), len(therapists),
+                                 "fewer than 2 therapists treated patients in both arms: "
+                                 "not estimable"))
+            continue
+        same = fit_ancova(sample, outcome, covariates, source=source)
+        fixed = fit_ancova(sample, outcome, covariates, therapist_fixed_effects=True,
+                           source=source)
+        rows.append(tidy_row(outcome, "therapist_fixed_effects", "ancova_same_sample",
+                             ARM_TERM, same.row(level=level), same.n_patients, same.n_clusters,
+                             same.notes))
+        rows.append(tidy_row(outcome, "therapist_fixed_effects", "therapist_fixed_effects",
+                             ARM_TERM, fixed.row(level=level), fixed.n_patients,
+                             fixed.n_clusters,
+                             [f"therapists with >= {min_per_arm} patient(s) in each arm",
+                              *fixed.notes]))
+    details = {"settings": options, "covariates": covariates, "confidence_level": level,
+               "model": "ANCOVA: follow-up ~ arm + baseline + covariates + therapist fixed "
+                        "intercepts; CR1 SE clustered by therapist; t(G-1) intervals"}
+    return SensitivityResult("therapist_fixed_effects", tidy_frame(rows),
+                             tables={"samples": pd.DataFrame(counts)}, details=details)

@@ -1,0 +1,1134 @@
+"""Step ``clean``: read, validate and repair the raw tables; give every raw record a fate.
+
+The rules are those of ``docs/data-contracts.md`` ("Cleaning"):
+
+* Structural problems stop the run with a :class:`~trial_analysis.errors.DataError` in any
+  mode: an unreadable, empty or header-only file, a missing column, a column whose values
+  mostly fail to parse, unknown codes, one key on rows with different content, one assessment
+  (episode, instrument, time point) with different scores, no usable outcome score at all.
+* Repairs keep the row (fate ``repaired``): stray whitespace or case in ids and codes, dates in
+  a non-first configured format. Exact duplicate rows: later copies are ``dropped``.
+* Row-level problems drop the row with a reason (or stop the run when ``input.strict``): a
+  missing key or required value, an unparsable date, a reference to an episode or therapist
+  that is not in (or was dropped from) its table. More than ``input.max_invalid_fraction`` of a
+  table dropped this way stops the run.
+* Out-of-range values (scores outside their instrument's range, ``ses_score`` outside 1-10)
+  and numbers that do not parse are set missing (fate ``value_set_missing``), never clipped.
+
+Choices the contract leaves open, documented here: ids are compared ignoring case and
+surrounding whitespace and are written upper-case; a long-layout outcome row whose score is
+empty is kept (missing stays missing); in the wide layout only non-empty score cells become
+long rows, and ``outcome_id`` is ``{episode_id}_{instrument}_{timepoint}``; a repeated
+assessment with the same score but another ``outcome_id`` is dropped as a repeat of the
+first; an ``n_sessions`` column in patients is optional, and a negative or fractional count is
+a structural error (it means the column is not a count).
+
+Everything is vectorised: columns are parsed once per distinct value where values repeat
+(dates, code lists), and reasons are built with array operations, so a registry extract of
+millions of rows is cleaned without per-row Python loops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
+
+from trial_analysis.config import outcome_names
+from trial_analysis.errors import DataError, closest_match
+from trial_analysis.ingest.readers import read_table
+from trial_analysis.ingest.schemas import (
+    CODE,
+    CODES,
+    COUNT,
+    DATE,
+    FLAG,
+    ID,
+    INTEGER,
+    NUMBER,
+    TABLES,
+    TEXT,
+    ColumnSpec,
+    TableSpec,
+    cleaned_schema,
+    lookup,
+    output_dtype,
+    score_ranges,
+    structural_schema,
+    table_specs,
+    timepoint_labels,
+    wide_date_column,
+    wide_outcome_columns,
+    wide_score_column,
+)
+from trial_analysis.io import write_parquet
+
+log = logging.getLogger(__name__)
+
+FATES: tuple[str, ...] = ("kept", "repaired", "value_set_missing", "dropped")
+LEDGER_COLUMNS: tuple[str, ...] = ("table", "record_id", "fate", "reason", "step")
+# A column is "mostly unparsable" (a structural error, not a few bad rows) above this share.
+MOSTLY = 0.5
+
+Reasons = str | Callable[[np.ndarray], Sequence[str] | pd.Series | np.ndarray]
+
+
+def _fmt_number(values: pd.Series) -> pd.Series:
+    """Numbers as people write them: 130 rather than 130.0."""
+    as_float = values.astype(float)
+    whole = np.isfinite(as_float) & (as_float == np.round(as_float))
+    text = as_float.astype(str)
+    text[whole] = as_float[whole].astype(np.int64).astype(str)
+    return text
+
+
+@dataclass(frozen=True)
+class FateEvent:
+    """One cleaning decision applied to a set of rows, as :mod:`.check_data` lists it.
+
+    Attributes
+    ----------
+    fate : str
+        ``dropped``, ``value_set_missing`` or ``repaired``.
+    kind : str
+        What happened, in a few words (``unparsable date``, ``score out of range``).
+    column : str or None
+        Canonical column concerned; None for whole-row decisions (exact duplicates).
+    count : int
+        Rows affected.
+    rows : list of int
+        The first five rows affected (1-based raw rows).
+    examples : list of str
+        Up to three distinct ledger reasons, which quote the offending value.
+    row_level : bool
+        A drop that ``input.strict`` forbids and ``input.max_invalid_fraction`` counts.
+    """
+
+    fate: str
+    kind: str
+    column: str | None
+    count: int
+    rows: list[int]
+    examples: list[str]
+    row_level: bool = False
+
+
+class _Fates:
+    """The ledger of one raw table under construction: fate, reason and counts per record."""
+
+    def __init__(self, table: str, file: str, n_rows: int):
+        self.table = table
+        self.file = file
+        self.n = n_rows
+        self.record_id = np.arange(1, n_rows + 1, dtype=np.int64)
+        self.dropped = np.zeros(n_rows, dtype=bool)
+        self.row_level = np.zeros(n_rows, dtype=bool)  # drops counted against max_invalid_fraction
+        self.drop_reason = np.full(n_rows, "", dtype=object)
+        self.missing_reason = np.full(n_rows, "", dtype=object)
+        self.repair_reason = np.full(n_rows, "", dtype=object)
+        self.counts: Counter[tuple[str, str]] = Counter()
+        # Opt-in (check-data): a record of every decision, with example rows and reasons.
+        self.events: list[FateEvent] | None = None
+
+    def _record(self, fate: str, kind: str, column: str | None, positions: np.ndarray,
+                texts: np.ndarray, row_level: bool = False) -> None:
+        if self.events is not None:
+            examples = list(dict.fromkeys(str(t) for t in texts[:1000]))[:3]
+            rows = [int(r) for r in self.record_id[positions[:5]]]
+            self.events.append(
+                FateEvent(fate, kind, column, len(positions), rows, examples, row_level)
+            )
+
+    @staticmethod
+    def _texts(reasons: Reasons, positions: np.ndarray) -> np.ndarray:
+        if isinstance(reasons, str):
+            return np.full(len(positions), reasons, dtype=object)
+        return np.asarray(list(reasons(positions)), dtype=object)
+
+    def drop(self, mask: np.ndarray, reasons: Reasons, kind: str, row_level: bool,
+             column: str | None = None) -> None:
+        """Drop the rows in ``mask`` not dropped yet; the first reason given to a row stands."""
+        positions = np.flatnonzero(np.asarray(mask, dtype=bool) & ~self.dropped)
+        if len(positions) == 0:
+            return
+        self.dropped[positions] = True
+        self.row_level[positions] = row_level
+        texts = self._texts(reasons, positions)
+        self.drop_reason[positions] = texts
+        self.counts[("dropped", kind)] += len(positions)
+        self._record("dropped", kind, column, positions, texts, row_level)
+
+    @staticmethod
+    def _append(target: np.ndarray, positions: np.ndarray, texts: np.ndarray) -> None:
+        current = target[positions]
+        target[positions] = np.where(current == "", texts, current + "; " + texts)
+
+    def repair(self, mask: np.ndarray, reason: Reasons, kind: str,
+               column: str | None = None) -> None:
+        """Record a repair of the rows in ``mask`` (the row is kept)."""
+        positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+        if len(positions):
+            texts = self._texts(reason, positions)
+            self._append(self.repair_reason, positions, texts)
+            self.counts[("repaired", kind)] += len(positions)
+            self._record("repaired", kind, column, positions, texts)
+
+    def set_missing(self, mask: np.ndarray, reasons: Reasons, kind: str,
+                    column: str | None = None) -> None:
+        """Record that a value of the rows in ``mask`` was set missing."""
+        positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+        if len(positions):
+            texts = self._texts(reasons, positions)
+            self._append(self.missing_reason, positions, texts)
+            self.counts[("value_set_missing", kind)] += len(positions)
+            self._record("value_set_missing", kind, column, positions, texts)
+
+    def _fate_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.missing_reason != "", self.repair_reason != ""
+
+    def frame(self) -> pd.DataFrame:
+        """The ledger rows: dropped, else value_set_missing, else repaired, else kept."""
+        has_missing, has_repair = self._fate_masks()
+        fate = np.select(
+            [self.dropped, has_missing, has_repair],
+            ["dropped", "value_set_missing", "repaired"],
+            default="kept",
+        )
+        # Both reasons joined only where a row has both: joining every row's (mostly empty)
+        # texts is a Python string operation per raw record.
+        with_repair = self.missing_reason.copy()
+        both = np.flatnonzero(has_repair & has_missing)
+        with_repair[both] = self.missing_reason[both] + "; " + self.repair_reason[both]
+        reason = np.select(
+            [self.dropped, has_missing, has_repair],
+            [self.drop_reason, with_repair, self.repair_reason],
+            default="",
+        )
+        return pd.DataFrame(
+            {
+                "table": pd.Series([self.table] * self.n, dtype="str"),
+                "record_id": self.record_id,
+                "fate": pd.Series(fate, dtype="str"),
+                "reason": pd.Series(reason, dtype="str"),
+                "step": pd.Series(["clean"] * self.n, dtype="str"),
+            }
+        )
+
+    def log_counts(self) -> None:
+        # The fates of frame(), counted from the masks: building the ledger again for a log
+        # line would cost as much as the ledger itself.
+        has_missing, has_repair = self._fate_masks()
+        missing = has_missing & ~self.dropped
+        repaired = has_repair & ~has_missing & ~self.dropped
+        fates = {"dropped": int(self.dropped.sum()), "value_set_missing": int(missing.sum()),
+                 "repaired": int(repaired.sum())}
+        fates["kept"] = self.n - sum(fates.values())
+        log.info(
+            "clean %s: %d raw rows: %s",
+            self.table,
+            self.n,
+            ", ".join(f"{fates.get(f, 0)} {f}" for f in FATES),
+        )
+        for (fate, kind), count in sorted(self.counts.items()):
+            level = logging.WARNING if fate == "dropped" else logging.INFO
+            log.log(level, "clean %s: %s %d x %s", self.table, fate, count, kind)
+
+
+def _fmt_value(value: object) -> str:
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _isin(values: pd.Series, keys: pd.Index) -> np.ndarray:
+    """``values.isin(keys)`` for text, through Arrow; missing values are never in ``keys``.
+
+    pandas' own ``isin`` on Arrow-backed text turns every key into a Python object first,
+    which dominates cleaning a registry extract with a million episode ids.
+    """
+    found = pc.is_in(
+        pyarrow.array(values.array, from_pandas=True).cast(pyarrow.large_string()),
+        value_set=pyarrow.array(keys.array, from_pandas=True).cast(pyarrow.large_string()),
+        skip_nulls=True,
+    )
+    return found.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _row_groups(codes: Sequence[np.ndarray]) -> np.ndarray:
+    """Group number of each row over several factorized columns, numbered by first appearance.
+
+    Rows with equal codes in every column share a group; a missing value (code -1) equals
+    another missing value, as in ``DataFrame.duplicated``.
+    """
+    groups = np.zeros(len(codes[0]), dtype=np.int64)
+    for column in codes:
+        # Renumbered after each column, so the combined number stays below rows x levels.
+        width = int(column.max()) + 2 if len(column) else 1  # codes run from -1 (missing)
+        groups, _ = pd.factorize(groups * width + (column + 1))
+    return groups
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Text values with missing kept missing, whatever the stored type."""
+    text = series.astype("str")
+    return text.where(series.notna())
+
+
+class _TableCleaner:
+    """Parse, validate and repair one raw table against its column specifications.
+
+    A structural problem raises a :class:`DataError` at once, unless ``collect`` is a list:
+    then every problem is appended to it and cleaning goes on as far as it can (what
+    ``trial-analysis check-data`` does to report all problems in one pass), and every fate
+    is also kept as a :class:`FateEvent` in ``fates.events``.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        file: str,
+        raw: pd.DataFrame,
+        columns: Sequence[ColumnSpec],
+        key: str,
+        mapping: Mapping[str, str],
+        config: Mapping[str, Any],
+        *,
+        collect: list[DataError] | None = None,
+    ):
+        self.collect = collect
+        self.table = table
+        self.file = file
+        self.columns = list(columns)
+        self.key = key
+        self.config = config
+        self.input_cfg = config["input"]
+        self.separator = config.get("codes", {}).get("separator", ";")
+        self.file_names: dict[str, str] = {}
+        self.raw = self._map_columns(raw, mapping)
+        self.n = len(self.raw)
+        self.fates = _Fates(table, file, self.n)
+        if collect is not None:
+            self.fates.events = []
+        self.values = pd.DataFrame(index=self.raw.index)
+        # Per column: raw text where a value failed to parse, so exact-duplicate detection
+        # compares what was written, not two NaNs.
+        self.unparsed: dict[str, pd.Series] = {}
+        self.pending_row_drops: list[tuple[np.ndarray, Reasons, str, str]] = []
+        # Factorized columns (pd.factorize codes over all rows), shared by the duplicate, key
+        # and repeated-assessment checks: hashing a million ids is the costly part of each.
+        self._codes: dict[str, np.ndarray] = {}
+
+    def fail(self, error: DataError) -> None:
+        """Raise ``error``, or record it and go on when collecting every problem."""
+        if self.collect is None:
+            raise error
+        self.collect.append(error)
+
+    # ---- columns -------------------------------------------------------------------------
+
+    def _map_columns(self, raw: pd.DataFrame, mapping: Mapping[str, str]) -> pd.DataFrame:
+        present = list(raw.columns)
+        by_folded = {str(c).strip().casefold(): c for c in present}
+        renamed: dict[str, str] = {}
+        for spec in self.columns:
+            configured = mapping.get(spec.name)
+            wanted = configured or spec.name
+            found = wanted if wanted in present else by_folded.get(wanted.casefold())
+            if found is None:
+                if spec.optional_column and configured is None:
+                    continue
+                close = closest_match(wanted, present)
+                suggestion = f"Did you mean '{close}'? " if close else ""
+                if configured is not None:
+                    rule = (
+                        f"column '{wanted}' (configured for '{spec.name}' in "
+                        f"input.tables.{self.table}.columns) is not in the file"
+                    )
+                else:
+                    rule = f"required column '{spec.name}' is missing"
+                    suggestion += (
+                        f"If the file names it differently, map it in "
+                        f"input.tables.{self.table}.columns (e.g. {spec.name}: <name in file>). "
+                    )
+                self.fail(DataError(
+                    self.file,
+                    rule,
+                    column=wanted,
+                    hint=f"{suggestion}The file has columns: {', '.join(map(str, present))}",
+                ))
+                continue
+            renamed[found] = spec.name
+            self.file_names[spec.name] = str(found)
+        self.columns = [c for c in self.columns if c.name in self.file_names]
+        unused = [str(c) for c in present if c not in renamed]
+        if unused:
+            log.info("clean %s: ignoring columns not in the contract: %s", self.table, unused)
+        return raw[list(renamed)].rename(columns=renamed)
+
+    def error(self, rule: str, column: str | None = None, rows: Sequence[int] | None = None,
+              hint: str | None = None) -> DataError:
+        """A :class:`DataError` naming the column as the file names it."""
+        named = self.file_names.get(column, column) if column else None
+        return DataError(self.file, rule, column=named, rows=rows, hint=hint)
+
+    def _examples(self, text: pd.Series, mask: pd.Series | np.ndarray) -> tuple[list[int], str]:
+        positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+        rows = [int(p) + 1 for p in positions[:5]]
+        # At most three example values: messages may reach people who must not see records.
+        distinct = text.iloc[positions[:1000]].astype(str).unique()[:3]
+        return rows, ", ".join(repr(v) for v in distinct)
+
+    # ---- parsing by kind -----------------------------------------------------------------
+
+    def parse(self) -> None:
+        """Parse every column by its kind, recording repairs; stop on structural problems."""
+        for spec in self.columns:
+            series = self.raw[spec.name]
+            parser = {
+                ID: self._parse_id,
+                CODE: self._parse_code,
+                CODES: self._parse_codes,
+                TEXT: self._parse_text,
+                DATE: self._parse_date,
+                NUMBER: self._parse_number,
+                INTEGER: self._parse_number,
+                FLAG: self._parse_number,
+                COUNT: self._parse_number,
+            }[spec.kind]
+            self.values[spec.name] = parser(spec, series)
+            if spec.required:
+                # Unparsable dates were queued first, so they keep that more precise reason.
+                missing = self.values[spec.name].isna().to_numpy()
+                reason = f"missing {spec.name}"
+                self.pending_row_drops.append((missing, reason, reason, spec.name))
+        self._check_structure()
+
+    def _stripped(self, series: pd.Series) -> tuple[pd.Series, pd.Series]:
+        text = _as_text(series)
+        stripped = text.str.strip()
+        stripped = stripped.where(stripped != "")
+        return text, stripped
+
+    def _parse_id(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+        text, stripped = self._stripped(series)
+        norm = stripped.str.upper()
+        changed = (norm != text) & norm.notna()
+        self.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
+                          f"whitespace or case in {spec.name}", column=spec.name)
+        return norm
+
+    def _parse_text(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+        text, stripped = self._stripped(series)
+        changed = (stripped != text) & stripped.notna()
+        self.fates.repair(changed.to_numpy(), f"stray whitespace in {spec.name}", "text",
+                          column=spec.name)
+        return stripped
+
+    def _parse_code(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+        text, stripped = self._stripped(series)
+        canonical = {str(a).upper(): a for a in spec.allowed or ()}
+        upper = stripped.str.upper()
+        norm = pd.Series(lookup(upper, canonical, default=None).astype(object),
+                         index=upper.index, dtype="str")
+        # Unknown codes keep their written value so the structural check can report it.
+        norm = norm.where(norm.notna(), stripped).astype("str")
+        changed = (norm != text) & stripped.notna()
+        self.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
+                          f"whitespace or case in {spec.name}", column=spec.name)
+        return norm
+
+    def _parse_codes(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+        text = _as_text(series)
+        # A registry repeats a few hundred code combinations: normalise each distinct cell once.
+        codes, uniques = pd.factorize(text)
+        normalised = []
+        for value in uniques:
+            parts = [p.strip().upper() for p in str(value).split(self.separator)]
+            joined = self.separator.join(p for p in parts if p)
+            normalised.append(joined if joined else None)
+        lookup = pd.array(normalised + [None], dtype="str")
+        norm = pd.Series(lookup[codes], index=series.index, dtype="str")  # code -1 -> last: None
+        changed = (norm != text) & text.notna()
+        self.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
+                          f"whitespace or case in {spec.name}", column=spec.name)
+        return norm
+
+    def _parse_date(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+        if pd.api.types.is_datetime64_any_dtype(series):
+            return series.dt.tz_localize(None) if series.dt.tz is not None else series.astype(
+                "datetime64[us]"
+            )
+        text, stripped = self._stripped(series)
+        formats = list(self.input_cfg.get("date_formats") or ["%Y-%m-%d"])
+        codes, uniques = pd.factorize(stripped)
+        parsed_uniques = pd.Series(pd.NaT, index=range(len(uniques)), dtype="datetime64[us]")
+        format_used = np.full(len(uniques), -1)
+        remaining = np.ones(len(uniques), dtype=bool)
+        unique_text = pd.Series(uniques, dtype="str")
+        for number, fmt in enumerate(formats):
+            if not remaining.any():
+                break
+            attempt = pd.to_datetime(unique_text[remaining], format=fmt, errors="coerce")
+            ok = attempt.notna().to_numpy()
+            hits = np.flatnonzero(remaining)[ok]
+            parsed_uniques.iloc[hits] = attempt[ok].astype("datetime64[us]").to_numpy()
+            format_used[hits] = number
+            remaining[hits] = False
+        parsed = pd.Series(
+            np.append(parsed_uniques.to_numpy(), np.datetime64("NaT", "us"))[codes],
+            index=series.index,
+        )
+        used = np.append(format_used, -1)[codes]
+        bad = (stripped.notna() & parsed.isna()).to_numpy()
+        self._stop_if_mostly_bad(
+            spec, stripped, bad, f"dates in no configured format ({', '.join(formats)})",
+            "Add the file's date format to input.date_formats, or check the column mapping",
+        )
+        for number in range(1, len(formats)):
+            self.fates.repair(
+                used == number,
+                f"{spec.name} in non-first date format {formats[number]}",
+                "date in another configured format",
+                column=spec.name,
+            )
+        if bad.any():
+            self.unparsed[spec.name] = stripped
+            self.pending_row_drops.append(
+                (
+                    bad,
+                    lambda pos, s=stripped, n=spec.name: f"{n} '" + s.iloc[pos].astype(str)
+                    + "' is not a date in a configured format",
+                    "unparsable date",
+                    spec.name,
+                )
+            )
+        return parsed
+
+    def _stop_if_mostly_bad(self, spec: ColumnSpec, text: pd.Series, bad: np.ndarray,
+                            rule: str, hint: str) -> None:
+        present = int(text.notna().sum())
+        if present and bad.sum() > MOSTLY * present:
+            rows, shown = self._examples(text, bad)
+            self.fail(self.error(
+                f"{int(bad.sum())} of {present} values are {rule}; e.g. {shown}",
+                column=spec.name,
+                rows=rows,
+                hint=hint,
+            ))
+
+    def _parse_number(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            number = series.astype("float64")
+            stripped = _as_text(series)
+            bad = np.isinf(number.to_numpy())
+        else:
+            _, stripped = self._stripped(series)
+            # Parsed once per distinct text: scores and ages repeat a few hundred values.
+            codes, uniques = pd.factorize(stripped)
+            parsed = pd.to_numeric(pd.Series(uniques), errors="coerce").astype("float64")
+            number = pd.Series(np.append(parsed.to_numpy(), np.nan)[codes],
+                               index=stripped.index)  # code -1 (missing): NaN
+            bad = (stripped.notna() & (number.isna() | np.isinf(number))).to_numpy()
+        number = number.where(~bad)
+        what = "whole numbers" if spec.kind in (INTEGER, FLAG, COUNT) else "numbers"
+        self._stop_if_mostly_bad(
+            spec, stripped, bad, f"not {what}",
+            "Check the column mapping (input.tables) and the decimal mark (a point, not a comma)",
+        )
+        if bad.any():
+            self.unparsed[spec.name] = stripped
+            if spec.kind in (FLAG, COUNT):
+                rows, shown = self._examples(stripped, bad)
+                rule = "values must be 0 or 1" if spec.kind == FLAG else (
+                    "session counts must be whole numbers of 0 or more")
+                self.fail(self.error(f"{rule}; found {shown}", column=spec.name, rows=rows))
+                return number
+            self.fates.set_missing(
+                bad,
+                lambda pos, s=stripped, n=spec.name: f"{n} '" + s.iloc[pos].astype(str)
+                + "' is not a number",
+                f"{spec.name} not a number",
+                column=spec.name,
+            )
+        if spec.kind == INTEGER:
+            fractional = (number.notna() & (number != np.floor(number))).to_numpy()
+            self.fates.set_missing(
+                fractional,
+                lambda pos, v=number, n=spec.name: f"{n} " + _fmt_number(v.iloc[pos])
+                + " is not a whole number",
+                f"{spec.name} not a whole number",
+                column=spec.name,
+            )
+            number = number.where(~fractional)
+        return number
+
+    def _check_structure(self) -> None:
+        """Unknown codes, flags other than 0/1, impossible counts: pandera, all at once."""
+        spec = TableSpec(self.table, tuple(self.columns), self.key)
+        schema = structural_schema(spec, self.config)
+        try:
+            schema.validate(self.values, lazy=True)
+        except pa.errors.SchemaErrors as errors:
+            for error in self._translate(errors.failure_cases):
+                self.fail(error)
+
+    def _translate(self, failures: pd.DataFrame) -> list[DataError]:
+        """One readable error per failing column of a pandera report, in column order."""
+        failures = failures[failures["column"].notna()]
+        order = {c.name: i for i, c in enumerate(self.columns)}
+        errors = []
+        for column in sorted(failures["column"].unique(), key=lambda c: order.get(c, len(order))):
+            cases = failures[failures["column"] == column]
+            rows = sorted(int(i) + 1 for i in cases["index"].dropna().unique())
+            values = list(dict.fromkeys(_fmt_value(v) for v in cases["failure_case"]))
+            shown = ", ".join(repr(v) for v in values[:3])
+            spec = next((c for c in self.columns if c.name == column), None)
+            hint = None
+            if spec is not None and spec.kind in (CODE, CODES):
+                hint = self._code_suggestions(spec, values) + (
+                    "If the code is valid, add it to the config (codes, outcomes or timepoints)")
+            errors.append(self.error(
+                f"{cases['check'].iloc[0]}; found {shown}", column=str(column), rows=rows,
+                hint=hint,
+            ))
+        return errors
+
+    def _code_suggestions(self, spec: ColumnSpec, values: Sequence[str]) -> str:
+        """``"'Dischrage' may be 'discharge'. "`` for unknown codes close to an allowed one."""
+        allowed = spec.allowed or ()
+        unknown: list[str] = []
+        for value in values:
+            parts = value.split(self.separator) if spec.kind == CODES else [value]
+            unknown += [p for p in parts if p and p not in allowed and p not in unknown]
+        pairs = [(u, closest_match(u, allowed)) for u in unknown]
+        shown = [f"'{u}' may be '{m}'" for u, m in pairs if m is not None][:3]
+        return "; ".join(shown) + ". " if shown else ""
+
+    # ---- rows ----------------------------------------------------------------------------
+
+    def drop_exact_duplicates(self) -> None:
+        """Later copies of an identical row are dropped, naming the first copy."""
+        if self.n == 0 or len(self.values.columns) == 0:
+            return
+        codes = []
+        for name in self.values.columns:
+            if name in self.unparsed:
+                # An unparsable value is compared as written, not as a missing value.
+                column = self.values[name]
+                compare = column.astype(object).where(column.notna(), self.unparsed[name])
+                codes.append(pd.factorize(compare)[0])
+            else:
+                codes.append(self.codes(name))
+        groups = _row_groups(codes)
+        _, first_position = np.unique(groups, return_index=True)
+        duplicated = first_position[groups] != np.arange(self.n)
+        if not duplicated.any():
+            return
+        first_row = self.fates.record_id[first_position[groups]]
+        self.fates.drop(
+            duplicated,
+            lambda pos: "exact duplicate of row " + pd.Series(first_row[pos]).astype(str),
+            "exact duplicate",
+            row_level=False,
+        )
+
+    def apply_row_drops(self) -> None:
+        for mask, reasons, kind, column in self.pending_row_drops:
+            self.fates.drop(mask, reasons, kind, row_level=True, column=column)
+        self.pending_row_drops = []
+
+    def codes(self, column: str) -> np.ndarray:
+        """``pd.factorize`` codes of ``values[column]`` (-1 missing), computed once per column."""
+        if column not in self._codes:
+            self._codes[column] = pd.factorize(self.values[column])[0]
+        return self._codes[column]
+
+    def release_codes(self) -> None:
+        """Forget the factorized columns once the row checks are done (memory)."""
+        self._codes.clear()
+
+    def set_values(self, column: str, values: pd.Series) -> None:
+        """Replace a column's values (and forget its codes)."""
+        self.values[column] = values
+        self._codes.pop(column, None)
+
+    def has(self, *columns: str) -> bool:
+        """Whether every column was found (only a collecting cleaner goes on without one)."""
+        return all(c in self.values.columns for c in columns)
+
+    def check_key_conflicts(self, key_columns: Sequence[str], what: str) -> None:
+        """Rows left with the same key must be identical: anything else is a structural error."""
+        if not self.has(*key_columns):
+            return
+        alive = ~self.fates.dropped & self.values[list(key_columns)].notna().all(axis=1).to_numpy()
+        keys = _row_groups([self.codes(c)[alive] for c in key_columns])
+        clash = pd.Series(np.bincount(keys)[keys] > 1) if len(keys) else pd.Series([], dtype=bool)
+        if clash.any():
+            keyed = self.values.loc[alive, list(key_columns)]
+            clash.index = keyed.index
+            positions = np.flatnonzero(alive)[clash.to_numpy()]
+            first_key = keyed[clash].iloc[0]
+            same = (keyed[clash] == first_key).all(axis=1).to_numpy()
+            example_rows = [int(p) + 1 for p in positions[same]]
+            shown = ", ".join(f"{c}={first_key[c]!r}" for c in key_columns)
+            self.fail(self.error(
+                f"the same {what} on rows with different content ({shown} on rows "
+                f"{', '.join(map(str, example_rows[:5]))})",
+                column=key_columns[0],
+                rows=[int(p) + 1 for p in positions],
+                hint="Keep one version of each record and rerun",
+            ))
+
+    def check_references(self, column: str, target: str, kept: pd.Index, known: pd.Index,
+                         file_column: str) -> None:
+        """Drop rows whose ``column`` is not a kept key of table ``target``."""
+        if not self.has(column):
+            return
+        values = self.values[column]
+        alive = ~self.fates.dropped & values.notna().to_numpy()
+        unknown = alive & ~_isin(values, kept)
+        if not unknown.any():
+            return
+        was_dropped = _isin(values, known)
+        self.fates.drop(
+            unknown & was_dropped,
+            lambda pos: f"{column} '" + values.iloc[pos].astype(str)
+            + f"' refers to a row dropped from the {target} table",
+            f"{column} of a dropped {target} row",
+            row_level=True,
+            column=column,
+        )
+        self.fates.drop(
+            unknown & ~was_dropped,
+            lambda pos: f"{column} '" + values.iloc[pos].astype(str)
+            + f"' not in the {target} table",
+            f"{column} not in the {target} table",
+            row_level=True,
+            column=column,
+        )
+
+    def set_out_of_range(self, column: str, low: pd.Series | float, high: pd.Series | float,
+                         label: str) -> None:
+        """Values outside ``[low, high]`` become missing with a reason; never clipped."""
+        if not self.has(column):
+            return
+        values = self.values[column]
+        outside = (values.notna() & ((values < low) | (values > high))).to_numpy()
+        if not outside.any():
+            return
+        low_s = pd.Series(low, index=values.index) if np.isscalar(low) else low
+        high_s = pd.Series(high, index=values.index) if np.isscalar(high) else high
+        self.fates.set_missing(
+            outside,
+            lambda pos: f"{label} " + _fmt_number(values.iloc[pos]) + " outside "
+            + _fmt_number(low_s.iloc[pos]) + "-" + _fmt_number(high_s.iloc[pos]),
+            f"{label} out of range",
+            column=column,
+        )
+        self.set_values(column, values.where(~outside))
+
+    def check_invalid_share(self) -> None:
+        """Stop in strict mode on any row-level drop, else when too many rows would go."""
+        bad = self.fates.row_level
+        count = int(bad.sum())
+        if not count:
+            return
+        rows = [int(r) for r in self.fates.record_id[bad][:5]]
+        reasons = Counter(self.fates.drop_reason[bad])
+        first_reason = self.fates.drop_reason[bad][0]
+        if self.input_cfg.get("strict", False):
+            self.fail(self.error(
+                f"{first_reason} ({count} such row(s))",
+                rows=rows,
+                hint="input.strict is true, so rows are not dropped; fix the rows or set "
+                "input.strict: false to drop them with a ledger entry",
+            ))
+            return
+        limit = float(self.input_cfg.get("max_invalid_fraction", 0.05))
+        if count > limit * self.n:
+            common = "; ".join(f"{r} ({k}x)" for r, k in reasons.most_common(3))
+            self.fail(self.error(
+                f"{count} of {self.n} rows ({100 * count / self.n:.1f}%) would be dropped as "
+                f"invalid, more than input.max_invalid_fraction ({100 * limit:g}%): the file is "
+                f"probably malformed",
+                rows=rows,
+                hint=f"Most common reasons: {common}",
+            ))
+
+    def kept_values(self) -> pd.DataFrame:
+        """Rows not dropped, with output dtypes and ``record_id``."""
+        frame = self.values.loc[~self.fates.dropped].copy()
+        for spec in self.columns:
+            frame[spec.name] = frame[spec.name].astype(output_dtype(spec.kind))
+        frame["record_id"] = self.fates.record_id[~self.fates.dropped]
+        return frame.reset_index(drop=True)
+
+
+@dataclass
+class CleanResult:
+    """Cleaned tables and the cleaning ledger.
+
+    Attributes
+    ----------
+    tables : dict of str to DataFrame
+        ``therapists, patients, sessions, outcomes``: canonical columns, output dtypes,
+        ``record_id``; outcomes always long.
+    ledger : DataFrame
+        One row per raw record: ``table, record_id, fate, reason, step``.
+    """
+
+    tables: dict[str, pd.DataFrame]
+    ledger: pd.DataFrame
+
+    def to_frame(self) -> pd.DataFrame:
+        """Counts per table and fate (``table, fate, n``), every fate listed, zeros included."""
+        counts = self.ledger.groupby(["table", "fate"], observed=True).size()
+        index = pd.MultiIndex.from_product([list(TABLES), list(FATES)], names=["table", "fate"])
+        return counts.reindex(index, fill_value=0).rename("n").reset_index()
+
+    def summary(self) -> str:
+        """The fates of the raw records per table, as a small text table."""
+        wide = self.to_frame().pivot(index="table", columns="fate", values="n")
+        wide = wide.reindex(index=list(TABLES), columns=list(FATES))
+        wide["raw rows"] = wide.sum(axis=1)
+        kept = {t: len(f) for t, f in self.tables.items()}
+        wide["rows out"] = [kept.get(t, 0) for t in wide.index]
+        return "Cleaning: fate of every raw record\n" + wide.to_string()
+
+
+def _table_path(raw_dir: Path, config: Mapping[str, Any], table: str) -> Path:
+    return raw_dir / config["input"]["tables"][table]["file"]
+
+
+def _read(raw_dir: Path, config: Mapping[str, Any], table: str) -> tuple[str, pd.DataFrame]:
+    path = _table_path(raw_dir, config, table)
+    input_cfg = config["input"]
+    frame = read_table(
+        path,
+        input_cfg.get("format", "csv"),
+        encoding=input_cfg.get("encoding", "utf-8"),
+        delimiter=input_cfg.get("delimiter"),
+    )
+    return str(path), frame
+
+
+def _cleaner(raw_dir: Path, config: Mapping[str, Any], spec: TableSpec) -> _TableCleaner:
+    file, frame = _read(raw_dir, config, spec.name)
+    mapping = config["input"]["tables"][spec.name].get("columns") or {}
+    if spec.name == "outcomes" and "outcome_id" not in mapping and not any(
+            str(c).casefold() == "outcome_id" for c in frame.columns):
+        # No row identifier in a long outcomes file: the data row number serves as one.
+        frame = frame.assign(outcome_id=[f"ROW{i}" for i in range(1, len(frame) + 1)])
+    return _TableCleaner(spec.name, file, frame, spec.columns, spec.key, mapping, config)
+
+
+def _clean_simple(cleaner: _TableCleaner, spec: TableSpec) -> None:
+    cleaner.parse()
+    cleaner.drop_exact_duplicates()
+    cleaner.apply_row_drops()
+    cleaner.check_key_conflicts([spec.key], spec.key)
+    cleaner.release_codes()
+    for column in cleaner.columns:
+        if column.value_range is not None:
+            cleaner.set_out_of_range(column.name, *column.value_range, label=column.name)
+
+
+def _reference(cleaner: _TableCleaner, column: str, target: _TableCleaner, target_key: str) -> None:
+    if not target.has(target_key):
+        return
+    kept = pd.Index(target.values.loc[~target.fates.dropped, target_key].dropna().unique())
+    known = pd.Index(target.values[target_key].dropna().unique())
+    cleaner.check_references(column, target.table, kept, known, target.file)
+
+
+def _clean_long_outcomes(
+    cleaner: _TableCleaner, config: Mapping[str, Any], patients: _TableCleaner | None
+) -> None:
+    cleaner.parse()
+    cleaner.drop_exact_duplicates()
+    cleaner.apply_row_drops()
+    cleaner.check_key_conflicts(["outcome_id"], "outcome_id")
+    # Rows of unknown episodes go first: their repeated scores are not the study's data.
+    # (No patients cleaner only when check-data could not read the patients table.)
+    if patients is not None:
+        _reference(cleaner, "episode_id", patients, "episode_id")
+    _drop_repeated_assessments(cleaner)
+    cleaner.release_codes()
+    if not cleaner.has("instrument", "score"):
+        return
+    ranges = score_ranges(config)
+    instrument = cleaner.values["instrument"]
+    low = pd.Series(lookup(instrument, {k: v[0] for k, v in ranges.items()}).astype(float),
+                    index=instrument.index)
+    high = pd.Series(lookup(instrument, {k: v[1] for k, v in ranges.items()}).astype(float),
+                     index=instrument.index)
+    cleaner.set_out_of_range("score", low, high, label="score")
+
+
+def _drop_repeated_assessments(cleaner: _TableCleaner) -> None:
+    """The same assessment twice: an error if the scores differ, else later copies dropped."""
+    key = ["episode_id", "instrument", "timepoint"]
+    if not cleaner.has(*key, "score"):
+        return
+    values = cleaner.values
+    alive = ~cleaner.fates.dropped & values[key].notna().all(axis=1).to_numpy()
+    assessments = _row_groups([cleaner.codes(k)[alive] for k in key])
+    repeated_alive = np.bincount(assessments)[assessments] > 1 if len(assessments) else (
+        np.zeros(0, dtype=bool))
+    if not repeated_alive.any():
+        return
+    positions = np.flatnonzero(alive)[repeated_alive]
+    subset = values.iloc[positions]
+    scores = subset["score"].fillna(np.inf)  # two missing scores agree
+    distinct = scores.groupby([subset[k] for k in key], sort=False).transform("nunique")
+    if (distinct > 1).any():
+        conflict = positions[(distinct > 1).to_numpy()]
+        first = values.iloc[conflict[0]]
+        shown = ", ".join(f"{k}={first[k]!r}" for k in key)
+        cleaner.fail(cleaner.error(
+            f"the same (episode_id, instrument, timepoint) with different scores ({shown})",
+            column="score",
+            rows=[int(p) + 1 for p in conflict],
+            hint="Keep one score per episode, instrument and time point",
+        ))
+        return
+    labels = pd.Series(subset.index.to_numpy(), index=subset.index)
+    first_row = labels.groupby([subset[k] for k in key], sort=False).transform("first")
+    later = subset.index.to_numpy() != first_row.to_numpy()
+    first_record = np.zeros(cleaner.n, dtype=np.int64)
+    first_record[positions] = first_row.to_numpy().astype(np.int64) + 1
+    mask = np.zeros(cleaner.n, dtype=bool)
+    mask[positions[later]] = True
+    cleaner.fates.drop(
+        mask,
+        lambda pos: "same episode, instrument, time point and score as row "
+        + pd.Series(first_record[pos]).astype(str),
+        "repeated assessment",
+        row_level=False,
+        column="score",
+    )
+
+
+def _clean_wide_outcomes(cleaner: _TableCleaner, config: Mapping[str, Any]) -> None:
+    cleaner.parse()
+    cleaner.drop_exact_duplicates()
+    cleaner.apply_row_drops()
+    cleaner.check_key_conflicts(["episode_id"], "episode_id")
+    cleaner.release_codes()
+    ranges = score_ranges(config)
+    for instrument in outcome_names(config):
+        for timepoint in timepoint_labels(config):
+            column = wide_score_column(instrument, timepoint)
+            cleaner.set_out_of_range(column, *ranges[instrument], label=column)
+
+
+def _wide_to_long(cleaner: _TableCleaner, config: Mapping[str, Any]) -> pd.DataFrame:
+    """One long row per non-empty score cell of a kept wide row (out-of-range cells included)."""
+    kept = ~cleaner.fates.dropped
+    parts = []
+    for instrument in outcome_names(config):
+        for timepoint in timepoint_labels(config):
+            column = wide_score_column(instrument, timepoint)
+            written = cleaner.raw[column].notna().to_numpy() & kept
+            if not written.any():
+                continue
+            episode = cleaner.values.loc[written, "episode_id"]
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "outcome_id": episode + f"_{instrument}_{timepoint}",
+                        "episode_id": episode,
+                        "assessment_date": (
+                            cleaner.values.loc[written, wide_date_column(timepoint)]
+                            if wide_date_column(timepoint) in cleaner.values.columns
+                            else pd.NaT),
+                        "instrument": instrument,
+                        "timepoint": timepoint,
+                        "score": cleaner.values.loc[written, column],
+                        "record_id": cleaner.fates.record_id[written],
+                    }
+                )
+            )
+    if not parts:
+        return _empty_long_outcomes()
+    long = pd.concat(parts, ignore_index=True)
+    # Stable sort keeps the instrument and time point order within each raw row.
+    long = long.sort_values("record_id", kind="mergesort").reset_index(drop=True)
+    return _long_dtypes(long)
+
+
+def _long_dtypes(long: pd.DataFrame) -> pd.DataFrame:
+    return long.astype(
+        {
+            "outcome_id": "str",
+            "episode_id": "str",
+            "assessment_date": "datetime64[us]",
+            "instrument": "str",
+            "timepoint": "str",
+            "score": "float64",
+            "record_id": "int64",
+        }
+    )
+
+
+def _empty_long_outcomes() -> pd.DataFrame:
+    columns = ["outcome_id", "episode_id", "assessment_date", "instrument", "timepoint", "score"]
+    return _long_dtypes(pd.DataFrame({c: [] for c in [*columns, "record_id"]}))
+
+
+def _validate_output(name: str, frame: pd.DataFrame, spec: TableSpec, config: Mapping[str, Any],
+                     file: str, unique_record_id: bool = True) -> None:
+    """The cleaned table must meet its contract; a failure here is a bug in this module."""
+    present = tuple(c for c in spec.columns if c.name in frame.columns)
+    schema = cleaned_schema(TableSpec(spec.name, present, spec.key), config, unique_record_id)
+    try:
+        schema.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+        first = cases.iloc[0]
+        raise DataError(
+            file,
+            f"cleaned {name} table breaks the contract: {first['check']} "
+            f"(found {first['failure_case']!r})",
+            column=None if pd.isna(first["column"]) else str(first["column"]),
+            hint="This is a bug in trial_analysis.ingest.clean; please report it with the input",
+        ) from None
+
+
+def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
+    """Read, validate and repair the four raw tables of a study.
+
+    Parameters
+    ----------
+    config : mapping
+        Validated study configuration (``input``, ``codes``, ``outcomes``, ``timepoints``).
+    raw_dir : str or Path
+        Folder holding the raw tables named in ``input.tables``.
+
+    Returns
+    -------
+    CleanResult
+        Cleaned tables (outcomes long) and the ledger, one row per raw record.
+
+    Raises
+    ------
+    DataError
+        For every structural problem, for row-level problems when ``input.strict`` is true,
+        and when more than ``input.max_invalid_fraction`` of a table would be dropped.
+    """
+    raw_dir = Path(raw_dir)
+    specs = table_specs(config)
+    cleaners: dict[str, _TableCleaner] = {}
+
+    for name in ("therapists", "patients"):
+        if name not in specs:
+            continue
+        cleaner = _cleaner(raw_dir, config, specs[name])
+        _clean_simple(cleaner, specs[name])
+        cleaner.check_invalid_share()
+        cleaners[name] = cleaner
+    patients = cleaners["patients"]
+    if "patient_id" not in patients.values.columns:
+        # No patient identifier in the file: one episode per patient (a trial's participant).
+        patients.values["patient_id"] = patients.values["episode_id"]
+        patients.columns.insert(1, specs["patients"].column("patient_id"))
+
+    if "sessions" in specs:
+        sessions = _cleaner(raw_dir, config, specs["sessions"])
+        _clean_simple(sessions, specs["sessions"])
+        _reference(sessions, "episode_id", patients, "episode_id")
+        if "therapists" in cleaners:
+            _reference(sessions, "therapist_id", cleaners["therapists"], "therapist_id")
+        sessions.check_invalid_share()
+        cleaners["sessions"] = sessions
+
+    wide = config["input"].get("outcomes_layout", "long") == "wide"
+    outcome_spec = specs["outcomes"]
+    if wide:
+        file, frame = _read(raw_dir, config, "outcomes")
+        mapping = config["input"]["tables"]["outcomes"].get("columns") or {}
+        outcomes = _TableCleaner(
+            "outcomes", file, frame, wide_outcome_columns(config), "episode_id", mapping, config
+        )
+        _clean_wide_outcomes(outcomes, config)
+    else:
+        outcomes = _cleaner(raw_dir, config, outcome_spec)
+        _clean_long_outcomes(outcomes, config, patients)
+    if wide:
+        _reference(outcomes, "episode_id", patients, "episode_id")
+    outcomes.check_invalid_share()
+    cleaners["outcomes"] = outcomes
+
+    tables = {name: cleaners[name].kept_values()
+              for name in ("therapists", "patients", "sessions") if name in cleaners}
+    tables["outcomes"] = _wide_to_long(outcomes, config) if wide else outcomes.kept_values()
+    if tables["outcomes"]["score"].notna().sum() == 0:
+        raise DataError(
+            outcomes.file,
+            "no usable outcome scores: every score is missing, out of range or in a dropped row",
+            column=outcomes.file_names.get("score", "score"),
+        )
+    for name, frame in tables.items():
+        _validate_output(name, frame, specs[name], config, cleaners[name].file,
+                         unique_record_id=not (wide and name == "outcomes"))
+    # A table the study does not have is written empty (its columns, no rows), so every
+    # later step reads the same four files; the ledger has no records for it.
+    for name in TABLES:
+        if name not in tables:
+            tables[name] = empty_table(name)
+
+    ledger = pd.concat([cleaners[t].fates.frame() for t in TABLES if t in cleaners],
+                       ignore_index=True)
+    for name in TABLES:
+        if name in cleaners:
+            cleaners[name].fates.log_counts()
+    return CleanResult(tables=tables, ledger=ledger)
+
+
+def empty_table(name: str) -> pd.DataFrame:
+    """A cleaned table with no rows: the contract's columns and dtypes (therapists, sessions).
+
+    Written for a table the study does not have (``input.tables.<name>: null``).
+    """
+    kinds = {
+        "therapists": {"therapist_id": ID, "clinic_id": ID, "age": INTEGER, "sex": CODE,
+                       "etmi_training_date": DATE},
+        "sessions": {"session_id": ID, "episode_id": ID, "therapist_id": ID,
+                     "session_date": DATE, "treatment_codes": CODES},
+    }[name]
+    frame = pd.DataFrame({c: pd.Series([], dtype=output_dtype(k)) for c, k in kinds.items()})
+    frame["record_id"] = pd.Series([], dtype="int64")
+    return frame
+
+
+def run_clean(config: Mapping[str, Any], raw: Path, out: Path, ledger: Path) -> CleanResult:
+    """CLI step ``clean``: clean the raw extract and write the tables and the ledger.
+
+    Nothing is written unless every table cleans; each file is written atomically.
+
+    Parameters
+    ----------
+    config : mapping
+        Validated study configuration.
+    raw : Path
+        Folder of the raw extract.
+    out : Path
+        Folder for ``{therapists,patients,sessions,outcomes}.parquet``.
+    ledger : Path
+        Ledger file to write (Parquet).
+    """
+    result = clean_tables(config, raw)
+    for name, frame in result.tables.items():
+        write_parquet(frame, Path(out) / f"{name}.parquet")
+    write_parquet(result.ledger, ledger)
+    log.info("%s", result.summary())
+    return result

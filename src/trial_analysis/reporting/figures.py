@@ -1,0 +1,476 @@
+"""Report figures (step ``figures``): flow diagram, trajectories, forest plot, sessions and
+implementation, each as PNG and SVG.
+
+Figures use the Okabe-Ito colour-blind-safe palette, label every axis with its units and are
+deterministic: the SVG hash salt is fixed and the date/software metadata are left out, so the
+same inputs give byte-identical files. Only aggregates are drawn; the sessions histogram pools
+its sparse upper tail and hides bars with fewer than ``report.min_cell_count`` patients.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from trial_analysis.config import (
+    followup_labels,
+    has_table,
+    time_values,
+)
+from trial_analysis.errors import DataError
+from trial_analysis.plotting import (
+    CONTROL_COLOUR,
+    INTERVENTION_COLOUR,
+    OKABE_ITO,
+    STYLE,
+    new_figure,
+    save_figure,
+)
+from trial_analysis.reporting.tables import (
+    arm_labels,
+    effect_row,
+    fmt_p,
+    load_estimates,
+    outcome_label,
+    read_analysis,
+    subgroup_rows,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FIGURE_NAMES = ["flow", "trajectories", "forest", "sessions", "implementation"]
+# Figures drawn from the sessions table; a study without one has none of them.
+SESSION_FIGURES = ("sessions", "implementation")
+
+
+def figure_names(config: Mapping[str, Any]) -> list[str]:
+    """The report figures this study has (no sessions figures without a sessions table)."""
+    with_sessions = has_table(config, "sessions")
+    return [name for name in FIGURE_NAMES if with_sessions or name not in SESSION_FIGURES]
+# --------------------------------------------------------------------------------------------
+# Flow diagram
+# --------------------------------------------------------------------------------------------
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(str(text), width)) or ""
+
+
+def _count(value: Any) -> int | None:
+    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    return None if pd.isna(number) else int(number)
+
+
+def flow_layout(flow: pd.DataFrame) -> list[dict[str, Any]]:
+    """Group ``flow.csv`` into diagram levels: the boxes of each step and its exclusions.
+
+    Within a step, rows without ``n_excluded`` are boxes and rows with it are exclusions listed
+    beside the step (e.g. one row per eligibility reason). A step whose rows all carry
+    ``n_excluded`` (e.g. complete cases overall and by arm) is drawn as boxes, each noting its
+    own exclusions.
+    """
+    levels = []
+    for step in dict.fromkeys(flow["step"].astype(str)):
+        rows = flow[flow["step"].astype(str) == step].to_dict("records")
+        boxes = [r for r in rows if _count(r.get("n_excluded")) is None]
+        exclusions = [r for r in rows if _count(r.get("n_excluded")) is not None]
+        inline = not boxes
+        if inline:
+            boxes, exclusions = exclusions, []
+        levels.append({"step": step, "boxes": boxes, "exclusions": exclusions,
+                       "inline": inline})
+    return levels
+
+
+def _reason(row: Mapping[str, Any]) -> str:
+    reason = row.get("reason")
+    return "" if reason is None or pd.isna(reason) else str(reason)
+
+
+def flow_figure(flow: pd.DataFrame) -> Figure:
+    """STROBE flow diagram drawn from ``flow.csv`` (see :func:`flow_layout`)."""
+    from matplotlib.patches import FancyBboxPatch
+
+    levels = flow_layout(flow)
+    line, gap = 0.17, 0.75  # data units per text line; vertical space between levels
+    for level in levels:
+        k = len(level["boxes"])
+        level["width"] = min(5.2, (6.8 - 0.25 * (k - 1)) / k)
+        level["fontsize"] = 8 if k < 3 else 7
+        chars = int(level["width"] * (11 if k < 3 else 13))
+        level["labels"] = []
+        for row in level["boxes"]:
+            label = f"{_wrap(row['description'], chars)}\n(n = {_count(row['n'])})"
+            excluded = _count(row.get("n_excluded"))
+            if level["inline"] and excluded:
+                label += f"\nexcluded {excluded}:\n{_wrap(_reason(row), chars)}"
+            level["labels"].append(label)
+        level["height"] = max(lab.count("\n") + 1 for lab in level["labels"]) * line + 0.3
+    total = sum(level["height"] for level in levels) + gap * (len(levels) - 1) + 0.5
+    figure, ax = new_figure(figsize=(8.5, 0.8 * total + 0.3))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, total)
+    ax.axis("off")
+    top_edge = total - 0.3
+    previous: list[float] = []
+    previous_bottom = top_edge
+    for level in levels:
+        k, width, height = len(level["boxes"]), level["width"], level["height"]
+        y = top_edge - height / 2
+        centres = [3.5] if k == 1 else list(np.linspace(0.1 + width / 2, 6.9 - width / 2, k))
+        # One more box than above: the first is a total (complete cases overall, then by
+        # arm). Draw it in the middle so arrows from the arms to it and to their own boxes
+        # do not cross.
+        total_first = len(previous) > 1 and len(previous) == k - 1
+        slots = list(range(k))
+        if total_first:
+            slots.insert(k // 2, slots.pop(0))
+        for position, (slot, label) in enumerate(zip(slots, level["labels"], strict=True)):
+            centre = centres[slot]
+            ax.add_patch(FancyBboxPatch((centre - width / 2, y - height / 2), width, height,
+                                        boxstyle="round,pad=0.02", fc="white",
+                                        ec=OKABE_ITO["black"], lw=0.9))
+            ax.text(centre, y, label, ha="center", va="center", fontsize=level["fontsize"])
+            # Arrows from the box(es) above: all from one box, pairs for equal counts; one
+            # extra box in front (a total, e.g. complete cases overall then by arm) takes
+            # arrows from every box above and the rest pair up; otherwise the nearest box.
+            if len(previous) == 1 or k == 1:
+                sources = previous
+            elif len(previous) == k:
+                sources = [previous[position]]
+            elif total_first:
+                sources = previous if position == 0 else [previous[position - 1]]
+            else:
+                sources = [min(previous, key=lambda x, c=centre: abs(x - c))]
+            for source in sources:
+                ax.annotate("", xy=(centre, y + height / 2 + 0.03),
+                            xytext=(source, previous_bottom - 0.03),
+                            arrowprops={"arrowstyle": "-|>", "lw": 0.8, "color": "#444444"})
+        if level["exclusions"]:
+            excluded = sum(_count(r["n_excluded"]) or 0 for r in level["exclusions"])
+            lines = [f"Excluded (n = {excluded})"]
+            if len(level["exclusions"]) == 1:
+                lines.append(_wrap(_reason(level["exclusions"][0]), 36))
+            else:
+                lines += [_wrap(f"{_reason(r)} ({_count(r['n_excluded'])})", 36)
+                          for r in level["exclusions"]]
+            mid = (previous_bottom + top_edge) / 2 if previous else y
+            ax.text(8.6, mid, "\n".join(lines), ha="center", va="center", fontsize=7,
+                    bbox={"boxstyle": "round,pad=0.3", "fc": "#F4F4F4",
+                          "ec": OKABE_ITO["vermillion"], "lw": 0.8})
+            ax.annotate("", xy=(7.1, mid), xytext=(3.5, mid),
+                        arrowprops={"arrowstyle": "-|>", "lw": 0.8,
+                                    "color": OKABE_ITO["vermillion"]})
+        previous, previous_bottom = centres, y - height / 2
+        top_edge = previous_bottom - gap
+    ax.set_title("Flow of patients through the study", loc="left")
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Trajectories
+# --------------------------------------------------------------------------------------------
+def _marginal_means_of(doc: Mapping[str, Any]) -> pd.DataFrame:
+    """The adjusted marginal means of a primary estimate file; a file without them is an error."""
+    means = pd.DataFrame(doc.get("marginal_means") or [])
+    if means.empty:
+        raise DataError(doc["_file"], "marginal_means rows are needed for the trajectories",
+                        column="marginal_means")
+    return means
+
+
+def _draw_means(ax: Any, part: pd.DataFrame, x: np.ndarray, colour: str, marker: str,
+                label: str) -> None:
+    """One arm's adjusted means (``estimate``, ``ci_low``, ``ci_high`` rows) with their CIs."""
+    y = part["estimate"].to_numpy(dtype=float)
+    err = np.vstack([y - part["ci_low"].to_numpy(dtype=float),
+                     part["ci_high"].to_numpy(dtype=float) - y])
+    ax.errorbar(x, y, yerr=err, color=colour, marker=marker, capsize=3, lw=1.4, ms=5,
+                label=label)
+
+
+def _label_means_panel(ax: Any, config: Mapping[str, Any], outcome: Mapping[str, Any]) -> None:
+    """Axis label, title and direction note of one outcome's panel of adjusted means."""
+    ax.set_ylabel(f"Adjusted mean ({outcome.get('units', 'score')})")
+    direction = "higher" if outcome.get("higher_is_better", True) else "lower"
+    ax.set_title(_wrap(f"{outcome_label(config, outcome['name'])}", 30), loc="left")
+    ax.text(0.99, 0.02, f"{direction} is better", transform=ax.transAxes, ha="right",
+            va="bottom", fontsize=7, color="#555555")
+
+
+def trajectories_figure(
+    estimates: Mapping[str, Any], config: Mapping[str, Any], population: str
+) -> Figure:
+    """Adjusted marginal means by arm at baseline and follow-up, one panel per outcome.
+
+    With several follow-ups the means are drawn over time (x = ``timepoints.values``), see
+    :func:`trajectories_over_time`.
+    """
+    if len(followup_labels(config)) > 1:
+        return trajectories_over_time(estimates, config, population)
+    intervention, control = arm_labels(config)
+    outcomes = config["outcomes"]
+    figure, axes = new_figure(1, len(outcomes), figsize=(3.3 * len(outcomes), 3.2),
+                              squeeze=False)
+    for ax, outcome in zip(axes[0], outcomes, strict=True):
+        doc = estimates["primary"][(outcome["name"], population)]
+        means = _marginal_means_of(doc)
+        order = list(dict.fromkeys(means["time"].astype(str)))
+        for offset, arm, colour, marker in ((-0.04, intervention, INTERVENTION_COLOUR, "o"),
+                                            (0.04, control, CONTROL_COLOUR, "s")):
+            part = means[means["arm"].astype(str) == str(arm)].copy()
+            part["position"] = part["time"].astype(str).map(order.index)
+            part = part.sort_values("position")
+            x = part["position"].to_numpy(dtype=float) + offset
+            _draw_means(ax, part, x, colour, marker, str(arm))
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels(order)
+        ax.set_xlim(-0.4, len(order) - 0.6)
+        ax.set_xlabel("Assessment")
+        _label_means_panel(ax, config, outcome)
+    axes[0][0].legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def trajectories_over_time(
+    estimates: Mapping[str, Any], config: Mapping[str, Any], population: str
+) -> Figure:
+    """Adjusted marginal means by arm at every time point, on the numeric time axis.
+
+    x is each time point's ``timepoints.values`` (0, 1, 2, ... by default); under ANCOVA the
+    means are at the follow-ups only (the baseline is a covariate, held at its mean).
+    """
+    intervention, control = arm_labels(config)
+    outcomes = config["outcomes"]
+    values = time_values(config)
+    span = max(values.values()) - min(values.values()) or 1.0
+    figure, axes = new_figure(1, len(outcomes), figsize=(3.6 * len(outcomes), 3.2),
+                              squeeze=False)
+    for ax, outcome in zip(axes[0], outcomes, strict=True):
+        doc = estimates["primary"][(outcome["name"], population)]
+        means = _marginal_means_of(doc)
+        unknown = sorted(set(means["time"].astype(str)) - set(values))
+        if unknown:
+            raise DataError(doc["_file"], f"marginal means at time points {unknown} that are "
+                            "not in timepoints", column="time")
+        labels = [label for label in values if label in set(means["time"].astype(str))]
+        # A small horizontal offset keeps the two arms' intervals apart.
+        for offset, arm, colour, marker in ((-0.01, intervention, INTERVENTION_COLOUR, "o"),
+                                            (0.01, control, CONTROL_COLOUR, "s")):
+            part = means[means["arm"].astype(str) == str(arm)].copy()
+            part["x"] = part["time"].astype(str).map(values)
+            part = part.sort_values("x")
+            x = part["x"].to_numpy(dtype=float) + offset * span
+            _draw_means(ax, part, x, colour, marker, str(arm))
+        ax.set_xticks([values[label] for label in labels])
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xlabel("Time since baseline")
+        _label_means_panel(ax, config, outcome)
+    axes[0][0].legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Forest plot
+# --------------------------------------------------------------------------------------------
+POPULATION_NAMES = {"complete_case": "Complete cases", "all_available": "All with a baseline"}
+
+
+def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome: str
+                ) -> list[dict[str, Any]]:
+    """Rows of the forest plot for one outcome: populations, then subgroup levels."""
+    rows = []
+    for population in config["analysis"]["populations"]:
+        row = effect_row(estimates["primary"][(outcome, population)])
+        rows.append({"label": POPULATION_NAMES.get(population, population), "header": False,
+                     **{k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}})
+    for subgroup in config["analysis"].get("subgroups", []):
+        doc = estimates["subgroups"].get((outcome, subgroup))
+        if doc is None:
+            continue
+        levels, p_het = subgroup_rows(doc, subgroup)
+        p_text = fmt_p(p_het)
+        p_text = p_text if p_text.startswith("<") else f"= {p_text}"
+        rows.append({"label": f"{subgroup.replace('_', ' ').capitalize()} "
+                              f"(heterogeneity p {p_text})", "header": True})
+        for row in levels:
+            level = str(row["level"])
+            name = {"0": f"no {subgroup}", "1": subgroup}.get(level, level)
+            rows.append({"label": f"   {name}", "header": False,
+                         **{k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}})
+    return rows
+
+
+def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Figure:
+    """Arm x time effect by population and subgroup level, one panel per outcome."""
+    outcomes = config["outcomes"]
+    all_rows = {o["name"]: forest_rows(estimates, config, o["name"]) for o in outcomes}
+    n_rows = max(len(r) for r in all_rows.values())
+    figure, axes = new_figure(1, len(outcomes), figsize=(3.6 * len(outcomes),
+                                                          0.32 * n_rows + 1.6),
+                              squeeze=False, sharey=True)
+    for ax, outcome in zip(axes[0], outcomes, strict=True):
+        rows = all_rows[outcome["name"]]
+        y = np.arange(len(rows))[::-1]
+        for yi, row in zip(y, rows, strict=True):
+            if row["header"]:
+                continue
+            colour = OKABE_ITO["black"] if row["label"] in POPULATION_NAMES.values() \
+                else OKABE_ITO["blue"]
+            ax.plot([row["ci_low"], row["ci_high"]], [yi, yi], color=colour, lw=1.3)
+            ax.plot(row["estimate"], yi, marker="D" if colour == OKABE_ITO["black"] else "o",
+                    color=colour, ms=5)
+        ax.axvline(0, color="#777777", lw=0.8, ls="--")
+        ax.set_yticks(y)
+        ax.set_yticklabels([r["label"] for r in rows], fontsize=8)
+        better = "right" if outcome.get("higher_is_better", True) else "left"
+        ax.set_xlabel(f"Difference in mean change ({outcome.get('units', 'score')})\n"
+                      f"{better} of 0 favours intervention", fontsize=8)
+        ax.set_title(_wrap(outcome_label(config, outcome["name"]), 32), loc="left")
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+    figure.tight_layout()
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions and implementation
+# --------------------------------------------------------------------------------------------
+def sessions_distribution(analysis: pd.DataFrame, config: Mapping[str, Any]) -> pd.DataFrame:
+    """Share of patients by number of sessions and arm, with a pooled upper tail.
+
+    The tail starts at the smallest count ``c`` such that, in every arm, at least
+    ``min_cell_count`` patients had ``c`` or more sessions; other bars with fewer patients
+    than that are withheld (``share`` missing) rather than drawn.
+    """
+    k = int(config.get("report", {}).get("min_cell_count", 5))
+    sessions = pd.to_numeric(analysis["n_sessions"], errors="coerce")
+    arms = analysis["arm"].astype(str)
+    top = int(sessions.max())
+    while top > 1 and any(((sessions >= top) & (arms == a)).sum() < k for a in arms.unique()):
+        top -= 1
+    capped = sessions.clip(upper=top)  # pooling the tail for display, not altering the data
+    rows = []
+    for arm in arm_labels(config):
+        in_arm = capped[arms == str(arm)].dropna()
+        for value in range(int(capped.min()), top + 1):
+            count = int((in_arm == value).sum())
+            share = np.nan if 0 < count < k else 100 * count / max(len(in_arm), 1)
+            rows.append({"arm": arm, "sessions": value, "label": f"≥{value}" if value == top
+                         else str(value), "count": count, "share": share})
+    return pd.DataFrame(rows)
+
+
+def sessions_figure(analysis: pd.DataFrame, config: Mapping[str, Any]) -> Figure:
+    """Distribution of the number of sessions by arm (percentage of patients)."""
+    table = sessions_distribution(analysis, config)
+    intervention, control = arm_labels(config)
+    labels = list(dict.fromkeys(table["label"]))
+    x = np.arange(len(labels))
+    figure, ax = new_figure(figsize=(7.0, 3.2))
+    for offset, arm, colour, hatch in ((-0.2, intervention, INTERVENTION_COLOUR, ""),
+                                       (0.2, control, CONTROL_COLOUR, "//")):
+        part = table[table["arm"] == arm]
+        mean = pd.to_numeric(analysis.loc[analysis["arm"].astype(str) == str(arm),
+                                          "n_sessions"], errors="coerce").mean()
+        ax.bar(x + offset, part["share"].fillna(0).to_numpy(), width=0.4, color=colour,
+               hatch=hatch, edgecolor="white", label=f"{arm} (mean {mean:.1f})")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels)
+    ax.set_xlabel("Treatment sessions per patient (count)")
+    ax.set_ylabel("Patients in arm (%)")
+    ax.legend(frameon=False)
+    ax.set_title("Number of treatment sessions by arm", loc="left")
+    figure.tight_layout()
+    return figure
+
+
+def implementation_figure(implementation: pd.DataFrame) -> Figure:
+    """Implementation outcomes (reach, adoption, fidelity) as percentages with counts."""
+    names = {"reach": "Reach (therapists trained)",
+             "therapist_adoption": "Adoption (therapists delivering)",
+             "patient_adoption": "Adoption (patients receiving)",
+             "fidelity": "Fidelity (episodes without\nforbidden treatments)"}
+    frame = implementation.copy()
+    percent = 100 * pd.to_numeric(frame["numerator"], errors="coerce") / pd.to_numeric(
+        frame["denominator"], errors="coerce")
+    y = np.arange(len(frame))[::-1]
+    figure, ax = new_figure(figsize=(7.0, 0.55 * len(frame) + 1.0))
+    ax.barh(y, percent, color=OKABE_ITO["green"], height=0.55)
+    for yi, p, (_, row) in zip(y, percent, frame.iterrows(), strict=True):
+        ax.text(min(p, 100) + 1.0, yi, f"{p:.1f}% ({int(row['numerator'])}/"
+                                      f"{int(row['denominator'])})", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([names.get(m, m) for m in frame["measure"]], fontsize=8)
+    ax.set_xlim(0, 125)
+    ax.set_xticks([0, 20, 40, 60, 80, 100])
+    ax.set_xlabel("Percent (%)")
+    ax.set_title("Implementation outcomes", loc="left")
+    figure.tight_layout()
+    return figure
+
+
+def _read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(str(path), "table is missing", hint="run `allocate` and `tables` first")
+    frame = pd.read_csv(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(str(path), "required column missing", column=missing[0])
+    return frame
+
+
+def run_figures(
+    config: dict[str, Any], analysis: str | Path, estimates: str | Path, tables: str | Path,
+    out: str | Path,
+) -> list[Path]:
+    """Draw every report figure as PNG and SVG into ``out`` (step ``figures``).
+
+    Parameters
+    ----------
+    config : dict
+        Validated study configuration.
+    analysis : path
+        Analysis table (Parquet).
+    estimates : path
+        Folder of estimate files.
+    tables : path
+        Folder holding ``flow.csv`` and ``implementation.csv``.
+    out : path
+        Folder for the figures.
+
+    Returns
+    -------
+    list of Path
+        Files written.
+    """
+    out, tables = Path(out), Path(tables)
+    frame = read_analysis(analysis, config)
+    loaded = load_estimates(estimates, config, secondary=False)
+    flow = _read_table(tables / "flow.csv", ["step", "description", "n", "n_excluded", "reason"])
+    names = figure_names(config)
+    populations = config["analysis"]["populations"]
+    population = "complete_case" if "complete_case" in populations else populations[0]
+    written: list[Path] = []
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        # Draw everything first, then save: a failing figure leaves no partial set behind.
+        figures = {
+            "flow": flow_figure(flow),
+            "trajectories": trajectories_figure(loaded, config, population),
+            "forest": forest_figure(loaded, config),
+        }
+        if "sessions" in names:
+            implementation = _read_table(tables / "implementation.csv",
+                                         ["measure", "numerator", "denominator"])
+            figures["sessions"] = sessions_figure(frame, config)
+            figures["implementation"] = implementation_figure(implementation)
+        for name in names:
+            written += save_figure(figures[name], out, name)
+    return written

@@ -1,0 +1,112 @@
+"""Tests for the report figures (trial_analysis.reporting.figures)."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+from report_fixtures import shared_inputs
+
+from trial_analysis.errors import DataError
+from trial_analysis.reporting.figures import FIGURE_NAMES, run_figures, sessions_distribution
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """The shared fixture inputs, with figures drawn twice into separate folders."""
+    run = shared_inputs(tmp_path_factory.getbasetemp())
+    folders = []
+    for name in ("first", "second"):
+        out = tmp_path_factory.mktemp(name)
+        run_figures(config=run.config, analysis=run.analysis, estimates=run.estimates,
+                    tables=run.tables, out=out)
+        folders.append(out)
+    return run, folders
+
+
+def test_every_figure_is_written_in_both_formats(drawn):
+    _, (first, _) = drawn
+    for name in FIGURE_NAMES:
+        png = first / f"{name}.png"
+        svg = first / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 5_000
+        text = svg.read_text(encoding="utf-8")
+        assert text.lstrip().startswith("<?xml") and "<svg" in text
+    assert not list(first.glob(".*.tmp"))
+
+
+def test_figures_are_byte_identical_on_rerun(drawn):
+    _, (first, second) = drawn
+    for name in FIGURE_NAMES:
+        for ext in ("png", "svg"):
+            assert (first / f"{name}.{ext}").read_bytes() == (second / f"{name}.{ext}").read_bytes()
+
+
+def test_svg_has_no_date(drawn):
+    _, (first, _) = drawn
+    for name in FIGURE_NAMES:
+        assert "<dc:date>" not in (first / f"{name}.svg").read_text(encoding="utf-8")
+
+
+def test_axes_are_labelled_with_units(drawn):
+    _, (first, _) = drawn
+    forest = (first / "forest.svg").read_text(encoding="utf-8")
+    # Text is drawn as paths (fonttype path) so labels are checked via the PNG-independent
+    # matplotlib objects instead: rebuild one figure and inspect its axes.
+    assert "<svg" in forest
+    run, _ = drawn
+    from trial_analysis.reporting.figures import forest_figure, trajectories_figure
+    from trial_analysis.reporting.tables import load_estimates
+
+    estimates = load_estimates(run.estimates, run.config)
+    for figure in (forest_figure(estimates, run.config),
+                   trajectories_figure(estimates, run.config, "complete_case")):
+        for ax in figure.axes:
+            assert "score 0-" in ax.get_xlabel() + ax.get_ylabel()
+
+
+def test_sessions_distribution_withholds_small_bars(drawn):
+    run, _ = drawn
+    config = copy.deepcopy(run.config)
+    intervention, control = config["allocation"]["intervention"], config["allocation"]["control"]
+    analysis = pd.DataFrame({
+        "arm": [intervention] * 20 + [control] * 20,
+        "n_sessions": [1] * 8 + [2] * 10 + [3] * 2 + [1] * 5 + [2] * 5 + [3] * 5 + [9] * 5,
+    })
+    table = sessions_distribution(analysis, config)
+    # The tail pools at 2 (an intervention tail starting at 3 would hold only 2 patients).
+    assert list(dict.fromkeys(table["label"])) == ["1", "≥2"]
+    shares = table.set_index(["arm", "label"])["share"]
+    assert shares[(intervention, "≥2")] == pytest.approx(60.0)
+    assert shares[(control, "≥2")] == pytest.approx(75.0)
+    analysis.loc[0:5, "n_sessions"] = 2  # 2 intervention patients left with one session
+    table = sessions_distribution(analysis, config).set_index(["arm", "label"])
+    assert pd.isna(table.loc[(intervention, "1"), "share"])
+
+
+def test_missing_flow_table_is_a_data_error(drawn, tmp_path):
+    run, _ = drawn
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "implementation.csv").write_bytes((run.tables / "implementation.csv").read_bytes())
+    with pytest.raises(DataError, match="flow.csv"):
+        run_figures(config=run.config, analysis=run.analysis, estimates=run.estimates,
+                    tables=tables, out=tmp_path / "figures")
+    assert not (tmp_path / "figures").exists() or not list((tmp_path / "figures").iterdir())
+
+
+def test_figures_read_only_the_models_estimates(drawn, tmp_path):
+    """The figures rule waits for the model fits only: sessions and responders not needed."""
+    run, (first, _) = drawn
+    estimates = tmp_path / "estimates"
+    estimates.mkdir()
+    for path in run.estimates.glob("*.json"):
+        if path.stem not in ("sessions", "responders"):
+            (estimates / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "figures"
+    run_figures(config=run.config, analysis=run.analysis, estimates=estimates,
+                tables=run.tables, out=out)
+    for name in FIGURE_NAMES:
+        assert (out / f"{name}.png").read_bytes() == (first / f"{name}.png").read_bytes()
