@@ -167,8 +167,8 @@ def fit_primary(analysis: pd.DataFrame, outcome: str, population: str) -> dict[s
     """The primary estimate document, from the pipeline's own model step.
 
     Using :func:`trial_analysis.models.outcome_models.fit_outcome_model` (not a hand-written
-    refit) keeps the fixtures in step with the model the pipeline actually runs; the reviewer notebook then
-    checks it against an independent statsmodels refit.
+    refit) keeps the fixtures in step with the model the pipeline actually runs; the reviewer
+    notebook then checks it against an independent statsmodels refit.
     """
     from trial_analysis.models.outcome_models import fit_outcome_model
 

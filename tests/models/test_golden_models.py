@@ -1,4 +1,4 @@
-"""Agreement of the outcome models (models.outcome_models) with R: lme4, lmerTest, emmeans."""
+"""Agreement of the outcome models (models.outcome_models) with R: lme4, lmerTest, emmeans.
 
 The reference files in tests/golden/reference/ are written by tests/golden/make_golden_models.R
 from the datasets in tests/golden/data/ (see tests/golden/README.md to regenerate). The cases

@@ -57,8 +57,8 @@ Balance
 
 Outcome model
     Weighted ANCOVA (:func:`trial_analysis.causal.common.fit_ancova`): follow-up on arm,
-    baseline and ``analysis.covariates`` (the regression adjustment makes the estimate doubly robust in
-    the usual sense), CR1 standard errors clustered by therapist.
+    baseline and ``analysis.covariates`` (the regression adjustment makes the estimate doubly
+    robust in the usual sense), CR1 standard errors clustered by therapist.
 """
 
 from __future__ import annotations

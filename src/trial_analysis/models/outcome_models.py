@@ -65,8 +65,8 @@ How the numbers are obtained, and why
   not used.
 - **Inference.** t tests with Satterthwaite denominator df computed as lmerTest does (see
   :mod:`trial_analysis.models.lmm_inference`). Verified against lmerTest on committed datasets
-  (``tests/models/test_golden_models.py``). Should that computation fail, inference falls back to the
-  normal (z) distribution and every row says so in ``warnings``; ``df`` is then empty.
+  (``tests/models/test_golden_models.py``). Should that computation fail, inference falls back
+  to the normal (z) distribution and every row says so in ``warnings``; ``df`` is then empty.
 - **Marginal means** follow emmeans' default reference grid: numeric covariates at their mean
   over the model's rows (observations, as emmeans does), factor covariates averaged over their
   levels with equal weights; df by Satterthwaite.

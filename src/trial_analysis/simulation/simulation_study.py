@@ -2,9 +2,11 @@
 
 A simulation study answers "does the pre-specified analysis recover the truth under this
 design?": the default cohort is simulated many times
-(:mod:`trial_analysis.simulation.simulate`, known true effects), each replicate is analysed with the pipeline's own linear mixed model
+(:mod:`trial_analysis.simulation.simulate`, known true effects), each replicate is analysed
+with the pipeline's own linear mixed model
 (:func:`trial_analysis.models.outcome_models.fit_outcome_model`), and bias, empirical SE,
-model SE, coverage of the confidence interval and power are summarised per scenario, each with its Monte Carlo SE
+model SE, coverage of the confidence interval and power are summarised per scenario, each
+with its Monte Carlo SE
 (Morris, White & Crowther, Stat Med 2019;38:2074-2102).
 
 The replicate path, and why
