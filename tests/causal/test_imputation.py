@@ -9,6 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sensitivity_simulation import simulate_cohort, study_config
 
+from trial_analysis.causal.common import fit_ancova
 from trial_analysis.causal.imputation import (
     donor_candidates,
     impute_chained,
@@ -24,7 +25,7 @@ from trial_analysis.causal.imputation import (
     shiftable_fits,
     write_imputations,
 )
-from trial_analysis.causal.sensitivity import fit_ancova, run_sensitivity
+from trial_analysis.causal.sensitivity import run_sensitivity
 from trial_analysis.errors import DataError
 
 COVARIATES = ["age", "sex", "symptom_duration_weeks"]

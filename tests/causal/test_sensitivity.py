@@ -10,13 +10,9 @@ import pytest
 import statsmodels.api as sm
 from sensitivity_simulation import simulate_cohort, study_config
 
-from trial_analysis.causal.sensitivity import (
-    TIDY_COLUMNS,
-    both_arm_sample,
-    fit_ancova,
-    fit_therapist_fixed_effects,
-    run_sensitivity,
-)
+from trial_analysis.causal.common import TIDY_COLUMNS, fit_ancova
+from trial_analysis.causal.sensitivity import run_sensitivity
+from trial_analysis.causal.therapist_effects import both_arm_sample, fit_therapist_fixed_effects
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import read_json, write_json
 
