@@ -66,7 +66,8 @@ fit_case <- function(case) {
     "score ~ arm * time * sg"
   }
   # Covariates adjust level and change (trial_analysis.models.outcome_models' default covariates_by_time).
-  f <- as.formula(paste(fixed, "+ (", paste(covariates, collapse = " + "), ") * time +",
+  case_covariates <- if (is.null(case$covariates)) covariates else case$covariates
+  f <- as.formula(paste(fixed, "+ (", paste(case_covariates, collapse = " + "), ") * time +",
                         random_terms[[case$random]]))
   fit <- lmer(f, data = l, REML = TRUE, control = ctrl)
   co <- summary(fit)$coefficients
@@ -85,6 +86,15 @@ fit_case <- function(case) {
     out$marginal_means <- data.frame(arm = em$arm, time = em$time, estimate = em$emmean,
                                      std_error = em$SE, df = em$df, ci_low = em$lower.CL,
                                      ci_high = em$upper.CL)
+    # emmeans' default (cov.keep = "2") keeps 0/1 covariates as two levels with equal weights;
+    # cov.keep = character(0) sets every covariate at its mean (reference_grid:
+    # covariate_means in the Python code).
+    em_means <- summary(emmeans(fit, ~ arm * time, at = list(arm = c(0, 1), time = c(0, 1)),
+                                cov.keep = character(0)))
+    out$marginal_means_covariate_means <- data.frame(
+      arm = em_means$arm, time = em_means$time, estimate = em_means$emmean,
+      std_error = em_means$SE, df = em_means$df, ci_low = em_means$lower.CL,
+      ci_high = em_means$upper.CL)
   } else {
     beta_names <- names(fixef(fit))
     levs <- levels(l$sg)
@@ -124,6 +134,10 @@ cases <- list(
        population = "complete_case", random = "default"),
   list(name = "singular_function_cc", data = "singular", outcome = "function",
        population = "complete_case", random = "default"),
+  # 0/1 covariates (depression, anxiety): emmeans' reference grid treats them as levels.
+  list(name = "cohort_function_cc_flags", data = "cohort", outcome = "function",
+       population = "complete_case", random = "default",
+       covariates = c("age", "sex", "symptom_duration_weeks", "depression", "anxiety")),
   list(name = "cohort_function_depression", data = "cohort", outcome = "function",
        population = "complete_case", random = "default", subgroup = "depression"),
   list(name = "small_subgroup_function_depression", data = "small_subgroup",

@@ -41,12 +41,18 @@ CASES = {
     "unbalanced_function_aa": ("unbalanced", "function", "all_available", "default", None),
     "singletons_function_cc": ("singletons", "function", "complete_case", "default", None),
     "singular_function_cc": ("singular", "function", "complete_case", "default", None),
+    "cohort_function_cc_flags": ("cohort", "function", "complete_case", "default", None),
     "cohort_function_depression": ("cohort", "function", "complete_case", "default",
                                    "depression"),
     "small_subgroup_function_depression": ("small_subgroup", "function", "complete_case",
                                            "default", "depression"),
 }
 MODEL_CASES = [name for name, case in CASES.items() if case[4] is None]
+COVARIATES = ["age", "sex", "symptom_duration_weeks"]
+# Cases whose covariates differ from COVARIATES (as the R script's case$covariates).
+CASE_COVARIATES = {
+    "cohort_function_cc_flags": [*COVARIATES, "depression", "anxiety"],
+}
 SUBGROUP_CASES = [name for name, case in CASES.items() if case[4] is not None]
 
 RTOL_FIXED = 1e-4
@@ -66,7 +72,7 @@ def _setup(name: str, base_config: dict, fit_path: str) -> tuple[pd.DataFrame, d
     data, _, _, random, _ = CASES[name]
     config = copy.deepcopy(base_config)
     config["analysis"]["fit_path"] = fit_path
-    config["analysis"]["covariates"] = ["age", "sex", "symptom_duration_weeks"]
+    config["analysis"]["covariates"] = list(CASE_COVARIATES.get(name, COVARIATES))
     config["analysis"]["random_effects"], config["analysis"]["random_time_effects"] = (
         list(part) for part in RANDOM[random])
     config["analysis"]["reml"] = True
@@ -115,16 +121,37 @@ def test_outcome_model_matches_lme4(name, fit_path, base_config):
     assert result.fit_path == {"fast": "fast_nested", "statsmodels": "statsmodels"}[fit_path]
     assert result.converged
     _check_fixed_and_variance(result, reference)
+    _check_marginal_means(result.marginal_means, reference["marginal_means"], config)
+
+
+def _check_marginal_means(mine: pd.DataFrame, reference: list, config: dict) -> None:
     # emmeans: rows ordered arm-fastest within time in R; match on (arm, time).
-    ref_mm = pd.DataFrame(reference["marginal_means"])
+    ref_mm = pd.DataFrame(reference)
     labels = {0: config["allocation"]["control"], 1: config["allocation"]["intervention"]}
     times = {0: config["timepoints"]["baseline"], 1: config["timepoints"]["followup"]}
     ref_mm["arm"] = ref_mm["arm"].map(labels)
     ref_mm["time"] = ref_mm["time"].map(times)
-    merged = result.marginal_means.merge(ref_mm, on=["arm", "time"], suffixes=("", "_r"))
+    merged = mine.merge(ref_mm, on=["arm", "time"], suffixes=("", "_r"))
     assert len(merged) == 4
     for column in ("estimate", "std_error", "ci_low", "ci_high"):
         _close(merged[column], merged[f"{column}_r"], RTOL_FIXED, what=f"emmeans {column}")
+
+
+@pytest.mark.parametrize("grid", ["emmeans", "covariate_means"])
+def test_binary_covariates_in_the_reference_grid_match_emmeans(grid, base_config):
+    """0/1 covariates: emmeans' default grid (levels, equal weights) and cov.keep = none."""
+    name = "cohort_function_cc_flags"
+    frame, config, reference = _setup(name, base_config, "fast")
+    config["analysis"]["reference_grid"] = grid
+    result = fit_outcome_model(frame, config, "function", "complete_case")
+    key = "marginal_means" if grid == "emmeans" else "marginal_means_covariate_means"
+    _check_marginal_means(result.marginal_means, reference[key], config)
+    # The two grids differ (the flags' prevalence is not one half), so the test can tell them
+    # apart; the arm x time effect does not depend on the grid.
+    other = pd.DataFrame(reference["marginal_means_covariate_means" if grid == "emmeans"
+                                   else "marginal_means"])
+    assert not np.allclose(np.sort(result.marginal_means["estimate"].to_numpy()),
+                           np.sort(other["estimate"].to_numpy()), rtol=1e-4)
 
 
 @pytest.mark.parametrize("fit_path", FIT_PATHS)

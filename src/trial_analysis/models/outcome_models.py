@@ -67,9 +67,15 @@ How the numbers are obtained, and why
   :mod:`trial_analysis.models.lmm_inference`). Verified against lmerTest on committed datasets
   (``tests/models/test_golden_models.py``). Should that computation fail, inference falls back
   to the normal (z) distribution and every row says so in ``warnings``; ``df`` is then empty.
-- **Marginal means** follow emmeans' default reference grid: numeric covariates at their mean
-  over the model's rows (observations, as emmeans does), factor covariates averaged over their
-  levels with equal weights; df by Satterthwaite.
+- **Marginal means** follow emmeans' default reference grid (``analysis.reference_grid:
+  emmeans``): numeric covariates at their mean over the model's rows (observations, as
+  emmeans does), except those with at most two distinct values (0/1 flags such as depression
+  and anxiety), which emmeans keeps as levels (its default ``cov.keep = "2"``) and averages
+  with equal weights, as it does factor covariates; df by Satterthwaite. For a linear model
+  the equal-weight average over a flag's two values is the prediction at their midpoint, so a
+  0/1 flag enters the grid at 0.5, not at its prevalence. ``reference_grid: covariate_means``
+  sets every numeric covariate, flags included, at its mean (emmeans with ``cov.keep =
+  character(0)``). The arm x time effect does not depend on the grid; the means do.
 - **Warnings** raised during fitting are all kept. Warnings from an optimiser that failed before
   a later method in the list converged are labelled ``intermediate (final fit converged)``; a
   variance component estimated at zero (lme4's rule: relative SD below 1e-4) is flagged as a
@@ -168,6 +174,7 @@ class ModelSpec:
     subgroup: str | None = None
     fit_path: str = "fast_nested"
     covariates_by_time: bool = True
+    reference_grid: str = "emmeans"
     baseline_label: str = "baseline"
     followups: tuple[str, ...] = ("followup",)
     primary: str = "followup"
@@ -253,6 +260,7 @@ def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings.setdefault("subgroup_population", "complete_case")
     settings.setdefault("fit_path", "auto")
     settings.setdefault("covariates_by_time", True)
+    settings.setdefault("reference_grid", "emmeans")
     settings.setdefault("time", "categorical")
     settings.setdefault("baseline", "timepoint")
     return settings
@@ -312,6 +320,7 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
                      reml=bool(settings["reml"]),
                      confidence_level=float(settings["confidence_level"]), subgroup=subgroup,
                      fit_path=fit_path, covariates_by_time=bool(settings["covariates_by_time"]),
+                     reference_grid=str(settings["reference_grid"]),
                      baseline_label=str(config["timepoints"]["baseline"]), followups=followups,
                      primary=primary_followup(config), time=str(settings["time"]),
                      baseline=str(settings["baseline"]),
@@ -1120,17 +1129,39 @@ def _effect_rows(fit: _Fit, spec: ModelSpec, names: list[str], level: float) -> 
     return pd.DataFrame(rows)
 
 
+def reference_grid_values(X: pd.DataFrame, numeric: Sequence[str], rule: str
+                          ) -> dict[str, float]:
+    """The value each numeric covariate takes in the marginal means' reference grid.
+
+    ``emmeans`` (its default ``cov.keep = "2"``): a covariate with at most two distinct values
+    over the model rows is a two-level grid factor averaged with equal weights, i.e. the
+    midpoint of its values for a linear predictor; any other at its mean over the model rows.
+    ``covariate_means``: every one at its mean over the model rows.
+    """
+    values = {}
+    for cov in numeric:
+        column = X[cov]
+        distinct = np.unique(column.to_numpy())
+        if rule == "emmeans" and len(distinct) <= 2:
+            values[cov] = float(distinct.mean())
+        else:
+            values[cov] = column.mean()
+    return values
+
+
 def _marginal_means(fit: _Fit, fixed: FixedDesign, long: pd.DataFrame, config: dict[str, Any],
                     level: float, spec: ModelSpec) -> pd.DataFrame:
     """Adjusted means per arm and model time point on emmeans' reference grid.
 
-    Numeric covariates (and, under ANCOVA, the baseline score) at their mean over the model
-    rows, factor covariates averaged over their levels with equal weights.
+    Numeric covariates (and, under ANCOVA, the baseline score) as
+    :func:`reference_grid_values` sets them, factor covariates averaged over their levels
+    with equal weights.
     """
     names = list(fixed.X.columns)
     alloc = config.get("allocation", {})
     arm_labels = {0: alloc.get("control", "control"), 1: alloc.get("intervention", "intervention")}
     numeric = [*fixed.numeric_covariates, *([BASELINE_COVARIATE] if spec.ancova else [])]
+    grid = reference_grid_values(fixed.X, numeric, spec.reference_grid)
     rows = []
     for arm in (0, 1):
         for label in spec.model_times:
@@ -1139,9 +1170,8 @@ def _marginal_means(fit: _Fit, fixed: FixedDesign, long: pd.DataFrame, config: d
             L["arm"] = arm
             for term, value in time_coding(spec, label).items():
                 L[term], L[f"arm:{term}"] = value, arm * value
-            # emmeans' reference grid: numeric covariates at their mean over the model rows.
-            for cov in numeric:
-                L[cov] = fixed.X[cov].mean()
+            for cov, value in grid.items():
+                L[cov] = value
             # Factors: equal weight to every level (the reference level contributes zeros).
             for dummies in fixed.factor_dummies.values():
                 for d in dummies:
