@@ -18,6 +18,7 @@ from trial_analysis.causal.propensity import (
     fit_propensity,
     logistic_ridge,
     love_plot,
+    overlap_bins,
     propensity_weights,
     run_propensity_analysis,
 )
@@ -47,8 +48,10 @@ def test_weighting_removes_simulated_confounding_bias(confounded: pd.DataFrame) 
     weighted = rows.loc[("function", "overlap_weighted_ancova")]
     assert crude["ci_low"] > TRUTH + 0.5
     assert abs(weighted["estimate"] - TRUTH) < 2.5 * weighted["std_error"]
-    assert weighted["ci_low"] < TRUTH < weighted["ci_high"]
     assert abs(weighted["estimate"] - TRUTH) < abs(crude["estimate"] - TRUTH) / 2
+    # Whether one dataset's interval covers is chance (this seed's, without the therapist's
+    # ETMI share in the model, just misses: 4.14 to 5.85); bias over replicates is checked in
+    # test_weighted_estimate_is_unbiased_over_replicates.
 
 
 def test_weighting_alone_without_outcome_covariates_recovers_truth(
@@ -82,7 +85,8 @@ def test_stabilised_trimmed_iptw_recovers_truth(confounded: pd.DataFrame) -> Non
 def test_overlap_weights_balance_every_model_covariate_exactly(
     confounded: pd.DataFrame,
 ) -> None:
-    result = run_propensity_analysis(confounded, study_config(outcomes=["function"]))
+    result = run_propensity_analysis(confounded, study_config(
+        outcomes=["function"], propensity={"therapist_terms": ["etmi_share"]}))
     balance = result.tables["balance"]
     assert {"age", "depression", "function_baseline", "bmi_missing",
             "therapist_etmi_share"} <= set(balance["covariate"])
@@ -236,3 +240,37 @@ def test_bmi_and_ses_are_used_only_if_present(confounded: pd.DataFrame) -> None:
     with pytest.raises(DataError, match="required column missing"):
         run_propensity_analysis(confounded.drop(columns=["depression"]),
                                 study_config(outcomes=["function"]))
+
+
+def test_the_near_instrument_is_left_out_by_default_and_warned_about_when_named(
+    confounded: pd.DataFrame,
+) -> None:
+    default = run_propensity_analysis(confounded, study_config(outcomes=["function"]))
+    assert not default.tables["balance"]["covariate"].str.startswith("therapist_").any()
+    assert "near-instrument" not in _rows(default).loc[
+        ("function", "overlap_weighted_ancova"), "notes"]
+    named = run_propensity_analysis(confounded, study_config(
+        outcomes=["function"], propensity={"therapist_terms": ["etmi_share"]}))
+    assert "near-instrument" in _rows(named).loc[
+        ("function", "overlap_weighted_ancova"), "notes"]
+
+
+def test_overlap_bins_are_shares_per_arm() -> None:
+    score = pd.Series([0.01, 0.02, 0.5, 0.51, 0.99, 0.3])
+    treated = pd.Series([0, 0, 0, 1, 1, 1])
+    table = overlap_bins(score, treated, bins=10)
+    assert table["share_control"].sum() == pytest.approx(1.0)
+    assert table["share_intervention"].sum() == pytest.approx(1.0)
+    # controls at 0.01, 0.02 (first bin) and 0.5 (sixth); intervention at 0.3, 0.51, 0.99
+    assert table["share_control"].iloc[0] == pytest.approx(2 / 3)
+    assert table["share_intervention"].iloc[9] == pytest.approx(1 / 3)
+    assert table["share_intervention"].iloc[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_overlap_plot_is_written_beside_the_love_plot(confounded: pd.DataFrame,
+                                                          tmp_path: Path) -> None:
+    result = run_propensity_analysis(confounded, study_config(outcomes=["function"]),
+                                     figures_dir=tmp_path)
+    names = sorted(p.name for p in result.figures)
+    assert "propensity_overlap_function.png" in names
+    assert "propensity_overlap_function.svg" in names

@@ -92,7 +92,7 @@ DEFAULTS: dict[str, Any] = {
         "covariates": ["age", "sex", "symptom_duration_weeks", "depression", "anxiety",
                        "bmi", "ses_score"],
         "include_outcome_baselines": True,
-        "therapist_terms": ["etmi_share"],
+        "therapist_terms": [],
         "clinic_fixed_effects": True,
         "weighting": "overlap",
         "iptw_trim_percentiles": [1.0, 99.0],

@@ -16,6 +16,14 @@ Propensity model
       proxy. A therapist with one patient has no leave-one-out share (missing indicator).
     * ``caseload`` -- log of the therapist's number of patients in the analysis table.
 
+    Neither is used by default. ``etmi_share`` is a near-instrument: it predicts who gets the
+    intervention strongly (unweighted SMD 1.2 on the default cohort) and the outcome hardly
+    at all, so conditioning on it inflates the variance of the weighted estimate (control
+    effective sample size 641 of 1,365 with it) and amplifies any bias left by unmeasured
+    confounding (Pearl 2010; Myers et al., Am J Epidemiol 2011). Therapist-level adoption
+    is handled by the therapist-clustered standard errors instead. Naming it still works, and
+    the weighted estimate then carries a warning saying so.
+
     ``clinic_fixed_effects`` adds a dummy per clinic. The model is fitted by Newton-Raphson on
     standardised columns with a weak ridge penalty (``ridge``, on the standardised scale) that
     keeps the fit finite under (quasi-)separation, e.g. a clinic where no one got ETMI; its pull
@@ -623,6 +631,61 @@ def love_plot(
         return save_figure(figure, out_dir, name)
 
 
+OVERLAP_BINS = 40
+
+
+def overlap_bins(score: pd.Series, treated: pd.Series, bins: int = OVERLAP_BINS
+                 ) -> pd.DataFrame:
+    """Share of each arm's patients per propensity bin of width ``1 / bins`` on [0, 1].
+
+    What the overlap plot draws: where one arm has patients and the other none, positivity
+    fails there and the weights must carry the comparison alone.
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    rows = {"bin_low": edges[:-1], "bin_high": edges[1:]}
+    for arm, label in ((1, "intervention"), (0, "control")):
+        values = score.to_numpy(dtype=float)[(treated == arm).to_numpy()]
+        counts, _ = np.histogram(values, bins=edges)
+        rows[f"share_{label}"] = counts / max(len(values), 1)
+    return pd.DataFrame(rows)
+
+
+def overlap_plot(score: pd.Series, treated: pd.Series, out_dir: str | Path,
+                 name: str = "propensity_overlap", title: str = "Propensity score by arm"
+                 ) -> list[Path]:
+    """Mirrored histograms of the propensity score, intervention above and control below.
+
+    Shares per arm (not counts), so the figure shows no small cell and the two arms are
+    comparable whatever their sizes. Deterministic, as the love plot.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from trial_analysis.plotting import OKABE_ITO, STYLE, save_figure
+
+    table = overlap_bins(score, treated)
+    width = float(table["bin_high"].iloc[0] - table["bin_low"].iloc[0])
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(6.0, 3.2))
+        FigureCanvasAgg(figure)
+        ax = figure.add_subplot()
+        ax.bar(table["bin_low"], table["share_intervention"], width=width, align="edge",
+               color=OKABE_ITO["blue"], label="intervention")
+        ax.bar(table["bin_low"], -table["share_control"], width=width, align="edge",
+               color=OKABE_ITO["orange"], label="control")
+        ax.axhline(0, color=OKABE_ITO["black"], linewidth=0.6)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("Propensity score (probability of the intervention)")
+        ax.set_ylabel("Share of the arm's patients\n(control below the line)")
+        ticks = ax.get_yticks()
+        ax.set_yticks(ticks, [f"{abs(t):.2f}" for t in ticks])
+        ax.set_title(title)
+        ax.legend(loc="upper right", frameon=False)
+        figure.tight_layout()
+        return save_figure(figure, out_dir, name)
+
+
 # --------------------------------------------------------------------------------------------
 # The analysis
 # --------------------------------------------------------------------------------------------
@@ -679,6 +742,10 @@ def run_propensity_analysis(
                for arm, code in (("intervention", 1), ("control", 0))}
         weight_note = (f"effective sample size {ess['intervention']:.0f} intervention, "
                        f"{ess['control']:.0f} control")
+        if "etmi_share" in options["therapist_terms"]:
+            weight_note += ("; warning: the therapist's ETMI share in the propensity model is "
+                            "a near-instrument (inflates the variance, can amplify bias from "
+                            "unmeasured confounding)")
         for method_name, fit, extra in (
             ("unadjusted_ancova", unadjusted, []),
             ("covariate_adjusted_ancova", adjusted, []),
@@ -697,6 +764,9 @@ def run_propensity_analysis(
             figures += love_plot(balance, figures_dir, name=f"love_plot_{outcome}",
                                  threshold=threshold,
                                  title=f"Covariate balance, {outcome} ({method} weights)")
+            figures += overlap_plot(score, analysed[ARM], figures_dir,
+                                    name=f"propensity_overlap_{outcome}",
+                                    title=f"Propensity score by arm, {outcome}")
     balance_all = pd.concat(balances, ignore_index=True)
     weights_all = pd.concat(distributions, ignore_index=True)
     details = {

@@ -269,6 +269,11 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
             "standardised mean differences of "
             "the propensity-model covariates before and after weighting (dashed line: 0.1)."
             if path.stem.startswith("love_plot_") else
+            f"Propensity overlap, "
+            f"{outcome_label(config, path.stem.removeprefix('propensity_overlap_'))}: the "
+            "share of each arm's patients per propensity-score bin (intervention above the "
+            "line, control below); where one arm has none, positivity fails."
+            if path.stem.startswith("propensity_overlap_") else
             f"Tipping point, {outcome_label(config, path.stem.removeprefix('tipping_point_'))}:"
             " the pooled effect as imputed intervention-arm follow-up scores are shifted in the"
             " unfavourable direction (delta, score points)."
