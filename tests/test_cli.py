@@ -38,7 +38,7 @@ def test_help_says_what_the_step_reads_and_writes(step: str, capsys: pytest.Capt
 def test_every_step_function_exists(step: str) -> None:
     import importlib
 
-    module_name, function_name = STEPS[step]["target"]
+    module_name, function_name = STEPS[step].target
     assert callable(getattr(importlib.import_module(module_name), function_name))
 
 
@@ -56,11 +56,11 @@ def test_step_receives_only_its_own_arguments(step: str) -> None:
     import importlib
     import inspect
 
-    module_name, function_name = STEPS[step]["target"]
+    module_name, function_name = STEPS[step].target
     accepted = set(inspect.signature(
         getattr(importlib.import_module(module_name), function_name)).parameters)
     argv = [step]
-    for flags, options in STEPS[step]["args"]:
+    for flags, options in STEPS[step].args:
         if options.get("required"):
             argv += [flags[0], options["choices"][0] if "choices" in options else "x"]
     # config_file (check-data's positional CONFIG) is folded into `config` by the dispatcher.

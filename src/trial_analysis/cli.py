@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,7 +24,7 @@ from trial_analysis.errors import ConfigError, TrialAnalysisError
 
 log = logging.getLogger("trial_analysis")
 
-# subcommand -> (module, function, help, description of inputs/outputs, argument adders)
+# What a step's `--help` shows: one (flags, add_argument options) pair per argument.
 _Arg = tuple[Sequence[str], dict[str, Any]]
 
 
@@ -31,23 +32,74 @@ def _path(help_text: str, **extra: Any) -> dict[str, Any]:
     return {"type": Path, "required": True, "help": help_text, **extra}
 
 
-CONFIG: _Arg = (("--config",), _path("study configuration (YAML), validated against the schema"))
-ANALYSIS: _Arg = (("--analysis",), _path("analysis table (Parquet), written by `allocate`"))
-OUT_JSON: _Arg = (("--out-json",), _path("estimate file to write (JSON)"))
-OUT_CSV: _Arg = (("--out-csv",), _path("the same estimates as a tidy CSV"))
+def _file(flag: str, help_text: str, **extra: Any) -> _Arg:
+    """A required path option: a file or folder the step reads or writes."""
+    return (flag,), _path(help_text, **extra)
 
-STEPS: dict[str, dict[str, Any]] = {
-    "simulate": {
-        "target": ("trial_analysis.simulation.simulate", "run_simulate"),
-        "help": "write a simulated raw extract (the default study's data)",
-        "description": (
-            "Reads: the config (simulation.targets and simulation.assumptions). "
-            "Writes: therapists, patients, sessions and outcomes tables and truth.json to --out."
-        ),
-        "args": [
+
+def _optional_file(flag: str, help_text: str) -> _Arg:
+    """A path option the step can do without (None when not given)."""
+    return (flag,), {"type": Path, "default": None, "help": help_text}
+
+
+def _name(flag: str, help_text: str, **extra: Any) -> _Arg:
+    """A required name (outcome, population, subgroup, scenario ...)."""
+    return (flag,), {"required": True, "help": help_text, **extra}
+
+
+def _jobs(help_text: str) -> _Arg:
+    return ("--jobs",), {"type": int, "default": 1, "help": help_text}
+
+
+CONFIG: _Arg = _file("--config", "study configuration (YAML), validated against the schema")
+ANALYSIS: _Arg = _file("--analysis", "analysis table (Parquet), written by `allocate`")
+OUT_JSON: _Arg = _file("--out-json", "estimate file to write (JSON)")
+OUT_CSV: _Arg = _file("--out-csv", "the same estimates as a tidy CSV")
+CLEAN: _Arg = _file("--clean", "folder of cleaned tables")
+ESTIMATES: _Arg = _file("--estimates", "folder of estimate files")
+TABLES: _Arg = _file("--tables", "folder of tables")
+OUTCOME: _Arg = _name("--outcome", "outcome name from config")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One subcommand: the function it runs, its help, and what it reads and writes."""
+
+    module: str
+    function: str
+    help: str
+    reads: str
+    writes: str
+    args: tuple[_Arg, ...]
+
+    @property
+    def target(self) -> tuple[str, str]:
+        """(module, function) the dispatcher imports and calls."""
+        return self.module, self.function
+
+    @property
+    def description(self) -> str:
+        return f"Reads: {self.reads} Writes: {self.writes}"
+
+
+def _estimate_step(module: str, function: str, help_text: str, reads: str, writes: str,
+                   *options: _Arg) -> Step:
+    """A step that reads the config and the analysis table (plus ``options``) and writes one
+    estimate file as JSON (--out-json) and CSV (--out-csv)."""
+    return Step(module, function, help_text, reads, writes,
+                (CONFIG, ANALYSIS, *options, OUT_JSON, OUT_CSV))
+
+
+STEPS: dict[str, Step] = {
+    "simulate": Step(
+        "trial_analysis.simulation.simulate", "run_simulate",
+        "write a simulated raw extract (the default study's data)",
+        reads="the config (simulation.targets and simulation.assumptions).",
+        writes="therapists, patients, sessions and outcomes tables and truth.json to --out.",
+        args=(
             CONFIG,
             (("--seed",), {"type": int, "default": None, "help": "seed (default: config seed)"}),
-            (("--out",), _path("folder for the raw extract (e.g. data/raw)")),
+            _file("--out", "folder for the raw extract (e.g. data/raw)"),
             (("--layout",), {"choices": ["long", "wide"], "default": None,
                              "help": "outcomes layout (default: config input.outcomes_layout)"}),
             (("--format",), {"dest": "file_format", "choices": ["csv", "parquet"],
@@ -56,261 +108,207 @@ STEPS: dict[str, dict[str, Any]] = {
             (("--n-patients",), {"type": int, "default": None,
                                  "help": "scale the cohort to this many eligible patients "
                                          "(default: the published 4193)"}),
-        ],
-    },
-    "clean": {
-        "target": ("trial_analysis.ingest.clean", "run_clean"),
-        "help": "validate and repair the raw tables; write the cleaning ledger",
-        "description": (
-            "Reads: the raw tables named in config input.tables under --raw. "
-            "Writes: one Parquet file per table under --out and the ledger (one row per raw "
-            "record with its fate) to --ledger."
         ),
-        "args": [
+    ),
+    "clean": Step(
+        "trial_analysis.ingest.clean", "run_clean",
+        "validate and repair the raw tables; write the cleaning ledger",
+        reads="the raw tables named in config input.tables under --raw.",
+        writes="one Parquet file per table under --out and the ledger (one row per raw record "
+               "with its fate) to --ledger.",
+        args=(
             CONFIG,
-            (("--raw",), _path("folder of the raw extract")),
-            (("--out",), _path("folder for the cleaned tables (Parquet)")),
-            (("--ledger",), _path("cleaning ledger to write (Parquet)")),
-        ],
-    },
-    "check-data": {
-        "target": ("trial_analysis.ingest.check_data", "run_check_data"),
-        "help": "check the raw extract against the config and report every problem at once",
-        "description": (
-            "Reads: the raw tables named in config input.tables under --raw (default: config "
-            "paths.raw), with the cleaning step's own rules. Writes: a report of every problem "
-            "per file to standard output (errors, which would stop the pipeline; warnings, rows "
-            "or values cleaning would drop or set missing; notes), and the same as JSON to "
-            "--out. Exit status 2 if any problem would stop the pipeline."
+            _file("--raw", "folder of the raw extract"),
+            _file("--out", "folder for the cleaned tables (Parquet)"),
+            _file("--ledger", "cleaning ledger to write (Parquet)"),
         ),
-        "args": [
+    ),
+    "check-data": Step(
+        "trial_analysis.ingest.check_data", "run_check_data",
+        "check the raw extract against the config and report every problem at once",
+        reads="the raw tables named in config input.tables under --raw (default: config "
+              "paths.raw), with the cleaning step's own rules.",
+        writes="a report of every problem per file to standard output (errors, which would "
+               "stop the pipeline; warnings, rows or values cleaning would drop or set "
+               "missing; notes), and the same as JSON to --out. Exit status 2 if any problem "
+               "would stop the pipeline.",
+        args=(
             # `trial-analysis check-data CONFIG`, like validate-config; --config also works.
             (("config_file",), {"type": Path, "nargs": "?", "default": None,
                                 "metavar": "CONFIG", "help": "study configuration (YAML)"}),
-            (("--config",), {"type": Path, "default": None,
-                             "help": "study configuration (YAML), instead of CONFIG"}),
-            (("--raw",), {"type": Path, "default": None,
-                          "help": "folder of the raw extract (default: config paths.raw)"}),
-            (("--out",), {"type": Path, "default": None,
-                          "help": "also write the report as JSON to this file"}),
-        ],
-    },
-    "eligibility": {
-        "target": ("trial_analysis.cohort.eligibility", "run_eligibility"),
-        "help": "apply the eligibility rules; write the cohort, final ledger and flow counts",
-        "description": (
-            "Reads: cleaned tables (--clean) and the cleaning ledger. Writes: the eligible "
-            "cohort (one row per patient), the final ledger, and the STROBE flow counts up to "
-            "eligibility (computed from the ledger)."
+            _optional_file("--config", "study configuration (YAML), instead of CONFIG"),
+            _optional_file("--raw", "folder of the raw extract (default: config paths.raw)"),
+            _optional_file("--out", "also write the report as JSON to this file"),
         ),
-        "args": [
+    ),
+    "eligibility": Step(
+        "trial_analysis.cohort.eligibility", "run_eligibility",
+        "apply the eligibility rules; write the cohort, final ledger and flow counts",
+        reads="cleaned tables (--clean) and the cleaning ledger.",
+        writes="the eligible cohort (one row per patient), the final ledger, and the STROBE "
+               "flow counts up to eligibility (computed from the ledger).",
+        args=(
+            CONFIG, CLEAN,
+            _file("--clean-ledger", "cleaning ledger (Parquet)"),
+            _file("--cohort", "eligible cohort to write (Parquet)"),
+            _file("--ledger", "final ledger to write (Parquet)"),
+            _file("--flow", "flow counts up to eligibility to write (CSV)"),
+        ),
+    ),
+    "allocate": Step(
+        "trial_analysis.cohort.allocate", "run_allocate",
+        "assign arms, primary therapists, fidelity and complete-case flags",
+        reads="the cohort, cleaned sessions/outcomes/therapists and the eligibility flow.",
+        writes="the analysis table (one row per patient), the full flow table, the "
+               "implementation outcomes table and per-therapist fidelity.",
+        args=(
             CONFIG,
-            (("--clean",), _path("folder of cleaned tables")),
-            (("--clean-ledger",), _path("cleaning ledger (Parquet)")),
-            (("--cohort",), _path("eligible cohort to write (Parquet)")),
-            (("--ledger",), _path("final ledger to write (Parquet)")),
-            (("--flow",), _path("flow counts up to eligibility to write (CSV)")),
-        ],
-    },
-    "allocate": {
-        "target": ("trial_analysis.cohort.allocate", "run_allocate"),
-        "help": "assign arms, primary therapists, fidelity and complete-case flags",
-        "description": (
-            "Reads: the cohort, cleaned sessions/outcomes/therapists and the eligibility flow. "
-            "Writes: the analysis table (one row per patient), the full flow table, the "
-            "implementation outcomes table and per-therapist fidelity."
+            _file("--cohort", "eligible cohort (Parquet)"),
+            CLEAN,
+            _file("--flow-in", "flow counts up to eligibility (CSV)"),
+            _file("--analysis", "analysis table to write (Parquet)"),
+            _file("--flow", "complete flow table to write (CSV)"),
+            _file("--implementation", "implementation outcomes table to write (CSV)"),
+            _file("--fidelity", "per-therapist fidelity table to write (CSV)"),
         ),
-        "args": [
-            CONFIG,
-            (("--cohort",), _path("eligible cohort (Parquet)")),
-            (("--clean",), _path("folder of cleaned tables")),
-            (("--flow-in",), _path("flow counts up to eligibility (CSV)")),
-            (("--analysis",), _path("analysis table to write (Parquet)")),
-            (("--flow",), _path("complete flow table to write (CSV)")),
-            (("--implementation",), _path("implementation outcomes table to write (CSV)")),
-            (("--fidelity",), _path("per-therapist fidelity table to write (CSV)")),
-        ],
-    },
-    "fit-models": {
-        "target": ("trial_analysis.models.outcome_models", "run_fit_models"),
-        "help": "fit every model of every outcome: each population and each subgroup",
-        "description": (
-            "Reads: the analysis table (once). Writes: for each outcome, for each of "
-            "analysis.populations {outcome}.{population}.json/.csv and for each of "
-            "analysis.subgroups {outcome}.subgroup_{subgroup}.json/.csv in --out-dir; the "
-            "same files as `fit` and `fit-subgroup` give one at a time, for any --jobs."
-        ),
-        "args": [
+    ),
+    "fit-models": Step(
+        "trial_analysis.models.outcome_models", "run_fit_models",
+        "fit every model of every outcome: each population and each subgroup",
+        reads="the analysis table (once).",
+        writes="for each outcome, for each of analysis.populations "
+               "{outcome}.{population}.json/.csv and for each of analysis.subgroups "
+               "{outcome}.subgroup_{subgroup}.json/.csv in --out-dir; the same files as `fit` "
+               "and `fit-subgroup` give one at a time, for any --jobs.",
+        args=(
             CONFIG, ANALYSIS,
             (("--outcomes", "--outcome"), {"nargs": "+", "default": None, "metavar": "OUTCOME",
                                            "help": "outcome names from config (default: all)"}),
-            (("--jobs",), {"type": int, "default": 1,
-                           "help": "processes to fit the outcomes in (default 1)"}),
-            (("--out-dir",), _path("folder of the estimate files to write")),
-        ],
-    },
-    "fit": {
-        "target": ("trial_analysis.models.outcome_models", "run_fit"),
-        "help": "fit the primary linear mixed model for one outcome and population",
-        "description": (
-            "Reads: the analysis table. Writes: tidy estimates (arm x time effect with SE, CI, "
-            "p; variance components; marginal means) as JSON and CSV."
+            _jobs("processes to fit the outcomes in (default 1)"),
+            _file("--out-dir", "folder of the estimate files to write"),
         ),
-        "args": [
+    ),
+    "fit": _estimate_step(
+        "trial_analysis.models.outcome_models", "run_fit",
+        "fit the primary linear mixed model for one outcome and population",
+        "the analysis table.",
+        "tidy estimates (arm x time effect with SE, CI, p; variance components; marginal "
+        "means) as JSON and CSV.",
+        OUTCOME, _name("--population", "complete_case or all_available"),
+    ),
+    "fit-subgroup": _estimate_step(
+        "trial_analysis.models.outcome_models", "run_fit_subgroup",
+        "fit the arm x time x subgroup model for one outcome and subgroup",
+        "the analysis table.",
+        "the effect within each subgroup level, the heterogeneity test and stratified fits, "
+        "as JSON and CSV.",
+        OUTCOME, _name("--subgroup", "subgroup variable from config"),
+    ),
+    "sessions": _estimate_step(
+        "trial_analysis.models.sessions", "run_sessions",
+        "model the number of treatment sessions by arm",
+        "the analysis table.",
+        "negative binomial ratio of means with therapist-clustered CI (and the Poisson "
+        "sensitivity), as JSON and CSV.",
+    ),
+    "responders": _estimate_step(
+        "trial_analysis.models.responders", "run_responders",
+        "responder analysis at each outcome's MCID",
+        "the analysis table.",
+        "proportions improving by at least the MCID by arm, risk difference and odds ratio "
+        "with CIs, as JSON and CSV.",
+    ),
+    "impute": Step(
+        "trial_analysis.causal.imputation", "run_impute",
+        "multiple imputation (chained equations, PMM), shared by MI and tipping point",
+        reads="the analysis table (config sensitivity.multiple_imputation and seed).",
+        writes="the imputed cells of every imputation as Parquet to --out, read by the "
+               "multiple_imputation and tipping_point sensitivity analyses (--imputations). "
+               "The file is the same whatever --jobs is.",
+        args=(
             CONFIG, ANALYSIS,
-            (("--outcome",), {"required": True, "help": "outcome name from config"}),
-            (("--population",), {"required": True,
-                                 "help": "complete_case or all_available"}),
+            _file("--out", "imputation file to write (Parquet)"),
+            _jobs("processes running the imputation chains (default 1)"),
+        ),
+    ),
+    "sensitivity": Step(
+        "trial_analysis.causal.sensitivity", "run_sensitivity",
+        "one sensitivity analysis of the observational comparison",
+        reads="the analysis table (and, for evalue and multiple_imputation, the primary "
+              "estimate files; for multiple_imputation and tipping_point, the imputation file "
+              "of `impute` when given).",
+        writes="tidy estimates as JSON and CSV; the love plot or tipping-point figure to "
+               "--figures-dir.",
+        args=(
+            CONFIG, ANALYSIS,
+            _name("--analysis-name", "which analysis",
+                  choices=["propensity", "evalue", "multiple_imputation", "tipping_point",
+                           "therapist_fixed_effects"]),
             OUT_JSON, OUT_CSV,
-        ],
-    },
-    "fit-subgroup": {
-        "target": ("trial_analysis.models.outcome_models", "run_fit_subgroup"),
-        "help": "fit the arm x time x subgroup model for one outcome and subgroup",
-        "description": (
-            "Reads: the analysis table. Writes: the effect within each subgroup level, the "
-            "heterogeneity test and stratified fits, as JSON and CSV."
+            _optional_file("--figures-dir", "folder for this analysis's figures"),
+            _optional_file("--estimates-dir", "folder of the primary estimate files"),
+            _optional_file("--imputations", "imputation file written by `impute` "
+                                            "(multiple_imputation, tipping_point; else they "
+                                            "impute themselves)"),
         ),
-        "args": [
-            CONFIG, ANALYSIS,
-            (("--outcome",), {"required": True, "help": "outcome name from config"}),
-            (("--subgroup",), {"required": True, "help": "subgroup variable from config"}),
-            OUT_JSON, OUT_CSV,
-        ],
-    },
-    "sessions": {
-        "target": ("trial_analysis.models.sessions", "run_sessions"),
-        "help": "model the number of treatment sessions by arm",
-        "description": (
-            "Reads: the analysis table. Writes: negative binomial ratio of means with "
-            "therapist-clustered CI (and the Poisson sensitivity), as JSON and CSV."
-        ),
-        "args": [CONFIG, ANALYSIS, OUT_JSON, OUT_CSV],
-    },
-    "responders": {
-        "target": ("trial_analysis.models.responders", "run_responders"),
-        "help": "responder analysis at each outcome's MCID",
-        "description": (
-            "Reads: the analysis table. Writes: proportions improving by at least the MCID by "
-            "arm, risk difference and odds ratio with CIs, as JSON and CSV."
-        ),
-        "args": [CONFIG, ANALYSIS, OUT_JSON, OUT_CSV],
-    },
-    "impute": {
-        "target": ("trial_analysis.causal.imputation", "run_impute"),
-        "help": "multiple imputation (chained equations, PMM), shared by MI and tipping point",
-        "description": (
-            "Reads: the analysis table (config sensitivity.multiple_imputation and seed). "
-            "Writes: the imputed cells of every imputation as Parquet to --out, read by the "
-            "multiple_imputation and tipping_point sensitivity analyses (--imputations). The "
-            "file is the same whatever --jobs is."
-        ),
-        "args": [
-            CONFIG, ANALYSIS,
-            (("--out",), _path("imputation file to write (Parquet)")),
-            (("--jobs",), {"type": int, "default": 1,
-                           "help": "processes running the imputation chains (default 1)"}),
-        ],
-    },
-    "sensitivity": {
-        "target": ("trial_analysis.causal.sensitivity", "run_sensitivity"),
-        "help": "one sensitivity analysis of the observational comparison",
-        "description": (
-            "Reads: the analysis table (and, for evalue and multiple_imputation, the primary "
-            "estimate files; for multiple_imputation and tipping_point, the imputation file of "
-            "`impute` when given). Writes: tidy estimates as JSON and CSV; the love plot or "
-            "tipping-point figure to --figures-dir."
-        ),
-        "args": [
-            CONFIG, ANALYSIS,
-            (("--analysis-name",), {"required": True,
-                                    "choices": ["propensity", "evalue", "multiple_imputation",
-                                                "tipping_point", "therapist_fixed_effects"],
-                                    "help": "which analysis"}),
-            OUT_JSON, OUT_CSV,
-            (("--figures-dir",), {"type": Path, "default": None,
-                                  "help": "folder for this analysis's figures"}),
-            (("--estimates-dir",), {"type": Path, "default": None,
-                                    "help": "folder of the primary estimate files"}),
-            (("--imputations",), {"type": Path, "default": None,
-                                  "help": "imputation file written by `impute` "
-                                          "(multiple_imputation, tipping_point; else they "
-                                          "impute themselves)"}),
-        ],
-    },
-    "tables": {
-        "target": ("trial_analysis.reporting.tables", "run_tables"),
-        "help": "write the report tables (Table 1, estimates, subgroups, ...) as CSV",
-        "description": "Reads: the analysis table and estimate files. Writes: CSV tables to --out.",
-        "args": [
-            CONFIG, ANALYSIS,
-            (("--estimates",), _path("folder of estimate files")),
-            (("--out",), _path("folder for the tables")),
-        ],
-    },
-    "figures": {
-        "target": ("trial_analysis.reporting.figures", "run_figures"),
-        "help": "draw the report figures (PNG and SVG)",
-        "description": (
-            "Reads: the analysis table, estimate files and tables. Writes: flow diagram, "
-            "trajectories, forest plot, sessions and implementation figures to --out."
-        ),
-        "args": [
-            CONFIG, ANALYSIS,
-            (("--estimates",), _path("folder of estimate files")),
-            (("--tables",), _path("folder of tables")),
-            (("--out",), _path("folder for the figures")),
-        ],
-    },
-    "report": {
-        "target": ("trial_analysis.reporting.report", "run_report"),
-        "help": "assemble the self-contained HTML report",
-        "description": (
-            "Reads: tables, figures, estimates, the raw extract (for checksums) and rule "
-            "benchmarks. Writes: one self-contained HTML file (images embedded)."
-        ),
-        "args": [
+    ),
+    "tables": Step(
+        "trial_analysis.reporting.tables", "run_tables",
+        "write the report tables (Table 1, estimates, subgroups, ...) as CSV",
+        reads="the analysis table and estimate files.",
+        writes="CSV tables to --out.",
+        args=(CONFIG, ANALYSIS, ESTIMATES, _file("--out", "folder for the tables")),
+    ),
+    "figures": Step(
+        "trial_analysis.reporting.figures", "run_figures",
+        "draw the report figures (PNG and SVG)",
+        reads="the analysis table, estimate files and tables.",
+        writes="flow diagram, trajectories, forest plot, sessions and implementation figures "
+               "to --out.",
+        args=(CONFIG, ANALYSIS, ESTIMATES, TABLES, _file("--out", "folder for the figures")),
+    ),
+    "report": Step(
+        "trial_analysis.reporting.report", "run_report",
+        "assemble the self-contained HTML report",
+        reads="tables, figures, estimates, the raw extract (for checksums) and rule "
+              "benchmarks.",
+        writes="one self-contained HTML file (images embedded).",
+        args=(
             CONFIG,
-            (("--raw",), _path("folder of the raw extract (checksummed for provenance)")),
-            (("--estimates",), _path("folder of estimate files")),
-            (("--tables",), _path("folder of tables")),
-            (("--figures",), _path("folder of figures")),
-            (("--benchmarks",), {"type": Path, "default": None,
-                                 "help": "folder of Snakemake benchmark files (run times)"}),
-            (("--out",), _path("report to write (HTML)")),
-        ],
-    },
-    "simulate-study": {
-        "target": ("trial_analysis.simulation.simulation_study", "run_simulate_study"),
-        "help": "simulation study: run one chunk of replicates of one scenario",
-        "description": (
-            "Reads: the config (its simulation section) and the simulation study file. "
-            "Writes: one CSV row per replicate x outcome x population (estimate, SE, CI, p, "
-            "status) to --out."
+            _file("--raw", "folder of the raw extract (checksummed for provenance)"),
+            ESTIMATES, TABLES,
+            _file("--figures", "folder of figures"),
+            _optional_file("--benchmarks", "folder of Snakemake benchmark files (run times)"),
+            _file("--out", "report to write (HTML)"),
         ),
-        "args": [
+    ),
+    "simulate-study": Step(
+        "trial_analysis.simulation.simulation_study", "run_simulate_study",
+        "simulation study: run one chunk of replicates of one scenario",
+        reads="the config (its simulation section) and the simulation study file.",
+        writes="one CSV row per replicate x outcome x population (estimate, SE, CI, p, "
+               "status) to --out.",
+        args=(
             CONFIG,
-            (("--study",), _path("simulation study file (e.g. config/simulation_study.yaml)")),
-            (("--scenario",), {"required": True, "help": "scenario name from the study file"}),
+            _file("--study", "simulation study file (e.g. config/simulation_study.yaml)"),
+            _name("--scenario", "scenario name from the study file"),
             (("--replicates",), {"default": None, "metavar": "A:B",
                                  "help": "replicates A..B-1 (0-based; default: all)"}),
-            (("--out",), _path("chunk CSV to write")),
-        ],
-    },
-    "simulate-study-summary": {
-        "target": ("trial_analysis.simulation.simulation_study", "run_simulate_study_summary"),
-        "help": "simulation study: bias, empirical SE, coverage, power with Monte Carlo SEs",
-        "description": (
-            "Reads: the config, the simulation study file and every chunk CSV. Writes: one row "
-            "per scenario x outcome x population as CSV and JSON."
+            _file("--out", "chunk CSV to write"),
         ),
-        "args": [
+    ),
+    "simulate-study-summary": Step(
+        "trial_analysis.simulation.simulation_study", "run_simulate_study_summary",
+        "simulation study: bias, empirical SE, coverage, power with Monte Carlo SEs",
+        reads="the config, the simulation study file and every chunk CSV.",
+        writes="one row per scenario x outcome x population as CSV and JSON.",
+        args=(
             CONFIG,
-            (("--study",), _path("simulation study file")),
-            (("--chunks",), _path("chunk CSVs written by simulate-study", nargs="+")),
+            _file("--study", "simulation study file"),
+            _file("--chunks", "chunk CSVs written by simulate-study", nargs="+"),
             OUT_CSV, OUT_JSON,
-        ],
-    },
+        ),
+    ),
 }
 
 
@@ -357,10 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
     for name, spec in STEPS.items():
-        step = sub.add_parser(name, help=spec["help"], description=spec["description"])
-        for flags, options in spec["args"]:
+        step = sub.add_parser(name, help=spec.help, description=spec.description)
+        for flags, options in spec.args:
             step.add_argument(*flags, **options)
-        step.set_defaults(target=spec["target"])
+        step.set_defaults(target=spec.target)
     check = sub.add_parser(
         "validate-config",
         help="check a study configuration against the schema and report every problem",

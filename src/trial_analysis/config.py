@@ -323,6 +323,23 @@ def outcome_spec(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     raise KeyError(name)
 
 
+def confidence_level(config: Mapping[str, Any]) -> float:
+    """``analysis.confidence_level`` (default 0.95, as the schema's, for a partial config)."""
+    return float(config.get("analysis", {}).get("confidence_level", 0.95))
+
+
+def arm_labels(config: Mapping[str, Any]) -> tuple[str, str]:
+    """The (intervention, control) arm labels of ``allocation`` (their names if not given)."""
+    allocation = config.get("allocation", {})
+    return allocation.get("intervention", "intervention"), allocation.get("control", "control")
+
+
+def arm_labels_by_code(config: Mapping[str, Any]) -> dict[int, str]:
+    """The arm labels keyed by the analysis table's ``arm_intervention`` (1, 0)."""
+    intervention, control = arm_labels(config)
+    return {1: intervention, 0: control}
+
+
 # ---------------------------------------------------------------------------------------------
 # Study structure: time points, optional tables, patient variables, clustering
 

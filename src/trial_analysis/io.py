@@ -12,10 +12,10 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -119,3 +119,58 @@ def read_analysis_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         return pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         raise DataError(str(path), f"not a readable Parquet file ({exc})") from None
+
+
+def positions(mask: pd.Series | np.ndarray) -> list[int]:
+    """1-based row positions where ``mask`` is true (how the contract numbers Parquet rows)."""
+    return [int(i) + 1 for i in np.flatnonzero(np.asarray(mask, dtype=bool))]
+
+
+class ColumnWording(NamedTuple):
+    """How a step words a missing input column: ``str.format`` templates of the problem and
+    the hint, with ``{column}`` (the first missing), ``{missing}`` (the list), ``{names}``
+    (the missing comma-separated), ``{present}`` (the file's columns) and ``{why}``.
+
+    The steps word it differently (and tests and users see the words), so each keeps its own.
+    """
+
+    problem: str
+    hint: str | None = None
+
+
+# The cleaned tables, ledgers and flow files: which columns the file does have.
+FILE_COLUMNS = ColumnWording("required column missing (the file has: {present})")
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str, why: str = "",
+                    wording: ColumnWording = FILE_COLUMNS) -> None:
+    """Raise a :class:`DataError` naming the first of ``columns`` that ``frame`` lacks.
+
+    ``why`` (what the columns are needed for) and ``wording`` fill the message.
+    """
+    missing = [c for c in columns if c not in frame.columns]
+    if not missing:
+        return
+    fields = {"column": missing[0], "missing": missing, "names": ", ".join(map(str, missing)),
+              "present": ", ".join(map(str, frame.columns)), "why": why}
+    hint = None if wording.hint is None else wording.hint.format(**fields)
+    raise DataError(source, wording.problem.format(**fields), column=missing[0], hint=hint)
+
+
+def tidy_frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
+               flags: Sequence[str] = (), counts: Sequence[str] = (),
+               texts: Sequence[str] = ()) -> pd.DataFrame:
+    """Estimate rows in the fixed column order ``columns``.
+
+    ``flags`` become bool, ``counts`` nullable integers (``Int64``: a count can be absent) and
+    ``texts`` strings with missing as "", so every file of a kind has the same dtypes whatever
+    its rows hold.
+    """
+    frame = pd.DataFrame(list(rows), columns=list(columns))
+    for column in flags:
+        frame[column] = frame[column].astype(bool)
+    for column in texts:
+        frame[column] = frame[column].fillna("").astype(str)
+    for column in counts:
+        frame[column] = frame[column].astype("Int64")
+    return frame

@@ -46,8 +46,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trial_analysis.columns import ARM, THERAPIST, outcome_columns
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.io import read_json
+from trial_analysis.io import ColumnWording, read_json, require_columns, tidy_frame
 from trial_analysis.models.distributions import norm_ppf, norm_sf, t_ppf, t_sf
 from trial_analysis.models.robust import cr1_factor
 
@@ -74,10 +75,8 @@ ANALYSES = [
     "therapist_fixed_effects",
 ]
 
-ARM = "arm_intervention"
-THERAPIST = "therapist_id"
-CLINIC = "clinic_id"
-ARM_TERM = "arm_intervention"
+# The arm's coefficient in the outcome model (named after its column, as R names it).
+ARM_TERM = ARM
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,37 +150,13 @@ def analysis_covariates(config: Mapping[str, Any]) -> list[str]:
     return list(config.get("analysis", {}).get("covariates", []))
 
 
-def confidence_level(config: Mapping[str, Any]) -> float:
-    """``analysis.confidence_level`` (default 0.95)."""
-    return float(config.get("analysis", {}).get("confidence_level", 0.95))
-
-
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
 
 
-def require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str, why: str) -> None:
-    """Raise a :class:`DataError` naming the first missing column."""
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(source, f"required column missing ({why})", column=missing[0],
-                        hint=f"Columns missing: {missing}")
-
-
-def check_arm(frame: pd.DataFrame, source: str) -> None:
-    """``arm_intervention`` must be 0/1 on every row, and both arms present."""
-    require_columns(frame, [ARM], source, "the arm indicator")
-    values = pd.to_numeric(frame[ARM], errors="coerce")
-    bad = ~values.isin([0, 1])
-    if bad.any():
-        raise DataError(source, "arm_intervention must be 1 (intervention) or 0 (control)",
-                        column=ARM, rows=(np.flatnonzero(bad.to_numpy()) + 1).tolist())
-    if values.nunique() < 2:
-        raise DataError(source, "both arms are needed for a comparison, only one is present",
-                        column=ARM)
-
-
+# How the sensitivity analyses word a missing column of the analysis table.
+MISSING_COLUMN = ColumnWording("required column missing ({why})", "Columns missing: {missing}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,11 +182,6 @@ def encode_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
             dummy[values.isna()] = np.nan
             blocks[f"{column}{level}"] = dummy
     return pd.DataFrame(blocks, index=frame.index)
-
-
-def outcome_columns(outcome: str) -> tuple[str, str]:
-    """``({outcome}_baseline, {outcome}_followup)``."""
-    return f"{outcome}_baseline", f"{outcome}_followup"
 
 
 def cluster_codes(labels: pd.Series) -> np.ndarray:
@@ -282,7 +252,7 @@ def ancova_frame(
     """Rows with the follow-up, baseline and every covariate present, and a note of drops."""
     baseline, followup = outcome_columns(outcome)
     require_columns(frame, [ARM, THERAPIST, baseline, followup, *covariates], source,
-                    f"the {outcome} outcome model")
+                    f"the {outcome} outcome model", MISSING_COLUMN)
     needed = [followup, baseline, *covariates]
     present = frame[needed].notna().to_numpy()
     keep = present.all(axis=1)
@@ -322,7 +292,7 @@ def ancova_design(
     """Arrays of the ANCOVA ``follow-up ~ arm + baseline + covariates`` (see :func:`fit_ancova`)."""
     baseline, followup = outcome_columns(outcome)
     require_columns(frame, [ARM, THERAPIST, baseline, followup, *covariates], source,
-                    f"the {outcome} outcome model")
+                    f"the {outcome} outcome model", MISSING_COLUMN)
     present = frame[[followup, baseline, *covariates]].notna().to_numpy()
     keep = present.all(axis=1)
     notes = []
@@ -427,13 +397,10 @@ def _within(X: np.ndarray, w: np.ndarray, groups: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def tidy_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows in the fixed tidy column order."""
-    frame = pd.DataFrame(list(rows), columns=TIDY_COLUMNS)
-    frame["notes"] = frame["notes"].fillna("").astype(str)
-    for column in ("n_patients", "n_clusters"):
-        frame[column] = frame[column].astype("Int64")
-    return frame
+def sensitivity_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Sensitivity rows in :data:`TIDY_COLUMNS` order; notes text, patient and cluster counts
+    nullable integers (a count can be absent)."""
+    return tidy_frame(rows, TIDY_COLUMNS, texts=["notes"], counts=["n_patients", "n_clusters"])
 
 
 def tidy_row(outcome: str, analysis: str, method: str, term: str, values: Mapping[str, float],

@@ -34,18 +34,17 @@ import numpy as np
 import pandas as pd
 
 from trial_analysis.causal.common import (
-    ARM,
+    MISSING_COLUMN,
     SensitivityResult,
-    check_arm,
-    outcome_columns,
     primary_effects,
-    require_columns,
+    sensitivity_frame,
     sensitivity_outcomes,
     settings,
-    tidy_frame,
     tidy_row,
 )
+from trial_analysis.columns import ARM, check_arm, outcome_columns
 from trial_analysis.errors import ConfigError, DataError
+from trial_analysis.io import require_columns
 
 # VanderWeele & Ding: log(OR) ~ (pi / sqrt(3)) d ~ 1.81 d, and RR ~ sqrt(OR) for a common
 # outcome, hence RR ~ exp(0.91 d).
@@ -104,7 +103,8 @@ def standardising_sd(
 ) -> tuple[float, int]:
     """SD of the change (or follow-up) score in the control arm, and the patients it uses."""
     baseline, followup = outcome_columns(outcome)
-    require_columns(analysis, [ARM, baseline, followup], source, "E-value standardisation")
+    require_columns(analysis, [ARM, baseline, followup], source, "E-value standardisation",
+                    MISSING_COLUMN)
     control = analysis[analysis[ARM] == 0]
     if kind == "change":
         values = (control[followup] - control[baseline]).dropna()
@@ -129,7 +129,7 @@ def run_evalues(
     (estimate and CI of d), ``risk_ratio`` (approximate RR and, as ``ci_low``, the RR of the
     limit closest to the null), ``evalue_estimate`` and ``evalue_ci``.
     """
-    check_arm(analysis, source)
+    check_arm(analysis, source, require_both_arms=True, wording=MISSING_COLUMN)
     options = settings(config, "evalue")
     outcomes = sensitivity_outcomes(config)
     primary = primary_effects(estimates_dir, outcomes, options["populations"])
@@ -172,5 +172,5 @@ def run_evalues(
                "headline": {f"{r['outcome']} {r['population']} E-value (CI)":
                             f"{r['evalue_estimate']:.2f} ({r['evalue_ci']:.2f})"
                             for r in table}}
-    return SensitivityResult("evalue", tidy_frame(rows), tables={"evalues": pd.DataFrame(table)},
-                             details=details)
+    return SensitivityResult("evalue", sensitivity_frame(rows),
+                             tables={"evalues": pd.DataFrame(table)}, details=details)

@@ -80,28 +80,26 @@ import numpy as np
 import pandas as pd
 
 from trial_analysis.causal.common import (
-    ARM,
     ARM_TERM,
+    MISSING_COLUMN,
     SensitivityResult,
     analysis_covariates,
     ancova_design,
-    check_arm,
     cluster_sums,
-    confidence_level,
     encode_columns,
     fit_ancova,
-    outcome_columns,
     outcome_specs,
     primary_effects,
-    require_columns,
+    sensitivity_frame,
     sensitivity_outcomes,
     settings,
     t_interval,
-    tidy_frame,
     tidy_row,
 )
+from trial_analysis.columns import ARM, check_arm, outcome_columns
+from trial_analysis.config import confidence_level
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.io import atomic_path, read_analysis_table
+from trial_analysis.io import atomic_path, read_analysis_table, require_columns
 from trial_analysis.models.robust import cr1_factor
 from trial_analysis.parallel import map_shared
 
@@ -363,7 +361,7 @@ class _Prepared:
 def _prepare(analysis: pd.DataFrame, config: Mapping[str, Any], source: str,
              m: int | None) -> _Prepared:
     """Rows, variables to impute and per-group predictors, with the input checks."""
-    check_arm(analysis, source)
+    check_arm(analysis, source, require_both_arms=True, wording=MISSING_COLUMN)
     options = settings(config, "multiple_imputation")
     options["m"] = int(m if m is not None else options["m"])
     if options["m"] < 2:
@@ -372,7 +370,7 @@ def _prepare(analysis: pd.DataFrame, config: Mapping[str, Any], source: str,
     scores = [c for o in config.get("outcomes", []) for c in outcome_columns(o["name"])]
     auxiliary = [c for c in options["auxiliary"] if c not in scores]
     require_columns(analysis, [*scores, *auxiliary, *covariates], source,
-                    "multiple imputation")
+                    "multiple imputation", MISSING_COLUMN)
     text = [c for c in auxiliary if not pd.api.types.is_numeric_dtype(analysis[c])]
     if text:
         raise ConfigError("config", [f"sensitivity.multiple_imputation.auxiliary: {text} are "
@@ -723,7 +721,7 @@ def run_multiple_imputation(
         if not primary.empty:
             by_population = {p: primary[primary["population"] == p].assign(term=ARM_TERM)
                              for p in ("complete_case", "all_available")}
-            pooled_rows = tidy_frame(rows)
+            pooled_rows = sensitivity_frame(rows)
             pooled_rows = pooled_rows[pooled_rows["method"] == "multiple_imputation_ancova"]
             aligned = line_up(by_population["complete_case"], by_population["all_available"])
             keep = ["outcome", "term", "estimate", "std_error", "ci_low", "ci_high", "p_value",
@@ -744,7 +742,7 @@ def run_multiple_imputation(
         "headline": {f"{o} fraction of missing information": round(v, 3)
                      for o, v in fmi.items()},
     }
-    return SensitivityResult("multiple_imputation", tidy_frame(rows), tables=tables,
+    return SensitivityResult("multiple_imputation", sensitivity_frame(rows), tables=tables,
                              details=details)
 
 
@@ -973,7 +971,7 @@ def run_tipping_point(
     details = {"settings": options, "seed": int(config.get("seed", 0)),
                "imputation": settings(config, "multiple_imputation"),
                "tipping_points": points, "confidence_level": level, "headline": headline}
-    return SensitivityResult("tipping_point", tidy_frame(rows),
+    return SensitivityResult("tipping_point", sensitivity_frame(rows),
                              tables={"grid": pd.concat(grids, ignore_index=True)},
                              details=details, figures=figures)
 

@@ -82,25 +82,22 @@ import pandas as pd
 import scipy.sparse as sp
 
 from trial_analysis.causal.common import (
-    ARM,
     ARM_TERM,
-    CLINIC,
-    THERAPIST,
+    MISSING_COLUMN,
     SensitivityResult,
     analysis_covariates,
     ancova_frame,
-    check_arm,
-    confidence_level,
     encode_columns,
     fit_ancova,
-    outcome_columns,
-    require_columns,
+    sensitivity_frame,
     sensitivity_outcomes,
     settings,
-    tidy_frame,
     tidy_row,
 )
+from trial_analysis.columns import ARM, CLINIC, THERAPIST, check_arm, outcome_columns
+from trial_analysis.config import confidence_level
 from trial_analysis.errors import ConfigError, DataError
+from trial_analysis.io import require_columns
 
 OPTIONAL_COVARIATES = ("bmi", "ses_score")
 # Propensities this close to 0 or 1 mark patients for whom one arm was practically impossible.
@@ -121,7 +118,8 @@ def therapist_terms(frame: pd.DataFrame, terms: Sequence[str]) -> pd.DataFrame:
     out = pd.DataFrame(index=frame.index)
     if not terms:
         return out
-    require_columns(frame, [THERAPIST], "analysis table", "therapist-level propensity terms")
+    require_columns(frame, [THERAPIST], "analysis table", "therapist-level propensity terms",
+                    MISSING_COLUMN)
     grouped = frame.groupby(THERAPIST, observed=True)[ARM]
     total = grouped.transform("sum").astype(float)
     count = grouped.transform("count").astype(float)
@@ -163,7 +161,7 @@ def clinic_indicators(
     frame: pd.DataFrame, source: str = "analysis table"
 ) -> ClinicIndicators:
     """Clinic fixed-effect dummies of ``frame``: missing clinic is a level of its own."""
-    require_columns(frame, [CLINIC], source, "clinic fixed effects")
+    require_columns(frame, [CLINIC], source, "clinic fixed effects", MISSING_COLUMN)
     clinics = frame[CLINIC].astype("string").fillna("(missing)")
     codes, levels = pd.factorize(clinics, sort=True)
     names = [f"clinic_{level}" for level in levels[1:]]
@@ -185,7 +183,7 @@ def propensity_covariates(
                if c in frame.columns or c not in OPTIONAL_COVARIATES]
     if options["include_outcome_baselines"]:
         columns += [outcome_columns(o["name"])[0] for o in config.get("outcomes", [])]
-    require_columns(frame, columns, source, "propensity model covariates")
+    require_columns(frame, columns, source, "propensity model covariates", MISSING_COLUMN)
     encoded = encode_columns(frame, columns)
     for column in columns:
         # A text covariate's missing values form their own level so no patient is dropped.
@@ -373,7 +371,7 @@ def fit_propensity(
         The table the therapist-level terms are computed from (default ``frame``); the whole
         analysis table describes a therapist's practice better than a subset of it.
     """
-    check_arm(frame, source)
+    check_arm(frame, source, require_both_arms=True, wording=MISSING_COLUMN)
     options = settings(config, "propensity")
     base = frame if therapist_frame is None else therapist_frame
     covariates = propensity_covariates(base, config, source).loc[frame.index]
@@ -703,7 +701,7 @@ def run_propensity_analysis(
     with therapist-clustered CR1 standard errors. Term ``arm_intervention``: the adjusted
     difference in mean follow-up (= in mean change), intervention minus control.
     """
-    check_arm(analysis, source)
+    check_arm(analysis, source, require_both_arms=True, wording=MISSING_COLUMN)
     options = settings(config, "propensity")
     if options["sample"] not in ("analysed", "all"):
         raise ConfigError("config", [f"sensitivity.propensity.sample: '{options['sample']}' "
@@ -790,7 +788,7 @@ def run_propensity_analysis(
             f"{row['n_propensity_extreme']} with propensity < {EXTREME_PROPENSITY:g} or "
             f"> {1 - EXTREME_PROPENSITY:g}")
     return SensitivityResult(
-        "propensity", tidy_frame(rows),
+        "propensity", sensitivity_frame(rows),
         tables={"balance": balance_all,
                 "weights": weights_all,
                 "propensity_model": pd.concat(models, ignore_index=True)},

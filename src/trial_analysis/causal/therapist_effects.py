@@ -14,20 +14,19 @@ from typing import Any
 import pandas as pd
 
 from trial_analysis.causal.common import (
-    ARM,
     ARM_TERM,
-    THERAPIST,
+    MISSING_COLUMN,
     SensitivityResult,
     analysis_covariates,
     ancova_frame,
-    check_arm,
-    confidence_level,
     fit_ancova,
+    sensitivity_frame,
     sensitivity_outcomes,
     settings,
-    tidy_frame,
     tidy_row,
 )
+from trial_analysis.columns import ARM, THERAPIST, check_arm
+from trial_analysis.config import confidence_level
 
 
 def both_arm_sample(
@@ -55,7 +54,7 @@ def fit_therapist_fixed_effects(
     fixed effects in the same sample (``ancova_same_sample``) and in all analysed patients
     (``ancova_all_therapists``).
     """
-    check_arm(analysis, source)
+    check_arm(analysis, source, require_both_arms=True, wording=MISSING_COLUMN)
     options = settings(config, "therapist_fixed_effects")
     min_per_arm = int(options["min_patients_per_arm"])
     covariates = analysis_covariates(config)
@@ -93,5 +92,5 @@ def fit_therapist_fixed_effects(
     details = {"settings": options, "covariates": covariates, "confidence_level": level,
                "model": "ANCOVA: follow-up ~ arm + baseline + covariates + therapist fixed "
                         "intercepts; CR1 SE clustered by therapist; t(G-1) intervals"}
-    return SensitivityResult("therapist_fixed_effects", tidy_frame(rows),
+    return SensitivityResult("therapist_fixed_effects", sensitivity_frame(rows),
                              tables={"samples": pd.DataFrame(counts)}, details=details)

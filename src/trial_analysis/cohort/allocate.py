@@ -48,7 +48,6 @@ from trial_analysis.cohort.eligibility import (
     make_flow_frame,
     read_clean_tables,
     read_parquet_input,
-    require_columns,
 )
 from trial_analysis.columns import (
     COVARIATES,
@@ -63,6 +62,7 @@ from trial_analysis.config import (
     score_columns,
 )
 from trial_analysis.errors import DataError
+from trial_analysis.io import require_columns
 
 RULE_TRAINED = "ETMI code by trained therapist"
 RULE_UNTRAINED = "ETMI code by untrained therapist"

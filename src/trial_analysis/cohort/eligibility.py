@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from trial_analysis import io
 from trial_analysis.errors import DataError
+from trial_analysis.io import require_columns
 
 TABLES = ("therapists", "patients", "sessions", "outcomes")
 LEDGER_COLUMNS = ["table", "record_id", "fate", "reason", "step"]
@@ -78,17 +79,6 @@ def read_parquet_input(path: str | Path, what: str) -> pd.DataFrame:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
         raise DataError(str(path), f"not a readable Parquet file ({exc})") from None
-
-
-def require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
-    """Raise a DataError naming the first required column ``frame`` lacks."""
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(
-            source,
-            f"required column missing (the file has: {', '.join(map(str, frame.columns))})",
-            column=missing[0],
-        )
 
 
 def arrow_strings(values: pd.Series | pd.Index | Sequence[Any]) -> pa.Array | pa.ChunkedArray:

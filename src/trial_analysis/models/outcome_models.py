@@ -102,7 +102,9 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
+from trial_analysis.columns import ARM, check_arm
 from trial_analysis.config import (
+    arm_labels_by_code,
     followup_labels,
     level_column,
     outcome_names,
@@ -112,7 +114,14 @@ from trial_analysis.config import (
     time_values,
 )
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv, write_json
+from trial_analysis.io import (
+    ESTIMATE_COLUMNS,
+    ColumnWording,
+    read_analysis_table,
+    require_columns,
+    write_csv,
+    write_json,
+)
 from trial_analysis.models.distributions import chi2_sf, norm_ppf, norm_sf
 from trial_analysis.models.fast_lmm import fit_nested_lmm
 from trial_analysis.models.lmm_inference import (
@@ -330,13 +339,10 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
                      if outcome in outcomes else (), notes=tuple(notes))
 
 
-def _require_columns(analysis: pd.DataFrame, columns: list[str], source: str) -> None:
-    missing = [c for c in columns if c not in analysis.columns]
-    if missing:
-        raise DataError(source, f"required column(s) missing: {', '.join(missing)}",
-                        column=missing[0],
-                        hint="the analysis table is written by `allocate`; see "
-                             "docs/data-contracts.md for its columns")
+# How the outcome models word missing columns of the analysis table: all of them at once.
+_MISSING_COLUMNS = ColumnWording("required column(s) missing: {names}",
+                                 "the analysis table is written by `allocate`; see "
+                                 "docs/data-contracts.md for its columns")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,20 +366,13 @@ def long_data(analysis: pd.DataFrame, spec: ModelSpec,
     base, complete = f"{outcome}_baseline", f"complete_{outcome}"
     follow_columns = list(spec.score_columns) or [f"{outcome}_followup"]
     id_columns = [level_column(lv) for lv in spec.random_effects]
-    needed = ["patient_id", "arm_intervention", base, *follow_columns, *spec.covariates,
-              *id_columns]
+    needed = ["patient_id", ARM, base, *follow_columns, *spec.covariates, *id_columns]
     if spec.population == "complete_case":
         needed.append(complete)
     if spec.subgroup:
         needed.append(spec.subgroup)
-    _require_columns(analysis, list(dict.fromkeys(needed)), source)
-
-    arm = pd.to_numeric(analysis["arm_intervention"], errors="coerce")
-    bad_arm = ~arm.isin([0, 1])
-    if bad_arm.any():
-        raise DataError(source, "arm_intervention must be 1 (intervention) or 0 (control)",
-                        column="arm_intervention",
-                        rows=(np.flatnonzero(bad_arm.to_numpy()) + 1).tolist())
+    require_columns(analysis, list(dict.fromkeys(needed)), source, wording=_MISSING_COLUMNS)
+    check_arm(analysis, source)
     notes = list(spec.notes)
     if spec.population == "complete_case":
         selected = analysis[analysis[complete] == 1]
@@ -1158,8 +1157,7 @@ def _marginal_means(fit: _Fit, fixed: FixedDesign, long: pd.DataFrame, config: d
     with equal weights.
     """
     names = list(fixed.X.columns)
-    alloc = config.get("allocation", {})
-    arm_labels = {0: alloc.get("control", "control"), 1: alloc.get("intervention", "intervention")}
+    arm_labels = arm_labels_by_code(config)
     numeric = [*fixed.numeric_covariates, *([BASELINE_COVARIATE] if spec.ancova else [])]
     grid = reference_grid_values(fixed.X, numeric, spec.reference_grid)
     rows = []

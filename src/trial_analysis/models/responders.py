@@ -37,24 +37,21 @@ import numpy as np
 import pandas as pd
 from statsmodels.genmod import families
 
-from trial_analysis.config import outcome_spec
+from trial_analysis.columns import ARM, check_arm, outcome_columns
+from trial_analysis.config import arm_labels_by_code, confidence_level, outcome_spec
 from trial_analysis.errors import ConfigError, DataError
-from trial_analysis.io import read_analysis_table
+from trial_analysis.io import positions, read_analysis_table, require_columns, tidy_frame
 from trial_analysis.models.distributions import norm_ppf, norm_sf
 from trial_analysis.models.sessions import (
-    ARM,
+    BAD_ARM,
     CLUSTER,
-    arm_labels,
-    check_arm,
+    MISSING_COLUMN,
+    TIDY_COLUMNS,
     cluster_labels,
     cluster_level,
     cluster_robust_vcov,
-    confidence_level,
     design_matrix,
     fit_glm,
-    positions,
-    require_columns,
-    tidy_frame,
     wald_row,
     write_result,
 )
@@ -224,7 +221,8 @@ def responder_indicator(
     frame: pd.DataFrame, outcome: str, mcid: float, higher_is_better: bool
 ) -> pd.Series:
     """1 if the score improved by at least ``mcid``, 0 if not, missing if a score is missing."""
-    change = frame[f"{outcome}_followup"] - frame[f"{outcome}_baseline"]
+    baseline, followup = outcome_columns(outcome)
+    change = frame[followup] - frame[baseline]
     improvement = change if higher_is_better else -change
     responder = (improvement >= mcid - _TOLERANCE * max(1.0, abs(mcid))).astype(float)
     return responder.where(change.notna())
@@ -232,8 +230,9 @@ def responder_indicator(
 
 def _complete_cases(frame: pd.DataFrame, outcome: str, source: str) -> pd.Series:
     """Both scores present; must agree with ``complete_{outcome}`` when that column exists."""
-    baseline, followup = f"{outcome}_baseline", f"{outcome}_followup"
-    require_columns(frame, [baseline, followup], source, f"for the {outcome} responder analysis")
+    baseline, followup = outcome_columns(outcome)
+    require_columns(frame, [baseline, followup], source, f"for the {outcome} responder analysis",
+                    MISSING_COLUMN)
     for column in (baseline, followup):
         if not pd.api.types.is_numeric_dtype(frame[column]):
             raise DataError(source, "scores must be numbers", column=column)
@@ -381,10 +380,12 @@ def fit_responders(
     covariates = list(analysis_config.get("sessions", {}).get("covariates", []))
     frame = analysis.reset_index(drop=True)
     cluster = cluster_level(config)
-    require_columns(frame, [ARM, cluster[1]], source, "for the responder analysis")
-    require_columns(frame, covariates, source, "as a covariate (analysis.sessions.covariates)")
-    check_arm(frame, source)
-    labels = arm_labels(config)
+    require_columns(frame, [ARM, cluster[1]], source, "for the responder analysis",
+                    MISSING_COLUMN)
+    require_columns(frame, covariates, source, "as a covariate (analysis.sessions.covariates)",
+                    MISSING_COLUMN)
+    check_arm(frame, source, problem=BAD_ARM)
+    labels = arm_labels_by_code(config)
 
     rows: list[dict[str, Any]] = []
     descriptives: list[dict[str, Any]] = []
@@ -407,7 +408,7 @@ def fit_responders(
         direction = "followup - baseline" if spec["higher_is_better"] else "baseline - followup"
         definitions[outcome] = f"responder: {direction} >= {spec['mcid']:g}"
 
-    estimates = tidy_frame(rows)
+    estimates = tidy_frame(rows, TIDY_COLUMNS, flags=["converged"])
     model = {
         "population": "complete cases for each outcome (both scores present)",
         "definitions": definitions,

@@ -35,17 +35,26 @@ from scipy import optimize, special
 from statsmodels.genmod import families
 from statsmodels.genmod.generalized_linear_model import GLM
 
-from trial_analysis.config import level_column
+from trial_analysis.columns import ARM, THERAPIST, check_arm
+from trial_analysis.config import arm_labels_by_code, confidence_level, level_column
 from trial_analysis.errors import DataError
-from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv, write_json
+from trial_analysis.io import (
+    ESTIMATE_COLUMNS,
+    ColumnWording,
+    positions,
+    read_analysis_table,
+    require_columns,
+    tidy_frame,
+    write_csv,
+    write_json,
+)
 from trial_analysis.models.distributions import norm_ppf, norm_sf
 from trial_analysis.models.robust import cr1_factor
 
 TIDY_COLUMNS = ESTIMATE_COLUMNS
 
-ARM = "arm_intervention"
 COUNT = "n_sessions"
-CLUSTER = "therapist_id"
+CLUSTER = THERAPIST
 INTERCEPT = "(Intercept)"
 
 # Convergence settings: tighter than glm.control's 1e-8 so that our estimates sit well inside
@@ -69,34 +78,11 @@ _THETA_POISSON_LIMIT = 1e4
 # --------------------------------------------------------------------------------------------
 
 
-def positions(mask: pd.Series | np.ndarray) -> list[int]:
-    """1-based row positions where ``mask`` is true (how the contract numbers Parquet rows)."""
-    return [int(i) + 1 for i in np.flatnonzero(np.asarray(mask, dtype=bool))]
-
-
-def require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str, why: str) -> None:
-    """Raise :class:`DataError` naming the first required column that is absent."""
-    for column in columns:
-        if column not in frame.columns:
-            raise DataError(
-                source,
-                f"the analysis table has no '{column}' column, needed {why}",
-                column=column,
-                hint="Re-run the `allocate` step, or check the names in the config",
-            )
-
-
-def check_arm(frame: pd.DataFrame, source: str) -> None:
-    """The arm indicator must be 0/1 and present on every row."""
-    arm = pd.to_numeric(frame[ARM], errors="coerce")
-    bad = arm.isna() | ~arm.isin([0, 1])
-    if bad.any():
-        raise DataError(
-            source,
-            "arm_intervention must be 1 (intervention) or 0 (control) on every row",
-            column=ARM,
-            rows=positions(bad),
-        )
+# How the sessions and responder analyses word a missing column of the analysis table.
+MISSING_COLUMN = ColumnWording("the analysis table has no '{column}' column, needed {why}",
+                               "Re-run the `allocate` step, or check the names in the config")
+# Their wording of a wrong arm indicator.
+BAD_ARM = "arm_intervention must be 1 (intervention) or 0 (control) on every row"
 
 
 def design_matrix(
@@ -200,18 +186,6 @@ def wald_row(
         "ci_high": high,
         "p_value": p_value,
     }
-
-
-def confidence_level(config: Mapping[str, Any]) -> float:
-    """``analysis.confidence_level`` (default 0.95)."""
-    return float(config.get("analysis", {}).get("confidence_level", 0.95))
-
-
-def tidy_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Rows in the fixed tidy column order."""
-    frame = pd.DataFrame(list(rows), columns=TIDY_COLUMNS)
-    frame["converged"] = frame["converged"].astype(bool)
-    return frame
 
 
 def fit_glm(
@@ -499,20 +473,11 @@ class SessionsResult:
         }
 
 
-def arm_labels(config: Mapping[str, Any]) -> dict[int, str]:
-    """Arm labels from ``allocation``, keyed by ``arm_intervention``."""
-    allocation = config.get("allocation", {})
-    return {
-        1: allocation.get("intervention", "intervention"),
-        0: allocation.get("control", "control"),
-    }
-
-
 def _validate_counts(frame: pd.DataFrame, source: str) -> pd.Series:
     """Session counts as floats (missing kept missing); stop on impossible values."""
-    require_columns(frame, [COUNT], source, "for the sessions analysis")
-    require_columns(frame, [ARM, CLUSTER], source, "for the sessions analysis")
-    check_arm(frame, source)
+    require_columns(frame, [COUNT], source, "for the sessions analysis", MISSING_COLUMN)
+    require_columns(frame, [ARM, CLUSTER], source, "for the sessions analysis", MISSING_COLUMN)
+    check_arm(frame, source, problem=BAD_ARM)
     # Nullable integers (Int64) become floats with NaN, so missing stays missing downstream.
     counts = pd.to_numeric(frame[COUNT], errors="coerce").astype(float)
     not_numeric = counts.isna() & frame[COUNT].notna()
@@ -597,8 +562,9 @@ def fit_sessions_model(
     covariates = list(config.get("analysis", {}).get("sessions", {}).get("covariates", []))
     frame = analysis.reset_index(drop=True)
     counts = _validate_counts(frame, source)
-    require_columns(frame, covariates, source, "as a sessions covariate (analysis.sessions)")
-    labels = arm_labels(config)
+    require_columns(frame, covariates, source, "as a sessions covariate (analysis.sessions)",
+                    MISSING_COLUMN)
+    labels = arm_labels_by_code(config)
     descriptives = _descriptives(frame, counts, labels)
 
     notes: list[str] = []
@@ -690,7 +656,8 @@ def fit_sessions_model(
         ).to_dict(orient="records"),
     }
     return SessionsResult(
-        estimates=tidy_frame(rows), descriptives=descriptives, model=model, fits=fits
+        estimates=tidy_frame(rows, TIDY_COLUMNS, flags=["converged"]),
+        descriptives=descriptives, model=model, fits=fits
     )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from trial_analysis.config import (
+    arm_labels,
     followup_labels,
     has_table,
     time_values,
@@ -32,7 +33,6 @@ from trial_analysis.plotting import (
     save_figure,
 )
 from trial_analysis.reporting.tables import (
-    arm_labels,
     effect_row,
     fmt_p,
     load_estimates,

@@ -32,13 +32,18 @@ import pandas as pd
 import yaml
 
 from trial_analysis import __version__
-from trial_analysis.config import followup_labels, has_table, primary_followup
+from trial_analysis.config import (
+    arm_labels,
+    confidence_level,
+    followup_labels,
+    has_table,
+    primary_followup,
+)
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
 from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names
 from trial_analysis.reporting.tables import (
     TABLE_NAMES,
-    arm_labels,
     fmt_ci,
     fmt_number,
     fmt_p,
@@ -456,7 +461,7 @@ def build_context(
         ],
         "analysis": config["analysis"], "min_cell_count": config["report"]["min_cell_count"],
         "continuous_summary": config["report"]["continuous_summary"],
-        "confidence": int(round(100 * config["analysis"].get("confidence_level", 0.95))),
+        "confidence": int(round(100 * confidence_level(config))),
         "simulated": simulated,
         "table1": table1, "implementation": frames["implementation"].to_dict("records"),
         "flow": frames["flow"].to_dict("records"),

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trial_analysis.config import followup_labels, primary_followup, time_values
+from trial_analysis.config import arm_labels, followup_labels, primary_followup, time_values
 from trial_analysis.errors import DataError
 from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv
 
@@ -61,11 +61,6 @@ SUPPRESSED = "suppressed"
 # --------------------------------------------------------------------------------------------
 # Config helpers
 # --------------------------------------------------------------------------------------------
-def arm_labels(config: Mapping[str, Any]) -> tuple[str, str]:
-    """Return the (intervention, control) arm labels from config."""
-    return config["allocation"]["intervention"], config["allocation"]["control"]
-
-
 def outcome_label(config: Mapping[str, Any], name: str) -> str:
     """Label of outcome ``name`` (its name when no label is configured)."""
     for outcome in config["outcomes"]:
