@@ -321,10 +321,22 @@ def test_query_without_database_is_a_config_error() -> None:
 @pytest.mark.skipif(not os.environ.get("TRIAL_PG_DSN"),
                     reason="no PostgreSQL server configured (TRIAL_PG_DSN; ci/postgres/setup.sh)")
 def test_postgres_cleans_like_csv(tmp_path, reference) -> None:
-    """Against the server of ci/postgres/setup.sh, which loaded the fixture tables as text
-    (schema fixture_text) and typed (schema fixture_typed)."""
+    """The fixture tables loaded (by a separate, writable connection) as text and typed."""
     import psycopg
 
+    dsn = os.environ["TRIAL_PG_DSN"]
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        for schema, typed in (("fixture_text", False), ("fixture_typed", True)):
+            connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            connection.execute(f"CREATE SCHEMA {schema}")
+            for name, frame in raw_extract().items():
+                kinds = {c: ("date" if c in DATES else "double precision" if c in NUMBERS
+                             else "text") if typed else "text" for c in frame.columns}
+                columns = ", ".join(f'"{c}" {k}' for c, k in kinds.items())
+                connection.execute(f"CREATE TABLE {schema}.{name} ({columns})")
+                with connection.cursor().copy(f"COPY {schema}.{name} FROM STDIN") as copy:
+                    for row in frame.itertuples(index=False):
+                        copy.write_row([None if v == "" else v for v in row])
     for schema in ("fixture_text", "fixture_typed"):
         config = _query_config({"engine": "postgresql", "dsn_env": "TRIAL_PG_DSN"})
         for entry in config["input"]["tables"].values():
@@ -332,8 +344,9 @@ def test_postgres_cleans_like_csv(tmp_path, reference) -> None:
         result = clean_tables(config, tmp_path)
         for name in TABLES:
             pd.testing.assert_frame_equal(result.tables[name], reference.tables[name])
-    with psycopg.connect(os.environ["TRIAL_PG_DSN"]) as connection:
-        connection.execute("SELECT 1")
     config["input"]["tables"]["patients"]["query"] = "DELETE FROM fixture_text.patients"
     with pytest.raises(DataError, match="read-only transaction"):
+        clean_tables(config, tmp_path)
+    config["input"]["tables"]["patients"]["query"] = "SELECT * FROM fixture_text.patient"
+    with pytest.raises(DataError, match="the query failed: .*does not exist"):
         clean_tables(config, tmp_path)
