@@ -144,7 +144,7 @@ rule clean:
         tables=expand(f"{INTERIM}/clean/{{table}}.parquet", table=TABLES),
         ledger=f"{INTERIM}/clean_ledger.parquet",
     params:
-        raw=lambda wildcards: RAW,
+        raw=lambda wildcards, input: RAW,  # input in the signature: a derived param
         clean=lambda wildcards, output: Path(output.tables[0]).parent,
     log:
         f"{LOGS}/clean.log",
@@ -473,7 +473,7 @@ rule report:
     output:
         f"{REPORTS}/report.html",
     params:
-        raw=lambda wildcards: RAW,
+        raw=lambda wildcards, input: RAW,  # input in the signature: a derived param
         estimates=lambda wildcards, input: Path(input.estimates[0]).parent,
         tables=lambda wildcards, input: Path(input.tables[0]).parent,
         figures=lambda wildcards, input: Path(input.figures[0]).parent,
