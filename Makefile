@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -m "not slow"
 # Jobs call `python -m trial_analysis`: put the environment first on PATH.
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: report test dry-run lint install install-test system-test-deps lock clean-outputs slurm-check
+.PHONY: report test dry-run lint install install-test system-test-deps lock clean-outputs slurm-check postgres-check
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ slurm-check: install-test
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[test,slurm]"
 	bash ci/slurm/setup-single-node.sh
 	$(RUN) bash ci/slurm/run-check.sh
+
+# A throwaway PostgreSQL cluster (Debian postgresql, as root) with the default extract loaded:
+# the pipeline read from it must give the same analysis files as from CSV.
+postgres-check: install-test
+	PYTHON=$(BIN)/python bash ci/postgres/setup.sh
+	$(RUN) bash ci/postgres/run-check.sh
 
 # Refresh the pinned versions after changing dependencies in pyproject.toml.
 lock: install-test

@@ -46,11 +46,17 @@ POPULATIONS = config["analysis"]["populations"]
 SUBGROUPS = config["analysis"]["subgroups"]
 TABLES = ["therapists", "patients", "sessions", "outcomes"]
 # Therapists and sessions may be null (a study without them); clean then writes them empty.
+# A table read by a query (input.tables.<table>.query) has no file; a DuckDB database file
+# is then the input, so that clean reruns when it changes.
 RAW_FILES = {
     name: f"{RAW}/{spec['file']}"
     for name, spec in config["input"]["tables"].items()
-    if spec is not None
+    if spec is not None and "file" in spec
 }
+TABLE_FILES = dict(RAW_FILES)
+DATABASE = config["input"].get("database") or {}
+if DATABASE.get("path"):
+    RAW_FILES["database"] = DATABASE["path"]
 HAS_SESSIONS = config["input"]["tables"].get("sessions") is not None
 SIMULATED = "simulation" in config
 SENSITIVITY = config.get("sensitivity", {}).get("analyses", [])
@@ -110,7 +116,7 @@ if SIMULATED:
         input:
             config=CONFIG_AS_RUN,
         output:
-            **RAW_FILES,
+            **TABLE_FILES,
             truth=f"{RAW}/truth.json",
         params:
             raw=lambda wildcards, output: Path(output.truth).parent,
@@ -138,7 +144,7 @@ rule clean:
         tables=expand(f"{INTERIM}/clean/{{table}}.parquet", table=TABLES),
         ledger=f"{INTERIM}/clean_ledger.parquet",
     params:
-        raw=lambda wildcards, input: Path(input.patients).parent,
+        raw=lambda wildcards, input: RAW,  # input in the signature: a derived param
         clean=lambda wildcards, output: Path(output.tables[0]).parent,
     log:
         f"{LOGS}/clean.log",
@@ -467,7 +473,7 @@ rule report:
     output:
         f"{REPORTS}/report.html",
     params:
-        raw=lambda wildcards, input: Path(input.raw[0]).parent,
+        raw=lambda wildcards, input: RAW,  # input in the signature: a derived param
         estimates=lambda wildcards, input: Path(input.estimates[0]).parent,
         tables=lambda wildcards, input: Path(input.tables[0]).parent,
         figures=lambda wildcards, input: Path(input.figures[0]).parent,

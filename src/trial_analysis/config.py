@@ -218,6 +218,30 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                     f"sensitivity/evalue/populations: '{population}' is not in "
                     f"analysis/populations {populations}, so its primary estimates are never "
                     "fitted")
+    problems += _source_problems(config)
+    return problems
+
+
+def _source_problems(config: Mapping[str, Any]) -> list[str]:
+    """Each table is a file or a query; queries need input.database, whose keys fit its engine."""
+    problems: list[str] = []
+    input_cfg = _mapping(config.get("input"))
+    database = _mapping(input_cfg.get("database"))
+    engine = database.get("engine")
+    for table, entry in _mapping(input_cfg.get("tables")).items():
+        if not isinstance(entry, Mapping):
+            continue
+        if ("file" in entry) == ("query" in entry):
+            problems.append(f"input/tables/{table}: give either file (under paths.raw) or "
+                            "query (against input.database), not both or neither")
+        if "query" in entry and not database:
+            problems.append(f"input/tables/{table}: a query needs input/database (engine: "
+                            "duckdb or postgresql)")
+    if engine == "postgresql" and "path" in database:
+        problems.append("input/database/path: only for engine duckdb (PostgreSQL connection "
+                        "settings come from the environment: dsn_env or PG* variables)")
+    if engine == "duckdb" and "dsn_env" in database:
+        problems.append("input/database/dsn_env: only for engine postgresql")
     return problems
 
 

@@ -58,6 +58,7 @@ from trial_analysis.ingest.schemas import (
     table_specs,
     wide_outcome_columns,
 )
+from trial_analysis.ingest.sources import source_name
 
 SEVERITIES: tuple[str, ...] = ("error", "warning", "note")
 MAX_ROWS = 5  # row numbers shown per problem
@@ -412,7 +413,7 @@ def check_data(config: Mapping[str, Any], raw_dir: str | Path) -> DataCheck:
         columns, key = spec.columns, spec.key
         if name == "outcomes" and wide:
             columns, key = tuple(wide_outcome_columns(config)), "episode_id"
-        path = str(raw_dir / entry["file"])
+        path = source_name(config, raw_dir, name)
         try:
             file, frame = _read(raw_dir, lenient, name)
         except DataError as error:

@@ -45,7 +45,6 @@ import pyarrow.compute as pc
 
 from trial_analysis.config import outcome_names
 from trial_analysis.errors import DataError, closest_match
-from trial_analysis.ingest.readers import read_table
 from trial_analysis.ingest.schemas import (
     CODE,
     CODES,
@@ -70,6 +69,7 @@ from trial_analysis.ingest.schemas import (
     wide_outcome_columns,
     wide_score_column,
 )
+from trial_analysis.ingest.sources import describe_sources, read_source
 from trial_analysis.io import write_parquet
 
 log = logging.getLogger(__name__)
@@ -805,20 +805,9 @@ class CleanResult:
         return "Cleaning: fate of every raw record\n" + wide.to_string()
 
 
-def _table_path(raw_dir: Path, config: Mapping[str, Any], table: str) -> Path:
-    return raw_dir / config["input"]["tables"][table]["file"]
-
-
 def _read(raw_dir: Path, config: Mapping[str, Any], table: str) -> tuple[str, pd.DataFrame]:
-    path = _table_path(raw_dir, config, table)
-    input_cfg = config["input"]
-    frame = read_table(
-        path,
-        input_cfg.get("format", "csv"),
-        encoding=input_cfg.get("encoding", "utf-8"),
-        delimiter=input_cfg.get("delimiter"),
-    )
-    return str(path), frame
+    # A file under raw_dir or a database query (input.tables.<table>.file or .query).
+    return read_source(raw_dir, config, table)
 
 
 def _cleaner(raw_dir: Path, config: Mapping[str, Any], spec: TableSpec) -> _TableCleaner:
@@ -1088,6 +1077,9 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
 
     ledger = pd.concat([cleaners[t].fates.frame() for t in TABLES if t in cleaners],
                        ignore_index=True)
+    # Queries (never connection settings) and their row counts travel with the ledger.
+    if sources := describe_sources(config, {t: c.n for t, c in cleaners.items()}):
+        ledger.attrs["sources"] = sources
     for name in TABLES:
         if name in cleaners:
             cleaners[name].fates.log_counts()

@@ -1,4 +1,4 @@
-"""Reading raw tables (CSV, TSV, Parquet, Excel) with plain-words errors.
+"""Reading raw tables (CSV, TSV, Parquet, Excel, SAS, Stata, SPSS, SQL) with plain-words errors.
 
 Every way a file can be unreadable becomes one :class:`~trial_analysis.errors.DataError` naming
 the file and what is wrong with it: missing, empty (0 bytes), header only, not valid text in the
@@ -9,40 +9,71 @@ bytes), a different delimiter, ragged rows, repeated column names.
 Text formats are read with every column as text (``str`` dtype, empty cells missing), so that
 the cleaning step, not the reader, decides what a value means and can report the raw value.
 Parquet keeps its own types; a byte-order mark in a UTF-8 file is ignored.
+
+Statistical packages' files (``sas7bdat``, ``xpt``, ``dta``, ``sav``/``zsav``) are read with
+pyreadstat: a column with value labels becomes a category of its labels unless the table's
+``codes`` list names it (then the stored codes are kept); user-defined missing values (SPSS
+missing values and ranges, SAS and Stata special missing ``.A``-``.Z``) are read as missing;
+whole-number columns become integers, so an identifier stored as 101.0 reads as ``101``. The
+file's variable labels and value labels travel in ``frame.attrs`` (``variable_labels``,
+``value_labels``).
+
+Dates: a column every value of which is a date or timestamp (an Excel date cell, a SAS, Stata or
+SPSS date, a DATE column of a database) is returned as ``datetime64``, which the cleaning step
+takes as dates whatever ``input.date_formats`` says. In an Excel column mixing date cells and
+text, the date cells are written in the first configured date format so that they parse.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import datetime as dt
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trial_analysis.errors import DataError
 
-FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "xlsx")
+# Files of statistical packages, read through pyreadstat.
+STAT_FORMATS: tuple[str, ...] = ("sas7bdat", "xpt", "dta", "sav", "zsav")
+FORMATS: tuple[str, ...] = ("csv", "tsv", "parquet", "xlsx", *STAT_FORMATS)
 
-# First bytes of formats a user may save by mistake under a .csv name.
+_SAS7BDAT_MAGIC = bytes(12) + bytes.fromhex("c2ea8160b31411cfbd92080009c7318c181f1011")
+# First bytes of formats a user may save by mistake under another name.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"PAR1", "a Parquet file"),
     (b"PK\x03\x04", "an Excel workbook (or another zip archive)"),
     (b"\xd0\xcf\x11\xe0", "an old-style Excel workbook (.xls)"),
+    (b"$FL2", "an SPSS data file (.sav)"),
+    (b"$FL3", "a compressed SPSS data file (.zsav)"),
+    (b"<stata_dta>", "a Stata data file (.dta)"),
+    (b"HEADER RECORD*******LIBRARY", "a SAS transport file (.xpt)"),
+    (b"HEADER RECORD*******LIBV8", "a SAS transport file (.xpt)"),
+    (_SAS7BDAT_MAGIC, "a SAS data set (.sas7bdat)"),
 )
 _EXPECTED = {
     "csv": "comma-separated text (CSV)",
     "tsv": "tab-separated text (TSV)",
     "parquet": "a Parquet file",
     "xlsx": "an Excel workbook",
+    "sas7bdat": "a SAS data set (.sas7bdat)",
+    "xpt": "a SAS transport file (.xpt)",
+    "dta": "a Stata data file (.dta)",
+    "sav": "an SPSS data file (.sav)",
+    "zsav": "a compressed SPSS data file (.zsav)",
 }
 
 
 def _sniff(path: Path) -> str | None:
     with path.open("rb") as handle:
-        head = handle.read(8)
+        head = handle.read(32)
     for magic, description in _MAGIC:
         if head.startswith(magic):
             return description
@@ -146,13 +177,136 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     return table.to_pandas(date_as_object=False)
 
 
-def _read_excel(path: Path) -> pd.DataFrame:
+_DATE_KINDS = frozenset({"date", "datetime", "datetime64"})
+
+
+def _is_date(value: object) -> bool:
+    return isinstance(value, dt.date | pd.Timestamp | np.datetime64)
+
+
+def dates_as_datetime64(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding only dates or timestamps (and missing) become ``datetime64[us]``.
+
+    Checked against :func:`pandas.api.types.infer_dtype` (``date``, ``datetime``): columns of
+    Python ``date``/``datetime`` objects, as Excel, pyreadstat and database drivers give them.
+    Time zones are dropped after conversion to UTC, as the Parquet path does.
+    """
+    for column in frame.columns:
+        series = frame[column]
+        if series.dtype != object or series.notna().sum() == 0:
+            continue
+        if pd.api.types.infer_dtype(series, skipna=True) in _DATE_KINDS:
+            converted = pd.to_datetime(series, utc=any(
+                getattr(v, "tzinfo", None) is not None for v in series.dropna().iloc[:1]))
+            if converted.dt.tz is not None:
+                converted = converted.dt.tz_localize(None)
+            frame[column] = converted.astype("datetime64[us]")
+    return frame
+
+
+def _cell_text(value: object, date_format: str) -> object:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return np.nan
+    if _is_date(value):
+        stamp = pd.Timestamp(value)
+        # A date cell with a time of day keeps it; a plain date takes the configured format.
+        if stamp != stamp.normalize():
+            return stamp.strftime("%Y-%m-%d %H:%M:%S")
+        return stamp.strftime(date_format)
+    return str(value)
+
+
+def _read_excel(path: Path, date_formats: Sequence[str] = ("%Y-%m-%d",)) -> pd.DataFrame:
     try:
-        return pd.read_excel(path, sheet_name=0, dtype=str, engine="openpyxl")
+        frame = pd.read_excel(path, sheet_name=0, dtype=object, engine="openpyxl")
     except Exception as exc:  # openpyxl raises many unrelated types for a bad workbook
         raise DataError(
             str(path), f"not a readable Excel workbook ({type(exc).__name__})"
         ) from None
+    frame = dates_as_datetime64(frame)
+    first_format = (list(date_formats) or ["%Y-%m-%d"])[0]
+    for column in frame.columns:
+        series = frame[column]
+        if series.dtype != object:
+            continue  # a date column (datetime64), or an all-empty one
+        # Text, as read_excel(dtype=str) gives it, except that date cells among text are
+        # written in the first configured date format rather than as '2022-03-30 00:00:00'.
+        text = [_cell_text(v, first_format) for v in series]
+        frame[column] = pd.Series(text, index=series.index, dtype="str")
+    return frame
+
+
+def _whole_numbers_as_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Float columns holding whole numbers only become nullable integers (SAS stores doubles)."""
+    for column in frame.columns:
+        series = frame[column]
+        if series.dtype.kind != "f":
+            continue
+        values = series.to_numpy()
+        finite = values[~np.isnan(values)]
+        if len(finite) and np.all(finite == np.round(finite)) and np.all(np.abs(finite) < 2**53):
+            frame[column] = series.astype("Int64")
+    return frame
+
+
+def _code_text(code: object) -> str:
+    if isinstance(code, float) and code.is_integer():
+        return str(int(code))
+    return str(code)
+
+
+def _apply_value_labels(frame: pd.DataFrame, value_labels: Mapping[str, Mapping[Any, str]],
+                        keep_codes: Sequence[str]) -> pd.DataFrame:
+    """Labelled columns as categories of their labels, except those in ``keep_codes``.
+
+    A stored value without a label keeps its code as text (``9`` -> ``'9'``); the categories
+    are the labels in code order, then any unlabelled codes.
+    """
+    keep = {str(c).casefold() for c in keep_codes}
+    for column, mapping in value_labels.items():
+        if column not in frame.columns or str(column).casefold() in keep or not mapping:
+            continue
+        series = frame[column]
+        codes, uniques = pd.factorize(series)
+        labels = [mapping.get(u, _code_text(u)) for u in uniques]
+        ordered = [mapping[k] for k in sorted(mapping, key=lambda k: (isinstance(k, str), k))]
+        categories = list(dict.fromkeys([*ordered, *labels]))
+        values = np.array([*labels, None], dtype=object)[codes]  # code -1 (missing): None
+        frame[column] = pd.Categorical(values, categories=categories)
+    return frame
+
+
+def _read_stat(path: Path, file_format: str, keep_codes: Sequence[str] = ()) -> pd.DataFrame:
+    import pyreadstat  # only studies with such files need it at import time
+
+    reader = {
+        "sas7bdat": pyreadstat.read_sas7bdat,
+        "xpt": pyreadstat.read_xport,
+        "dta": pyreadstat.read_dta,
+        "sav": pyreadstat.read_sav,
+        "zsav": pyreadstat.read_sav,
+    }[file_format]
+    try:
+        # user_missing=False (pyreadstat's default): user-defined missing values are missing.
+        frame, meta = reader(str(path), dates_as_pandas_datetime=True)
+    except Exception as exc:  # pyreadstat.ReadstatError / PyreadstatError, and OSError
+        raise DataError(
+            str(path), f"not readable as {_EXPECTED[file_format]} ({exc})",
+            hint="Check input.format against the file's type",
+        ) from None
+    value_labels = {str(k): dict(v) for k, v in (meta.variable_value_labels or {}).items()}
+    frame = dates_as_datetime64(frame)
+    for column in frame.columns:
+        if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
+            # These packages have no null text: a blank value is the missing value.
+            frame[column] = frame[column].where(frame[column].astype("str").str.strip() != "")
+    frame = _whole_numbers_as_integers(frame)
+    frame = _apply_value_labels(frame, value_labels, keep_codes)
+    frame.attrs["variable_labels"] = {
+        str(k): str(v) for k, v in (meta.column_names_to_labels or {}).items() if v
+    }
+    frame.attrs["value_labels"] = value_labels
+    return frame
 
 
 def read_table(
@@ -161,6 +315,8 @@ def read_table(
     *,
     encoding: str = "utf-8",
     delimiter: str | None = None,
+    date_formats: Sequence[str] = ("%Y-%m-%d",),
+    keep_codes: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Read one raw table; raise :class:`DataError` if the file cannot serve as that table.
 
@@ -168,18 +324,25 @@ def read_table(
     ----------
     path : str or Path
         The file.
-    file_format : {"csv", "tsv", "parquet", "xlsx"}
-        The configured format (``input.format``).
+    file_format : {"csv", "tsv", "parquet", "xlsx", "sas7bdat", "xpt", "dta", "sav", "zsav"}
+        The configured format (``input.format``, or the table's own ``format``).
     encoding : str
         Text encoding of CSV/TSV files (``input.encoding``); a UTF-8 byte-order mark is ignored.
     delimiter : str, optional
         Column delimiter of text files; default ``,`` for CSV and a tab for TSV.
+    date_formats : sequence of str
+        ``input.date_formats``: an Excel date cell in a column of text is written in the first.
+    keep_codes : sequence of str
+        Columns of a SAS/Stata/SPSS file read as their stored codes, not their value labels.
 
     Returns
     -------
     pandas.DataFrame
-        All columns as text for CSV/TSV/Excel (empty cells missing); Parquet types as stored.
-        Column names are stripped of surrounding whitespace. At least one data row.
+        All columns as text for CSV/TSV/Excel (empty cells missing), except that columns of
+        dates only (Excel date cells) are ``datetime64``; Parquet types as stored; SAS, Stata
+        and SPSS files typed (labelled columns as categories, whole numbers as integers, the
+        labels in ``frame.attrs``). Column names are stripped of surrounding whitespace. At
+        least one data row.
 
     Raises
     ------
@@ -212,11 +375,18 @@ def read_table(
         raise DataError(str(path), actual)
     if file_format == "xlsx" and (found is None or "Excel" not in found):
         raise DataError(str(path), actual)
+    # pyreadstat reads .sav and .zsav alike; other first bytes name the file's real type.
+    spss = found is not None and "SPSS" in found and file_format in ("sav", "zsav")
+    if file_format in STAT_FORMATS and found is not None and found != expected and not spss:
+        raise DataError(str(path), actual,
+                        hint="Set input.format (or the table's format) to match the file")
 
     if file_format == "parquet":
         frame = _read_parquet(path)
     elif file_format == "xlsx":
-        frame = _read_excel(path)
+        frame = _read_excel(path, date_formats)
+    elif file_format in STAT_FORMATS:
+        frame = _read_stat(path, file_format, keep_codes)
     else:
         sep = delimiter or ("\t" if file_format == "tsv" else ",")
         frame = _read_text(path, encoding, sep, file_format)

@@ -1,0 +1,227 @@
+"""Where each raw table comes from: a file under ``paths.raw`` or a query against a database.
+
+A table entry of ``input.tables`` names either a ``file`` (read by
+:func:`trial_analysis.ingest.readers.read_table` in ``input.format`` or the entry's own
+``format``) or a ``query`` run against ``input.database``:
+
+* **DuckDB** (``engine: duckdb``): ``path`` is a database file, opened read-only; without a
+  path the queries run in an in-memory database and read files, e.g.
+  ``SELECT * FROM read_parquet('patients.parquet')``; relative file names in a query are looked
+  up in ``paths.raw`` (DuckDB's ``file_search_path``). Only ``SELECT`` statements are run.
+* **PostgreSQL** (``engine: postgresql``), through psycopg 3: the connection settings come
+  from the environment, never from the config: the libpq connection string in the environment
+  variable named by ``dsn_env``, or, without ``dsn_env``, libpq's own ``PG*`` variables and
+  service file (``PGSERVICE``, ``PGSERVICEFILE``, ``~/.pgpass``). Every query runs in a
+  read-only transaction (``default_transaction_read_only`` and ``READ ONLY``).
+
+Rows are numbered in the order the query returns them (``record_id`` 1, 2, ...), so a query
+should end in ``ORDER BY`` its key for the ledger to be the same on every run. What is
+recorded about a query (:func:`describe_sources`, kept in the cleaning ledger's Parquet
+metadata and logged) is its engine, the database file or the *name* of the environment
+variable, the query and its row count, never a connection string or password.
+
+Problems are :class:`~trial_analysis.errors.ConfigError` (a missing environment variable, a
+query without ``input.database``, a statement that is not a ``SELECT``) or
+:class:`~trial_analysis.errors.DataError` (a server that cannot be reached, a failing query, no
+rows), each one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trial_analysis.errors import ConfigError, DataError
+from trial_analysis.ingest.readers import dates_as_datetime64, read_table
+
+log = logging.getLogger(__name__)
+
+ENGINES: tuple[str, ...] = ("duckdb", "postgresql")
+CONNECT_TIMEOUT_S = 10
+# libpq never prints a password, but a message may quote the connection string it was given.
+_SECRET = re.compile(r"(password\s*=\s*)(\S+)|(://[^:/@\s]+:)([^@\s]+)(@)", re.IGNORECASE)
+
+
+def _redact(text: str) -> str:
+    return _SECRET.sub(lambda m: (m.group(1) + "***") if m.group(1) else
+                       (m.group(3) + "***" + m.group(5)), str(text)).strip()
+
+
+def table_entry(config: Mapping[str, Any], table: str) -> Mapping[str, Any]:
+    """The ``input.tables`` entry of ``table`` (a file or a query)."""
+    return config["input"]["tables"][table]
+
+
+def is_query(config: Mapping[str, Any], table: str) -> bool:
+    """Whether ``table`` is read by a database query rather than from a file."""
+    entry = table_entry(config, table)
+    return entry is not None and "query" in entry
+
+
+def source_name(config: Mapping[str, Any], raw_dir: str | Path, table: str) -> str:
+    """How messages name the table's source: the file's path, or ``<engine> query <table>``."""
+    entry = table_entry(config, table)
+    if "query" in entry:
+        database = config["input"].get("database") or {}
+        return f"{database.get('engine', 'database')} query for {table}"
+    return str(Path(raw_dir) / entry["file"])
+
+
+def read_source(raw_dir: str | Path, config: Mapping[str, Any],
+                table: str) -> tuple[str, pd.DataFrame]:
+    """Read one raw table from its file or query; return (source name, frame).
+
+    Checks against ``input.tables.<table>``: the file (see
+    :func:`~trial_analysis.ingest.readers.read_table`) or the query's database connection,
+    statement kind and result (at least one row).
+    """
+    entry = table_entry(config, table)
+    input_cfg = config["input"]
+    name = source_name(config, raw_dir, table)
+    if "query" in entry:
+        frame = read_query(config, table, raw_dir)
+        log.info("read %s: %s -> %d rows", table, describe_query(config, table), len(frame))
+        return name, frame
+    frame = read_table(
+        name,
+        entry.get("format") or input_cfg.get("format", "csv"),
+        encoding=input_cfg.get("encoding", "utf-8"),
+        delimiter=input_cfg.get("delimiter"),
+        date_formats=input_cfg.get("date_formats") or ["%Y-%m-%d"],
+        keep_codes=entry.get("codes") or (),
+    )
+    return name, frame
+
+
+def _database(config: Mapping[str, Any], table: str) -> Mapping[str, Any]:
+    database = config["input"].get("database")
+    if not database:
+        raise ConfigError("input.database", [
+            f"input/tables/{table}: a query needs input.database (engine: duckdb or "
+            "postgresql) to run against"])
+    return database
+
+
+def describe_query(config: Mapping[str, Any], table: str) -> str:
+    """The query as the log and the ledger record it: engine, database, query; no secrets."""
+    database = _database(config, table)
+    query = " ".join(str(table_entry(config, table)["query"]).split())
+    if database["engine"] == "duckdb":
+        where = database.get("path") or "in-memory"
+    else:
+        where = f"${database['dsn_env']}" if database.get("dsn_env") else "PG* environment"
+    return f"{database['engine']} ({where}): {query}"
+
+
+def describe_sources(config: Mapping[str, Any], rows: Mapping[str, int]) -> list[dict[str, Any]]:
+    """One record per table read by a query: table, engine, database, query, rows.
+
+    ``rows`` gives each table's raw row count (the ledger's records). Empty when every table is
+    a file, so a study of files writes the same ledger as before.
+    """
+    records = []
+    for table, entry in config["input"]["tables"].items():
+        if entry is None or "query" not in entry:
+            continue
+        database = config["input"]["database"]
+        records.append({
+            "table": table,
+            "engine": database["engine"],
+            "database": database.get("path") or (
+                f"${database['dsn_env']}" if database.get("dsn_env") else
+                ("in-memory" if database["engine"] == "duckdb" else "PG* environment")),
+            "query": str(entry["query"]).strip(),
+            "rows": int(rows.get(table, 0)),
+        })
+    return records
+
+
+def read_query(config: Mapping[str, Any], table: str, raw_dir: str | Path) -> pd.DataFrame:
+    """Run the table's query read-only; dates as ``datetime64``; at least one row."""
+    database = _database(config, table)
+    query = str(table_entry(config, table)["query"]).strip().rstrip(";")
+    name = source_name(config, raw_dir, table)
+    if database["engine"] == "duckdb":
+        frame = _duckdb_query(database, query, name, Path(raw_dir))
+    else:
+        frame = _postgres_query(database, query, name)
+    frame = dates_as_datetime64(frame)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if len(frame) == 0:
+        raise DataError(name, "the query returned no rows",
+                        hint=f"Check input.tables.{table}.query")
+    repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if repeated:
+        raise DataError(name, "column names must be unique", column=repeated[0],
+                        hint="Give the repeated columns their own names (AS ...) in the query")
+    return frame.reset_index(drop=True)
+
+
+def _duckdb_query(database: Mapping[str, Any], query: str, name: str,
+                  raw_dir: Path) -> pd.DataFrame:
+    import duckdb  # only studies that query DuckDB need it
+
+    path = database.get("path")
+    if path and not Path(path).is_file():
+        raise DataError(str(path), "DuckDB database file not found (input.database.path)")
+    try:
+        con = duckdb.connect(str(path), read_only=True) if path else duckdb.connect()
+    except duckdb.Error as exc:
+        raise DataError(str(path), f"not a readable DuckDB database ({_redact(exc)})") from None
+    try:
+        statements = con.extract_statements(query)
+        kinds = {s.type for s in statements}
+        if len(statements) != 1 or kinds != {duckdb.StatementType.SELECT}:
+            raise ConfigError(name, [
+                "the query must be a single SELECT statement (found "
+                + ", ".join(sorted(k.name for k in kinds)) + ")"])
+        con.execute("SET file_search_path = ?", [str(raw_dir)])
+        con.execute("SET lock_configuration = true")  # the query cannot change settings
+        return con.execute(query).df()
+    except duckdb.Error as exc:
+        raise DataError(name, f"the query failed: {_redact(exc)}",
+                        hint="Check the table and column names in the query") from None
+    finally:
+        con.close()
+
+
+def _postgres_query(database: Mapping[str, Any], query: str, name: str) -> pd.DataFrame:
+    import psycopg  # only studies that query PostgreSQL need it
+
+    variable = database.get("dsn_env")
+    if variable and variable not in os.environ:
+        raise ConfigError("input.database.dsn_env", [
+            f"the environment variable {variable} (input.database.dsn_env) is not set: export "
+            "it with the libpq connection string (e.g. 'host=... dbname=... user=...'; keep "
+            "the password in ~/.pgpass or PGPASSWORD, not in the config)"])
+    conninfo = os.environ[variable] if variable else ""
+    try:
+        connection = psycopg.connect(
+            conninfo, connect_timeout=CONNECT_TIMEOUT_S,
+            options="-c default_transaction_read_only=on")
+    except psycopg.Error as exc:
+        raise DataError(name, "cannot connect to the PostgreSQL server: " + _redact(exc),
+                        hint=("Check the connection string in $" + variable) if variable else
+                        "Check PGHOST, PGPORT, PGDATABASE, PGUSER or PGSERVICE") from None
+    try:
+        connection.read_only = True  # every transaction BEGIN READ ONLY
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            if cursor.description is None:
+                raise ConfigError(name, ["the query must return rows (a SELECT statement)"])
+            columns = [d.name for d in cursor.description]
+            rows = cursor.fetchall()
+    except psycopg.Error as exc:
+        raise DataError(name, "the query failed: " + _redact(str(exc).splitlines()[0]),
+                        hint="Check the table and column names in the query") from None
+    finally:
+        connection.close()
+    data = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
+    frame = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in data.items()})
+    return frame
