@@ -23,6 +23,11 @@ assessment with the same score but another ``outcome_id`` is dropped as a repeat
 first; an ``n_sessions`` column in patients is optional, and a negative or fractional count is
 a structural error (it means the column is not a count).
 
+Each table goes through the same stages, in this order (one section of this module each):
+reading and column mapping, parsing by kind, the structural schema, row checks (exact
+duplicates, invalid rows, keys, references, repeated assessments), range checks, and the limit
+on invalid rows; :class:`_TableCleaner` holds the state they share.
+
 Everything is vectorised: columns are parsed once per distinct value where values repeat
 (dates, code lists), and reasons are built with array operations, so a registry extract of
 millions of rows is cleaned without per-row Python loops.
