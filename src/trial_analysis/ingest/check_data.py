@@ -44,6 +44,7 @@ from trial_analysis.columns import analysis_columns
 from trial_analysis.errors import DataError, closest_match
 from trial_analysis.ingest.clean import (
     FateEvent,
+    _check_invalid_share,
     _clean_long_outcomes,
     _clean_simple,
     _clean_wide_outcomes,
@@ -443,7 +444,7 @@ def check_data(config: Mapping[str, Any], raw_dir: str | Path) -> DataCheck:
                         problems.append(_unchecked(file, name, column, target))
         if name == "outcomes" and patients is None:
             problems.append(_unchecked(file, name, "episode_id", "patients"))
-        cleaner.check_invalid_share()
+        _check_invalid_share(cleaner)
         cleaners[name] = cleaner
         problems += _mapping_problems(file, name, mapping, columns)
         problems += _table_problems(cleaner, collected, headers[name], config, strict)

@@ -23,6 +23,11 @@ assessment with the same score but another ``outcome_id`` is dropped as a repeat
 first; an ``n_sessions`` column in patients is optional, and a negative or fractional count is
 a structural error (it means the column is not a count).
 
+Each table goes through the same stages, in this order (one section of this module each):
+reading and column mapping, parsing by kind, the structural schema, row checks (exact
+duplicates, invalid rows, keys, references, repeated assessments), range checks, and the limit
+on invalid rows; :class:`_TableCleaner` holds the state they share.
+
 Everything is vectorised: columns are parsed once per distinct value where values repeat
 (dates, code lists), and reasons are built with array operations, so a registry extract of
 millions of rows is cleaned without per-row Python loops.
@@ -284,7 +289,16 @@ def _as_text(series: pd.Series) -> pd.Series:
 
 
 class _TableCleaner:
-    """Parse, validate and repair one raw table against its column specifications.
+    """The state of cleaning one raw table, which the cleaning stages below read and update.
+
+    It holds the table's columns as found in the file (``file_names``: canonical name to the
+    file's name), the parsed ``values``, the raw text of values that failed to parse, the row
+    drops parsing queued, and the ledger under construction (``fates``). Constructing it maps
+    the raw columns (:func:`_map_columns`); the stages then run in the order the drivers
+    (:func:`_clean_simple`, :func:`_clean_long_outcomes`, :func:`_clean_wide_outcomes`) call
+    them: :func:`_parse_columns`, :func:`_check_structure`, :func:`_drop_exact_duplicates`,
+    :func:`_apply_pending_row_drops`, :func:`_check_key_conflicts`, references and repeated
+    assessments, :func:`_set_out_of_range`; the callers end with :func:`_check_invalid_share`.
 
     A structural problem raises a :class:`DataError` at once, unless ``collect`` is a list:
     then every problem is appended to it and cleaning goes on as far as it can (what
@@ -307,13 +321,13 @@ class _TableCleaner:
         self.collect = collect
         self.table = table
         self.file = file
-        self.columns = list(columns)
         self.key = key
         self.config = config
         self.input_cfg = config["input"]
         self.separator = config.get("codes", {}).get("separator", ";")
-        self.file_names: dict[str, str] = {}
-        self.raw = self._map_columns(raw, mapping)
+        self.raw, self.file_names = _map_columns(table, file, raw, columns, mapping, self.fail)
+        # Only the columns found go on; a missing one was reported (or is optional).
+        self.columns = [c for c in columns if c.name in self.file_names]
         self.n = len(self.raw)
         self.fates = _Fates(table, file, self.n)
         if collect is not None:
@@ -333,318 +347,11 @@ class _TableCleaner:
             raise error
         self.collect.append(error)
 
-    # ---- columns -------------------------------------------------------------------------
-
-    def _map_columns(self, raw: pd.DataFrame, mapping: Mapping[str, str]) -> pd.DataFrame:
-        present = list(raw.columns)
-        by_folded = {str(c).strip().casefold(): c for c in present}
-        renamed: dict[str, str] = {}
-        for spec in self.columns:
-            configured = mapping.get(spec.name)
-            wanted = configured or spec.name
-            found = wanted if wanted in present else by_folded.get(wanted.casefold())
-            if found is None:
-                if spec.optional_column and configured is None:
-                    continue
-                close = closest_match(wanted, present)
-                suggestion = f"Did you mean '{close}'? " if close else ""
-                if configured is not None:
-                    rule = (
-                        f"column '{wanted}' (configured for '{spec.name}' in "
-                        f"input.tables.{self.table}.columns) is not in the file"
-                    )
-                else:
-                    rule = f"required column '{spec.name}' is missing"
-                    suggestion += (
-                        f"If the file names it differently, map it in "
-                        f"input.tables.{self.table}.columns (e.g. {spec.name}: <name in file>). "
-                    )
-                self.fail(DataError(
-                    self.file,
-                    rule,
-                    column=wanted,
-                    hint=f"{suggestion}The file has columns: {', '.join(map(str, present))}",
-                ))
-                continue
-            renamed[found] = spec.name
-            self.file_names[spec.name] = str(found)
-        self.columns = [c for c in self.columns if c.name in self.file_names]
-        unused = [str(c) for c in present if c not in renamed]
-        if unused:
-            log.info("clean %s: ignoring columns not in the contract: %s", self.table, unused)
-        return raw[list(renamed)].rename(columns=renamed)
-
     def error(self, rule: str, column: str | None = None, rows: Sequence[int] | None = None,
               hint: str | None = None) -> DataError:
         """A :class:`DataError` naming the column as the file names it."""
         named = self.file_names.get(column, column) if column else None
         return DataError(self.file, rule, column=named, rows=rows, hint=hint)
-
-    def _examples(self, text: pd.Series, mask: pd.Series | np.ndarray) -> tuple[list[int], str]:
-        positions = np.flatnonzero(np.asarray(mask, dtype=bool))
-        rows = [int(p) + 1 for p in positions[:5]]
-        # At most three example values: messages may reach people who must not see records.
-        distinct = text.iloc[positions[:1000]].astype(str).unique()[:3]
-        return rows, ", ".join(repr(v) for v in distinct)
-
-    # ---- parsing by kind -----------------------------------------------------------------
-
-    def parse(self) -> None:
-        """Parse every column by its kind, recording repairs; stop on structural problems."""
-        for spec in self.columns:
-            series = self.raw[spec.name]
-            parser = {
-                ID: self._parse_id,
-                CODE: self._parse_code,
-                CODES: self._parse_codes,
-                TEXT: self._parse_text,
-                DATE: self._parse_date,
-                NUMBER: self._parse_number,
-                INTEGER: self._parse_number,
-                FLAG: self._parse_number,
-                COUNT: self._parse_number,
-            }[spec.kind]
-            self.values[spec.name] = parser(spec, series)
-            if spec.required:
-                # Unparsable dates were queued first, so they keep that more precise reason.
-                missing = self.values[spec.name].isna().to_numpy()
-                reason = f"missing {spec.name}"
-                self.pending_row_drops.append((missing, reason, reason, spec.name))
-        self._check_structure()
-
-    def _stripped(self, series: pd.Series) -> tuple[pd.Series, pd.Series]:
-        text = _as_text(series)
-        stripped = text.str.strip()
-        stripped = stripped.where(stripped != "")
-        return text, stripped
-
-    def _parse_id(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
-        text, stripped = self._stripped(series)
-        norm = stripped.str.upper()
-        changed = (norm != text) & norm.notna()
-        self.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
-                          f"whitespace or case in {spec.name}", column=spec.name)
-        return norm
-
-    def _parse_text(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
-        text, stripped = self._stripped(series)
-        changed = (stripped != text) & stripped.notna()
-        self.fates.repair(changed.to_numpy(), f"stray whitespace in {spec.name}", "text",
-                          column=spec.name)
-        return stripped
-
-    def _parse_code(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
-        text, stripped = self._stripped(series)
-        canonical = {str(a).upper(): a for a in spec.allowed or ()}
-        upper = stripped.str.upper()
-        norm = pd.Series(lookup(upper, canonical, default=None).astype(object),
-                         index=upper.index, dtype="str")
-        # Unknown codes keep their written value so the structural check can report it.
-        norm = norm.where(norm.notna(), stripped).astype("str")
-        changed = (norm != text) & stripped.notna()
-        self.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
-                          f"whitespace or case in {spec.name}", column=spec.name)
-        return norm
-
-    def _parse_codes(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
-        text = _as_text(series)
-        # A registry repeats a few hundred code combinations: normalise each distinct cell once.
-        codes, uniques = pd.factorize(text)
-        normalised = []
-        for value in uniques:
-            parts = [p.strip().upper() for p in str(value).split(self.separator)]
-            joined = self.separator.join(p for p in parts if p)
-            normalised.append(joined if joined else None)
-        lookup = pd.array(normalised + [None], dtype="str")
-        norm = pd.Series(lookup[codes], index=series.index, dtype="str")  # code -1 -> last: None
-        changed = (norm != text) & text.notna()
-        self.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
-                          f"whitespace or case in {spec.name}", column=spec.name)
-        return norm
-
-    def _parse_date(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
-        if pd.api.types.is_datetime64_any_dtype(series):
-            return series.dt.tz_localize(None) if series.dt.tz is not None else series.astype(
-                "datetime64[us]"
-            )
-        text, stripped = self._stripped(series)
-        formats = list(self.input_cfg.get("date_formats") or ["%Y-%m-%d"])
-        codes, uniques = pd.factorize(stripped)
-        parsed_uniques = pd.Series(pd.NaT, index=range(len(uniques)), dtype="datetime64[us]")
-        format_used = np.full(len(uniques), -1)
-        remaining = np.ones(len(uniques), dtype=bool)
-        unique_text = pd.Series(uniques, dtype="str")
-        for number, fmt in enumerate(formats):
-            if not remaining.any():
-                break
-            attempt = pd.to_datetime(unique_text[remaining], format=fmt, errors="coerce")
-            ok = attempt.notna().to_numpy()
-            hits = np.flatnonzero(remaining)[ok]
-            parsed_uniques.iloc[hits] = attempt[ok].astype("datetime64[us]").to_numpy()
-            format_used[hits] = number
-            remaining[hits] = False
-        parsed = pd.Series(
-            np.append(parsed_uniques.to_numpy(), np.datetime64("NaT", "us"))[codes],
-            index=series.index,
-        )
-        used = np.append(format_used, -1)[codes]
-        bad = (stripped.notna() & parsed.isna()).to_numpy()
-        self._stop_if_mostly_bad(
-            spec, stripped, bad, f"dates in no configured format ({', '.join(formats)})",
-            "Add the file's date format to input.date_formats, or check the column mapping",
-        )
-        for number in range(1, len(formats)):
-            self.fates.repair(
-                used == number,
-                f"{spec.name} in non-first date format {formats[number]}",
-                "date in another configured format",
-                column=spec.name,
-            )
-        if bad.any():
-            self.unparsed[spec.name] = stripped
-            self.pending_row_drops.append(
-                (
-                    bad,
-                    lambda pos, s=stripped, n=spec.name: f"{n} '" + s.iloc[pos].astype(str)
-                    + "' is not a date in a configured format",
-                    "unparsable date",
-                    spec.name,
-                )
-            )
-        return parsed
-
-    def _stop_if_mostly_bad(self, spec: ColumnSpec, text: pd.Series, bad: np.ndarray,
-                            rule: str, hint: str) -> None:
-        present = int(text.notna().sum())
-        if present and bad.sum() > MOSTLY * present:
-            rows, shown = self._examples(text, bad)
-            self.fail(self.error(
-                f"{int(bad.sum())} of {present} values are {rule}; e.g. {shown}",
-                column=spec.name,
-                rows=rows,
-                hint=hint,
-            ))
-
-    def _parse_number(self, spec: ColumnSpec, series: pd.Series) -> pd.Series:
-        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            number = series.astype("float64")
-            stripped = _as_text(series)
-            bad = np.isinf(number.to_numpy())
-        else:
-            _, stripped = self._stripped(series)
-            # Parsed once per distinct text: scores and ages repeat a few hundred values.
-            codes, uniques = pd.factorize(stripped)
-            parsed = pd.to_numeric(pd.Series(uniques), errors="coerce").astype("float64")
-            number = pd.Series(np.append(parsed.to_numpy(), np.nan)[codes],
-                               index=stripped.index)  # code -1 (missing): NaN
-            bad = (stripped.notna() & (number.isna() | np.isinf(number))).to_numpy()
-        number = number.where(~bad)
-        what = "whole numbers" if spec.kind in (INTEGER, FLAG, COUNT) else "numbers"
-        self._stop_if_mostly_bad(
-            spec, stripped, bad, f"not {what}",
-            "Check the column mapping (input.tables) and the decimal mark (a point, not a comma)",
-        )
-        if bad.any():
-            self.unparsed[spec.name] = stripped
-            if spec.kind in (FLAG, COUNT):
-                rows, shown = self._examples(stripped, bad)
-                rule = "values must be 0 or 1" if spec.kind == FLAG else (
-                    "session counts must be whole numbers of 0 or more")
-                self.fail(self.error(f"{rule}; found {shown}", column=spec.name, rows=rows))
-                return number
-            self.fates.set_missing(
-                bad,
-                lambda pos, s=stripped, n=spec.name: f"{n} '" + s.iloc[pos].astype(str)
-                + "' is not a number",
-                f"{spec.name} not a number",
-                column=spec.name,
-            )
-        if spec.kind == INTEGER:
-            fractional = (number.notna() & (number != np.floor(number))).to_numpy()
-            self.fates.set_missing(
-                fractional,
-                lambda pos, v=number, n=spec.name: f"{n} " + _fmt_number(v.iloc[pos])
-                + " is not a whole number",
-                f"{spec.name} not a whole number",
-                column=spec.name,
-            )
-            number = number.where(~fractional)
-        return number
-
-    def _check_structure(self) -> None:
-        """Unknown codes, flags other than 0/1, impossible counts: pandera, all at once."""
-        spec = TableSpec(self.table, tuple(self.columns), self.key)
-        schema = structural_schema(spec, self.config)
-        try:
-            schema.validate(self.values, lazy=True)
-        except pa.errors.SchemaErrors as errors:
-            for error in self._translate(errors.failure_cases):
-                self.fail(error)
-
-    def _translate(self, failures: pd.DataFrame) -> list[DataError]:
-        """One readable error per failing column of a pandera report, in column order."""
-        failures = failures[failures["column"].notna()]
-        order = {c.name: i for i, c in enumerate(self.columns)}
-        errors = []
-        for column in sorted(failures["column"].unique(), key=lambda c: order.get(c, len(order))):
-            cases = failures[failures["column"] == column]
-            rows = sorted(int(i) + 1 for i in cases["index"].dropna().unique())
-            values = list(dict.fromkeys(_fmt_value(v) for v in cases["failure_case"]))
-            shown = ", ".join(repr(v) for v in values[:3])
-            spec = next((c for c in self.columns if c.name == column), None)
-            hint = None
-            if spec is not None and spec.kind in (CODE, CODES):
-                hint = self._code_suggestions(spec, values) + (
-                    "If the code is valid, add it to the config (codes, outcomes or timepoints)")
-            errors.append(self.error(
-                f"{cases['check'].iloc[0]}; found {shown}", column=str(column), rows=rows,
-                hint=hint,
-            ))
-        return errors
-
-    def _code_suggestions(self, spec: ColumnSpec, values: Sequence[str]) -> str:
-        """``"'Dischrage' may be 'discharge'. "`` for unknown codes close to an allowed one."""
-        allowed = spec.allowed or ()
-        unknown: list[str] = []
-        for value in values:
-            parts = value.split(self.separator) if spec.kind == CODES else [value]
-            unknown += [p for p in parts if p and p not in allowed and p not in unknown]
-        pairs = [(u, closest_match(u, allowed)) for u in unknown]
-        shown = [f"'{u}' may be '{m}'" for u, m in pairs if m is not None][:3]
-        return "; ".join(shown) + ". " if shown else ""
-
-    # ---- rows ----------------------------------------------------------------------------
-
-    def drop_exact_duplicates(self) -> None:
-        """Later copies of an identical row are dropped, naming the first copy."""
-        if self.n == 0 or len(self.values.columns) == 0:
-            return
-        codes = []
-        for name in self.values.columns:
-            if name in self.unparsed:
-                # An unparsable value is compared as written, not as a missing value.
-                column = self.values[name]
-                compare = column.astype(object).where(column.notna(), self.unparsed[name])
-                codes.append(pd.factorize(compare)[0])
-            else:
-                codes.append(self.codes(name))
-        groups = _row_groups(codes)
-        _, first_position = np.unique(groups, return_index=True)
-        duplicated = first_position[groups] != np.arange(self.n)
-        if not duplicated.any():
-            return
-        first_row = self.fates.record_id[first_position[groups]]
-        self.fates.drop(
-            duplicated,
-            lambda pos: "exact duplicate of row " + pd.Series(first_row[pos]).astype(str),
-            "exact duplicate",
-            row_level=False,
-        )
-
-    def apply_row_drops(self) -> None:
-        for mask, reasons, kind, column in self.pending_row_drops:
-            self.fates.drop(mask, reasons, kind, row_level=True, column=column)
-        self.pending_row_drops = []
 
     def codes(self, column: str) -> np.ndarray:
         """``pd.factorize`` codes of ``values[column]`` (-1 missing), computed once per column."""
@@ -664,105 +371,6 @@ class _TableCleaner:
     def has(self, *columns: str) -> bool:
         """Whether every column was found (only a collecting cleaner goes on without one)."""
         return all(c in self.values.columns for c in columns)
-
-    def check_key_conflicts(self, key_columns: Sequence[str], what: str) -> None:
-        """Rows left with the same key must be identical: anything else is a structural error."""
-        if not self.has(*key_columns):
-            return
-        alive = ~self.fates.dropped & self.values[list(key_columns)].notna().all(axis=1).to_numpy()
-        keys = _row_groups([self.codes(c)[alive] for c in key_columns])
-        clash = pd.Series(np.bincount(keys)[keys] > 1) if len(keys) else pd.Series([], dtype=bool)
-        if clash.any():
-            keyed = self.values.loc[alive, list(key_columns)]
-            clash.index = keyed.index
-            positions = np.flatnonzero(alive)[clash.to_numpy()]
-            first_key = keyed[clash].iloc[0]
-            same = (keyed[clash] == first_key).all(axis=1).to_numpy()
-            example_rows = [int(p) + 1 for p in positions[same]]
-            shown = ", ".join(f"{c}={first_key[c]!r}" for c in key_columns)
-            self.fail(self.error(
-                f"the same {what} on rows with different content ({shown} on rows "
-                f"{', '.join(map(str, example_rows[:5]))})",
-                column=key_columns[0],
-                rows=[int(p) + 1 for p in positions],
-                hint="Keep one version of each record and rerun",
-            ))
-
-    def check_references(self, column: str, target: str, kept: pd.Index, known: pd.Index,
-                         file_column: str) -> None:
-        """Drop rows whose ``column`` is not a kept key of table ``target``."""
-        if not self.has(column):
-            return
-        values = self.values[column]
-        alive = ~self.fates.dropped & values.notna().to_numpy()
-        unknown = alive & ~_isin(values, kept)
-        if not unknown.any():
-            return
-        was_dropped = _isin(values, known)
-        self.fates.drop(
-            unknown & was_dropped,
-            lambda pos: f"{column} '" + values.iloc[pos].astype(str)
-            + f"' refers to a row dropped from the {target} table",
-            f"{column} of a dropped {target} row",
-            row_level=True,
-            column=column,
-        )
-        self.fates.drop(
-            unknown & ~was_dropped,
-            lambda pos: f"{column} '" + values.iloc[pos].astype(str)
-            + f"' not in the {target} table",
-            f"{column} not in the {target} table",
-            row_level=True,
-            column=column,
-        )
-
-    def set_out_of_range(self, column: str, low: pd.Series | float, high: pd.Series | float,
-                         label: str) -> None:
-        """Values outside ``[low, high]`` become missing with a reason; never clipped."""
-        if not self.has(column):
-            return
-        values = self.values[column]
-        outside = (values.notna() & ((values < low) | (values > high))).to_numpy()
-        if not outside.any():
-            return
-        low_s = pd.Series(low, index=values.index) if np.isscalar(low) else low
-        high_s = pd.Series(high, index=values.index) if np.isscalar(high) else high
-        self.fates.set_missing(
-            outside,
-            lambda pos: f"{label} " + _fmt_number(values.iloc[pos]) + " outside "
-            + _fmt_number(low_s.iloc[pos]) + "-" + _fmt_number(high_s.iloc[pos]),
-            f"{label} out of range",
-            column=column,
-        )
-        self.set_values(column, values.where(~outside))
-
-    def check_invalid_share(self) -> None:
-        """Stop in strict mode on any row-level drop, else when too many rows would go."""
-        bad = self.fates.row_level
-        count = int(bad.sum())
-        if not count:
-            return
-        rows = [int(r) for r in self.fates.record_id[bad][:5]]
-        reasons = Counter(self.fates.drop_reason[bad])
-        first_reason = self.fates.drop_reason[bad][0]
-        if self.input_cfg.get("strict", False):
-            self.fail(self.error(
-                f"{first_reason} ({count} such row(s))",
-                rows=rows,
-                hint="input.strict is true, so rows are not dropped; fix the rows or set "
-                "input.strict: false to drop them with a ledger entry",
-            ))
-            return
-        limit = float(self.input_cfg.get("max_invalid_fraction", 0.05))
-        if count > limit * self.n:
-            common = "; ".join(f"{r} ({k}x)" for r, k in reasons.most_common(3))
-            self.fail(self.error(
-                f"{count} of {self.n} rows ({100 * count / self.n:.1f}%) would be dropped as "
-                f"invalid, more than input.max_invalid_fraction ({100 * limit:g}%): the file is "
-                f"probably malformed",
-                rows=rows,
-                hint=f"Most common reasons: {common}",
-            ))
 
     def kept_values(self) -> pd.DataFrame:
         """Rows not dropped, with output dtypes and ``record_id``."""
@@ -805,12 +413,77 @@ class CleanResult:
         return "Cleaning: fate of every raw record\n" + wide.to_string()
 
 
+# ---- stage 1: reading the file and mapping its columns ---------------------------------------
+
+
 def _read(raw_dir: Path, config: Mapping[str, Any], table: str) -> tuple[str, pd.DataFrame]:
     # A file under raw_dir or a database query (input.tables.<table>.file or .query).
     return read_source(raw_dir, config, table)
 
 
+def _map_columns(
+    table: str,
+    file: str,
+    raw: pd.DataFrame,
+    columns: Sequence[ColumnSpec],
+    mapping: Mapping[str, str],
+    fail: Callable[[DataError], None],
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Find each contract column in the file's header and rename it to its canonical name.
+
+    Decides which columns exist: a column is looked up under its name in
+    ``input.tables.<table>.columns`` or else its canonical name, exactly or ignoring case and
+    surrounding whitespace. A required column not found, or a configured name the file lacks,
+    is a structural error (passed to ``fail``, with the closest header as a suggestion); an
+    optional column not found is left out; columns outside the contract are ignored (logged).
+    Records no ledger fates.
+
+    Returns
+    -------
+    tuple of DataFrame and dict
+        The found columns under their canonical names, and per canonical name the file's name.
+    """
+    present = list(raw.columns)
+    by_folded = {str(c).strip().casefold(): c for c in present}
+    renamed: dict[str, str] = {}
+    file_names: dict[str, str] = {}
+    for spec in columns:
+        configured = mapping.get(spec.name)
+        wanted = configured or spec.name
+        found = wanted if wanted in present else by_folded.get(wanted.casefold())
+        if found is None:
+            if spec.optional_column and configured is None:
+                continue
+            close = closest_match(wanted, present)
+            suggestion = f"Did you mean '{close}'? " if close else ""
+            if configured is not None:
+                rule = (
+                    f"column '{wanted}' (configured for '{spec.name}' in "
+                    f"input.tables.{table}.columns) is not in the file"
+                )
+            else:
+                rule = f"required column '{spec.name}' is missing"
+                suggestion += (
+                    f"If the file names it differently, map it in "
+                    f"input.tables.{table}.columns (e.g. {spec.name}: <name in file>). "
+                )
+            fail(DataError(
+                file,
+                rule,
+                column=wanted,
+                hint=f"{suggestion}The file has columns: {', '.join(map(str, present))}",
+            ))
+            continue
+        renamed[found] = spec.name
+        file_names[spec.name] = str(found)
+    unused = [str(c) for c in present if c not in renamed]
+    if unused:
+        log.info("clean %s: ignoring columns not in the contract: %s", table, unused)
+    return raw[list(renamed)].rename(columns=renamed), file_names
+
+
 def _cleaner(raw_dir: Path, config: Mapping[str, Any], spec: TableSpec) -> _TableCleaner:
+    """Read table ``spec.name`` and map its columns (a long outcomes file may lack outcome_id)."""
     file, frame = _read(raw_dir, config, spec.name)
     mapping = config["input"]["tables"][spec.name].get("columns") or {}
     if spec.name == "outcomes" and "outcome_id" not in mapping and not any(
@@ -820,51 +493,397 @@ def _cleaner(raw_dir: Path, config: Mapping[str, Any], spec: TableSpec) -> _Tabl
     return _TableCleaner(spec.name, file, frame, spec.columns, spec.key, mapping, config)
 
 
-def _clean_simple(cleaner: _TableCleaner, spec: TableSpec) -> None:
-    cleaner.parse()
-    cleaner.drop_exact_duplicates()
-    cleaner.apply_row_drops()
-    cleaner.check_key_conflicts([spec.key], spec.key)
-    cleaner.release_codes()
-    for column in cleaner.columns:
-        if column.value_range is not None:
-            cleaner.set_out_of_range(column.name, *column.value_range, label=column.name)
+# ---- stage 2: parsing each column by its kind ------------------------------------------------
+
+
+def _parse_columns(cleaner: _TableCleaner) -> None:
+    """Parse every column by its kind into ``cleaner.values``, recording repairs.
+
+    Decides what each written value means. Fates: ``repaired`` for stray whitespace (ids,
+    codes, code lists and text) or case (ids, codes, code lists) and for dates in a non-first
+    configured format; ``value_set_missing`` for numbers that do not parse and for fractional
+    integers. Rows with an unparsable date or a missing required value are queued for
+    :func:`_apply_pending_row_drops` (fate ``dropped``, counted as invalid), which runs after
+    the exact-duplicate check so that a duplicate is recorded as one. Structural errors: a
+    column whose values mostly fail to parse, and a flag or count that is not a number.
+    """
+    for spec in cleaner.columns:
+        series = cleaner.raw[spec.name]
+        cleaner.values[spec.name] = _PARSERS[spec.kind](cleaner, spec, series)
+        if spec.required:
+            # Unparsable dates were queued first, so they keep that more precise reason.
+            missing = cleaner.values[spec.name].isna().to_numpy()
+            reason = f"missing {spec.name}"
+            cleaner.pending_row_drops.append((missing, reason, reason, spec.name))
+
+
+def _stripped(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The values as text, and the same stripped of surrounding whitespace (empty: missing)."""
+    text = _as_text(series)
+    stripped = text.str.strip()
+    stripped = stripped.where(stripped != "")
+    return text, stripped
+
+
+def _examples(text: pd.Series, mask: pd.Series | np.ndarray) -> tuple[list[int], str]:
+    positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+    rows = [int(p) + 1 for p in positions[:5]]
+    # At most three example values: messages may reach people who must not see records.
+    distinct = text.iloc[positions[:1000]].astype(str).unique()[:3]
+    return rows, ", ".join(repr(v) for v in distinct)
+
+
+def _parse_id(cleaner: _TableCleaner, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+    text, stripped = _stripped(series)
+    norm = stripped.str.upper()
+    changed = (norm != text) & norm.notna()
+    cleaner.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
+                         f"whitespace or case in {spec.name}", column=spec.name)
+    return norm
+
+
+def _parse_text(cleaner: _TableCleaner, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+    text, stripped = _stripped(series)
+    changed = (stripped != text) & stripped.notna()
+    cleaner.fates.repair(changed.to_numpy(), f"stray whitespace in {spec.name}", "text",
+                         column=spec.name)
+    return stripped
+
+
+def _parse_code(cleaner: _TableCleaner, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+    text, stripped = _stripped(series)
+    canonical = {str(a).upper(): a for a in spec.allowed or ()}
+    upper = stripped.str.upper()
+    norm = pd.Series(lookup(upper, canonical, default=None).astype(object),
+                     index=upper.index, dtype="str")
+    # Unknown codes keep their written value so the structural check can report it.
+    norm = norm.where(norm.notna(), stripped).astype("str")
+    changed = (norm != text) & stripped.notna()
+    cleaner.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
+                         f"whitespace or case in {spec.name}", column=spec.name)
+    return norm
+
+
+def _parse_codes(cleaner: _TableCleaner, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+    text = _as_text(series)
+    # A registry repeats a few hundred code combinations: normalise each distinct cell once.
+    codes, uniques = pd.factorize(text)
+    normalised = []
+    for value in uniques:
+        parts = [p.strip().upper() for p in str(value).split(cleaner.separator)]
+        joined = cleaner.separator.join(p for p in parts if p)
+        normalised.append(joined if joined else None)
+    by_code = pd.array(normalised + [None], dtype="str")
+    norm = pd.Series(by_code[codes], index=series.index, dtype="str")  # code -1 -> last: None
+    changed = (norm != text) & text.notna()
+    cleaner.fates.repair(changed.to_numpy(), f"stray whitespace or case in {spec.name}",
+                         f"whitespace or case in {spec.name}", column=spec.name)
+    return norm
+
+
+def _parse_date(cleaner: _TableCleaner, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return series.dt.tz_localize(None) if series.dt.tz is not None else series.astype(
+            "datetime64[us]"
+        )
+    text, stripped = _stripped(series)
+    formats = list(cleaner.input_cfg.get("date_formats") or ["%Y-%m-%d"])
+    codes, uniques = pd.factorize(stripped)
+    parsed_uniques = pd.Series(pd.NaT, index=range(len(uniques)), dtype="datetime64[us]")
+    format_used = np.full(len(uniques), -1)
+    remaining = np.ones(len(uniques), dtype=bool)
+    unique_text = pd.Series(uniques, dtype="str")
+    for number, fmt in enumerate(formats):
+        if not remaining.any():
+            break
+        attempt = pd.to_datetime(unique_text[remaining], format=fmt, errors="coerce")
+        ok = attempt.notna().to_numpy()
+        hits = np.flatnonzero(remaining)[ok]
+        parsed_uniques.iloc[hits] = attempt[ok].astype("datetime64[us]").to_numpy()
+        format_used[hits] = number
+        remaining[hits] = False
+    parsed = pd.Series(
+        np.append(parsed_uniques.to_numpy(), np.datetime64("NaT", "us"))[codes],
+        index=series.index,
+    )
+    used = np.append(format_used, -1)[codes]
+    bad = (stripped.notna() & parsed.isna()).to_numpy()
+    _stop_if_mostly_bad(
+        cleaner, spec, stripped, bad, f"dates in no configured format ({', '.join(formats)})",
+        "Add the file's date format to input.date_formats, or check the column mapping",
+    )
+    for number in range(1, len(formats)):
+        cleaner.fates.repair(
+            used == number,
+            f"{spec.name} in non-first date format {formats[number]}",
+            "date in another configured format",
+            column=spec.name,
+        )
+    if bad.any():
+        cleaner.unparsed[spec.name] = stripped
+        cleaner.pending_row_drops.append(
+            (
+                bad,
+                lambda pos, s=stripped, n=spec.name: f"{n} '" + s.iloc[pos].astype(str)
+                + "' is not a date in a configured format",
+                "unparsable date",
+                spec.name,
+            )
+        )
+    return parsed
+
+
+def _stop_if_mostly_bad(cleaner: _TableCleaner, spec: ColumnSpec, text: pd.Series,
+                        bad: np.ndarray, rule: str, hint: str) -> None:
+    """A structural error when more than ``MOSTLY`` of the written values failed to parse."""
+    present = int(text.notna().sum())
+    if present and bad.sum() > MOSTLY * present:
+        rows, shown = _examples(text, bad)
+        cleaner.fail(cleaner.error(
+            f"{int(bad.sum())} of {present} values are {rule}; e.g. {shown}",
+            column=spec.name,
+            rows=rows,
+            hint=hint,
+        ))
+
+
+def _parse_number(cleaner: _TableCleaner, spec: ColumnSpec, series: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        number = series.astype("float64")
+        stripped = _as_text(series)
+        bad = np.isinf(number.to_numpy())
+    else:
+        _, stripped = _stripped(series)
+        # Parsed once per distinct text: scores and ages repeat a few hundred values.
+        codes, uniques = pd.factorize(stripped)
+        parsed = pd.to_numeric(pd.Series(uniques), errors="coerce").astype("float64")
+        number = pd.Series(np.append(parsed.to_numpy(), np.nan)[codes],
+                           index=stripped.index)  # code -1 (missing): NaN
+        bad = (stripped.notna() & (number.isna() | np.isinf(number))).to_numpy()
+    number = number.where(~bad)
+    what = "whole numbers" if spec.kind in (INTEGER, FLAG, COUNT) else "numbers"
+    _stop_if_mostly_bad(
+        cleaner, spec, stripped, bad, f"not {what}",
+        "Check the column mapping (input.tables) and the decimal mark (a point, not a comma)",
+    )
+    if bad.any():
+        cleaner.unparsed[spec.name] = stripped
+        if spec.kind in (FLAG, COUNT):
+            rows, shown = _examples(stripped, bad)
+            rule = "values must be 0 or 1" if spec.kind == FLAG else (
+                "session counts must be whole numbers of 0 or more")
+            cleaner.fail(cleaner.error(f"{rule}; found {shown}", column=spec.name, rows=rows))
+            return number
+        cleaner.fates.set_missing(
+            bad,
+            lambda pos, s=stripped, n=spec.name: f"{n} '" + s.iloc[pos].astype(str)
+            + "' is not a number",
+            f"{spec.name} not a number",
+            column=spec.name,
+        )
+    if spec.kind == INTEGER:
+        fractional = (number.notna() & (number != np.floor(number))).to_numpy()
+        cleaner.fates.set_missing(
+            fractional,
+            lambda pos, v=number, n=spec.name: f"{n} " + _fmt_number(v.iloc[pos])
+            + " is not a whole number",
+            f"{spec.name} not a whole number",
+            column=spec.name,
+        )
+        number = number.where(~fractional)
+    return number
+
+
+_PARSERS: dict[str, Callable[[_TableCleaner, ColumnSpec, pd.Series], pd.Series]] = {
+    ID: _parse_id,
+    CODE: _parse_code,
+    CODES: _parse_codes,
+    TEXT: _parse_text,
+    DATE: _parse_date,
+    NUMBER: _parse_number,
+    INTEGER: _parse_number,
+    FLAG: _parse_number,
+    COUNT: _parse_number,
+}
+
+
+# ---- stage 3: validating the parsed values against the structural schema --------------------
+
+
+def _check_structure(cleaner: _TableCleaner) -> None:
+    """Check the parsed values against the table's structural schema (pandera), all at once.
+
+    Decides whether the values are of the study at all: unknown codes, instrument names or
+    time point labels (with the closest allowed value as a suggestion), flags other than 0/1,
+    impossible counts. One structural error per failing column, in column order; no ledger
+    fates (such a table is refused, not cleaned).
+    """
+    spec = TableSpec(cleaner.table, tuple(cleaner.columns), cleaner.key)
+    schema = structural_schema(spec, cleaner.config)
+    try:
+        schema.validate(cleaner.values, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        for error in _translate(cleaner, errors.failure_cases):
+            cleaner.fail(error)
+
+
+def _translate(cleaner: _TableCleaner, failures: pd.DataFrame) -> list[DataError]:
+    """One readable error per failing column of a pandera report, in column order."""
+    failures = failures[failures["column"].notna()]
+    order = {c.name: i for i, c in enumerate(cleaner.columns)}
+    errors = []
+    for column in sorted(failures["column"].unique(), key=lambda c: order.get(c, len(order))):
+        cases = failures[failures["column"] == column]
+        rows = sorted(int(i) + 1 for i in cases["index"].dropna().unique())
+        values = list(dict.fromkeys(_fmt_value(v) for v in cases["failure_case"]))
+        shown = ", ".join(repr(v) for v in values[:3])
+        spec = next((c for c in cleaner.columns if c.name == column), None)
+        hint = None
+        if spec is not None and spec.kind in (CODE, CODES):
+            hint = _code_suggestions(spec, values, cleaner.separator) + (
+                "If the code is valid, add it to the config (codes, outcomes or timepoints)")
+        errors.append(cleaner.error(
+            f"{cases['check'].iloc[0]}; found {shown}", column=str(column), rows=rows,
+            hint=hint,
+        ))
+    return errors
+
+
+def _code_suggestions(spec: ColumnSpec, values: Sequence[str], separator: str) -> str:
+    """``"'Dischrage' may be 'discharge'. "`` for unknown codes close to an allowed one."""
+    allowed = spec.allowed or ()
+    unknown: list[str] = []
+    for value in values:
+        parts = value.split(separator) if spec.kind == CODES else [value]
+        unknown += [p for p in parts if p and p not in allowed and p not in unknown]
+    pairs = [(u, closest_match(u, allowed)) for u in unknown]
+    shown = [f"'{u}' may be '{m}'" for u, m in pairs if m is not None][:3]
+    return "; ".join(shown) + ". " if shown else ""
+
+
+# ---- stage 4: rows: exact duplicates, invalid rows, keys, references, repeated assessments --
+
+
+def _drop_exact_duplicates(cleaner: _TableCleaner) -> None:
+    """Drop later copies of a row identical to an earlier one (fate ``dropped``).
+
+    Rows are compared on every parsed column, an unparsable value as written. The reason names
+    the first copy (``exact duplicate of row 3``); such drops are not counted as invalid rows.
+    """
+    if cleaner.n == 0 or len(cleaner.values.columns) == 0:
+        return
+    codes = []
+    for name in cleaner.values.columns:
+        if name in cleaner.unparsed:
+            # An unparsable value is compared as written, not as a missing value.
+            column = cleaner.values[name]
+            compare = column.astype(object).where(column.notna(), cleaner.unparsed[name])
+            codes.append(pd.factorize(compare)[0])
+        else:
+            codes.append(cleaner.codes(name))
+    groups = _row_groups(codes)
+    _, first_position = np.unique(groups, return_index=True)
+    duplicated = first_position[groups] != np.arange(cleaner.n)
+    if not duplicated.any():
+        return
+    first_row = cleaner.fates.record_id[first_position[groups]]
+    cleaner.fates.drop(
+        duplicated,
+        lambda pos: "exact duplicate of row " + pd.Series(first_row[pos]).astype(str),
+        "exact duplicate",
+        row_level=False,
+    )
+
+
+def _apply_pending_row_drops(cleaner: _TableCleaner) -> None:
+    """Drop the rows parsing queued: an unparsable date, a missing required value.
+
+    Fate ``dropped``, counted as invalid rows (``input.strict``, ``input.max_invalid_fraction``);
+    a row already dropped as an exact duplicate keeps that reason.
+    """
+    for mask, reasons, kind, column in cleaner.pending_row_drops:
+        cleaner.fates.drop(mask, reasons, kind, row_level=True, column=column)
+    cleaner.pending_row_drops = []
+
+
+def _check_key_conflicts(cleaner: _TableCleaner, key_columns: Sequence[str], what: str) -> None:
+    """Rows left with the same key must be identical: anything else is a structural error.
+
+    Runs after the exact duplicates are dropped, so the rows left with one key differ in
+    content. Records no ledger fates.
+    """
+    if not cleaner.has(*key_columns):
+        return
+    values = cleaner.values
+    alive = ~cleaner.fates.dropped & values[list(key_columns)].notna().all(axis=1).to_numpy()
+    keys = _row_groups([cleaner.codes(c)[alive] for c in key_columns])
+    clash = pd.Series(np.bincount(keys)[keys] > 1) if len(keys) else pd.Series([], dtype=bool)
+    if clash.any():
+        keyed = values.loc[alive, list(key_columns)]
+        clash.index = keyed.index
+        positions = np.flatnonzero(alive)[clash.to_numpy()]
+        first_key = keyed[clash].iloc[0]
+        same = (keyed[clash] == first_key).all(axis=1).to_numpy()
+        example_rows = [int(p) + 1 for p in positions[same]]
+        shown = ", ".join(f"{c}={first_key[c]!r}" for c in key_columns)
+        cleaner.fail(cleaner.error(
+            f"the same {what} on rows with different content ({shown} on rows "
+            f"{', '.join(map(str, example_rows[:5]))})",
+            column=key_columns[0],
+            rows=[int(p) + 1 for p in positions],
+            hint="Keep one version of each record and rerun",
+        ))
+
+
+def _drop_unknown_references(cleaner: _TableCleaner, column: str, target: str, kept: pd.Index,
+                             known: pd.Index) -> None:
+    """Drop rows whose ``column`` is not a kept key of table ``target`` (fate ``dropped``).
+
+    The reason says whether the key was dropped from ``target`` (it is in ``known``) or is not
+    in it at all; both count as invalid rows.
+    """
+    if not cleaner.has(column):
+        return
+    values = cleaner.values[column]
+    alive = ~cleaner.fates.dropped & values.notna().to_numpy()
+    unknown = alive & ~_isin(values, kept)
+    if not unknown.any():
+        return
+    was_dropped = _isin(values, known)
+    cleaner.fates.drop(
+        unknown & was_dropped,
+        lambda pos: f"{column} '" + values.iloc[pos].astype(str)
+        + f"' refers to a row dropped from the {target} table",
+        f"{column} of a dropped {target} row",
+        row_level=True,
+        column=column,
+    )
+    cleaner.fates.drop(
+        unknown & ~was_dropped,
+        lambda pos: f"{column} '" + values.iloc[pos].astype(str)
+        + f"' not in the {target} table",
+        f"{column} not in the {target} table",
+        row_level=True,
+        column=column,
+    )
 
 
 def _reference(cleaner: _TableCleaner, column: str, target: _TableCleaner, target_key: str) -> None:
+    """Drop rows of ``cleaner`` whose ``column`` is not a kept ``target_key`` of ``target``."""
     if not target.has(target_key):
         return
     kept = pd.Index(target.values.loc[~target.fates.dropped, target_key].dropna().unique())
     known = pd.Index(target.values[target_key].dropna().unique())
-    cleaner.check_references(column, target.table, kept, known, target.file)
-
-
-def _clean_long_outcomes(
-    cleaner: _TableCleaner, config: Mapping[str, Any], patients: _TableCleaner | None
-) -> None:
-    cleaner.parse()
-    cleaner.drop_exact_duplicates()
-    cleaner.apply_row_drops()
-    cleaner.check_key_conflicts(["outcome_id"], "outcome_id")
-    # Rows of unknown episodes go first: their repeated scores are not the study's data.
-    # (No patients cleaner only when check-data could not read the patients table.)
-    if patients is not None:
-        _reference(cleaner, "episode_id", patients, "episode_id")
-    _drop_repeated_assessments(cleaner)
-    cleaner.release_codes()
-    if not cleaner.has("instrument", "score"):
-        return
-    ranges = score_ranges(config)
-    instrument = cleaner.values["instrument"]
-    low = pd.Series(lookup(instrument, {k: v[0] for k, v in ranges.items()}).astype(float),
-                    index=instrument.index)
-    high = pd.Series(lookup(instrument, {k: v[1] for k, v in ranges.items()}).astype(float),
-                     index=instrument.index)
-    cleaner.set_out_of_range("score", low, high, label="score")
+    _drop_unknown_references(cleaner, column, target.table, kept, known)
 
 
 def _drop_repeated_assessments(cleaner: _TableCleaner) -> None:
-    """The same assessment twice: an error if the scores differ, else later copies dropped."""
+    """The same assessment (episode, instrument, time point) twice in the long outcomes table.
+
+    Different scores are a structural error (which score is the study's is not for cleaning
+    to decide); the same score under another ``outcome_id``: later copies get fate
+    ``dropped``, naming the first, not counted as invalid rows.
+    """
     key = ["episode_id", "instrument", "timepoint"]
     if not cleaner.has(*key, "score"):
         return
@@ -907,17 +926,129 @@ def _drop_repeated_assessments(cleaner: _TableCleaner) -> None:
     )
 
 
+
+# ---- stage 5: range checks -------------------------------------------------------------------
+
+
+def _set_out_of_range(cleaner: _TableCleaner, column: str, low: pd.Series | float,
+                      high: pd.Series | float, label: str) -> None:
+    """Values outside ``[low, high]`` become missing (fate ``value_set_missing``); never clipped.
+
+    The bounds are an instrument's configured score range (``outcomes[].min/max``) or a
+    column's fixed range from its specification (``ses_score`` 1-10); the reason quotes value
+    and range.
+    """
+    if not cleaner.has(column):
+        return
+    values = cleaner.values[column]
+    outside = (values.notna() & ((values < low) | (values > high))).to_numpy()
+    if not outside.any():
+        return
+    low_s = pd.Series(low, index=values.index) if np.isscalar(low) else low
+    high_s = pd.Series(high, index=values.index) if np.isscalar(high) else high
+    cleaner.fates.set_missing(
+        outside,
+        lambda pos: f"{label} " + _fmt_number(values.iloc[pos]) + " outside "
+        + _fmt_number(low_s.iloc[pos]) + "-" + _fmt_number(high_s.iloc[pos]),
+        f"{label} out of range",
+        column=column,
+    )
+    cleaner.set_values(column, values.where(~outside))
+
+
+# ---- stage 6: the limit on invalid rows ------------------------------------------------------
+
+
+def _check_invalid_share(cleaner: _TableCleaner) -> None:
+    """Stop in strict mode on any row-level drop, else when too many rows would go.
+
+    Run last for each table, after its references are checked. Counts the drops marked as
+    invalid rows (missing or unparsable values, unknown references; not duplicates) against
+    ``input.strict`` and ``input.max_invalid_fraction``; a breach is a structural error.
+    Records no ledger fates.
+    """
+    bad = cleaner.fates.row_level
+    count = int(bad.sum())
+    if not count:
+        return
+    rows = [int(r) for r in cleaner.fates.record_id[bad][:5]]
+    reasons = Counter(cleaner.fates.drop_reason[bad])
+    first_reason = cleaner.fates.drop_reason[bad][0]
+    if cleaner.input_cfg.get("strict", False):
+        cleaner.fail(cleaner.error(
+            f"{first_reason} ({count} such row(s))",
+            rows=rows,
+            hint="input.strict is true, so rows are not dropped; fix the rows or set "
+            "input.strict: false to drop them with a ledger entry",
+        ))
+        return
+    limit = float(cleaner.input_cfg.get("max_invalid_fraction", 0.05))
+    if count > limit * cleaner.n:
+        common = "; ".join(f"{r} ({k}x)" for r, k in reasons.most_common(3))
+        cleaner.fail(cleaner.error(
+            f"{count} of {cleaner.n} rows ({100 * count / cleaner.n:.1f}%) would be dropped as "
+            f"invalid, more than input.max_invalid_fraction ({100 * limit:g}%): the file is "
+            f"probably malformed",
+            rows=rows,
+            hint=f"Most common reasons: {common}",
+        ))
+
+
+# ---- the stages in order, per kind of table ----------------------------------------------------
+
+
+def _clean_simple(cleaner: _TableCleaner, spec: TableSpec) -> None:
+    """Therapists, patients, sessions: the stages up to the range checks of ``spec``'s columns."""
+    _parse_columns(cleaner)
+    _check_structure(cleaner)
+    _drop_exact_duplicates(cleaner)
+    _apply_pending_row_drops(cleaner)
+    _check_key_conflicts(cleaner, [spec.key], spec.key)
+    cleaner.release_codes()
+    for column in cleaner.columns:
+        if column.value_range is not None:
+            _set_out_of_range(cleaner, column.name, *column.value_range, label=column.name)
+
+
+def _clean_long_outcomes(
+    cleaner: _TableCleaner, config: Mapping[str, Any], patients: _TableCleaner | None
+) -> None:
+    """Long outcomes: the stages, with unknown episodes and repeated assessments dropped."""
+    _parse_columns(cleaner)
+    _check_structure(cleaner)
+    _drop_exact_duplicates(cleaner)
+    _apply_pending_row_drops(cleaner)
+    _check_key_conflicts(cleaner, ["outcome_id"], "outcome_id")
+    # Rows of unknown episodes go first: their repeated scores are not the study's data.
+    # (No patients cleaner only when check-data could not read the patients table.)
+    if patients is not None:
+        _reference(cleaner, "episode_id", patients, "episode_id")
+    _drop_repeated_assessments(cleaner)
+    cleaner.release_codes()
+    if not cleaner.has("instrument", "score"):
+        return
+    ranges = score_ranges(config)
+    instrument = cleaner.values["instrument"]
+    low = pd.Series(lookup(instrument, {k: v[0] for k, v in ranges.items()}).astype(float),
+                    index=instrument.index)
+    high = pd.Series(lookup(instrument, {k: v[1] for k, v in ranges.items()}).astype(float),
+                     index=instrument.index)
+    _set_out_of_range(cleaner, "score", low, high, label="score")
+
+
 def _clean_wide_outcomes(cleaner: _TableCleaner, config: Mapping[str, Any]) -> None:
-    cleaner.parse()
-    cleaner.drop_exact_duplicates()
-    cleaner.apply_row_drops()
-    cleaner.check_key_conflicts(["episode_id"], "episode_id")
+    """Wide outcomes (one row per episode): the stages, each score column range-checked."""
+    _parse_columns(cleaner)
+    _check_structure(cleaner)
+    _drop_exact_duplicates(cleaner)
+    _apply_pending_row_drops(cleaner)
+    _check_key_conflicts(cleaner, ["episode_id"], "episode_id")
     cleaner.release_codes()
     ranges = score_ranges(config)
     for instrument in outcome_names(config):
         for timepoint in timepoint_labels(config):
             column = wide_score_column(instrument, timepoint)
-            cleaner.set_out_of_range(column, *ranges[instrument], label=column)
+            _set_out_of_range(cleaner, column, *ranges[instrument], label=column)
 
 
 def _wide_to_long(cleaner: _TableCleaner, config: Mapping[str, Any]) -> pd.DataFrame:
@@ -1023,7 +1154,7 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
             continue
         cleaner = _cleaner(raw_dir, config, specs[name])
         _clean_simple(cleaner, specs[name])
-        cleaner.check_invalid_share()
+        _check_invalid_share(cleaner)
         cleaners[name] = cleaner
     patients = cleaners["patients"]
     if "patient_id" not in patients.values.columns:
@@ -1037,7 +1168,7 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
         _reference(sessions, "episode_id", patients, "episode_id")
         if "therapists" in cleaners:
             _reference(sessions, "therapist_id", cleaners["therapists"], "therapist_id")
-        sessions.check_invalid_share()
+        _check_invalid_share(sessions)
         cleaners["sessions"] = sessions
 
     wide = config["input"].get("outcomes_layout", "long") == "wide"
@@ -1054,7 +1185,7 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
         _clean_long_outcomes(outcomes, config, patients)
     if wide:
         _reference(outcomes, "episode_id", patients, "episode_id")
-    outcomes.check_invalid_share()
+    _check_invalid_share(outcomes)
     cleaners["outcomes"] = outcomes
 
     tables = {name: cleaners[name].kept_values()
