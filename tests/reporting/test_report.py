@@ -152,3 +152,22 @@ def test_model_block_formats_of_the_models_step():
     assert as_list("a; b") == ["a", "b"]
     assert as_list(["a", ""]) == ["a"]
     assert as_list(None) == [] and as_list(float("nan")) == []
+
+
+def test_imputation_text_states_m_rule_and_missingness_predictors() -> None:
+    from trial_analysis.causal.imputation import missingness_predictors_text
+    from trial_analysis.reporting.report import imputation_text
+
+    doc = {"details": {
+        "imputation_model": "chained equations",
+        "m_choice": {"m": 73, "pilot_m": 20, "pilot_fmi": {"function": 0.73, "pain": 0.5},
+                     "max_m": 100, "capped": False},
+        "missingness_predictors": missingness_predictors_text(["n_sessions", "bmi"])}}
+    text = imputation_text(doc)
+    assert "73 imputations, chosen as at least 100 times the largest fraction of missing " \
+        "information (0.73) of a 20-imputation pilot." in text
+    assert "2 auxiliary variables of the configuration (among them the number of sessions)" \
+        in text
+    fixed = imputation_text({"details": {"imputation_model": "x", "settings": {"m": 20}}})
+    assert "20 imputations (fixed in the configuration)." in fixed
+    assert imputation_text({}) == ""

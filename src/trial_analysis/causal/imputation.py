@@ -848,13 +848,7 @@ def run_multiple_imputation(
                             + ("; therapist clustering through leave-one-out therapist means "
                                "of every imputed variable" if options["therapist_means"]
                                else "; therapist clustering ignored"),
-        "missingness_predictors": (
-            "The imputation model conditions on every imputed variable, the auxiliaries "
-            f"({', '.join(options['auxiliary']) or 'none'}) and the analysis covariates; the "
-            "complete-case and all-available likelihood analyses condition only on the "
-            "analysis model's own variables (arm, baseline, covariates), so missingness that "
-            "depends on an auxiliary (e.g. the number of sessions) is MAR for the imputation "
-            "but not for them."),
+        "missingness_predictors": missingness_predictors_text(options["auxiliary"]),
         "imputed_columns": imputations.columns,
         "m_choice": imputations.m_choice,
         "confidence_level": level,
@@ -863,6 +857,19 @@ def run_multiple_imputation(
     }
     return SensitivityResult("multiple_imputation", sensitivity_frame(rows), tables=tables,
                              details=details)
+
+
+def missingness_predictors_text(auxiliary: Sequence[str]) -> str:
+    """What the MAR assumption of each missing-data analysis conditions on, in words."""
+    count = len(auxiliary)
+    named = " (among them the number of sessions)" if "n_sessions" in auxiliary else ""
+    return ("The imputation model conditions on every imputed variable, on the "
+            f"{count} auxiliary variable{'s' if count != 1 else ''} of the configuration"
+            f"{named} and on the analysis covariates. The complete-case and all-available "
+            "likelihood analyses condition only on the analysis model's own variables (arm, "
+            "baseline score, covariates): missingness that depends on an auxiliary variable, "
+            "such as discharge after fewer sessions, is missing at random for the imputation "
+            "but not for them.")
 
 
 def delta_grid(spec: Mapping[str, Any], options: Mapping[str, Any],

@@ -287,7 +287,29 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
                        + base64.b64encode(path.read_bytes()).decode(), "caption": caption,
                        "alt": caption.split(":")[0]})
     return {"ran": bool(docs), "effects": effects, "evalues": list(evalues.values()),
-            "tipping": tipping, "images": images}
+            "tipping": tipping, "images": images,
+            "imputation": imputation_text(docs.get("multiple_imputation", {}))}
+
+
+def imputation_text(doc: Mapping[str, Any]) -> str:
+    """How the imputations were made, how many, and what their MAR assumption conditions on."""
+    details = doc.get("details") or {}
+    if not details:
+        return ""
+    parts = [f"Multiple imputation: {details.get('imputation_model', '')}."]
+    choice = details.get("m_choice")
+    if choice:
+        largest = max(choice["pilot_fmi"].values()) if choice["pilot_fmi"] else 0.0
+        parts.append(f"{choice['m']} imputations, chosen as at least 100 times the largest "
+                     f"fraction of missing information ({largest:.2f}) of a "
+                     f"{choice['pilot_m']}-imputation pilot"
+                     + (f", capped at {choice['max_m']}" if choice["capped"] else "") + ".")
+    else:
+        settings = details.get("settings") or {}
+        parts.append(f"{settings.get('m', '?')} imputations (fixed in the configuration).")
+    if details.get("missingness_predictors"):
+        parts.append(details["missingness_predictors"])
+    return " ".join(parts)
 
 
 def _float(text: str) -> float:
