@@ -51,6 +51,7 @@ from trial_analysis.reporting.tables import (
     load_truth,
     outcome_label,
 )
+from trial_analysis.reporting.target_trial import target_trial_table
 
 PACKAGES = ["pandas", "numpy", "scipy", "statsmodels", "matplotlib", "snakemake", "pandera",
             "tableone", "jinja2", "trial-analysis"]
@@ -451,6 +452,7 @@ def build_context(
     return {
         "title": config.get("report", {}).get("title", "Trial analysis report"),
         "study": config["study"], "design": design_text(config),
+        "target_trial": target_trial_table(config, frames["flow"]).to_dict("records"),
         "intervention": intervention, "control": control,
         "outcomes": [
             {"label": o.get("label", o["name"]), "units": o.get("units", "score"),
