@@ -540,3 +540,19 @@ def test_filters_stop_on_a_column_or_value_that_is_not_there(config, spec, messa
     with pytest.raises(DataError, match=message) as error:
         apply_eligibility(config, tables, ledger)
     assert "clean/patients.parquet" in str(error.value)
+
+
+def test_run_eligibility_reads_the_therapists_for_the_target_trial(tmp_path, config):
+    config["target_trial"]["population"] = "target_trial"
+    tables, ledger = _target_trial_inputs()
+    _write_inputs(tmp_path, tables, ledger)
+    out = tmp_path / "out"
+    result = run_eligibility(config, tmp_path / "clean", tmp_path / "clean_ledger.parquet",
+                             out / "cohort.parquet", out / "ledger.parquet", out / "flow.csv")
+    assert sorted(pd.read_parquet(out / "cohort.parquet")["episode_id"]) == ["E0001", "E0004"]
+    assert REASON_UNTRAINED in pd.read_csv(out / "flow.csv")["reason"].tolist()
+    assert len(result.ledger) == len(ledger)
+    (tmp_path / "clean" / "therapists.parquet").unlink()
+    with pytest.raises(DataError, match="therapists.parquet"):
+        run_eligibility(config, tmp_path / "clean", tmp_path / "clean_ledger.parquet",
+                        out / "cohort.parquet", out / "ledger.parquet", out / "flow.csv")
