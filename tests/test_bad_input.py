@@ -190,6 +190,13 @@ def _flag_not_binary(s: Setup) -> None:
     s.tables["patients"].loc[2, "depression"] = "yes"
 
 
+def _filter(spec: dict[str, Any]) -> Callable[[Setup], None]:
+    def breaker(s: Setup) -> None:
+        s.config["eligibility"]["filters"] = [spec]
+
+    return breaker
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -249,6 +256,9 @@ CASES = [
          ("outcomes.csv", "pain_discharge", "required column")),
     Case("flag not 0/1", _flag_not_binary,
          ("patients.csv", "depression", "rows 3", "0 or 1", "'yes'")),
+    Case("row filter on a column the file lacks", _filter({"column": "per_protocol",
+                                                           "keep": [1]}),
+         ("patients.csv", "per_protocol", "required column")),
 ]
 
 
@@ -293,3 +303,70 @@ def test_valid_fixture_passes_the_same_path(tmp_path: Path, capsys: pytest.Captu
     assert sorted(p.name for p in (tmp_path / "clean").iterdir()) == [
         "outcomes.parquet", "patients.parquet", "sessions.parquet", "therapists.parquet"
     ]
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"column": "sex", "keep": ["F", "X"]},
+     ("patients.parquet", "column 'sex'", "eligibility.filters keep", "['X'] never occur",
+      "Values present: F, M")),
+    ({"column": "depression", "drop": ["yes"]},
+     ("patients.parquet", "column 'depression'", "the column is numeric", "['yes']")),
+    ({"column": "sex", "keep": ["NOBODY"]},
+     ("patients.parquet", "column 'sex'", "['NOBODY'] never occur")),
+])
+def test_row_filter_values_not_in_the_data_fail_cleanly(spec: dict[str, Any], expected,
+                                                        tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture):
+    """A filter value no episode has stops the eligibility step (a typo would filter none)."""
+    config = fixture_config()
+    config["eligibility"]["filters"] = [spec]
+    raw = write_extract(raw_extract(), tmp_path / "raw")
+    config_file = write_config(config, tmp_path / "config.yaml")
+    clean, ledger = tmp_path / "clean", tmp_path / "clean_ledger.parquet"
+    assert main(["-q", "clean", "--config", str(config_file), "--raw", str(raw), "--out",
+                 str(clean), "--ledger", str(ledger)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    outputs = [tmp_path / name for name in ("cohort.parquet", "ledger.parquet", "flow.csv")]
+    status = main(["-q", "eligibility", "--config", str(config_file), "--clean", str(clean),
+                   "--clean-ledger", str(ledger), "--cohort", str(outputs[0]),
+                   "--ledger", str(outputs[1]), "--flow", str(outputs[2])])
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert captured.err.startswith("trial-analysis eligibility: error: ")
+    for text in expected:
+        assert text in captured.err, f"{text!r} not in {captured.err!r}"
+    assert len(captured.err) < 800
+    assert not any(path.exists() for path in outputs)
+
+
+def test_row_filter_on_an_undeclared_column_gives_each_filtered_record_a_fate(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """The harness's valid counterpart: a third arm, in a column nobody declared, filtered out."""
+    tables = raw_extract()
+    groups = ["A", "B", "C"]
+    tables["patients"]["group"] = [groups[i % 3] for i in range(len(tables["patients"]))]
+    config = fixture_config()
+    config["eligibility"]["filters"] = [{"column": "group", "keep": ["A", "B"]}]
+    raw = write_extract(tables, tmp_path / "raw")
+    config_file = write_config(config, tmp_path / "config.yaml")
+    clean, clean_ledger = tmp_path / "clean", tmp_path / "clean_ledger.parquet"
+    assert main(["-q", "clean", "--config", str(config_file), "--raw", str(raw), "--out",
+                 str(clean), "--ledger", str(clean_ledger)]) == 0, capsys.readouterr().err
+    cohort, ledger, flow = (tmp_path / n for n in ("cohort.parquet", "ledger.parquet",
+                                                    "flow.csv"))
+    assert main(["-q", "eligibility", "--config", str(config_file), "--clean", str(clean),
+                 "--clean-ledger", str(clean_ledger), "--cohort", str(cohort),
+                 "--ledger", str(ledger), "--flow", str(flow)]) == 0, capsys.readouterr().err
+    kept = pd.read_parquet(cohort)
+    assert set(kept["group"]) <= {"A", "B"} and len(kept) > 0
+    fates = pd.read_parquet(ledger)
+    reason = "episode excluded: filter: group not in [A, B]"
+    filtered = fates.loc[(fates["table"] == "patients") & (fates["reason"] == reason)]
+    assert len(filtered) > 0 and (filtered["fate"] == "excluded").all()
+    # Their sessions and outcomes carry the same fate; every raw record has one row.
+    assert {"sessions", "outcomes"} <= set(fates.loc[fates["reason"] == reason, "table"])
+    for name, frame in tables.items():
+        assert (fates["table"] == name).sum() == len(frame)
+    row = pd.read_csv(flow).set_index("reason").loc["filter: group not in [A, B]"]
+    assert int(row["n_excluded"]) == len(filtered)

@@ -219,7 +219,24 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                     f"analysis/populations {populations}, so its primary estimates are never "
                     "fitted")
     problems += _source_problems(config)
+    problems += _target_trial_problems(config)
     return problems
+
+
+def _target_trial_problems(config: Mapping[str, Any]) -> list[str]:
+    """The target trial's eligibility rule needs the data it reads."""
+    target = _mapping(config.get("target_trial"))
+    rule = _mapping(target.get("eligibility")).get("therapist_trained_before_time_zero", True)
+    if target.get("population") != "target_trial" or not rule:
+        return []
+    if study_design(config) == "randomised":
+        return []
+    tables = _mapping(_mapping(config.get("input")).get("tables"))
+    if tables.get("therapists") is None or tables.get("sessions") is None:
+        return ["target_trial/eligibility/therapist_trained_before_time_zero: needs the "
+                "therapists and sessions tables (input/tables); set it to false or "
+                "target_trial/population to reproduction"]
+    return []
 
 
 def _source_problems(config: Mapping[str, Any]) -> list[str]:
@@ -245,6 +262,49 @@ def _source_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+# Defaults that depend on study.design, filled before the schema's own defaults: a key given
+# explicitly always wins. Paths are (section, key); the schema's description of study.design
+# lists them, and so does config/README.md, generated from it.
+DESIGN_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
+    "observational": {},
+    "randomised": {
+        # A trial enrolled its participants: no rules of the default study's extract.
+        ("eligibility", "min_age"): None,
+        ("eligibility", "require_clbp_code"): False,
+        ("eligibility", "first_episode_only"): False,
+        ("analysis", "random_time_effects"): [],
+        # Randomisation removes confounding; the missing-data analyses still apply.
+        ("sensitivity", "analyses"): ["multiple_imputation", "tipping_point"],
+    },
+}
+# Sections that may be written empty (`eligibility:`) and then take every default.
+_EMPTY_ALLOWED = ("eligibility", "target_trial")
+
+
+def study_design(config: Mapping[str, Any]) -> str:
+    """``study.design`` (observational unless set)."""
+    study = config.get("study")
+    design = study.get("design", "observational") if isinstance(study, Mapping) else None
+    return design if design in DESIGN_DEFAULTS else "observational"
+
+
+def _fill_design_defaults(config: dict[str, Any]) -> None:
+    """Fill the defaults of ``study.design`` that the config does not set itself.
+
+    A section left out stays out where leaving it out means something (no sensitivity
+    section: no sensitivity analyses); the required sections are created.
+    """
+    for section in _EMPTY_ALLOWED:
+        if section in config and config[section] is None:
+            config[section] = {}
+    for (section, key), value in DESIGN_DEFAULTS[study_design(config)].items():
+        if section == "sensitivity" and section not in config:
+            continue
+        part = config.setdefault(section, {})
+        if isinstance(part, dict) and key not in part:
+            part[key] = copy.deepcopy(value)
+
+
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Fill defaults into ``config`` and validate it, listing every problem in one error.
 
@@ -255,6 +315,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     if not isinstance(config, dict):
         raise ConfigError(source, ["the file must hold a mapping of keys to values"])
     schema = load_schema()
+    _fill_design_defaults(config)
     _fill_defaults(config, schema, schema)
     validator = jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER

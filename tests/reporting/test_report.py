@@ -109,6 +109,21 @@ def test_randomised_design_uses_consort(run, tmp_path):
     assert "CONSORT" in text and "STROBE" not in text
     assert "No benchmark files were available" in text
     assert 'id="assumptions"' not in text
+    # The design's wording: no "observational comparison", and its defaults shown.
+    assert "observational comparison" not in text
+    assert "10. Sensitivity analyses</h2>" in text
+    assert "<code>study.design: randomised</code>" in text
+    assert "not randomised" not in text
+
+
+def test_report_opens_with_the_target_trial(html):
+    assert html.index('id="target-trial"') < html.index('id="design"')
+    section = html[html.index('id="target-trial"'):html.index('id="design"')]
+    for component in ("Eligibility", "Treatment strategies", "Assignment", "Time zero",
+                      "Follow-up", "Outcome", "Causal contrast", "Estimand", "Analysis plan"):
+        assert f"<td>{component}</td>" in section
+    assert "10. Sensitivity analyses of the observational comparison</h2>" in html
+    assert "<code>study.design: observational</code>" in html
 
 
 def test_report_is_reproducible_with_source_date_epoch(run, tmp_path, monkeypatch):

@@ -145,7 +145,14 @@ def used_patient_variables(config: Mapping[str, Any]) -> set[str]:
         used |= set(sensitivity.get("propensity", {}).get("covariates", []))
     if analyses & {"multiple_imputation", "tipping_point"}:
         used |= set(sensitivity.get("multiple_imputation", {}).get("auxiliary", []))
+    used |= set(_filter_columns(config))
     return used - {"patient", "therapist", "clinic", "n_sessions"}
+
+
+def _filter_columns(config: Mapping[str, Any]) -> list[str]:
+    """Patient columns the row filters (``eligibility.filters``) read."""
+    filters = (config.get("eligibility") or {}).get("filters") or []
+    return list(dict.fromkeys(str(f["column"]) for f in filters))
 
 
 def _patient_columns(config: Mapping[str, Any]) -> list[ColumnSpec]:
@@ -193,7 +200,8 @@ def table_specs(config: Mapping[str, Any]) -> dict[str, TableSpec]:
     ``therapists`` and ``sessions`` are left out when ``input.tables`` sets them to null. The
     patients table may carry an optional ``n_sessions`` column (a whole, non-negative count
     of attended sessions, when the extract reports one) and the arm column named by
-    ``allocation.column`` (kept as text) when ``allocation.rule`` is ``column``.
+    ``allocation.column`` (kept as text) when ``allocation.rule`` is ``column``; the column
+    of each row filter (``eligibility.filters``) must be there, kept as text unless declared.
     """
     codes = config.get("codes", {})
     treatments = tuple(str(c).strip().upper() for c in codes.get("treatments", []))
@@ -215,6 +223,13 @@ def table_specs(config: Mapping[str, Any]) -> dict[str, TableSpec]:
     arm_column = config.get("allocation", {}).get("column")
     if arm_column and arm_column not in {c.name for c in patient_columns}:
         patient_columns.append(ColumnSpec(arm_column, TEXT, optional_column=True))
+    # A row filter's column is read even when it is not declared, and must be in the file.
+    for name in _filter_columns(config):
+        if name not in {c.name for c in patient_columns}:
+            patient_columns.append(ColumnSpec(name, TEXT))
+        elif name == arm_column:
+            patient_columns = [dataclasses.replace(c, optional_column=False)
+                               if c.name == name else c for c in patient_columns]
     specs.append(TableSpec("patients", tuple(patient_columns), key="episode_id"))
     if has_table(config, "sessions"):
         specs.append(TableSpec(

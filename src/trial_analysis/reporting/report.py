@@ -51,6 +51,7 @@ from trial_analysis.reporting.tables import (
     load_truth,
     outcome_label,
 )
+from trial_analysis.reporting.target_trial import target_trial_table
 
 PACKAGES = ["pandas", "numpy", "scipy", "statsmodels", "matplotlib", "snakemake", "pandera",
             "tableone", "jinja2", "trial-analysis"]
@@ -349,15 +350,27 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
     intervention, control = arm_labels(config)
     if config["study"].get("design", "observational") == "randomised":
         return {
+            "key": "randomised", "randomised": True,
             "design": "Randomised controlled trial",
             "guideline": "CONSORT",
+            "sensitivity_heading": "Sensitivity analyses",
+            "defaults": ("no eligibility rules of the default study (min_age, "
+                         "require_clbp_code, first_episode_only off), no cluster x time random "
+                         "intercepts, the missing-data sensitivity analyses (multiple "
+                         "imputation, tipping point), no target-trial eligibility rule"),
             "statement": (
                 f"Patients were randomly allocated to {intervention} or {control}; differences "
                 "between arms estimate the effect of allocation."),
         }
     return {
+        "key": "observational", "randomised": False,
         "design": "Observational cohort study (not randomised)",
         "guideline": "STROBE",
+        "sensitivity_heading": "Sensitivity analyses of the observational comparison",
+        "defaults": ("the eligibility rules of the schema (min_age 18, diagnosis code, first "
+                     "episode), therapist x time random intercepts, every sensitivity "
+                     "analysis (confounding and missing data), the target trial's "
+                     "trained-therapist rule available"),
         "statement": (
             f"Patients received {intervention} or {control} as part of routine care; nobody "
             "was randomised. Who received which care depended on the treating therapist and "
@@ -473,6 +486,7 @@ def build_context(
     return {
         "title": config.get("report", {}).get("title", "Trial analysis report"),
         "study": config["study"], "design": design_text(config),
+        "target_trial": target_trial_table(config, frames["flow"]).to_dict("records"),
         "intervention": intervention, "control": control,
         "outcomes": [
             {"label": o.get("label", o["name"]), "units": o.get("units", "score"),
