@@ -186,3 +186,19 @@ def test_imputation_text_states_m_rule_and_missingness_predictors() -> None:
     fixed = imputation_text({"details": {"imputation_model": "x", "settings": {"m": 20}}})
     assert "20 imputations (fixed in the configuration)." in fixed
     assert imputation_text({}) == ""
+
+
+def test_schedule_names_a_constant_effect_and_the_time_point_of_a_linear_trend() -> None:
+    from trial_analysis.reporting.report import study_schedule
+
+    timepoints = {"baseline": "m0", "followups": ["m1", "m3", "m6"],
+                  "values": {"m0": 0, "m1": 1, "m3": 3, "m6": 6}}
+    constant = study_schedule({"timepoints": timepoints,
+                               "analysis": {"effect": "constant", "baseline": "covariate"}})
+    assert constant["constant"] and not constant["several"]
+    assert constant["estimand"] == ("mean score at every follow-up adjusted for the baseline "
+                                    "score, one effect assumed constant over m1, m3, m6")
+    linear = study_schedule({"timepoints": timepoints, "analysis": {"time": "continuous"}})
+    assert linear["several"] and not linear["constant"]
+    assert linear["estimand"] == ("mean change from baseline to m6, read off the linear time "
+                                  "trend at m6 (time 6)")

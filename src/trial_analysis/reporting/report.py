@@ -38,6 +38,7 @@ from trial_analysis.config import (
     followup_labels,
     has_table,
     primary_followup,
+    time_values,
 )
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
@@ -187,15 +188,26 @@ def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
 def study_schedule(config: Mapping[str, Any]) -> dict[str, Any]:
     """Time points and estimand of the study, as the report's design text names them."""
     followups, primary = followup_labels(config), primary_followup(config)
-    several = len(followups) > 1
     ancova = config["analysis"].get("baseline") == "covariate"
+    continuous = config["analysis"].get("time") == "continuous"
+    # With one effect over several follow-ups there is no per-follow-up table.
+    constant = config["analysis"].get("effect") == "constant" and len(followups) > 1
+    several = len(followups) > 1 and not constant
+    if constant:
+        estimand = ("mean score at every follow-up adjusted for the baseline score" if ancova
+                    else "mean change from baseline at every follow-up")
+        estimand += f", one effect assumed constant over {', '.join(followups)}"
+    else:
+        estimand = (f"mean score at {primary} adjusted for the baseline score" if ancova
+                    else "mean change from baseline to " + (primary if several else "follow-up"))
+        if continuous:
+            value = time_values(config).get(primary)
+            estimand += (f", read off the linear time trend at {primary}"
+                         + (f" (time {value:g})" if value is not None else ""))
     return {
         "baseline": config["timepoints"]["baseline"], "followups": followups,
-        "primary": primary, "several": several,
-        "continuous": config["analysis"].get("time") == "continuous", "ancova": ancova,
-        "estimand": (f"mean score at {primary} adjusted for the baseline score" if ancova
-                     else "mean change from baseline to "
-                     + (primary if several else "follow-up")),
+        "primary": primary, "several": several, "constant": constant,
+        "continuous": continuous, "ancova": ancova, "estimand": estimand,
         "estimand_each": ("mean score at each follow-up adjusted for the baseline score"
                           if ancova else "mean change from baseline to each follow-up"),
     }

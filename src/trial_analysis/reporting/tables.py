@@ -652,6 +652,10 @@ def subgroup_estimates(
     return pd.DataFrame(rows, columns=columns)
 
 
+# The follow-up label of the effect under analysis.effect: constant.
+CONSTANT_LABEL = "all follow-ups"
+
+
 def effects_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> pd.DataFrame:
     """The effect at every follow-up and their average, per outcome and population.
 
@@ -670,6 +674,9 @@ def effects_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any])
                        if str(r.get("model")) == "effect"}
         if len(followups) == 1:
             wanted = [(followups[0], "arm:time")]
+        elif config.get("analysis", {}).get("effect") == "constant":
+            # one effect assumed the same at every follow-up: a single row
+            wanted = [(CONSTANT_LABEL, "arm:time")]
         else:
             wanted = [(label, f"arm:time [{label}]") for label in [*followups, "overall"]]
         for label, term in wanted:
