@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_fixtures import fixture_config, raw_extract, write_extract
 
-from trial_analysis.config import validate_config
+from trial_analysis.config import BUILTIN_PLAUSIBILITY, load_schema, validate_config
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.ingest.clean import FATES, LEDGER_COLUMNS, CleanResult, clean_tables, run_clean
 
@@ -535,3 +535,13 @@ def test_plausibility_ledgers_every_row_and_no_implausible_value_survives(
     if {"intake", "discharge"} <= set(by_time.columns):
         both = by_time.dropna()
         assert (both["discharge"] >= both["intake"]).all()
+
+
+def test_the_schema_documents_the_built_in_ranges():
+    """The built-in rules are where users look: config/README.md, from the schema."""
+    text = " ".join(load_schema()["properties"]["plausibility"]["properties"]["variables"]
+                    ["description"].split())
+    for name, rule in BUILTIN_PLAUSIBILITY.items():
+        low, high = rule["range"]
+        assert f"{name} [{low:g}, {high:g}]" in text, name
+    assert ", ".join(f"{v:g}" for v in BUILTIN_PLAUSIBILITY["bmi"]["sentinels"]) in text
