@@ -193,6 +193,8 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
     # problems listed already, and these follow once the shape is right.
     with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
         problems += _study_structure_problems(config)
+    with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
+        problems += _plausibility_problems(config)
     alloc = _mapping(config.get("allocation"))
     if alloc.get("rule") == "column" and not alloc.get("column"):
         problems.append("allocation/column: required when allocation/rule is 'column'")
@@ -492,6 +494,92 @@ def patient_variables(config: Mapping[str, Any]) -> dict[str, str]:
     """Patient-level variables and their kinds: the built-ins, then declared ones."""
     declared = config["input"]["tables"]["patients"].get("variables") or {}
     return {**BUILTIN_PATIENT_VARIABLES, **declared}
+
+
+# Plausibility of the built-in numeric columns (the default study's extract): the valid range
+# (inclusive), the missing-value codes and what a value outside the range becomes. An entry of
+# plausibility.variables replaces the keys it gives. 999 weeks (19 years) is a possible symptom
+# duration, so it is not a code there. ``therapist_age`` is the therapists table's ``age``.
+_CODES = [-9999, -999, -99, -9, 999, 9999]
+BUILTIN_PLAUSIBILITY: dict[str, dict[str, Any]] = {
+    "age": {"range": [0, 120], "sentinels": _CODES, "action": "drop"},
+    "symptom_duration_weeks": {"range": [0, 5200], "sentinels": [-9999, -999, -99, -9, 9999],
+                               "action": "set_missing"},
+    "bmi": {"range": [10, 80], "sentinels": _CODES, "action": "set_missing"},
+    "ses_score": {"range": [1, 10], "sentinels": _CODES, "action": "set_missing"},
+    "therapist_age": {"range": [18, 80], "sentinels": _CODES, "action": "set_missing"},
+    "n_sessions": {"range": [0, 1000], "sentinels": [], "action": "set_missing"},
+}
+PLAUSIBILITY_ACTIONS: tuple[str, ...] = ("set_missing", "drop", "stop")
+_NUMERIC_KINDS = ("number", "integer")
+
+
+def plausibility_variables(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The plausibility rule of every numeric variable: ``range`` (low, high), ``sentinels``,
+    ``action``.
+
+    The built-in columns' rules (:data:`BUILTIN_PLAUSIBILITY`) with the keys that
+    ``plausibility.variables`` gives replaced; declared ``number`` and ``integer`` patient
+    variables take their rule from ``plausibility.variables`` (no missing-value codes and
+    action ``set_missing`` unless given). An open end of a range (null) is infinite.
+    """
+    given = (config.get("plausibility") or {}).get("variables") or {}
+    declared = config["input"]["tables"]["patients"].get("variables") or {}
+    names = [*BUILTIN_PLAUSIBILITY,
+             *(n for n, k in declared.items() if k in _NUMERIC_KINDS and n not in
+               BUILTIN_PLAUSIBILITY)]
+    rules = {}
+    for name in names:
+        rule = {"range": [None, None], "sentinels": [], "action": "set_missing",
+                **BUILTIN_PLAUSIBILITY.get(name, {}), **(given.get(name) or {})}
+        low, high = rule["range"]
+        rules[name] = {
+            "range": (float("-inf") if low is None else float(low),
+                      float("inf") if high is None else float(high)),
+            "sentinels": tuple(float(v) for v in rule["sentinels"]),
+            "action": str(rule["action"]),
+        }
+    return rules
+
+
+def _plausibility_problems(config: Mapping[str, Any]) -> list[str]:
+    """Every numeric variable needs a range; plausibility entries must name one."""
+    section = _mapping(config.get("plausibility"))
+    given = _mapping(section.get("variables"))
+    declared = _mapping(_mapping(config["input"]["tables"]["patients"]).get("variables"))
+    numeric = [*BUILTIN_PLAUSIBILITY,
+               *(n for n, k in declared.items() if k in _NUMERIC_KINDS)]
+    problems = []
+    for name, rule in given.items():
+        if name not in numeric:
+            problems.append(_not_among(
+                "plausibility/variables", name, list(dict.fromkeys(numeric)),
+                "a built-in numeric column or a number or integer variable declared in "
+                "input/tables/patients/variables"))
+            continue
+        low, high = _mapping(rule).get("range", [None, None])
+        if low is not None and high is not None and float(low) > float(high):
+            problems.append(f"plausibility/variables/{name}/range: the low end {low} is above "
+                            f"the high end {high}")
+    for name, kind in declared.items():
+        if kind in _NUMERIC_KINDS and name not in BUILTIN_PLAUSIBILITY and "range" not in (
+                _mapping(given.get(name))):
+            problems.append(
+                f"input/tables/patients/variables/{name}: a {kind} variable needs its plausible "
+                f"range: give plausibility/variables/{name}/range: [low, high] (null for an "
+                "open end)")
+    window = _mapping(_mapping(section.get("dates")).get("study_window"))
+    bounds = {}
+    for key in ("start", "end"):
+        if window.get(key) is not None:
+            try:
+                bounds[key] = dt.date.fromisoformat(str(window[key]))
+            except ValueError:
+                problems.append(f"plausibility/dates/study_window/{key}: '{window[key]}' is "
+                                "not a date (YYYY-MM-DD)")
+    if len(bounds) == 2 and bounds["start"] > bounds["end"]:
+        problems.append("plausibility/dates/study_window: start is after end")
+    return problems
 
 
 def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:

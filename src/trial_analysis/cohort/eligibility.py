@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 
 from trial_analysis import io
 from trial_analysis.errors import DataError
+from trial_analysis.ingest.plausibility import completed_years  # shared with the age rule
 from trial_analysis.io import require_columns
 
 TABLES = ("therapists", "patients", "sessions", "outcomes")
@@ -233,13 +234,6 @@ def _anniversary(birth: pd.Series, year: pd.Series) -> pd.Series:
     day = np.where(shift, 1, day)
     parts = pd.DataFrame({"year": year, "month": month, "day": day}, index=birth.index)
     return pd.to_datetime(parts)
-
-
-def completed_years(birth: pd.Series, at: pd.Series) -> pd.Series:
-    """Completed calendar years between ``birth`` and ``at`` (the birthday itself counts)."""
-    years = at.dt.year - birth.dt.year
-    before_birthday = (at.dt.month * 100 + at.dt.day) < (birth.dt.month * 100 + birth.dt.day)
-    return (years - before_birthday.astype(int)).astype("int64")
 
 
 def age_in_years(birth: pd.Series, at: pd.Series) -> pd.Series:

@@ -30,6 +30,7 @@ from trial_analysis.config import (
     has_table,
     outcome_names,
 )
+from trial_analysis.ingest.plausibility import variable_rule
 
 TABLES: tuple[str, ...] = ("therapists", "patients", "sessions", "outcomes")
 
@@ -61,7 +62,8 @@ class ColumnSpec:
         Allowed values of a ``code`` column, or of each code in a ``codes`` column, in their
         canonical spelling.
     value_range : tuple of float, optional
-        Valid range; values outside are set missing (never clipped).
+        Valid range (inclusive). Outcome scores outside are set missing (never clipped);
+        other columns take it from their plausibility rule, whose action decides.
     optional_column : bool
         The column may be absent from the file.
     """
@@ -125,7 +127,7 @@ _BUILTIN_PATIENT_COLUMNS: dict[str, ColumnSpec] = {
     "depression": ColumnSpec("depression", FLAG),
     "anxiety": ColumnSpec("anxiety", FLAG),
     "bmi": ColumnSpec("bmi", NUMBER),
-    "ses_score": ColumnSpec("ses_score", NUMBER, value_range=(1.0, 10.0)),
+    "ses_score": ColumnSpec("ses_score", NUMBER),
 }
 
 
@@ -257,7 +259,22 @@ def table_specs(config: Mapping[str, Any]) -> dict[str, TableSpec]:
         key="outcome_id",
         references={"episode_id": "patients"},
     ))
-    return {t.name: t for t in specs}
+    return {t.name: _with_plausible_ranges(t, config) for t in specs}
+
+
+def _with_plausible_ranges(spec: TableSpec, config: Mapping[str, Any]) -> TableSpec:
+    """Numeric columns get the range of their plausibility rule (``plausibility.variables``).
+
+    The cleaned table's contract then checks that no value outside it survives cleaning.
+    """
+    columns = []
+    for col in spec.columns:
+        rule = variable_rule(config, spec.name, col.name) if col.kind in (
+            NUMBER, INTEGER, COUNT) else None
+        if rule is not None:
+            col = dataclasses.replace(col, value_range=tuple(rule["range"]))
+        columns.append(col)
+    return dataclasses.replace(spec, columns=tuple(columns))
 
 
 def wide_outcome_columns(config: Mapping[str, Any]) -> list[ColumnSpec]:
