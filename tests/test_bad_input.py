@@ -190,6 +190,23 @@ def _flag_not_binary(s: Setup) -> None:
     s.tables["patients"].loc[2, "depression"] = "yes"
 
 
+def _folded_duplicate_id_column(s: Setup) -> None:
+    # issue 19: both Patient_ID and PATIENT_ID; the last one used to win silently
+    s.tables["patients"] = s.tables["patients"].rename(columns={"patient_id": "Patient_ID"})
+    s.tables["patients"]["PATIENT_ID"] = s.tables["patients"]["Patient_ID"]
+
+
+def _folded_duplicate_spaces(s: Setup) -> None:
+    s.tables["therapists"]["Clinic ID"] = s.tables["therapists"]["clinic_id"]
+    s.tables["therapists"]["clinic id"] = "C09"
+
+
+def _ids_listed_as_missing(s: Setup) -> None:
+    # input.missing_values makes "NA" missing in id columns too: the rows then lack a key
+    s.config["input"]["missing_values"] = ["NA"]
+    s.tables["sessions"].loc[0:4, "session_id"] = "NA"
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -249,6 +266,12 @@ CASES = [
          ("outcomes.csv", "pain_discharge", "required column")),
     Case("flag not 0/1", _flag_not_binary,
          ("patients.csv", "depression", "rows 3", "0 or 1", "'yes'")),
+    Case("two id columns equal ignoring case", _folded_duplicate_id_column,
+         ("patients.csv", "'Patient_ID'", "'PATIENT_ID'", "ambiguous")),
+    Case("two columns equal ignoring case and spaces", _folded_duplicate_spaces,
+         ("therapists.csv", "'Clinic ID'", "'clinic id'", "ambiguous")),
+    Case("ids configured as missing", _ids_listed_as_missing,
+         ("sessions.csv", "5 of 25 rows", "missing session_id")),
 ]
 
 
@@ -293,3 +316,51 @@ def test_valid_fixture_passes_the_same_path(tmp_path: Path, capsys: pytest.Captu
     assert sorted(p.name for p in (tmp_path / "clean").iterdir()) == [
         "outcomes.parquet", "patients.parquet", "sessions.parquet", "therapists.parquet"
     ]
+
+
+# ---- hostile input that must be accepted, with the right result -------------------------------
+
+
+def _clean_cli(tables: Tables, config: dict[str, Any], tmp_path: Path,
+               capsys: pytest.CaptureFixture) -> tuple[Path, pd.DataFrame]:
+    raw = write_extract(tables, tmp_path / "raw")
+    config_file = write_config(config, tmp_path / "config.yaml")
+    out, ledger = tmp_path / "clean", tmp_path / "clean_ledger.parquet"
+    status = main(["-q", "clean", "--config", str(config_file), "--raw", str(raw),
+                   "--out", str(out), "--ledger", str(ledger)])
+    assert status == 0, capsys.readouterr().err
+    return out, pd.read_parquet(ledger)
+
+
+@pytest.mark.parametrize("spelling", ["NA", "NULL", "None", "nan", "N/A"])
+def test_an_id_spelled_like_missing_is_an_id(spelling: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """Issue 19: a therapist id "NA" was read as missing and its patients lost as "missing
+    therapist_id". Ids are read as written."""
+    tables = raw_extract()
+    for name in ("therapists", "sessions"):
+        frame = tables[name]
+        frame.loc[frame["therapist_id"] == "T001", "therapist_id"] = spelling
+    tables["patients"].loc[0, "patient_id"] = spelling
+    out, ledger = _clean_cli(tables, fixture_config(), tmp_path, capsys)
+    therapists = pd.read_parquet(out / "therapists.parquet")
+    sessions = pd.read_parquet(out / "sessions.parquet")
+    patients = pd.read_parquet(out / "patients.parquet")
+    assert spelling.upper() in set(therapists["therapist_id"])
+    assert (sessions["therapist_id"] == spelling.upper()).sum() == 7
+    assert patients.loc[patients["episode_id"] == "E000001", "patient_id"].item() == \
+        spelling.upper()
+    assert not (ledger["fate"] == "dropped").any(), ledger[ledger["fate"] == "dropped"]
+
+
+def test_other_columns_still_read_na_as_missing(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    tables = raw_extract()
+    tables["patients"].loc[0, "bmi"] = "NA"
+    tables["patients"].loc[1, "ses_score"] = "NULL"
+    out, ledger = _clean_cli(tables, fixture_config(), tmp_path, capsys)
+    patients = pd.read_parquet(out / "patients.parquet").set_index("episode_id")
+    assert pd.isna(patients.loc["E000001", "bmi"])
+    assert pd.isna(patients.loc["E000002", "ses_score"])
+    # missing as written, not a value that failed to parse
+    assert not (ledger["fate"] == "value_set_missing").any()
