@@ -763,8 +763,11 @@ def reproduced_counts(
         measures = implementation.set_index("measure")
 
         def get(measure: str, field: str) -> int | None:
-            if measure in measures.index and pd.notna(measures.loc[measure, field]):
-                return int(measures.loc[measure, field])
+            if measure in measures.index:
+                # a suppressed small count ("<5") is not a count to compare
+                value = pd.to_numeric(pd.Series([measures.loc[measure, field]]),
+                                      errors="coerce").iloc[0]
+                return None if pd.isna(value) else int(value)
             return None
 
         for key, measure, field in (
