@@ -281,3 +281,16 @@ def test_tables_are_deterministic(run, tmp_path):
     run_tables(config=run.config, analysis=run.analysis, estimates=run.estimates, out=out)
     for name in TABLE_NAMES:
         assert (out / f"{name}.csv").read_bytes() == (run.tables / f"{name}.csv").read_bytes()
+
+
+def test_a_subgroup_not_reported_gives_one_row_saying_so(config):
+    from trial_analysis.reporting.tables import subgroup_estimates
+
+    doc = {"outcome": "function", "population": "complete_case", "subgroup": "rare",
+           "not_reported": "not reported: a level of subgroup 'rare' has fewer than 5 patients",
+           "estimates": [], "model": {}, "marginal_means": []}
+    table = subgroup_estimates({"subgroups": {("function", "rare"): doc}}, config, None)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["level"] == "not reported" and "fewer than 5" in row["warnings"]
+    assert pd.isna(row["estimate"]) and pd.isna(row["n_patients"])

@@ -654,6 +654,16 @@ def subgroup_estimates(
     """Effect within each subgroup level, with the heterogeneity p-value of its subgroup."""
     rows = []
     for (outcome, subgroup), doc in estimates["subgroups"].items():
+        if doc.get("not_reported"):
+            # A level below report.min_cell_count: one row saying so, no estimate, no N.
+            rows.append({
+                **_tidy({"outcome": outcome, "population": doc.get("population"),
+                         "model": "subgroup_interaction", "term": f"arm:time [{subgroup}]",
+                         "warnings": doc["not_reported"]}),
+                "subgroup": subgroup, "level": "not reported", "p_heterogeneity": np.nan,
+                "outcome_label": outcome_label(config, outcome), "true_value": None,
+            })
+            continue
         levels, p_het = subgroup_rows(doc, subgroup)
         for row in levels:
             rows.append({
