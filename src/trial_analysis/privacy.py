@@ -121,3 +121,23 @@ def suppress_counts(frame: pd.DataFrame, counts: Sequence[str], k: int, *,
         out[column] = [SUPPRESSED if h and v != "" else v
                        for v, h in zip(values, hide, strict=True)]
     return out
+
+
+# Counts in estimate files that are not counts of people (or not of people alone).
+NOT_PEOPLE_COUNTS = frozenset({"n_clusters", "n_observations", "n_imputations", "n_iterations",
+                               "n_chains", "n_draws", "n_terms", "n_parameters", "n_levels",
+                               "n_covariates", "n_bootstrap"})
+
+
+def suppress_json_counts(node: Any, k: int) -> Any:
+    """A JSON document with every count of people (a key ``n_...`` not in
+    :data:`NOT_PEOPLE_COUNTS`) from 1 to k - 1 written as ``"<k"``."""
+    if isinstance(node, dict):
+        return {key: (count_text(value, k)
+                      if isinstance(key, str) and key.startswith("n_")
+                      and key not in NOT_PEOPLE_COUNTS and not isinstance(value, bool)
+                      and is_small(value, k) else suppress_json_counts(value, k))
+                for key, value in node.items()}
+    if isinstance(node, list):
+        return [suppress_json_counts(value, k) for value in node]
+    return node
