@@ -364,3 +364,65 @@ def test_other_columns_still_read_na_as_missing(tmp_path: Path,
     assert pd.isna(patients.loc["E000002", "ses_score"])
     # missing as written, not a value that failed to parse
     assert not (ledger["fate"] == "value_set_missing").any()
+
+
+# ---- what the console shows through Snakemake and make ----------------------------------------
+
+
+def _study_dir(tmp_path: Path, tables: Tables) -> Path:
+    """A study of the fixture extract under ``tmp_path`` (config/config.yaml, data/raw)."""
+    write_extract(tables, tmp_path / "data" / "raw")
+    config = fixture_config()
+    config.pop("simulation", None)  # the study's own data: no simulate step
+    (tmp_path / "config").mkdir()
+    write_config(config, tmp_path / "config" / "config.yaml")
+    return tmp_path
+
+
+def test_snakemake_shows_the_steps_one_line_error_on_the_terminal(tmp_path: Path) -> None:
+    """Issue 19: through Snakemake a bad input showed only "Error in rule clean ... check log
+    file(s)"; the step's own message was in logs/clean.log alone."""
+    from conftest import run_snakemake
+
+    tables = raw_extract()
+    tables["patients"] = tables["patients"].drop(columns="birth_date")
+    workdir = _study_dir(tmp_path, tables)
+    result = run_snakemake(workdir, "data/interim/clean_ledger.parquet", cores=1)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "trial-analysis clean: error: " in said
+    assert "patients.csv" in said and "birth_date" in said
+    assert "Traceback" not in said
+
+
+def test_a_mistyped_override_names_the_command_line(tmp_path: Path) -> None:
+    """Issue 19: `--config sed=7` blamed config/config.yaml."""
+    from conftest import run_snakemake
+
+    workdir = _study_dir(tmp_path, raw_extract())
+    result = run_snakemake(workdir, "-n", "--config", "sed=7")
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "the command line (--config sed=7)" in said
+    assert "did you mean 'seed'" in said
+
+
+def test_a_dotted_override_gets_a_plain_message(capsys: pytest.CaptureFixture) -> None:
+    """Issue 19: `snakemake --config analysis.reml=false` ended in Snakemake's raw ValueError;
+    `trial-analysis pipeline` (what `make report` runs) says what to write instead."""
+    status = main(["pipeline", "-n", "--config", "analysis.reml=false"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("trial-analysis pipeline: error: the command line")
+    assert "analysis=\"{reml: false}\"" in err and "Traceback" not in err
+
+
+def test_reruns_after_an_interrupted_run_redo_incomplete_files() -> None:
+    """Issue 19: after kill -9 a plain rerun refused with IncompleteFilesException. The
+    workflow profile every `snakemake` run of this Snakefile reads sets rerun-incomplete."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    profile = yaml.safe_load((repo / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["rerun-incomplete"] is True
+    assert "trial_analysis pipeline" in (repo / "Makefile").read_text()
