@@ -426,3 +426,21 @@ def test_reruns_after_an_interrupted_run_redo_incomplete_files() -> None:
     profile = yaml.safe_load((repo / "profiles" / "default" / "config.yaml").read_text())
     assert profile["rerun-incomplete"] is True
     assert "trial_analysis pipeline" in (repo / "Makefile").read_text()
+
+
+def test_the_pipeline_command_clears_the_locks_of_a_killed_run(tmp_path: Path) -> None:
+    """After kill -9 Snakemake's lock files remain and every rerun refused; `make report`
+    (trial-analysis pipeline) removes them when no other pipeline holds its own lock."""
+    import fcntl
+
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("")
+    assert main(["pipeline", "--directory", str(tmp_path), "--version"]) == 0
+    assert not list(locks.iterdir())
+    # while another pipeline runs here (it holds the lock), nothing is removed
+    (locks / "0.input.lock").write_text("")
+    with open(tmp_path / ".snakemake" / "trial-analysis-pipeline.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["pipeline", "--directory", str(tmp_path), "--version"]) == 2
+    assert (locks / "0.input.lock").exists()

@@ -9,6 +9,7 @@ atomically, so a failed step leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gc
 import importlib
 import logging
@@ -375,7 +376,34 @@ def _pipeline_command(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(f"the command line (snakemake {' '.join(snakemake_args)})",
                           problems)
-    return subprocess.call([sys.executable, "-m", "snakemake", *snakemake_args])
+    state = _workdir(snakemake_args) / ".snakemake"
+    state.mkdir(parents=True, exist_ok=True)
+    # Our own lock, which the kernel releases when its holder dies (even by kill -9): held,
+    # no other `pipeline` runs here, so Snakemake's lock files, which outlive a killed run
+    # and make every rerun refuse, are stale and can go.
+    with open(state / "trial-analysis-pipeline.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError("the command line", [
+                f"another `trial-analysis pipeline` is running in {state.parent}; wait for it "
+                "to end"]) from None
+        stale = sorted((state / "locks").glob("*.lock")) if (state / "locks").is_dir() else []
+        if stale:
+            log.warning("removing %d lock file(s) left by an interrupted run", len(stale))
+            for lock in stale:
+                lock.unlink(missing_ok=True)
+        return subprocess.call([sys.executable, "-m", "snakemake", *snakemake_args])
+
+
+def _workdir(snakemake_args: Sequence[str]) -> Path:
+    """The folder Snakemake works in: its --directory (-d), else the current one."""
+    for i, arg in enumerate(snakemake_args):
+        if arg in ("--directory", "-d") and i + 1 < len(snakemake_args):
+            return Path(snakemake_args[i + 1])
+        if arg.startswith("--directory="):
+            return Path(arg.split("=", 1)[1])
+    return Path.cwd()
 
 
 class _VersionAction(argparse.Action):
