@@ -241,6 +241,23 @@ def _declared_without_range(s: Setup) -> None:
     s.config["input"]["tables"]["patients"]["variables"] = {"grip_kg": "number"}
 
 
+def _folded_duplicate_id_column(s: Setup) -> None:
+    # issue 19: both Patient_ID and PATIENT_ID; the last one used to win silently
+    s.tables["patients"] = s.tables["patients"].rename(columns={"patient_id": "Patient_ID"})
+    s.tables["patients"]["PATIENT_ID"] = s.tables["patients"]["Patient_ID"]
+
+
+def _folded_duplicate_spaces(s: Setup) -> None:
+    s.tables["therapists"]["Clinic ID"] = s.tables["therapists"]["clinic_id"]
+    s.tables["therapists"]["clinic id"] = "C09"
+
+
+def _ids_listed_as_missing(s: Setup) -> None:
+    # input.missing_values makes "NA" missing in id columns too: the rows then lack a key
+    s.config["input"]["missing_values"] = ["NA"]
+    s.tables["sessions"].loc[0:4, "session_id"] = "NA"
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -342,6 +359,12 @@ CASES = [
           "(at most 730 allowed)", "plausibility.dates.episode")),
     Case("declared number variable without a range", _declared_without_range,
          ("grip_kg", "plausible range", "plausibility/variables/grip_kg/range")),
+    Case("two id columns equal ignoring case", _folded_duplicate_id_column,
+         ("patients.csv", "'Patient_ID'", "'PATIENT_ID'", "ambiguous")),
+    Case("two columns equal ignoring case and spaces", _folded_duplicate_spaces,
+         ("therapists.csv", "'Clinic ID'", "'clinic id'", "ambiguous")),
+    Case("ids configured as missing", _ids_listed_as_missing,
+         ("sessions.csv", "5 of 25 rows", "missing session_id")),
 ]
 
 
@@ -531,3 +554,131 @@ def test_implausible_input_is_ledgered(case: Ledgered, tmp_path: Path,
     cleaned = pd.read_parquet(out / f"{case.table}.parquet").set_index("record_id")
     if case.fate == "dropped":
         assert cleaned.index.intersection(case.record_ids).empty
+
+
+# ---- hostile input that must be accepted, with the right result -------------------------------
+
+
+def _clean_cli(tables: Tables, config: dict[str, Any], tmp_path: Path,
+               capsys: pytest.CaptureFixture) -> tuple[Path, pd.DataFrame]:
+    raw = write_extract(tables, tmp_path / "raw")
+    config_file = write_config(config, tmp_path / "config.yaml")
+    out, ledger = tmp_path / "clean", tmp_path / "clean_ledger.parquet"
+    status = main(["-q", "clean", "--config", str(config_file), "--raw", str(raw),
+                   "--out", str(out), "--ledger", str(ledger)])
+    assert status == 0, capsys.readouterr().err
+    return out, pd.read_parquet(ledger)
+
+
+@pytest.mark.parametrize("spelling", ["NA", "NULL", "None", "nan", "N/A"])
+def test_an_id_spelled_like_missing_is_an_id(spelling: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """Issue 19: a therapist id "NA" was read as missing and its patients lost as "missing
+    therapist_id". Ids are read as written."""
+    tables = raw_extract()
+    for name in ("therapists", "sessions"):
+        frame = tables[name]
+        frame.loc[frame["therapist_id"] == "T001", "therapist_id"] = spelling
+    tables["patients"].loc[0, "patient_id"] = spelling
+    out, ledger = _clean_cli(tables, fixture_config(), tmp_path, capsys)
+    therapists = pd.read_parquet(out / "therapists.parquet")
+    sessions = pd.read_parquet(out / "sessions.parquet")
+    patients = pd.read_parquet(out / "patients.parquet")
+    assert spelling.upper() in set(therapists["therapist_id"])
+    assert (sessions["therapist_id"] == spelling.upper()).sum() == 7
+    assert patients.loc[patients["episode_id"] == "E000001", "patient_id"].item() == \
+        spelling.upper()
+    assert not (ledger["fate"] == "dropped").any(), ledger[ledger["fate"] == "dropped"]
+
+
+def test_other_columns_still_read_na_as_missing(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    tables = raw_extract()
+    tables["patients"].loc[0, "bmi"] = "NA"
+    tables["patients"].loc[1, "ses_score"] = "NULL"
+    out, ledger = _clean_cli(tables, fixture_config(), tmp_path, capsys)
+    patients = pd.read_parquet(out / "patients.parquet").set_index("episode_id")
+    assert pd.isna(patients.loc["E000001", "bmi"])
+    assert pd.isna(patients.loc["E000002", "ses_score"])
+    # missing as written, not a value that failed to parse
+    assert not (ledger["fate"] == "value_set_missing").any()
+
+
+# ---- what the console shows through Snakemake and make ----------------------------------------
+
+
+def _study_dir(tmp_path: Path, tables: Tables) -> Path:
+    """A study of the fixture extract under ``tmp_path`` (config/config.yaml, data/raw)."""
+    write_extract(tables, tmp_path / "data" / "raw")
+    config = fixture_config()
+    config.pop("simulation", None)  # the study's own data: no simulate step
+    (tmp_path / "config").mkdir()
+    write_config(config, tmp_path / "config" / "config.yaml")
+    return tmp_path
+
+
+def test_snakemake_shows_the_steps_one_line_error_on_the_terminal(tmp_path: Path) -> None:
+    """Issue 19: through Snakemake a bad input showed only "Error in rule clean ... check log
+    file(s)"; the step's own message was in logs/clean.log alone."""
+    from conftest import run_snakemake
+
+    tables = raw_extract()
+    tables["patients"] = tables["patients"].drop(columns="birth_date")
+    workdir = _study_dir(tmp_path, tables)
+    result = run_snakemake(workdir, "data/interim/clean_ledger.parquet", cores=1)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "trial-analysis clean: error: " in said
+    assert "patients.csv" in said and "birth_date" in said
+    assert "Traceback" not in said
+
+
+def test_a_mistyped_override_names_the_command_line(tmp_path: Path) -> None:
+    """Issue 19: `--config sed=7` blamed config/config.yaml."""
+    from conftest import run_snakemake
+
+    workdir = _study_dir(tmp_path, raw_extract())
+    result = run_snakemake(workdir, "-n", "--config", "sed=7")
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "the command line (--config sed=7)" in said
+    assert "did you mean 'seed'" in said
+
+
+def test_a_dotted_override_gets_a_plain_message(capsys: pytest.CaptureFixture) -> None:
+    """Issue 19: `snakemake --config analysis.reml=false` ended in Snakemake's raw ValueError;
+    `trial-analysis pipeline` (what `make report` runs) says what to write instead."""
+    status = main(["pipeline", "-n", "--config", "analysis.reml=false"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("trial-analysis pipeline: error: the command line")
+    assert "analysis=\"{reml: false}\"" in err and "Traceback" not in err
+
+
+def test_reruns_after_an_interrupted_run_redo_incomplete_files() -> None:
+    """Issue 19: after kill -9 a plain rerun refused with IncompleteFilesException. The
+    workflow profile every `snakemake` run of this Snakefile reads sets rerun-incomplete."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    profile = yaml.safe_load((repo / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["rerun-incomplete"] is True
+    assert "trial_analysis pipeline" in (repo / "Makefile").read_text()
+
+
+def test_the_pipeline_command_clears_the_locks_of_a_killed_run(tmp_path: Path) -> None:
+    """After kill -9 Snakemake's lock files remain and every rerun refused; `make report`
+    (trial-analysis pipeline) removes them when no other pipeline holds its own lock."""
+    import fcntl
+
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("")
+    assert main(["pipeline", "--directory", str(tmp_path), "--version"]) == 0
+    assert not list(locks.iterdir())
+    # while another pipeline runs here (it holds the lock), nothing is removed
+    (locks / "0.input.lock").write_text("")
+    with open(tmp_path / ".snakemake" / "trial-analysis-pipeline.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["pipeline", "--directory", str(tmp_path), "--version"]) == 2
+    assert (locks / "0.input.lock").exists()

@@ -330,6 +330,34 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     return config
 
 
+def _override_paths(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        paths.append(path)
+        if isinstance(value, Mapping):
+            paths += _override_paths(value, f"{path}/")
+    return paths
+
+
+def command_line_source(error: ConfigError, overrides: Mapping[str, Any]) -> ConfigError:
+    """``error`` naming the command line (``--config KEY=VALUE``) as the source of problems
+    in those overrides: the config file is not at fault for a mistyped override."""
+    if not overrides:
+        return error
+    shown = " ".join(f"{key}={value}" for key, value in overrides.items())
+    where = f"the command line (--config {shown})"
+    paths = _override_paths(overrides)
+
+    def from_override(problem: str) -> bool:
+        return any(problem.startswith(f"{path}:") or problem.startswith(f"{path}/")
+                   or f"unknown key '{path}'" in problem for path in paths)
+
+    if all(from_override(problem) for problem in error.problems):
+        return ConfigError(where, error.problems)
+    return ConfigError(f"{error.source} with {where}", error.problems)
+
+
 def load_config(path: str | Path, *, trust_stamp: bool = True) -> dict[str, Any]:
     """Read a YAML study configuration, fill defaults and validate it.
 

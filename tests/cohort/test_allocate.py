@@ -362,10 +362,19 @@ def test_cli_writes_outputs_deterministically(tmp_path):
     flow = pd.read_csv(out / "flow.csv")
     assert flow["step"].tolist() == ["extract", "eligibility", "allocation", "allocation",
                                      "analysis", "analysis", "analysis"]
-    assert flow["n"].tolist() == [3, 2, 1, 1, 2, 1, 1]
-    assert pd.read_csv(out / "implementation.csv")["measure"].tolist() == [
+    # every count of this three-patient extract is below report.min_cell_count (5)
+    assert flow["n"].tolist() == ["<5"] * 7
+    implementation = pd.read_csv(out / "implementation.csv")
+    assert implementation["measure"].tolist() == [
         "reach", "therapist_adoption", "patient_adoption", "fidelity"]
-    assert len(pd.read_csv(out / "fidelity.csv")) == 4
+    assert set(implementation["numerator"]) <= {"<5", "0"}
+    fidelity = pd.read_csv(out / "fidelity.csv", dtype=str, keep_default_na=False)
+    assert len(fidelity) == 4
+    # therapists and clinics by code, never by their source ids
+    assert list(fidelity.columns[:2]) == ["therapist", "clinic"]
+    assert fidelity["therapist"].str.fullmatch(r"therapist \d{2}").all()
+    assert not set(fidelity["therapist"]) & set(tables["therapists"]["therapist_id"])
+    assert set(fidelity["etmi_episodes"]) <= {"<5", "0"}
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     assert _run(tmp_path, config_file) == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first

@@ -109,7 +109,8 @@ def test_ancova_rows_are_follow_ups_with_baseline_covariate(trial, base_config):
     assert set(long["time_label"]) == set(FOUR)
     assert long["baseline"].notna().all()
     assert not long["patient_id"].isin(data["patient_id"].head(3)).any()
-    assert any("3 patient(s) with a follow-up but no baseline" in n for n in notes)
+    # 3 patients, below report.min_cell_count: the note does not show the count
+    assert any("<5 patient(s) with a follow-up but no baseline" in n for n in notes)
     merged = long.merge(data[["patient_id", "function_baseline"]], on="patient_id")
     np.testing.assert_array_equal(merged["baseline"], merged["function_baseline"])
 
@@ -128,7 +129,7 @@ def test_two_time_points_keep_their_terms_and_the_effect_row_repeats_arm_time(co
     assert list(effect["term"]) == [EFFECT_TERM]
     for column in ("estimate", "std_error", "ci_low", "ci_high", "p_value", "df"):
         assert effect[column].iloc[0] == lmm.loc[EFFECT_TERM, column], column
-    assert result.effect["estimate"] == lmm.loc[EFFECT_TERM, "estimate"]
+    assert result.effect["estimate"] == pytest.approx(lmm.loc[EFFECT_TERM, "estimate"])
     assert effect_row(result.to_json_dict())["model"] == EFFECT_MODEL
 
 
@@ -168,7 +169,7 @@ def test_primary_follow_up_other_than_the_last(trial, base_config):
     result = fit_outcome_model(trial, study(base_config, primary="m6"), "function",
                                "all_available")
     effects = _effects(result)
-    assert effects["arm:time"] == effects["arm:time [m6]"]
+    assert effects["arm:time"] == pytest.approx(effects["arm:time [m6]"])
     assert result.primary_followup == "m6"
 
 
@@ -181,7 +182,9 @@ def test_continuous_time_effect_is_slope_times_elapsed_time(trial, base_config):
     for label in FOUR:
         assert effects[f"arm:time [{label}]"] == pytest.approx(slope * MONTHS[label])
     assert result.effect["estimate"] == pytest.approx(slope * 12)
-    assert result.effects.set_index("term")["p_value"].nunique() == 1  # one parameter
+    # one parameter: every follow-up's effect has the same p-value (to rounding; issue 19)
+    p_values = result.effects["p_value"].to_numpy()
+    assert p_values == pytest.approx(np.full(len(p_values), p_values[0]), rel=1e-9)
     assert set(result.marginal_means["time"]) == set(MONTHS)
 
 
@@ -205,7 +208,7 @@ def test_ancova_one_follow_up_without_random_effects_is_least_squares(cohort, ba
     assert result.model_name == "lm" and result.fit_path == "ols" and result.inference == "t"
     assert set(result.fixed_effects["term"]) == {"(Intercept)", "arm", "baseline", "age",
                                                  "sexM", "symptom_duration_weeks"}
-    assert result.effect["estimate"] == _coef(result, "arm")
+    assert result.effect["estimate"] == pytest.approx(_coef(result, "arm"))
     assert result.variance_components.keys() == {"residual"}
     assert result.n_clusters == {} and result.to_frame()["n_clusters"].eq(
         result.n_patients).all()
@@ -216,7 +219,7 @@ def test_ancova_one_follow_up_without_random_effects_is_least_squares(cohort, ba
                          data["symptom_duration_weeks"]]).astype(float)
     beta, rss, *_ = np.linalg.lstsq(X, data["function_followup"].to_numpy(float), rcond=None)
     assert _coef(result, "arm") == pytest.approx(beta[1], rel=1e-10)
-    assert result.effect["df"] == len(data) - 6
+    assert result.effect["df"] == pytest.approx(len(data) - 6)
     assert result.variance_components["residual"] == pytest.approx(rss[0] / (len(data) - 6))
     assert "Linear model" in result.summary()
 
@@ -359,7 +362,7 @@ def test_estimate_file_and_effects_table(tmp_path, trial, base_config):
     assert list(table["primary"]) == [False, False, False, True, False]
     assert list(table["time_value"].iloc[:4]) == [MONTHS[f] for f in FOUR]
     primary = table[table["primary"]].iloc[0]
-    assert primary["estimate"] == effect_row(doc)["estimate"]
+    assert primary["estimate"] == pytest.approx(effect_row(doc)["estimate"])
 
     figure = trajectories_figure({"primary": {("function", "all_available"): doc}}, cfg,
                                  "all_available")
@@ -380,7 +383,7 @@ def test_effects_table_with_one_follow_up(cohort, base_config, tmp_path):
     assert len(table) == 1
     row = table.iloc[0]
     assert row["followup"] == base_config["timepoints"]["followup"] and row["primary"]
-    assert row["estimate"] == result.effect["estimate"]
+    assert row["estimate"] == pytest.approx(result.effect["estimate"])
 
 
 def _trial_config_file(tmp_path: Path, **analysis) -> Path:

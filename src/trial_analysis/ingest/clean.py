@@ -68,6 +68,7 @@ from trial_analysis.ingest.plausibility import (
     variable_rule,
     window_violation,
 )
+from trial_analysis.ingest.readers import mark_missing
 from trial_analysis.ingest.schemas import (
     CODE,
     CODES,
@@ -347,6 +348,10 @@ class _TableCleaner:
         self.raw, self.file_names = _map_columns(table, file, raw, columns, mapping, self.fail)
         # Only the columns found go on; a missing one was reported (or is optional).
         self.columns = [c for c in columns if c.name in self.file_names]
+        # What is missing: "NA", "NULL" or "None" is an id unless input.missing_values says so.
+        self.raw = mark_missing(self.raw, [c.name for c in self.columns if c.kind == ID],
+                                _file_format(config, table), self.input_cfg.get("missing_values")
+                                or ())
         self.n = len(self.raw)
         self.fates = _Fates(table, file, self.n)
         if collect is not None:
@@ -438,6 +443,14 @@ class CleanResult:
 def _read(raw_dir: Path, config: Mapping[str, Any], table: str) -> tuple[str, pd.DataFrame]:
     # A file under raw_dir or a database query (input.tables.<table>.file or .query).
     return read_source(raw_dir, config, table)
+
+
+def _file_format(config: Mapping[str, Any], table: str) -> str | None:
+    """The format ``table`` is read in; None for a database query."""
+    entry = config["input"]["tables"].get(table) or {}
+    if "query" in entry:
+        return None
+    return entry.get("format") or config["input"].get("format", "csv")
 
 
 def _map_columns(

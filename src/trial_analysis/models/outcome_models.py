@@ -138,6 +138,7 @@ from trial_analysis.models.lmm_inference import (
     SatterthwaiteInference,
 )
 from trial_analysis.parallel import map_shared
+from trial_analysis.privacy import DEFAULT_MIN_CELL_COUNT, count_text, min_cell_count
 
 if TYPE_CHECKING:
     from statsmodels.regression.mixed_linear_model import MixedLM
@@ -205,6 +206,8 @@ class ModelSpec:
     time_values: tuple[float, ...] = (0.0, 1.0)
     score_columns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    # report.min_cell_count: counts of patients in the model's notes below it show as "<k"
+    min_cell_count: int = DEFAULT_MIN_CELL_COUNT
 
     @property
     def ancova(self) -> bool:
@@ -380,7 +383,8 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
                      time_values=tuple(values[label] for label in
                                        [str(config["timepoints"]["baseline"]), *followups]),
                      score_columns=tuple(score_columns(config, outcome)[f] for f in followups)
-                     if outcome in outcomes else (), notes=tuple(notes))
+                     if outcome in outcomes else (), notes=tuple(notes),
+                     min_cell_count=min_cell_count(config))
 
 
 # How the outcome models word missing columns of the analysis table: all of them at once.
@@ -426,7 +430,8 @@ def long_data(analysis: pd.DataFrame, spec: ModelSpec,
         no_baseline = int((analysis[base].isna()
                            & analysis[follow_columns].notna().any(axis=1)).sum())
         if no_baseline:
-            notes.append(f"data: {no_baseline} patient(s) with a follow-up but no baseline "
+            notes.append(f"data: {count_text(no_baseline, spec.min_cell_count)} patient(s) "
+                         "with a follow-up but no baseline "
                          f"score left out (the baseline is a covariate)")
     keep_columns = [c for c in dict.fromkeys(
         [*spec.covariates, *id_columns] + ([spec.subgroup] if spec.subgroup else []))
@@ -434,7 +439,8 @@ def long_data(analysis: pd.DataFrame, spec: ModelSpec,
     incomplete = selected[keep_columns].isna().any(axis=1)
     if incomplete.any():
         missing_in = [c for c in keep_columns if selected[c].isna().any()]
-        notes.append(f"data: {int(incomplete.sum())} patient(s) left out for missing "
+        left_out = count_text(int(incomplete.sum()), spec.min_cell_count)
+        notes.append(f"data: {left_out} patient(s) left out for missing "
                      f"{', '.join(missing_in)} (complete-covariate analysis)")
         selected = selected[~incomplete]
 
@@ -1492,6 +1498,68 @@ def fit_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: 
                                level_differences=pd.DataFrame(differences))
 
 
+@dataclass
+class NotReportedSubgroup:
+    """A subgroup analysis that is not reported: a level has fewer than
+    ``report.min_cell_count`` patients in the population (or there is a single level).
+
+    Its estimate file holds no rows and says why (``not_reported``); it never carries the
+    small count, nor any estimate from which it could be worked out.
+    """
+
+    outcome: str
+    population: str
+    subgroup: str
+    reason: str
+
+    def to_frame(self) -> pd.DataFrame:
+        """No estimate rows."""
+        return pd.DataFrame(columns=TIDY_COLUMNS)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The subgroup estimate file content: no estimates, the reason."""
+        return {"outcome": self.outcome, "population": self.population,
+                "subgroup": self.subgroup, "not_reported": self.reason, "model": {},
+                "heterogeneity": None, "subgroup_effects": [], "stratified_models": {},
+                "estimates": [], "marginal_means": []}
+
+
+def subgroup_not_reported(analysis: pd.DataFrame, config: dict[str, Any], outcome: str,
+                          subgroup: str, *, source: str = _ANALYSIS_FILE
+                          ) -> NotReportedSubgroup | None:
+    """The reason the subgroup analysis must not be reported, or None when it may be.
+
+    A level with fewer than ``report.min_cell_count`` patients in the subgroup population
+    would be identifiable from its estimate, its N, the model's warnings or the difference
+    from the whole population's N; a single level leaves nothing to compare.
+    """
+    k = min_cell_count(config)
+    population = _analysis_settings(config)["subgroup_population"]
+    spec = model_spec(config, outcome, population, subgroup=subgroup)
+    long, _ = long_data(analysis, spec, source)
+    labels = _level_labels(long[subgroup])
+    per_level = long.groupby(labels.to_numpy())["patient_id"].nunique()
+    if len(per_level) < 2:
+        reason = (f"not reported: subgroup '{subgroup}' has a single level in the population "
+                  f"({population})")
+    elif (per_level < k).any():
+        reason = (f"not reported: a level of subgroup '{subgroup}' has fewer than {k} patients "
+                  f"in the population ({population}; report.min_cell_count)")
+    else:
+        return None
+    return NotReportedSubgroup(outcome=outcome, population=population, subgroup=subgroup,
+                               reason=reason)
+
+
+def reported_subgroup_model(analysis: pd.DataFrame, config: dict[str, Any], outcome: str,
+                            subgroup: str, *, source: str = _ANALYSIS_FILE
+                            ) -> SubgroupModelResult | NotReportedSubgroup:
+    """The subgroup model as the pipeline reports it: fitted, or not reported (see
+    :func:`subgroup_not_reported`)."""
+    return subgroup_not_reported(analysis, config, outcome, subgroup, source=source) or \
+        fit_subgroup_model(analysis, config, outcome, subgroup, source=source)
+
+
 # ---------------------------------------------------------------------------------------------
 # Command-line entries
 
@@ -1521,7 +1589,8 @@ def estimate_files(out_dir: str | Path, outcome: str, config: dict[str, Any]
 
 def fit_outcome_models(table: pd.DataFrame, config: dict[str, Any], outcome: str,
                        source: str = "analysis table"
-                       ) -> dict[str, OutcomeModelResult | SubgroupModelResult]:
+                       ) -> dict[str, OutcomeModelResult | SubgroupModelResult
+                                 | NotReportedSubgroup]:
     """Every model of ``outcome``: the primary model in each of ``analysis.populations`` and
     the subgroup model for each of ``analysis.subgroups``, keyed as :func:`estimate_files`."""
     settings = _analysis_settings(config)
@@ -1530,7 +1599,7 @@ def fit_outcome_models(table: pd.DataFrame, config: dict[str, Any], outcome: str
         results[f"{outcome}.{population}"] = fit_outcome_model(
             table, config, outcome, population, source=source)
     for subgroup in settings.get("subgroups") or []:
-        results[f"{outcome}.subgroup_{subgroup}"] = fit_subgroup_model(
+        results[f"{outcome}.subgroup_{subgroup}"] = reported_subgroup_model(
             table, config, outcome, subgroup, source=source)
     return results
 
@@ -1587,10 +1656,11 @@ def run_fit_models(config: dict[str, Any], analysis: str | Path, out_dir: str | 
 
 
 def run_fit_subgroup(config: dict[str, Any], analysis: str | Path, outcome: str, subgroup: str,
-                     out_json: str | Path, out_csv: str | Path) -> SubgroupModelResult:
+                     out_json: str | Path, out_csv: str | Path
+                     ) -> SubgroupModelResult | NotReportedSubgroup:
     """CLI ``fit-subgroup``: fit the subgroup model and write its JSON and CSV files."""
-    result = fit_subgroup_model(read_analysis_table(analysis), config, outcome, subgroup,
-                                source=str(analysis))
+    result = reported_subgroup_model(read_analysis_table(analysis), config, outcome, subgroup,
+                                     source=str(analysis))
     write_json(result.to_json_dict(), out_json)
     write_csv(result.to_frame(), out_csv)
     return result

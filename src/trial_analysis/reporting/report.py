@@ -433,7 +433,8 @@ def build_context(
         subgroups.append({
             "outcome": outcome_label(config, row["outcome"]), "subgroup": row["subgroup"],
             "level": {"0": f"no {row['subgroup']}", "1": row["subgroup"],
-                      "heterogeneity": "difference between levels"}.get(
+                      "heterogeneity": "difference between levels",
+                      "not reported": _warnings_text(row["warnings"])}.get(
                 row["level"], row["level"]),
             "n": row["n_patients"], "estimate": fmt_number(_float(row["estimate"])),
             "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
@@ -467,6 +468,8 @@ def build_context(
     for doc in docs:
         model = doc.get("model", {})
         notes = as_list(model.get("warnings"))
+        if doc.get("not_reported"):
+            notes.append(str(doc["not_reported"]))
         seen = set(notes)
         for row in doc["estimates"]:
             # Rows repeat their model's warnings; count each message once per model.
