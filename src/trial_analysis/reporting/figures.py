@@ -314,7 +314,9 @@ def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Fi
     n_rows = max(len(r) for r in all_rows.values())
     figure, axes = new_figure(1, len(outcomes), figsize=(3.6 * len(outcomes),
                                                           0.32 * n_rows + 1.6),
-                              squeeze=False, sharey=True)
+                              squeeze=False)
+    # Each panel keeps its own y axis: a shared one carries a single set of tick labels, so
+    # the last panel's (its own heterogeneity p-values) would be shown on every panel.
     for ax, outcome in zip(axes[0], outcomes, strict=True):
         rows = all_rows[outcome["name"]]
         y = np.arange(len(rows))[::-1]
