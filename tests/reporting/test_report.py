@@ -152,3 +152,44 @@ def test_model_block_formats_of_the_models_step():
     assert as_list("a; b") == ["a", "b"]
     assert as_list(["a", ""]) == ["a"]
     assert as_list(None) == [] and as_list(float("nan")) == []
+
+
+def test_each_warning_is_attached_to_the_model_that_raised_it(run):
+    """A singular stratified fit warns on its own row of Table 8, not the interaction model's."""
+    from trial_analysis.reporting.report import model_specifications
+
+    singular = "singular fit: the therapist variance is estimated at the boundary (zero)"
+    block = {"formula": "score ~ arm * time", "method": "REML", "converged": True,
+             "warnings": []}
+    doc = {
+        "_file": "function.subgroup_depression.json", "subgroup": "depression",
+        "model": {**block, "formula": "score ~ arm * time * depression"},
+        "stratified_models": {"0": dict(block), "1": {**block, "warnings": [singular]}},
+        "estimates": [
+            {"model": "stratified", "term": "arm:time [depression=0]", "warnings": ""},
+            {"model": "stratified", "term": "arm:time [depression=1]", "warnings": singular},
+            {"model": "subgroup_contrast", "term": "arm:time [depression=1]", "warnings": ""},
+            {"model": "subgroup_interaction", "term": "arm:time:depression1",
+             "warnings": "an interaction-model note"},
+        ],
+    }
+    rows, methods = model_specifications([doc], run.config)
+    by_model = {r["model"]: r["warnings"] for r in rows}
+    assert by_model == {
+        "Function (FOTO lumbar CAT), subgroup depression: interaction model":
+            "an interaction-model note",
+        "Function (FOTO lumbar CAT), subgroup depression: stratified fit, no depression": "",
+        "Function (FOTO lumbar CAT), subgroup depression: stratified fit, depression": singular,
+    }
+    # One method shared by all three fits is listed once and referred to by letter.
+    assert methods == ["REML"] and {r["method"] for r in rows} == {"a"}
+
+
+def test_table8_does_not_repeat_method_text(html):
+    section = html[html.index('id="models"'):html.index('id="reproduction"')]
+    methods = re.findall(r"\(([a-z])\) ([^;<]+)", section)
+    assert methods, "the methods note is missing"
+    for _, text in methods:
+        # Short names ("ML") also occur inside formulas; a long method text only once.
+        if len(text.strip()) > 20:
+            assert section.count(text.strip()) == 1, text

@@ -22,6 +22,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ from trial_analysis.config import (
 )
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
+from trial_analysis.labels import label, sentence_label
 from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names
 from trial_analysis.reporting.tables import (
     TABLE_NAMES,
@@ -322,6 +324,85 @@ def _warnings_text(text: str) -> str:
     return text.strip("[]\"' ") if text else ""
 
 
+def _warning_list(notes: list[str]) -> str:
+    return "; ".join(f"{w} (×{notes.count(w)})" if notes.count(w) > 1 else w
+                     for w in dict.fromkeys(notes))
+
+
+def _doc_title(doc: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """What a model file fits, in words: outcome and population, or subgroup, or its name."""
+    stem = Path(doc["_file"]).stem
+    outcome, _, rest = stem.partition(".")
+    if not rest:
+        return sentence_label(config, outcome)
+    if rest.startswith("subgroup_"):
+        return (f"{label(config, outcome)}, subgroup "
+                f"{label(config, rest.removeprefix('subgroup_'))}")
+    return f"{label(config, outcome)}, {label(config, rest)}"
+
+
+def _level_of_term(term: str) -> str | None:
+    """The level in a within-level term (``arm:time [depression=1]`` -> ``1``)."""
+    match = re.search(r"=\s*([^\]\s]+)\s*\]", term)
+    return match.group(1) if match else None
+
+
+def model_specifications(docs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
+                         ) -> tuple[list[dict[str, str]], list[str]]:
+    """Table 8: one row per fitted model, each with only the warnings that model raised.
+
+    A subgroup file holds the interaction model (its ``model`` block) and one stratified fit
+    per level (``stratified_models``); the rows of model ``stratified`` belong to the fit of
+    their level, every other row to the interaction model. The estimation methods are listed
+    once (the second value returned) and rows refer to them by letter.
+    """
+    rows: list[dict[str, str]] = []
+    methods: list[str] = []
+
+    def method_mark(text: Any) -> str:
+        if not text:
+            return ""
+        if str(text) not in methods:
+            methods.append(str(text))
+        return "abcdefghijklmnopqrstuvwxyz"[methods.index(str(text)) % 26]
+
+    def add(title: str, file: str, model: Mapping[str, Any], notes: list[str]) -> None:
+        fit_path = model.get("fit_path", "")
+        rows.append({
+            "model": title, "file": file, "formula": model.get("formula", ""),
+            "random_effects": describe_random_effects(model.get("random_effects", "")),
+            "method": method_mark(model.get("method", "")),
+            "fit_path": label(config, fit_path) if fit_path else "",
+            "converged": {"True": "yes", "False": "no"}.get(
+                str(model.get("converged", "")), str(model.get("converged", ""))),
+            "warnings": _warning_list(notes),
+        })
+
+    for doc in docs:
+        model = doc.get("model", {})
+        strata = doc.get("stratified_models") or {}
+        own = as_list(model.get("warnings"))
+        by_level: dict[str, list[str]] = {str(k): as_list(v.get("warnings"))
+                                          for k, v in strata.items()}
+        for row in doc["estimates"]:
+            # Rows repeat their model's warnings; count each message once per model.
+            level = _level_of_term(str(row["term"]))
+            if str(row.get("model", "")) == "stratified" and level in by_level:
+                target = by_level[level]
+            else:
+                target = own
+            target += [w for w in as_list(row.get("warnings")) if w not in target]
+        file = Path(doc["_file"]).name
+        title = _doc_title(doc, config)
+        subgroup = str(doc.get("subgroup") or "")
+        add(f"{title}: interaction model" if strata else title, file, model, own)
+        for level, block in strata.items():
+            name = {"0": f"no {label(config, subgroup)}", "1": label(config, subgroup)}.get(
+                str(level), f"{label(config, subgroup)} = {level}")
+            add(f"{title}: stratified fit, {name}", file, block, by_level[str(level)])
+    return rows, methods
+
+
 def design_text(config: Mapping[str, Any]) -> dict[str, str]:
     """Design wording: STROBE for observational studies, CONSORT for randomised ones."""
     intervention, control = arm_labels(config)
@@ -414,27 +495,9 @@ def build_context(
             "component": row["component"], "quantity": row["quantity"],
             "value": fmt_number(_float(row["value"]), 3 if row["quantity"] == "icc" else 2),
         })
-    models = []
     docs = [*loaded["primary"].values(), *loaded["subgroups"].values()]
     docs += [d for d in (loaded["sessions"], loaded["responders"]) if d is not None]
-    for doc in docs:
-        model = doc.get("model", {})
-        notes = as_list(model.get("warnings"))
-        seen = set(notes)
-        for row in doc["estimates"]:
-            # Rows repeat their model's warnings; count each message once per model.
-            extra = [w for w in as_list(row.get("warnings")) if w not in seen]
-            notes += extra
-            seen.update(extra)
-        models.append({
-            "file": Path(doc["_file"]).name, "formula": model.get("formula", ""),
-            "random_effects": describe_random_effects(model.get("random_effects", "")),
-            "method": model.get("method", ""), "fit_path": model.get("fit_path", ""),
-            "converged": model.get("converged", ""),
-            "warnings": "; ".join(
-                f"{w} (×{notes.count(w)})" if notes.count(w) > 1 else w
-                for w in dict.fromkeys(notes)),
-        })
+    models, methods = model_specifications(docs, config)
 
     table1 = {}
     for population, part in frames["table1"].groupby("population", sort=False):
@@ -468,7 +531,7 @@ def build_context(
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
         "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
-        "variance": variance, "models": models, "reproduction": reproduction,
+        "variance": variance, "models": models, "methods": methods, "reproduction": reproduction,
         "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),
         "assumptions": assumptions, "figures": embed_figures(figures, figure_names(config)),
         "has_sessions": has_table(config, "sessions"),
