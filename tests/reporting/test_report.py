@@ -193,3 +193,21 @@ def test_table8_does_not_repeat_method_text(html):
         # Short names ("ML") also occur inside formulas; a long method text only once.
         if len(text.strip()) > 20:
             assert section.count(text.strip()) == 1, text
+
+
+def test_tipping_point_is_a_full_sentence(run):
+    from trial_analysis.reporting.report import tipping_sentence
+
+    row = {"outcome": "function", "term": "tipping_delta", "estimate": 5.0514768,
+           "notes": "reached: 1.01 MCID (5 points); imputed intervention follow-ups shifted down"}
+    found = {"status": "reached", "tipping_delta": 5.0514768, "tipping_delta_units": 1.0103,
+             "unit": 5.0, "unit_name": "MCID"}
+    text = tipping_sentence(found, row, run.config)
+    assert text.startswith("The 95% confidence interval") and text.endswith(".")
+    assert "5.05 points (1.01 MCID, where 1 MCID is 5 points)" in text
+    assert "shifted down" in text and "reached:" not in text and ";  " not in text
+    # Pain: lower is better, so an unfavourable shift is up; a status that did not tip.
+    found = {"status": "not reached within the grid (up to 4 points)", "tipping_delta": None}
+    text = tipping_sentence(found, {"outcome": "pain", "estimate": None}, run.config)
+    assert text.startswith("No tipping point: not reached within the grid (up to 4 points).")
+    assert "shifted up" in text

@@ -227,6 +227,37 @@ SENSITIVITY_METHODS = {
 }
 
 
+def tipping_sentence(found: Mapping[str, Any] | None, row: Mapping[str, Any],
+                     config: Mapping[str, Any]) -> str:
+    """The tipping point of one outcome as a full sentence.
+
+    ``found`` is the outcome's entry of ``details.tipping_points`` (status, delta in points
+    and in units of the MCID or control SD); without it the row's estimate stands alone.
+    """
+    intervention, _ = arm_labels(config)
+    spec = next((o for o in config["outcomes"] if o["name"] == row["outcome"]), {})
+    direction = "down" if spec.get("higher_is_better", True) else "up"
+    confidence = int(round(100 * confidence_level(config)))
+    found = dict(found or {})
+    status = str(found.get("status") or ("reached" if row.get("estimate") is not None
+                                           else "not reached"))
+    delta = found.get("tipping_delta", row.get("estimate"))
+    if status != "reached" or delta is None or _float(str(delta)) != _float(str(delta)):
+        return (f"No tipping point: {status.rstrip('.')}. Imputed {intervention} follow-up "
+                f"scores were shifted {direction} (missing not at random).")
+    units = found.get("tipping_delta_units")
+    in_units = ""
+    if units is not None and found.get("unit"):
+        name = found.get("unit_name", "units")
+        in_units = (f" ({fmt_number(units)} {name}, where 1 {name} is "
+                    f"{fmt_number(found['unit'], 3).rstrip('0').rstrip('.')} points)")
+    return (f"The {confidence}% confidence interval of the effect first includes 0 when the "
+            f"imputed {intervention} follow-up scores are shifted {direction}, in the "
+            f"unfavourable direction, by {fmt_number(delta)} points{in_units}; patients "
+            "without a follow-up score would have to fare that much worse than similar "
+            "patients with one (missing not at random) for the effect to lose significance.")
+
+
 def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, Any]],
                         truth_by_outcome: Mapping[str, str], config: Mapping[str, Any]
                         ) -> dict[str, Any]:
@@ -263,9 +294,10 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
             "outcome": outcome_label(config, r["outcome"]),
             "population": POPULATION_NAMES.get(population, population), "n": r["n_patients"]})
         entry[r["term"]] = fmt_number(r["estimate"])
+    points = (docs.get("tipping_point", {}).get("details") or {}).get("tipping_points") or {}
     tipping = [
-        {"outcome": outcome_label(config, r["outcome"]), "delta": fmt_number(r["estimate"]),
-         "notes": r.get("notes") or ""}
+        {"outcome": outcome_label(config, r["outcome"]),
+         "sentence": tipping_sentence(points.get(r["outcome"]), r, config)}
         for r in docs.get("tipping_point", {}).get("estimates", [])
         if r["term"] == "tipping_delta"
     ]
