@@ -90,7 +90,8 @@ def test_reproduction_check_has_match_marks(html):
     section = html[html.index('id="reproduction"'):html.index('id="assumptions"')]
     assert "Reproduced" in section
     assert "&#10003; yes" in section or "✓ yes" in section
-    assert "complete_cases_etmi" in section
+    assert "Complete cases, ETMI" in section and "complete_cases_etmi" not in section
+    assert "What was compared" in section and "directions of effect (not their size)" in section
 
 
 def test_table1_suppression_reaches_the_report(html):

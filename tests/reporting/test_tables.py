@@ -267,3 +267,27 @@ def test_tables_are_deterministic(run, tmp_path):
     run_tables(config=run.config, analysis=run.analysis, estimates=run.estimates, out=out)
     for name in TABLE_NAMES:
         assert (out / f"{name}.csv").read_bytes() == (run.tables / f"{name}.csv").read_bytes()
+
+
+def test_reproduction_says_what_was_and_was_not_compared(run):
+    """Counts built into the simulated cohort match by construction; effect sizes that are not
+    public get a row saying they were not compared, and why."""
+    from trial_analysis.reporting.tables import EVIDENCE, load_estimates, load_truth
+
+    config = copy.deepcopy(run.config)
+    config["published"]["estimates"] = []
+    estimates = load_estimates(run.estimates, config)
+    analysis = pd.read_parquet(run.analysis)
+    table = reproduction_table(analysis, estimates, config, run.tables, load_truth(run.raw))
+    counts = table[table["kind"] == "count"].set_index("item")
+    assert counts.loc["eligible_patients", "evidence"] == EVIDENCE["target"]
+    directions = table[table["kind"] == "direction"].set_index("item")
+    assert directions.loc["function", "evidence"] == EVIDENCE["planted"]
+    missing = table[table["kind"] == "not_compared"]
+    assert list(missing["item"]) == ["effect sizes"]
+    assert "not public" in missing["evidence"].iloc[0]
+    # Real data (no truth.json): a recount and a direction, neither built in.
+    table = reproduction_table(analysis, estimates, config, run.tables, None)
+    assert set(table.loc[table["kind"] == "count", "evidence"]) <= {
+        EVIDENCE["recount"], EVIDENCE["not_computed"]}
+    assert set(table.loc[table["kind"] == "direction", "evidence"]) == {EVIDENCE["direction"]}

@@ -24,6 +24,7 @@ from trial_analysis.config import (
     time_values,
 )
 from trial_analysis.errors import DataError
+from trial_analysis.labels import label, sentence_label
 from trial_analysis.plotting import (
     CONTROL_COLOUR,
     INTERVENTION_COLOUR,
@@ -279,16 +280,14 @@ def trajectories_over_time(
 # --------------------------------------------------------------------------------------------
 # Forest plot
 # --------------------------------------------------------------------------------------------
-POPULATION_NAMES = {"complete_case": "Complete cases", "all_available": "All with a baseline"}
-
-
 def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome: str
                 ) -> list[dict[str, Any]]:
     """Rows of the forest plot for one outcome: populations, then subgroup levels."""
     rows = []
     for population in config["analysis"]["populations"]:
         row = effect_row(estimates["primary"][(outcome, population)])
-        rows.append({"label": POPULATION_NAMES.get(population, population), "header": False,
+        rows.append({"label": sentence_label(config, population), "header": False,
+                     "population": True,
                      **{k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}})
     for subgroup in config["analysis"].get("subgroups", []):
         doc = estimates["subgroups"].get((outcome, subgroup))
@@ -297,11 +296,12 @@ def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome
         levels, p_het = subgroup_rows(doc, subgroup)
         p_text = fmt_p(p_het)
         p_text = p_text if p_text.startswith("<") else f"= {p_text}"
-        rows.append({"label": f"{subgroup.replace('_', ' ').capitalize()} "
+        rows.append({"label": f"{sentence_label(config, subgroup)} "
                               f"(heterogeneity p {p_text})", "header": True})
         for row in levels:
             level = str(row["level"])
-            name = {"0": f"no {subgroup}", "1": subgroup}.get(level, level)
+            name = {"0": f"no {label(config, subgroup)}", "1": label(config, subgroup)}.get(
+                level, f"{label(config, subgroup)}: {label(config, level)}")
             rows.append({"label": f"   {name}", "header": False,
                          **{k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}})
     return rows
@@ -323,8 +323,7 @@ def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Fi
         for yi, row in zip(y, rows, strict=True):
             if row["header"]:
                 continue
-            colour = OKABE_ITO["black"] if row["label"] in POPULATION_NAMES.values() \
-                else OKABE_ITO["blue"]
+            colour = OKABE_ITO["black"] if row.get("population") else OKABE_ITO["blue"]
             ax.plot([row["ci_low"], row["ci_high"]], [yi, yi], color=colour, lw=1.3)
             ax.plot(row["estimate"], yi, marker="D" if colour == OKABE_ITO["black"] else "o",
                     color=colour, ms=5)
@@ -392,12 +391,9 @@ def sessions_figure(analysis: pd.DataFrame, config: Mapping[str, Any]) -> Figure
     return figure
 
 
-def implementation_figure(implementation: pd.DataFrame) -> Figure:
+def implementation_figure(implementation: pd.DataFrame,
+                          config: Mapping[str, Any] | None = None) -> Figure:
     """Implementation outcomes (reach, adoption, fidelity) as percentages with counts."""
-    names = {"reach": "Reach (therapists trained)",
-             "therapist_adoption": "Adoption (therapists delivering)",
-             "patient_adoption": "Adoption (patients receiving)",
-             "fidelity": "Fidelity (episodes without\nforbidden treatments)"}
     frame = implementation.copy()
     percent = 100 * pd.to_numeric(frame["numerator"], errors="coerce") / pd.to_numeric(
         frame["denominator"], errors="coerce")
@@ -408,7 +404,8 @@ def implementation_figure(implementation: pd.DataFrame) -> Figure:
         ax.text(min(p, 100) + 1.0, yi, f"{p:.1f}% ({int(row['numerator'])}/"
                                       f"{int(row['denominator'])})", va="center", fontsize=8)
     ax.set_yticks(y)
-    ax.set_yticklabels([names.get(m, m) for m in frame["measure"]], fontsize=8)
+    ax.set_yticklabels([_wrap(sentence_label(config, m), 34) for m in frame["measure"]],
+                       fontsize=8)
     ax.set_xlim(0, 125)
     ax.set_xticks([0, 20, 40, 60, 80, 100])
     ax.set_xlabel("Percent (%)")
@@ -472,7 +469,7 @@ def run_figures(
             implementation = _read_table(tables / "implementation.csv",
                                          ["measure", "numerator", "denominator"])
             figures["sessions"] = sessions_figure(frame, config)
-            figures["implementation"] = implementation_figure(implementation)
+            figures["implementation"] = implementation_figure(implementation, config)
         for name in names:
             written += save_figure(figures[name], out, name)
     return written

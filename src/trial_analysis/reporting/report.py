@@ -49,14 +49,15 @@ from trial_analysis.reporting.tables import (
     fmt_ci,
     fmt_number,
     fmt_p,
+    fmt_sig,
     load_estimates,
     load_truth,
     outcome_label,
+    slug,
 )
 
 PACKAGES = ["pandas", "numpy", "scipy", "statsmodels", "matplotlib", "snakemake", "pandera",
             "tableone", "jinja2", "trial-analysis"]
-POPULATION_NAMES = {"complete_case": "complete cases", "all_available": "all with a baseline"}
 FIGURE_CAPTIONS = {
     "flow": "Flow of referral episodes and patients through cleaning, eligibility, allocation "
             "and complete-case selection, computed from the record ledger.",
@@ -274,12 +275,12 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
     seen: set[tuple[str, str]] = set()
     for name in ("propensity", "multiple_imputation", "therapist_fixed_effects"):
         for r in docs.get(name, {}).get("estimates", []):
-            label = SENSITIVITY_METHODS.get(r["method"], r["method"])
-            if r["term"] != "arm_intervention" or label is None or (r["outcome"], label) in seen:
+            method = SENSITIVITY_METHODS.get(r["method"], label(config, r["method"]))
+            if r["term"] != "arm_intervention" or method is None or (r["outcome"], method) in seen:
                 continue
-            seen.add((r["outcome"], label))
+            seen.add((r["outcome"], method))
             effects.append({
-                "outcome": outcome_label(config, r["outcome"]), "method": label,
+                "outcome": outcome_label(config, r["outcome"]), "method": method,
                 "n": r["n_patients"], "estimate": fmt_number(r["estimate"]),
                 "ci": fmt_ci(r["ci_low"], r["ci_high"]), "p": fmt_p(r["p_value"]),
                 "truth": truth_by_outcome.get(r["outcome"], ""),
@@ -292,7 +293,7 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
         key = (r["outcome"], population)
         entry = evalues.setdefault(key, {
             "outcome": outcome_label(config, r["outcome"]),
-            "population": POPULATION_NAMES.get(population, population), "n": r["n_patients"]})
+            "population": label(config, population), "n": r["n_patients"]})
         entry[r["term"]] = fmt_number(r["estimate"])
     points = (docs.get("tipping_point", {}).get("details") or {}).get("tipping_points") or {}
     tipping = [
@@ -379,6 +380,16 @@ def _level_of_term(term: str) -> str | None:
     return match.group(1) if match else None
 
 
+def code_segments(text: str) -> list[tuple[str, bool]]:
+    """Split prose into ``(text, is_code)`` parts: dotted module paths (``a.b.c``) are code."""
+    parts: list[tuple[str, bool]] = []
+    position = 0
+    for match in re.finditer(r"\b[a-z_]+(?:\.[a-z_]+)+\b", text):
+        parts += [(text[position:match.start()], False), (match.group(0), True)]
+        position = match.end()
+    return [*parts, (text[position:], False)]
+
+
 def model_specifications(docs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
                          ) -> tuple[list[dict[str, str]], list[str]]:
     """Table 8: one row per fitted model, each with only the warnings that model raised.
@@ -458,6 +469,109 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def level_label(config: Mapping[str, Any], subgroup: str, level: str) -> str:
+    """A subgroup level in words: ``0``/``1`` of a flag as "no depression"/"depression"."""
+    name = label(config, subgroup)
+    return {"0": f"no {name}", "1": name, "heterogeneity": "difference between levels"}.get(
+        str(level), f"{name}: {label(config, level)}")
+
+
+def variance_tables(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Table 7 wide, one table per outcome: a row per component, variance and ICC per population.
+
+    Values to 3 significant digits (a variance of 160 and one of 0.19 are equally precise).
+    """
+    tables = []
+    for outcome, part in frame.groupby("outcome", sort=False):
+        populations = list(dict.fromkeys(part["population"]))
+        rows = []
+        for component in dict.fromkeys(part["component"]):
+            cells = []
+            for population in populations:
+                for quantity in ("variance", "icc"):
+                    match = part[(part["component"] == component)
+                                 & (part["population"] == population)
+                                 & (part["quantity"] == quantity)]
+                    cells.append(fmt_sig(_float(match["value"].iloc[0])) if len(match)
+                                 else "–")
+            rows.append({"component": sentence_label(config, component), "cells": cells})
+        tables.append({"outcome": outcome_label(config, outcome),
+                       "populations": [label(config, p) for p in populations], "rows": rows})
+    return tables
+
+
+def _count_label(config: Mapping[str, Any], key: str) -> str:
+    """A published count's key in words (``complete_cases_etmi`` -> "complete cases, ETMI")."""
+    by_slug = {slug(arm): arm for arm in arm_labels(config)}
+    for arm_slug, arm in by_slug.items():
+        if key == f"{arm_slug}_patients":
+            return f"{arm} patients"
+        if key.endswith(f"_{arm_slug}"):
+            return f"{label(config, key.removesuffix(f'_{arm_slug}'))}, {arm}"
+    return label(config, key)
+
+
+def direction_label(config: Mapping[str, Any], value: str) -> str:
+    """A direction of effect in words, naming the arms."""
+    intervention, control = arm_labels(config)
+    return {"favours_intervention": f"favours {intervention}",
+            "favours_control": f"favours {control}", "no_difference": "no difference",
+            "fewer_in_intervention": f"fewer with {intervention}",
+            "more_in_intervention": f"more with {intervention}"}.get(value, label(config, value))
+
+
+def reproduction_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Table 9 for people: labelled rows, what each match shows (lettered notes) and a summary.
+
+    The summary says plainly what was compared, how many of the matches hold by construction
+    (counts the simulated cohort was built to have) and what could not be compared.
+    """
+    evidence: list[str] = []
+    rows = []
+    for r in frame.to_dict("records"):
+        text = r.get("evidence", "")
+        if text and text not in evidence:
+            evidence.append(text)
+        kind = r["kind"]
+        if kind == "count":
+            item = _count_label(config, r["item"])
+        elif kind == "direction":
+            item = ("treatment sessions" if r["item"] == "sessions"
+                    else outcome_label(config, r["item"]))
+        elif kind == "estimate":
+            outcome, _, population = r["item"].partition(" (")
+            item = f"{outcome_label(config, outcome)} ({label(config, population.rstrip(')'))})"
+        else:
+            item = label(config, r["item"])
+        direction = kind == "direction"
+        rows.append({
+            **r, "kind": label(config, kind), "item": sentence_label(config, item),
+            "published": direction_label(config, r["published"]) if direction
+            else r["published"],
+            "reproduced": direction_label(config, r["reproduced"]) if direction and
+            r["reproduced"] else r["reproduced"],
+            "evidence": "abcdefghijklmnopqrstuvwxyz"[evidence.index(text) % 26] if text else "",
+        })
+    kinds = list(frame["kind"])
+    by_construction = int(sum(1 for r in frame.to_dict("records")
+                              if r["kind"] == "count" and r.get("evidence", "").startswith(
+                                  "by construction")))
+    compared = []
+    if kinds.count("count"):
+        compared.append(f"{kinds.count('count')} published counts"
+                        + (f" ({by_construction} of them built into the simulated cohort, so "
+                           "they match by construction)" if by_construction else ""))
+    if kinds.count("direction"):
+        compared.append(f"{kinds.count('direction')} directions of effect (not their size)")
+    if kinds.count("estimate"):
+        compared.append(f"{kinds.count('estimate')} published effect estimates")
+    not_compared = [r.get("evidence", "") for r in frame.to_dict("records")
+                    if r["kind"] == "not_compared"]
+    return {"rows": rows, "evidence": [t[:1].upper() + t[1:] for t in evidence],
+            "compared": compared,
+            "not_compared": not_compared}
+
+
 def build_context(
     config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
     benchmarks: Path | None,
@@ -473,7 +587,7 @@ def build_context(
     for row in frames["primary_estimates"].to_dict("records"):
         primary.append({
             "outcome": outcome_label(config, row["outcome"]),
-            "population": POPULATION_NAMES.get(row["population"], row["population"]),
+            "population": label(config, row["population"]),
             "n": row["n_patients"], "clusters": row["n_clusters"],
             "estimate": fmt_number(_float(row["estimate"])),
             "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
@@ -486,7 +600,7 @@ def build_context(
         for row in frames["effects_by_followup"].to_dict("records"):
             by_followup.append({
                 "outcome": outcome_label(config, row["outcome"]),
-                "population": POPULATION_NAMES.get(row["population"], row["population"]),
+                "population": label(config, row["population"]),
                 "followup": ("average over follow-ups" if row["followup"] == "overall"
                              else row["followup"]) + (" (primary)" if row["primary"] == "True"
                                                       else ""),
@@ -497,10 +611,9 @@ def build_context(
     subgroups = []
     for row in frames["subgroup_estimates"].to_dict("records"):
         subgroups.append({
-            "outcome": outcome_label(config, row["outcome"]), "subgroup": row["subgroup"],
-            "level": {"0": f"no {row['subgroup']}", "1": row["subgroup"],
-                      "heterogeneity": "difference between levels"}.get(
-                row["level"], row["level"]),
+            "outcome": outcome_label(config, row["outcome"]),
+            "subgroup": sentence_label(config, row["subgroup"]),
+            "level": level_label(config, row["subgroup"], row["level"]),
             "n": row["n_patients"], "estimate": fmt_number(_float(row["estimate"])),
             "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
             "p": fmt_p(_float(row["p_value"])),
@@ -510,8 +623,10 @@ def build_context(
 
     def tidy(frame: pd.DataFrame, digits: int = 2) -> list[dict[str, str]]:
         return [{
-            "outcome": r["outcome"], "population": r["population"], "model": r["model"],
-            "term": r["term"], "estimate": fmt_number(_float(r["estimate"]), digits),
+            "outcome": sentence_label(config, r["outcome"]),
+            "population": label(config, r["population"]),
+            "model": sentence_label(config, r["model"]),
+            "term": label(config, r["term"]), "estimate": fmt_number(_float(r["estimate"]), digits),
             "ci": fmt_ci(_float(r["ci_low"]), _float(r["ci_high"]), digits),
             "p": fmt_p(_float(r["p_value"])), "n": r["n_patients"],
             "truth": fmt_number(_float(r.get("true_value", "")), digits)
@@ -519,17 +634,11 @@ def build_context(
             "warnings": _warnings_text(r["warnings"]),
         } for r in frame.to_dict("records")]
 
-    variance = []
-    for row in frames["variance_components"].to_dict("records"):
-        variance.append({
-            "outcome": outcome_label(config, row["outcome"]),
-            "population": POPULATION_NAMES.get(row["population"], row["population"]),
-            "component": row["component"], "quantity": row["quantity"],
-            "value": fmt_number(_float(row["value"]), 3 if row["quantity"] == "icc" else 2),
-        })
+    variance = variance_tables(frames["variance_components"], config)
     docs = [*loaded["primary"].values(), *loaded["subgroups"].values()]
     docs += [d for d in (loaded["sessions"], loaded["responders"]) if d is not None]
     models, methods = model_specifications(docs, config)
+    methods = [code_segments(text) for text in methods]
 
     table1 = {}
     for population, part in frames["table1"].groupby("population", sort=False):
@@ -542,7 +651,7 @@ def build_context(
     sensitivity = sensitivity_section(Path(estimates), Path(figures), primary,
                                       truth_by_outcome, config)
     assumptions = flatten(config.get("simulation", {}).get("assumptions", {}) or {})
-    reproduction = frames["reproduction"].to_dict("records")
+    reproduction = reproduction_rows(frames["reproduction"], config)
     return {
         "title": config.get("report", {}).get("title", "Trial analysis report"),
         "study": config["study"], "design": design_text(config),
@@ -554,17 +663,21 @@ def build_context(
              "primary": o["name"] == config.get("primary_outcome")}
             for o in config["outcomes"]
         ],
+        "named": {key: [label(config, name) for name in config["analysis"].get(key) or []]
+                  for key in ("covariates", "populations", "subgroups")},
         "analysis": config["analysis"], "min_cell_count": config["report"]["min_cell_count"],
         "continuous_summary": config["report"]["continuous_summary"],
         "confidence": int(round(100 * confidence_level(config))),
         "simulated": simulated,
-        "table1": table1, "implementation": frames["implementation"].to_dict("records"),
+        "table1": table1,
+        "implementation": [{**r, "measure": sentence_label(config, r["measure"])}
+                           for r in frames["implementation"].to_dict("records")],
         "flow": frames["flow"].to_dict("records"),
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
         "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
         "variance": variance, "models": models, "methods": methods, "reproduction": reproduction,
-        "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),
+        "reproduction_mismatches": sum(1 for r in reproduction["rows"] if r["match"] == "no"),
         "assumptions": assumptions, "figures": embed_figures(figures, figure_names(config)),
         "has_sessions": has_table(config, "sessions"),
         "schedule": study_schedule(config),
