@@ -418,7 +418,10 @@ def model_specifications(docs: Sequence[Mapping[str, Any]], config: Mapping[str,
             "fit_path": label(config, fit_path) if fit_path else "",
             "converged": {"True": "yes", "False": "no"}.get(
                 str(model.get("converged", "")), str(model.get("converged", ""))),
-            "warnings": _warning_list(notes),
+            # The model step names variance components by their keys ("therapist:time").
+            "warnings": re.sub(r"\bthe ([\w:]+) variance",
+                               lambda m: f"the {label(config, m.group(1))} variance",
+                               _warning_list(notes)),
         })
 
     for doc in docs:
