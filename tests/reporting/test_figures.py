@@ -181,3 +181,34 @@ def test_flow_and_implementation_text_read_back_match_their_tables(drawn):
     for (_, row), text in zip(implementation.iterrows(), bar_text, strict=True):
         percent = 100 * row["numerator"] / row["denominator"]
         assert text == f"{percent:.1f}% ({row['numerator']}/{row['denominator']})"
+
+
+def test_flow_diagram_follows_the_design_and_shows_every_population(drawn):
+    """STROBE wording and title for an observational cohort, CONSORT for a randomised trial;
+    one level of boxes per analysed population, with N per arm; record-level cleaning noted
+    with its aggregate reasons and counts."""
+    import copy
+
+    from trial_analysis.reporting.figures import flow_figure, flow_layout
+
+    run, _ = drawn
+    flow = pd.read_csv(run.tables / "flow.csv")
+    levels = flow_layout(flow)
+    populations = [[str(b["description"]) for b in level["boxes"]] for level in levels
+                   if level["step"] == "analysis"]
+    assert populations == [
+        ["all with a baseline analysed", "all with a baseline analysed, ETMI",
+         "all with a baseline analysed, usual care"],
+        ["complete cases analysed", "complete cases analysed, ETMI",
+         "complete cases analysed, usual care"]]
+    figure = flow_figure(flow, run.config)
+    ax = figure.axes[0]
+    text = "\n".join(t.get_text() for t in ax.texts)
+    assert ax.get_title(loc="left").startswith("STROBE")
+    assert "ETMI group" in text and "allocated" not in text
+    assert "Record-level cleaning" in text
+    assert "outcome records dropped: 6 of" in text and "exact duplicate of another record" in text
+    assert "row N" not in text
+    config = copy.deepcopy(run.config)
+    config["study"]["design"] = "randomised"
+    assert flow_figure(flow, config).axes[0].get_title(loc="left").startswith("CONSORT")

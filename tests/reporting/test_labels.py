@@ -3,54 +3,10 @@ identifier where a person reads."""
 
 from __future__ import annotations
 
-import re
-from html.parser import HTMLParser
-
 import pytest
-from report_fixtures import shared_outputs
+from report_fixtures import raw_identifiers, shared_outputs, visible_text
 
 from trial_analysis.labels import label, sentence_label
-
-# Elements whose text is code a reader would type (formulas, config keys, the config as run).
-CODE_ELEMENTS = {"code", "pre", "style", "script"}
-# Tokens that are file names (each table and figure names its source file).
-FILE_NAME = re.compile(r"\S+\.(?:csv|json|parquet|png|svg|yaml|tsv|log|html|docx|tex)\b")
-SNAKE_CASE = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")
-METHOD_KEY = re.compile(r"\b[a-z_]+:[a-z_]+\b")
-DUMMY = re.compile(r"\b(?:sex|clinic|arm|region)[A-Z][A-Za-z0-9]*\b")
-
-
-class _VisibleText(HTMLParser):
-    """The text a reader sees: no tags, no attributes, no code elements."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[str] = []
-        self.depth = 0
-
-    def handle_starttag(self, tag, attrs):
-        if tag in CODE_ELEMENTS:
-            self.depth += 1
-
-    def handle_endtag(self, tag):
-        if tag in CODE_ELEMENTS:
-            self.depth -= 1
-
-    def handle_data(self, data):
-        if not self.depth:
-            self.parts.append(data)
-
-
-def visible_text(html: str) -> str:
-    parser = _VisibleText()
-    parser.feed(html)
-    return FILE_NAME.sub(" ", " ".join(parser.parts))
-
-
-def raw_identifiers(text: str) -> list[str]:
-    """Snake-case identifiers, ``model:se`` method keys and dummies like ``sexM`` in text."""
-    found = SNAKE_CASE.findall(text) + METHOD_KEY.findall(text) + DUMMY.findall(text)
-    return sorted(set(found))
 
 
 @pytest.fixture(scope="module")

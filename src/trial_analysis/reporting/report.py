@@ -43,7 +43,7 @@ from trial_analysis.config import (
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
 from trial_analysis.labels import label, sentence_label
-from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names
+from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names, readable
 from trial_analysis.reporting.tables import (
     TABLE_NAMES,
     fmt_ci,
@@ -59,8 +59,10 @@ from trial_analysis.reporting.tables import (
 PACKAGES = ["pandas", "numpy", "scipy", "statsmodels", "matplotlib", "snakemake", "pandera",
             "tableone", "jinja2", "trial-analysis"]
 FIGURE_CAPTIONS = {
-    "flow": "Flow of referral episodes and patients through cleaning, eligibility, allocation "
-            "and complete-case selection, computed from the record ledger.",
+    "flow": "Flow of referral episodes and patients through cleaning, eligibility, the two "
+            "groups and each analysed population (overall and per group), computed from the "
+            "record ledger; record-level cleaning of the other tables (rows dropped, values "
+            "set missing) is noted beside the diagram.",
     "trajectories": "Adjusted mean score by arm at baseline and follow-up (95% CI), from the "
                     "primary mixed model in complete cases.",
     "forest": "Difference between arms in mean change, baseline to follow-up (95% CI), by "
@@ -575,6 +577,22 @@ def reproduction_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> dict[st
             "not_compared": not_compared}
 
 
+def flow_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The counts behind the flow diagram, each step and reason in words."""
+    randomised = config["study"].get("design") == "randomised"
+    steps = {"extract": "Extract", "clean": "Cleaning (patients)",
+             "records": "Cleaning (records, not patients)", "eligibility": "Eligibility",
+             "allocation": "Allocation" if randomised else "Exposure groups",
+             "analysis": "Analysed"}
+    rows = []
+    for r in frame.to_dict("records"):
+        description = readable(config, r["description"])
+        rows.append({**r, "step": steps.get(r["step"], sentence_label(config, r["step"])),
+                     "description": description[:1].upper() + description[1:],
+                     "reason": readable(config, r["reason"])})
+    return rows
+
+
 def build_context(
     config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
     benchmarks: Path | None,
@@ -675,7 +693,7 @@ def build_context(
         "table1": table1,
         "implementation": [{**r, "measure": sentence_label(config, r["measure"])}
                            for r in frames["implementation"].to_dict("records")],
-        "flow": frames["flow"].to_dict("records"),
+        "flow": flow_rows(frames["flow"], config),
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
         "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
