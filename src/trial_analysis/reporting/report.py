@@ -392,6 +392,27 @@ def code_segments(text: str) -> list[tuple[str, bool]]:
     return [*parts, (text[position:], False)]
 
 
+def formula_notes(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Each distinct formula and random-effects structure once, rows referring to it (F1, ...).
+
+    Two dozen models share a handful of formulas; printed in every row they made Table 8 run
+    to pages.
+    """
+    notes: list[dict[str, str]] = []
+    keys: list[tuple[str, str]] = []
+    marked = []
+    for row in rows:
+        key = (row["formula"], row["random_effects"])
+        if not any(key):
+            marked.append({**row, "formula_mark": ""})
+            continue
+        if key not in keys:
+            keys.append(key)
+            notes.append({"mark": f"F{len(keys)}", "formula": key[0], "random_effects": key[1]})
+        marked.append({**row, "formula_mark": f"F{keys.index(key) + 1}"})
+    return marked, notes
+
+
 def model_specifications(docs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
                          ) -> tuple[list[dict[str, str]], list[str]]:
     """Table 8: one row per fitted model, each with only the warnings that model raised.
@@ -660,6 +681,7 @@ def build_context(
     docs += [d for d in (loaded["sessions"], loaded["responders"]) if d is not None]
     models, methods = model_specifications(docs, config)
     methods = [code_segments(text) for text in methods]
+    models, formulas = formula_notes(models)
 
     table1 = {}
     for population, part in frames["table1"].groupby("population", sort=False):
@@ -697,7 +719,8 @@ def build_context(
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
         "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
-        "variance": variance, "models": models, "methods": methods, "reproduction": reproduction,
+        "variance": variance, "models": models, "methods": methods, "formulas": formulas,
+        "reproduction": reproduction,
         "reproduction_mismatches": sum(1 for r in reproduction["rows"] if r["match"] == "no"),
         "assumptions": assumptions, "figures": embed_figures(figures, figure_names(config)),
         "has_sessions": has_table(config, "sessions"),
