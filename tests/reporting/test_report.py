@@ -212,3 +212,23 @@ def test_tipping_point_is_a_full_sentence(run):
     text = tipping_sentence(found, {"outcome": "pain", "estimate": None}, run.config)
     assert text.startswith("No tipping point: not reached within the grid (up to 4 points).")
     assert "shifted up" in text
+
+
+def test_variance_components_are_wide_one_table_per_outcome(run):
+    """Table 7: a table per outcome, a row per component, variance and ICC per population."""
+    from trial_analysis.reporting.report import variance_tables
+    from trial_analysis.reporting.tables import fmt_sig
+
+    frame = pd.read_csv(run.tables / "variance_components.csv")
+    tables = variance_tables(frame, run.config)
+    assert [t["outcome"] for t in tables] == [o["label"] for o in run.config["outcomes"]]
+    for table, (outcome, part) in zip(tables, frame.groupby("outcome", sort=False),
+                                      strict=True):
+        populations = list(dict.fromkeys(part["population"]))
+        assert len(table["rows"]) == part["component"].nunique()
+        assert all(len(r["cells"]) == 2 * len(populations) for r in table["rows"])
+        first = part[(part["component"] == part["component"].iloc[0])
+                     & (part["population"] == populations[0])]
+        expected = [fmt_sig(first.loc[first["quantity"] == q, "value"].iloc[0])
+                    for q in ("variance", "icc")]
+        assert table["rows"][0]["cells"][:2] == expected, outcome

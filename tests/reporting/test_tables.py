@@ -291,3 +291,11 @@ def test_reproduction_says_what_was_and_was_not_compared(run):
     assert set(table.loc[table["kind"] == "count", "evidence"]) <= {
         EVIDENCE["recount"], EVIDENCE["not_computed"]}
     assert set(table.loc[table["kind"] == "direction", "evidence"]) == {EVIDENCE["direction"]}
+
+
+def test_fmt_sig_gives_three_significant_digits():
+    from trial_analysis.reporting.tables import fmt_sig
+
+    assert [fmt_sig(v) for v in (160.17, 0.19, 7.6, 1234.5, 0.006981, -2.345, 0)] == [
+        "160", "0.190", "7.60", "1230", "0.00698", "-2.35", "0"]
+    assert fmt_sig(float("nan")) == "–" and fmt_sig(None) == "–"

@@ -404,7 +404,7 @@ def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Fi
         ax.set_yticklabels([r["label"] for r in rows], fontsize=8)
         better = "right" if outcome.get("higher_is_better", True) else "left"
         ax.set_xlabel(f"Difference in mean change ({outcome.get('units', 'score')})\n"
-                      f"{better} of 0 favours intervention", fontsize=8)
+                      f"{better} of 0 favours {arm_labels(config)[0]}", fontsize=8)
         ax.set_title(_wrap(outcome_label(config, outcome["name"]), 32), loc="left")
         ax.set_ylim(-0.7, len(rows) - 0.3)
     figure.tight_layout()
