@@ -190,6 +190,17 @@ def test_multisite_long_clusters_by_site_and_recovers_the_truth(multisite_long):
     assert model["random_effects"]["levels"] == ["site", "patient"]
 
 
+@pytest.mark.parametrize("example", ["randomised_wide", "multisite_long"])
+def test_example_reports_show_no_raw_identifier(example, request):
+    """Each example's report names terms, populations and methods by their labels."""
+    from report_fixtures import raw_identifiers, visible_text
+
+    workdir, config = request.getfixturevalue(example)
+    html = (workdir / config["paths"]["reports"] / "report.html").read_text()
+    found = raw_identifiers(visible_text(html))
+    assert not found, f"raw identifiers a reader would see: {found}"
+
+
 @pytest.mark.parametrize("name", ["randomised_wide", "multisite_long"])
 def test_check_data_passes_each_example_with_its_planted_problems_as_warnings(
         name, tmp_path, capsys):

@@ -194,7 +194,26 @@ def test_love_plot_shows_the_largest_imbalances_of_many(tmp_path: Path) -> None:
                             "smd_weighted": np.zeros(n)})
     svg = love_plot(balance, tmp_path)[1].read_text()
     assert f"{LOVE_PLOT_MAX_ROWS} of {n} covariates" in svg
-    assert f"clinic_{n - 1:03d}" in svg and "clinic_000" not in svg
+    assert f"Clinic {n - 1:03d}" in svg and "Clinic 000" not in svg
+
+
+def test_love_plot_names_covariates_by_their_labels() -> None:
+    """The drawn tick labels are readable labels, from config first, never column names."""
+    from trial_analysis.causal.propensity import love_plot_figure
+
+    covariates = ["clinic_C02", "sexM", "therapist_etmi_share", "function_baseline",
+                  "ses_score_missing", "age"]
+    balance = pd.DataFrame({"covariate": covariates,
+                            "smd_unweighted": np.linspace(0.05, 0.3, len(covariates)),
+                            "smd_weighted": np.zeros(len(covariates))})
+    config = study_config(outcomes=["function"])
+    config.setdefault("report", {})["labels"] = {"age": "Age at referral"}
+    figure = love_plot_figure(balance, config=config)
+    drawn = [tick.get_text() for tick in figure.axes[0].get_yticklabels()]
+    assert drawn == ["Clinic C02", "Sex: male",
+                     "Therapist's share of other patients given the intervention",
+                     "Function at baseline", "Socioeconomic score missing",
+                     "Age at referral"]
 
 
 def test_love_plot_is_byte_identical_between_runs(confounded: pd.DataFrame,

@@ -235,10 +235,24 @@ def test_scores_and_complete_case_flags(config):
     assert np.isnan(a.loc["C", "function_followup"]) and np.isnan(a.loc["D", "function_baseline"])
     assert a.loc["E", [c for c in a.columns if c.endswith(("_baseline", "_followup"))]].isna().all()
     flow = result.flow
+    # Observational (STROBE): groups, not allocation; every analysed population has its
+    # boxes, all with a baseline (of function and pain) first, complete cases counted from it.
+    assert flow["description"].tolist() == [
+        "ETMI group", "usual care group",
+        "all with a baseline analysed", "all with a baseline analysed, ETMI",
+        "all with a baseline analysed, usual care", "complete cases analysed",
+        "complete cases analysed, ETMI", "complete cases analysed, usual care"]
+    assert flow["n"].tolist() == [2, 3, 2, 2, 0, 1, 1, 0]
+    assert flow["n_excluded"].tolist()[2:] == [3, 0, 3, 1, 1, 0]
+    assert flow["reason"].tolist()[2] == "baseline score missing (function, pain)"
+    assert flow["reason"].tolist()[5] == "follow-up score missing (function, pain)"
+    # Randomised (CONSORT), complete cases only: "allocated to", counted from allocation.
+    config["study"]["design"] = "randomised"
+    config["analysis"]["populations"] = ["complete_case"]
+    flow = allocate_arms(config, *inputs(sessions, outcomes)).flow
     assert flow["description"].tolist() == [
         "allocated to ETMI", "allocated to usual care", "complete cases analysed",
         "complete cases analysed, ETMI", "complete cases analysed, usual care"]
-    assert flow["n"].tolist() == [2, 3, 1, 1, 0]
     assert flow["n_excluded"].tolist()[2:] == [4, 1, 3]
 
 
@@ -360,10 +374,11 @@ def test_cli_writes_outputs_deterministically(tmp_path):
     assert _run(tmp_path, config_file) == 0
     out = tmp_path / "out"
     flow = pd.read_csv(out / "flow.csv")
+    # Both patients have every score: all with a baseline and complete cases, 2 = 1 + 1 each.
     assert flow["step"].tolist() == ["extract", "eligibility", "allocation", "allocation",
-                                     "analysis", "analysis", "analysis"]
+                                     *["analysis"] * 6]
     # every count of this three-patient extract is below report.min_cell_count (5)
-    assert flow["n"].tolist() == ["<5"] * 7
+    assert flow["n"].tolist() == ["<5"] * 10
     implementation = pd.read_csv(out / "implementation.csv")
     assert implementation["measure"].tolist() == [
         "reach", "therapist_adoption", "patient_adoption", "fidelity"]

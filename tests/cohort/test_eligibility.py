@@ -281,7 +281,8 @@ def test_flow_counts_equal_ledger_counts(config):
     patients = result.ledger[result.ledger["table"] == "patients"]
     assert flow["n"].iloc[0] == len(patients) == 9
     clean_rows = flow[(flow["step"] == "clean") & flow["n_excluded"].notna()]
-    assert clean_rows["reason"].tolist() == ["exact duplicate of row N", "missing episode_id"]
+    assert clean_rows["reason"].tolist() == ["exact duplicate of another record",
+                                             "missing episode_id"]
     assert clean_rows["n_excluded"].tolist() == [2, 1]
     elig_rows = flow[(flow["step"] == "eligibility") & flow["n_excluded"].notna()]
     assert elig_rows["reason"].tolist() == result.reasons
@@ -292,8 +293,9 @@ def test_flow_counts_equal_ledger_counts(config):
     assert elig_rows["n_excluded"].sum() == (patients["fate"] == "excluded").sum() == 4
     assert flow["n"].iloc[-1] == len(result.cohort) == 2
     # Each row's n is the previous n minus what the row removed.
-    steps = flow.dropna(subset=["n_excluded"])
-    previous = flow["n"].shift(1).loc[steps.index]
+    patient_flow = flow[flow["step"] != "records"].reset_index(drop=True)
+    steps = patient_flow.dropna(subset=["n_excluded"])
+    previous = patient_flow["n"].shift(1).loc[steps.index]
     assert (previous - steps["n_excluded"] == steps["n"]).all()
 
 
@@ -556,3 +558,31 @@ def test_run_eligibility_reads_the_therapists_for_the_target_trial(tmp_path, con
     with pytest.raises(DataError, match="therapists.parquet"):
         run_eligibility(config, tmp_path / "clean", tmp_path / "clean_ledger.parquet",
                         out / "cohort.parquet", out / "ledger.parquet", out / "flow.csv")
+
+
+def test_record_level_cleaning_is_in_the_flow_with_aggregate_reasons():
+    """Cleaning below the patient level (rows dropped, scores set missing) is counted in the
+    flow by table, fate and aggregate reason, never by a single record's row number."""
+    from trial_analysis.cohort.eligibility import flow_from_ledger
+
+    ledger = pd.DataFrame({
+        "table": ["patients"] * 3 + ["outcomes"] * 5 + ["sessions"] * 2,
+        "record_id": range(10),
+        "fate": ["kept", "kept", "dropped", "dropped", "dropped", "value_set_missing",
+                 "value_set_missing", "kept", "dropped", "kept"],
+        "reason": ["", "", "exact duplicate of row 1", "exact duplicate of row 3",
+                   "exact duplicate of row 4", "score 130 outside 0-100",
+                   "score -1 outside 0-10", "", "episode_id 'E9' not in the patients table",
+                   ""],
+        "step": "clean",
+    })
+    flow = flow_from_ledger(ledger, [])
+    records = flow[flow["step"] == "records"]
+    assert records[["description", "n", "n_excluded", "reason"]].values.tolist() == [
+        ["outcome records dropped", 5, 2, "exact duplicate of another record"],
+        ["outcome values set missing", 5, 2, "score outside the instrument's range"],
+        ["session records dropped", 2, 1, "episode ID not in the patients table"],
+    ]
+    assert flow.loc[flow["step"] == "clean", "reason"].dropna().tolist() == [
+        "exact duplicate of another record"]
+    assert not flow["reason"].dropna().str.contains(r"\d").any()

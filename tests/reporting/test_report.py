@@ -90,7 +90,8 @@ def test_reproduction_check_has_match_marks(html):
     section = html[html.index('id="reproduction"'):html.index('id="assumptions"')]
     assert "Reproduced" in section
     assert "&#10003; yes" in section or "✓ yes" in section
-    assert "complete_cases_etmi" in section
+    assert "Complete cases, ETMI" in section and "complete_cases_etmi" not in section
+    assert "What was compared" in section and "directions of effect (not their size)" in section
 
 
 def test_table1_suppression_reaches_the_report(html):
@@ -202,3 +203,82 @@ def test_schedule_names_a_constant_effect_and_the_time_point_of_a_linear_trend()
     assert linear["several"] and not linear["constant"]
     assert linear["estimand"] == ("mean change from baseline to m6, read off the linear time "
                                   "trend at m6 (time 6)")
+
+
+def test_each_warning_is_attached_to_the_model_that_raised_it(run):
+    """A singular stratified fit warns on its own row of Table 8, not the interaction model's."""
+    from trial_analysis.reporting.report import model_specifications
+
+    singular = "singular fit: the therapist variance is estimated at the boundary (zero)"
+    block = {"formula": "score ~ arm * time", "method": "REML", "converged": True,
+             "warnings": []}
+    doc = {
+        "_file": "function.subgroup_depression.json", "subgroup": "depression",
+        "model": {**block, "formula": "score ~ arm * time * depression"},
+        "stratified_models": {"0": dict(block), "1": {**block, "warnings": [singular]}},
+        "estimates": [
+            {"model": "stratified", "term": "arm:time [depression=0]", "warnings": ""},
+            {"model": "stratified", "term": "arm:time [depression=1]", "warnings": singular},
+            {"model": "subgroup_contrast", "term": "arm:time [depression=1]", "warnings": ""},
+            {"model": "subgroup_interaction", "term": "arm:time:depression1",
+             "warnings": "an interaction-model note"},
+        ],
+    }
+    rows, methods = model_specifications([doc], run.config)
+    by_model = {r["model"]: r["warnings"] for r in rows}
+    assert by_model == {
+        "Function (FOTO lumbar CAT), subgroup depression: interaction model":
+            "an interaction-model note",
+        "Function (FOTO lumbar CAT), subgroup depression: stratified fit, no depression": "",
+        "Function (FOTO lumbar CAT), subgroup depression: stratified fit, depression": singular,
+    }
+    # One method shared by all three fits is listed once and referred to by letter.
+    assert methods == ["REML"] and {r["method"] for r in rows} == {"a"}
+
+
+def test_table8_does_not_repeat_method_text(html):
+    section = html[html.index('id="models"'):html.index('id="reproduction"')]
+    methods = re.findall(r"\(([a-z])\) ([^;<]+)", section)
+    assert methods, "the methods note is missing"
+    for _, text in methods:
+        # Short names ("ML") also occur inside formulas; a long method text only once.
+        if len(text.strip()) > 20:
+            assert section.count(text.strip()) == 1, text
+
+
+def test_tipping_point_is_a_full_sentence(run):
+    from trial_analysis.reporting.report import tipping_sentence
+
+    row = {"outcome": "function", "term": "tipping_delta", "estimate": 5.0514768,
+           "notes": "reached: 1.01 MCID (5 points); imputed intervention follow-ups shifted down"}
+    found = {"status": "reached", "tipping_delta": 5.0514768, "tipping_delta_units": 1.0103,
+             "unit": 5.0, "unit_name": "MCID"}
+    text = tipping_sentence(found, row, run.config)
+    assert text.startswith("The 95% confidence interval") and text.endswith(".")
+    assert "5.05 points (1.01 MCID, where 1 MCID is 5 points)" in text
+    assert "shifted down" in text and "reached:" not in text and ";  " not in text
+    # Pain: lower is better, so an unfavourable shift is up; a status that did not tip.
+    found = {"status": "not reached within the grid (up to 4 points)", "tipping_delta": None}
+    text = tipping_sentence(found, {"outcome": "pain", "estimate": None}, run.config)
+    assert text.startswith("No tipping point: not reached within the grid (up to 4 points).")
+    assert "shifted up" in text
+
+
+def test_variance_components_are_wide_one_table_per_outcome(run):
+    """Table 7: a table per outcome, a row per component, variance and ICC per population."""
+    from trial_analysis.reporting.report import variance_tables
+    from trial_analysis.reporting.tables import fmt_sig
+
+    frame = pd.read_csv(run.tables / "variance_components.csv")
+    tables = variance_tables(frame, run.config)
+    assert [t["outcome"] for t in tables] == [o["label"] for o in run.config["outcomes"]]
+    for table, (outcome, part) in zip(tables, frame.groupby("outcome", sort=False),
+                                      strict=True):
+        populations = list(dict.fromkeys(part["population"]))
+        assert len(table["rows"]) == part["component"].nunique()
+        assert all(len(r["cells"]) == 2 * len(populations) for r in table["rows"])
+        first = part[(part["component"] == part["component"].iloc[0])
+                     & (part["population"] == populations[0])]
+        expected = [fmt_sig(first.loc[first["quantity"] == q, "value"].iloc[0])
+                    for q in ("variance", "icc")]
+        assert table["rows"][0]["cells"][:2] == expected, outcome

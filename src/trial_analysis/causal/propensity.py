@@ -75,7 +75,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -98,7 +98,12 @@ from trial_analysis.columns import ARM, CLINIC, THERAPIST, check_arm, outcome_co
 from trial_analysis.config import confidence_level
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import require_columns
+from trial_analysis.labels import label as readable_label
+from trial_analysis.labels import sentence_label
 from trial_analysis.privacy import count_text, min_cell_count
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 OPTIONAL_COVARIATES = ("bmi", "ses_score")
 # Propensities this close to 0 or 1 mark patients for whom one arm was practically impossible.
@@ -585,8 +590,12 @@ def weight_distribution(
 def love_plot(
     balance: pd.DataFrame, out_dir: str | Path, name: str = "love_plot",
     threshold: float = 0.1, title: str = "Covariate balance",
+    config: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Dot plot of |SMD| before and after weighting; writes ``name.png`` and ``name.svg``.
+
+    Covariates are named by their readable labels (:func:`trial_analysis.labels.label`,
+    ``report.labels`` of ``config``), never by their column names.
 
     With more than :data:`LOVE_PLOT_MAX_ROWS` covariates (thousands of clinic dummies in a
     large extract) only those with the largest |SMD| before or after weighting are drawn, and
@@ -595,12 +604,24 @@ def love_plot(
     """
     # Drawing libraries load only here, so the analyses without a figure start faster.
     import matplotlib
+
+    from trial_analysis.plotting import STYLE, save_figure
+
+    with matplotlib.rc_context(STYLE):
+        figure = love_plot_figure(balance, threshold, title, config)
+        return save_figure(figure, Path(out_dir), name)
+
+
+def love_plot_figure(
+    balance: pd.DataFrame, threshold: float = 0.1, title: str = "Covariate balance",
+    config: Mapping[str, Any] | None = None,
+) -> Figure:
+    """The love plot as a figure (see :func:`love_plot`), drawn in the current style."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from trial_analysis.plotting import OKABE_ITO, STYLE, save_figure
+    from trial_analysis.plotting import OKABE_ITO
 
-    out_dir = Path(out_dir)
     if len(balance) > LOVE_PLOT_MAX_ROWS:
         largest = balance[["smd_unweighted", "smd_weighted"]].abs().max(axis=1)
         shown = (balance.assign(largest=largest)
@@ -612,22 +633,21 @@ def love_plot(
     ordered = balance.assign(order=balance["smd_unweighted"].abs()).sort_values(
         ["order", "covariate"], kind="stable")
     y = np.arange(len(ordered))
-    with matplotlib.rc_context(STYLE):
-        figure = Figure(figsize=(6.0, max(2.5, 0.22 * len(ordered) + 1.2)))
-        FigureCanvasAgg(figure)
-        ax = figure.add_subplot()
-        ax.scatter(ordered["smd_unweighted"].abs(), y, marker="o", facecolors="none",
-                   edgecolors=OKABE_ITO["orange"], label="unweighted", zorder=3)
-        ax.scatter(ordered["smd_weighted"].abs(), y, marker="D", color=OKABE_ITO["blue"],
-                   s=18, label="weighted", zorder=3)
-        ax.axvline(threshold, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=0.9,
-                   label=f"threshold {threshold:g}")
-        ax.set_yticks(y, ordered["covariate"].tolist())
-        ax.set_xlabel("Absolute standardised mean difference")
-        ax.set_title(title)
-        ax.legend(loc="lower right", frameon=False)
-        figure.tight_layout()
-        return save_figure(figure, out_dir, name)
+    figure = Figure(figsize=(6.0, max(2.5, 0.22 * len(ordered) + 1.2)))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    ax.scatter(ordered["smd_unweighted"].abs(), y, marker="o", facecolors="none",
+               edgecolors=OKABE_ITO["orange"], label="unweighted", zorder=3)
+    ax.scatter(ordered["smd_weighted"].abs(), y, marker="D", color=OKABE_ITO["blue"],
+               s=18, label="weighted", zorder=3)
+    ax.axvline(threshold, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=0.9,
+               label=f"threshold {threshold:g}")
+    ax.set_yticks(y, [sentence_label(config, c) for c in ordered["covariate"]])
+    ax.set_xlabel("Absolute standardised mean difference")
+    ax.set_title(title)
+    ax.legend(loc="lower right", frameon=False)
+    figure.tight_layout()
+    return figure
 
 
 OVERLAP_BINS = 40
@@ -761,11 +781,13 @@ def run_propensity_analysis(
         models.append(model.coefficients.assign(outcome=outcome))
         if figures_dir is not None:
             figures += love_plot(balance, figures_dir, name=f"love_plot_{outcome}",
-                                 threshold=threshold,
-                                 title=f"Covariate balance, {outcome} ({method} weights)")
+                                 threshold=threshold, config=config,
+                                 title=f"Covariate balance, {readable_label(config, outcome)} "
+                                       f"({method} weights)")
             figures += overlap_plot(score, analysed[ARM], figures_dir,
                                     name=f"propensity_overlap_{outcome}",
-                                    title=f"Propensity score by arm, {outcome}")
+                                    title=f"Propensity score by arm, "
+                                          f"{readable_label(config, outcome)}")
     balance_all = pd.concat(balances, ignore_index=True)
     weights_all = pd.concat(distributions, ignore_index=True)
     details = {

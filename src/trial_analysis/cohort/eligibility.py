@@ -557,18 +557,65 @@ def _final_ledger(
     return ledger
 
 
+# Cleaning reasons that name one record's row or value, and the aggregate a reader is shown.
+AGGREGATE_REASONS = (
+    (r"^exact duplicate of row \d+$", "exact duplicate of another record"),
+    (r"^score -?[\d.]+ outside .*$", "score outside the instrument's range"),
+    (r"^(\w+)_id '[^']*' not in the (\w+) table$", r"\1 ID not in the \2 table"),
+    (r"^(\w+) '[^']*' not in the (\w+) table$", r"\1 not in the \2 table"),
+)
+# Record-level fates of the other tables, as the flow describes them (patients' are boxes).
+RECORD_FATES = {"dropped": "records dropped", "value_set_missing": "values set missing",
+                "repaired": "records repaired"}
+
+
 def _generic_reason(reasons: pd.Series) -> pd.Series:
-    """Group cleaning reasons that differ only in row numbers or quoted values."""
-    generic = reasons.astype("str").str.replace(r"\d+", "N", regex=True)
-    return generic.str.replace(r"'[^']*'", "'...'", regex=True)
+    """Group cleaning reasons that differ only in row numbers or quoted values.
+
+    Known per-record reasons get a readable aggregate ("exact duplicate of another record");
+    any other reason has its numbers and quoted values generalised.
+    """
+    generic = reasons.astype("str")
+    known = pd.Series(False, index=generic.index)
+    for pattern, text in AGGREGATE_REASONS:
+        hit = generic.str.match(pattern) & ~known
+        generic = generic.where(~hit, generic.str.replace(pattern, text, regex=True))
+        known |= hit
+    numbered = generic.str.replace(r"\d+", "N", regex=True).str.replace(
+        r"'[^']*'", "'...'", regex=True)
+    return generic.where(known, numbered)
+
+
+def record_cleaning_rows(ledger: pd.DataFrame) -> list[dict[str, Any]]:
+    """Flow rows (step ``records``) for cleaning below the patient level, from the ledger.
+
+    One row per table other than ``patients``, fate (dropped, values set missing, repaired)
+    and aggregate reason, most frequent first: ``n`` is the table's records in the extract,
+    ``n_excluded`` the records affected. Records of excluded patients are not counted here:
+    the patient's exclusion accounts for them.
+    """
+    rows: list[dict[str, Any]] = []
+    for table in sorted(set(ledger["table"].astype("str")) - {"patients"}):
+        records = ledger.loc[ledger["table"] == table]
+        for fate, text in RECORD_FATES.items():
+            reasons = _generic_reason(records.loc[records["fate"] == fate, "reason"].fillna(""))
+            counts = reasons.value_counts().rename_axis("reason").reset_index(name="count")
+            counts = counts.sort_values(["count", "reason"], ascending=[False, True])
+            for reason, count in zip(counts["reason"], counts["count"], strict=True):
+                rows.append({"step": "records",
+                             "description": f"{table.removesuffix('s')} {text}",
+                             "n": len(records), "n_excluded": int(count),
+                             "reason": reason or "no reason given"})
+    return rows
 
 
 def flow_from_ledger(ledger: pd.DataFrame, reasons: Sequence[str]) -> pd.DataFrame:
     """Patient-episode flow up to eligibility, counted from the ledger's ``patients`` rows.
 
     Rows, in order: the extract; one row per cleaning reason (most frequent first); the
-    cleaned episodes; one row per eligibility rule in rule order (zero counts included, so
-    every rule appears in the diagram); the eligible patients. ``n`` is the number of
+    cleaned episodes; the record-level cleaning of the other tables (step ``records``, see
+    :func:`record_cleaning_rows`); one row per eligibility rule in rule order (zero counts
+    included, so every rule appears in the diagram); the eligible patients. ``n`` is the number of
     episodes remaining after the row, ``n_excluded`` the number the row removed.
     """
     patients = ledger.loc[ledger["table"] == "patients"]
@@ -587,6 +634,7 @@ def flow_from_ledger(ledger: pd.DataFrame, reasons: Sequence[str]) -> pd.DataFra
                      "n_excluded": int(count), "reason": reason or "no reason given"})
     rows.append({"step": "clean", "description": "patient episodes after cleaning",
                  "n": remaining, "n_excluded": pd.NA, "reason": pd.NA})
+    rows += record_cleaning_rows(ledger)
 
     excluded = patients.loc[patients["fate"] == "excluded", "reason"].astype("str")
     excluded = excluded.str.removeprefix(EXCLUDED_PREFIX).value_counts()
