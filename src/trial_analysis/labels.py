@@ -117,3 +117,9 @@ def sentence_label(config: Mapping[str, Any] | None, key: Any) -> str:
     """:func:`label` with its first letter capitalised, for a table cell or axis tick."""
     text = label(config, key)
     return text[:1].upper() + text[1:]
+
+
+def readable(config: Mapping[str, Any] | None, text: Any) -> str:
+    """Prose with any snake-case identifier in it (a column named in a reason) as its label."""
+    return re.sub(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b",
+                  lambda m: label(config, m.group(0)), str(text))

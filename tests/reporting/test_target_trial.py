@@ -78,4 +78,5 @@ def test_texts_left_out_come_from_the_config(base_config):
     assert "trained" not in rows["Eligibility"].specification
     assert "depends on the arm" not in rows["Follow-up"].emulation
     assert rows["Population analysed"].emulation == "The trial's participants."
-    assert "function: change from intake to discharge" in rows["Outcome"].specification
+    assert "Function (FOTO lumbar CAT): change from intake to discharge" in \
+        rows["Outcome"].specification

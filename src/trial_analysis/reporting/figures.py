@@ -9,7 +9,6 @@ its sparse upper tail and hides bars with fewer than ``report.min_cell_count`` p
 
 from __future__ import annotations
 
-import re
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ from trial_analysis.config import (
     time_values,
 )
 from trial_analysis.errors import DataError
-from trial_analysis.labels import label, sentence_label
+from trial_analysis.labels import label, readable, sentence_label
 from trial_analysis.plotting import (
     CONTROL_COLOUR,
     INTERVENTION_COLOUR,
@@ -110,12 +109,6 @@ def flow_layout(flow: pd.DataFrame) -> list[dict[str, Any]]:
 def _reason(row: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
     reason = row.get("reason")
     return "" if reason is None or pd.isna(reason) else readable(config, str(reason))
-
-
-def readable(config: Mapping[str, Any] | None, text: Any) -> str:
-    """Prose with any snake-case identifier in it (a column named in a reason) as its label."""
-    return re.sub(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b",
-                  lambda m: label(config, m.group(0)), str(text))
 
 
 def _record_note(rows: list[dict[str, Any]], config: Mapping[str, Any] | None) -> str:

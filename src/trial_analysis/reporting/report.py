@@ -43,8 +43,8 @@ from trial_analysis.config import (
 )
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
-from trial_analysis.labels import label, sentence_label
-from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names, readable
+from trial_analysis.labels import label, readable, sentence_label
+from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names
 from trial_analysis.reporting.tables import (
     TABLE_NAMES,
     fmt_ci,
@@ -531,7 +531,7 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
         "design": "Observational cohort study (not randomised)",
         "guideline": "STROBE",
         "sensitivity_heading": "Sensitivity analyses of the observational comparison",
-        "defaults": ("the eligibility rules of the schema (min_age 18, diagnosis code, first "
+        "defaults": ("the eligibility rules of the schema (minimum age 18, diagnosis code, first "
                      "episode), therapist x time random intercepts, every sensitivity "
                      "analysis (confounding and missing data), the target trial's "
                      "trained-therapist rule available"),

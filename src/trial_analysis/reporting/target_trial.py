@@ -23,6 +23,7 @@ from trial_analysis.cohort.eligibility import (
     target_trial_rule_enabled,
 )
 from trial_analysis.config import arm_labels, primary_followup, study_design
+from trial_analysis.labels import label, readable
 
 TARGET_TRIAL_COLUMNS = ["component", "specification", "emulation"]
 
@@ -55,7 +56,7 @@ def _rules_in_words(config: Mapping[str, Any]) -> str:
     reasons = [r for r in eligibility_reasons(config) if r != REASON_UNTRAINED]
     if not reasons:
         return "every patient in the extract (no eligibility rule)"
-    return "excluded: " + "; ".join(reasons)
+    return "excluded: " + "; ".join(readable(config, r) for r in reasons)
 
 
 def _eligibility_row(config: Mapping[str, Any], flow: pd.DataFrame | None) -> dict[str, str]:
@@ -79,9 +80,9 @@ def _eligibility_row(config: Mapping[str, Any], flow: pd.DataFrame | None) -> di
             + " (ledger fate excluded, flow row)")
     elif trained_rule:
         emulation += ("; the trained-therapist rule NOT applied: this run is the "
-                      "reproduction of the published analysis (target_trial.population: "
-                      "reproduction), so controls who had no chance of the intervention are "
-                      "included (positivity violated)")
+                      "reproduction of the published analysis (the configuration's target-trial "
+                      "population is the reproduction), so controls who had no chance of the "
+                      "intervention are included (positivity violated)")
     return {"component": "Eligibility", "specification": spec, "emulation": emulation + "."}
 
 
@@ -107,7 +108,8 @@ def target_trial_table(config: Mapping[str, Any],
     ancova = analysis.get("baseline") == "covariate"
     estimand = target.get("estimand", "ATE")
     reproduction = target.get("population", "reproduction") != "target_trial" or randomised
-    covariates = ", ".join(analysis.get("covariates", [])) or "no covariates"
+    covariates = ", ".join(label(config, c) for c in analysis.get("covariates", [])) \
+        or "no covariates"
 
     assignment_emulation = ("Randomised allocation, as in the target trial." if randomised
                             else "Not randomised: the strategy is treated as random given "
@@ -116,12 +118,13 @@ def target_trial_table(config: Mapping[str, Any],
     follow_up_note = ("" if randomised else " When discharge happens depends on the arm (the "
                       "number and timing of sessions differ), so the outcome is measured at a "
                       "strategy-dependent time.")
+    primary = label(config, primary)
     outcome_default = (f"{primary}: score at {followup} adjusted for {baseline}" if ancova
                        else f"{primary}: change from {baseline} to {followup}")
     model = "linear mixed model" if analysis.get("random_effects") else "linear model"
     plan_default = (f"{model} per outcome ({'ANCOVA' if ancova else 'change from baseline'}), "
                     f"adjusted for {covariates}; populations: "
-                    + ", ".join(analysis.get("populations", [])))
+                    + ", ".join(label(config, p) for p in analysis.get("populations", [])))
     estimand_emulation = (
         "The outcome model's arm effect is a covariate-adjusted difference; it equals the "
         f"{estimand} when the effect does not vary with the covariates.")
@@ -137,7 +140,7 @@ def target_trial_table(config: Mapping[str, Any],
          "specification": f"{strategies.get('intervention', intervention)} versus "
                           f"{strategies.get('control', control)}",
          "emulation": f"Arms as allocated: {intervention} vs {control} "
-                      f"(allocation.rule: {config['allocation'].get('rule', '')})."},
+                      f"(allocation rule: {label(config, config['allocation'].get('rule', ''))})."},
         {"component": "Assignment",
          "specification": target.get("assignment", "Randomisation at time zero"),
          "emulation": assignment_emulation},
