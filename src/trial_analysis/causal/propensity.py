@@ -223,6 +223,9 @@ class PropensityModel:
     clinics : ClinicIndicators or None
         The clinic dummies of the model (constant ones removed); None without clinic fixed
         effects.
+    arrays : PropensityArrays or None
+        The fitted design and coefficients, for estimators that propagate the propensity
+        model's uncertainty (:mod:`trial_analysis.causal.doubly_robust`).
     """
 
     score: pd.Series
@@ -233,6 +236,22 @@ class PropensityModel:
     iterations: int
     warnings: list[str] = field(default_factory=list)
     clinics: ClinicIndicators | None = None
+    arrays: PropensityArrays | None = None
+
+
+@dataclass
+class PropensityArrays:
+    """The arrays a propensity model was fitted on (see :func:`logistic_ridge`).
+
+    ``X`` is the dense standardised design with the intercept first, ``indicators`` the sparse
+    clinic columns ``(codes, scale)`` or None, ``beta`` the coefficients (dense first) and
+    ``penalty`` the ridge per coefficient (0 for the intercept).
+    """
+
+    X: np.ndarray
+    indicators: tuple[np.ndarray, np.ndarray] | None
+    beta: np.ndarray
+    penalty: np.ndarray
 
 
 def _linear_predictor(
@@ -412,9 +431,12 @@ def fit_propensity(
                         f"{absent}")
     terms = ["(Intercept)", *design.columns, *(clinics.names if clinics else [])]
     coefficients = pd.DataFrame({"term": terms, "estimate_per_sd": per_sd})
+    penalty = np.full(len(beta), float(options["ridge"]))
+    penalty[0] = 0.0
     return PropensityModel(score=score, coefficients=coefficients, design=design,
                            covariates=covariates, converged=converged, iterations=iterations,
-                           warnings=warnings, clinics=clinics)
+                           warnings=warnings, clinics=clinics,
+                           arrays=PropensityArrays(X, indicators, beta, penalty))
 
 
 # --------------------------------------------------------------------------------------------

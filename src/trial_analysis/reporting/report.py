@@ -222,7 +222,56 @@ SENSITIVITY_METHODS = {
     "ancova_same_sample": "ANCOVA, therapists treating both arms",
     "therapist_fixed_effects": "Therapist fixed effects, therapists treating both arms",
     "delta_adjusted_mi": None,
+    "augmented_overlap": "Augmented overlap weighting (doubly robust, ATO)",
+    "aipw": "Augmented inverse probability weighting (doubly robust, ATE)",
+    "change_score": "Change score, covariates (same patients as ANCOVA)",
+    "ancova": None,  # the bracketing's ANCOVA is covariate_adjusted_ancova; shown once
 }
+
+# Model form of a sensitivity row, so the table separates the adjustment from the form.
+FORM_LABELS = {"ancova": "lagged outcome (ANCOVA)", "change": "change score",
+               "doubly_robust": "doubly robust (baseline in both models)"}
+
+
+def method_form(method: str) -> str:
+    """The model form of a sensitivity method name (``*_change``: change score)."""
+    if method in ("augmented_overlap", "aipw"):
+        return FORM_LABELS["doubly_robust"]
+    if method.endswith("_change") or method == "change_score":
+        return FORM_LABELS["change"]
+    return FORM_LABELS["ancova"]
+
+
+def method_label(method: str) -> str | None:
+    """Readable method name; a change-score variant reads as its ANCOVA twin with the form
+    in its own column. None: a row shown elsewhere."""
+    if method in SENSITIVITY_METHODS:
+        return SENSITIVITY_METHODS[method]
+    if method.endswith("_change"):
+        twin = SENSITIVITY_METHODS.get(method.removesuffix("_change") + "_ancova",
+                                       SENSITIVITY_METHODS.get(method.removesuffix("_change")))
+        if twin is None:
+            return None
+        return twin.replace("ANCOVA", "change score")
+    return method
+
+
+def bracketing_rows(document: Mapping[str, Any], config: Mapping[str, Any]
+                    ) -> list[dict[str, str]]:
+    """The bracketing table of the ``doubly_robust`` step: change score, ANCOVA, interval."""
+    rows = []
+    for r in document.get("tables", {}).get("bracketing", []):
+        lower_is_ancova = r["lower"] == r["ancova"]
+        rows.append({
+            "outcome": outcome_label(config, r["outcome"]),
+            "change": fmt_number(r["change_score"]), "ancova": fmt_number(r["ancova"]),
+            "interval": fmt_ci(r["lower"], r["upper"]),
+            "slope": fmt_number(r["baseline_coefficient"]),
+            "difference": fmt_number(r["adjusted_baseline_difference"]),
+            "upper": "change score" if lower_is_ancova else "ANCOVA",
+            "holds": "yes" if r["stationarity_holds"] else "no",
+        })
+    return rows
 
 
 def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, Any]],
@@ -237,16 +286,19 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
             for path in sorted(estimates.glob("sensitivity.*.json"))}
     effects: list[dict[str, str]] = []
     for row in primary:
-        effects.append({**row, "method": f"Mixed model ({row['population'].lower()})"})
-    seen: set[tuple[str, str]] = set()
-    for name in ("propensity", "multiple_imputation", "therapist_fixed_effects"):
+        effects.append({**row, "method": f"Mixed model ({row['population'].lower()})",
+                        "form": "change score (mixed model)"})
+    seen: set[tuple[str, str, str]] = set()
+    for name in ("propensity", "doubly_robust", "multiple_imputation",
+                 "therapist_fixed_effects"):
         for r in docs.get(name, {}).get("estimates", []):
-            label = SENSITIVITY_METHODS.get(r["method"], r["method"])
-            if r["term"] != "arm_intervention" or label is None or (r["outcome"], label) in seen:
+            label, form = method_label(r["method"]), method_form(r["method"])
+            if r["term"] != "arm_intervention" or label is None \
+                    or (r["outcome"], label, form) in seen:
                 continue
-            seen.add((r["outcome"], label))
+            seen.add((r["outcome"], label, form))
             effects.append({
-                "outcome": outcome_label(config, r["outcome"]), "method": label,
+                "outcome": outcome_label(config, r["outcome"]), "method": label, "form": form,
                 "n": r["n_patients"], "estimate": fmt_number(r["estimate"]),
                 "ci": fmt_ci(r["ci_low"], r["ci_high"]), "p": fmt_p(r["p_value"]),
                 "truth": truth_by_outcome.get(r["outcome"], ""),
@@ -287,7 +339,8 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
                        + base64.b64encode(path.read_bytes()).decode(), "caption": caption,
                        "alt": caption.split(":")[0]})
     return {"ran": bool(docs), "effects": effects, "evalues": list(evalues.values()),
-            "tipping": tipping, "images": images}
+            "tipping": tipping, "images": images,
+            "bracketing": bracketing_rows(docs.get("doubly_robust", {}), config)}
 
 
 def _float(text: str) -> float:
