@@ -96,19 +96,27 @@ def check_model_form(form: str) -> None:
 
 
 def model_forms(config: Mapping[str, Any]) -> list[str]:
-    """``sensitivity.model_forms`` (default: ANCOVA only), each checked."""
-    forms = list((config.get("sensitivity", {}) or {}).get("model_forms") or ["ancova"])
+    """``sensitivity.model_forms`` (default: both, ANCOVA first), each checked."""
+    forms = list((config.get("sensitivity", {}) or {}).get("model_forms") or MODEL_FORMS)
     for form in forms:
         check_model_form(form)
-    return forms
+    return list(dict.fromkeys(forms))
 
 
 def form_method(method: str, form: str) -> str:
-    """A method name for a model form: ``*_ancova`` becomes ``*_change`` for the change score."""
+    """A method name for a model form: in the change-score form the word ``ancova`` becomes
+    ``change`` (``overlap_weighted_change``, ``change_same_sample``), and a name without it
+    gets the suffix ``_change`` (``therapist_fixed_effects_change``)."""
     if form == "ancova":
         return method
-    return method.removesuffix("_ancova") + "_change" if method.endswith("_ancova") \
-        else f"{method}_change"
+    parts = method.split("_")
+    if "ancova" in parts:
+        return "_".join("change" if part == "ancova" else part for part in parts)
+    return f"{method}_change"
+
+
+FORM_NOTES = {"ancova": "model form: ANCOVA (follow-up adjusted for the baseline score)",
+              "change": "model form: change score (follow-up minus baseline)"}
 
 
 # --------------------------------------------------------------------------------------------

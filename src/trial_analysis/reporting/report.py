@@ -224,8 +224,21 @@ SENSITIVITY_METHODS = {
     "delta_adjusted_mi": None,
     "augmented_overlap": "Augmented overlap weighting (doubly robust, ATO)",
     "aipw": "Augmented inverse probability weighting (doubly robust, ATE)",
-    "change_score": "Change score, covariates (same patients as ANCOVA)",
-    "ancova": None,  # the bracketing's ANCOVA is covariate_adjusted_ancova; shown once
+    # the bracketing's two fits are the covariate-adjusted rows; shown once
+    "change_score": "Change score, covariates",
+    "ancova": "ANCOVA, baseline and covariates",
+    # change-score form of the analyses (sensitivity.model_forms)
+    "unadjusted_change": "Change score, no covariates",
+    "covariate_adjusted_change": "Change score, covariates",
+    "overlap_weighted_change": "Overlap-weighted change score (propensity score)",
+    "iptw_weighted_change": "Stabilised, trimmed IPTW change score (propensity score)",
+    "complete_case_change": None,
+    "multiple_imputation_change": "Multiple imputation (chained equations), change score",
+    "change_all_therapists": None,
+    "change_same_sample": "Change score, therapists treating both arms",
+    "therapist_fixed_effects_change": "Therapist fixed effects, therapists treating both "
+                                      "arms",
+    "delta_adjusted_mi_change": None,
 }
 
 # Model form of a sensitivity row, so the table separates the adjustment from the form.
@@ -234,26 +247,12 @@ FORM_LABELS = {"ancova": "lagged outcome (ANCOVA)", "change": "change score",
 
 
 def method_form(method: str) -> str:
-    """The model form of a sensitivity method name (``*_change``: change score)."""
+    """The model form of a sensitivity method name (the word ``change``: change score)."""
     if method in ("augmented_overlap", "aipw"):
         return FORM_LABELS["doubly_robust"]
-    if method.endswith("_change") or method == "change_score":
+    if "change" in method.split("_"):
         return FORM_LABELS["change"]
     return FORM_LABELS["ancova"]
-
-
-def method_label(method: str) -> str | None:
-    """Readable method name; a change-score variant reads as its ANCOVA twin with the form
-    in its own column. None: a row shown elsewhere."""
-    if method in SENSITIVITY_METHODS:
-        return SENSITIVITY_METHODS[method]
-    if method.endswith("_change"):
-        twin = SENSITIVITY_METHODS.get(method.removesuffix("_change") + "_ancova",
-                                       SENSITIVITY_METHODS.get(method.removesuffix("_change")))
-        if twin is None:
-            return None
-        return twin.replace("ANCOVA", "change score")
-    return method
 
 
 def bracketing_rows(document: Mapping[str, Any], config: Mapping[str, Any]
@@ -292,7 +291,8 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
     for name in ("propensity", "doubly_robust", "multiple_imputation",
                  "therapist_fixed_effects"):
         for r in docs.get(name, {}).get("estimates", []):
-            label, form = method_label(r["method"]), method_form(r["method"])
+            label = SENSITIVITY_METHODS.get(r["method"], r["method"])
+            form = method_form(r["method"])
             if r["term"] != "arm_intervention" or label is None \
                     or (r["outcome"], label, form) in seen:
                 continue
@@ -315,7 +315,7 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
         entry[r["term"]] = fmt_number(r["estimate"])
     tipping = [
         {"outcome": outcome_label(config, r["outcome"]), "delta": fmt_number(r["estimate"]),
-         "notes": r.get("notes") or ""}
+         "notes": r.get("notes") or "", "form": method_form(r["method"])}
         for r in docs.get("tipping_point", {}).get("estimates", [])
         if r["term"] == "tipping_delta"
     ]
