@@ -150,6 +150,10 @@ def test_sensitivity_step_writes_doubly_robust_rows(tmp_path: Path) -> None:
     assert document["tables"]["bracketing"][0]["outcome"] == "function"
     written = pd.read_csv(tmp_path / "dr.csv")
     assert len(written) == len(document["estimates"])
+    run_sensitivity(config, table, "doubly_robust", tmp_path / "again.json",
+                    tmp_path / "again.csv")
+    assert (tmp_path / "again.json").read_bytes() == (tmp_path / "dr.json").read_bytes()
+    assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "dr.csv").read_bytes()
 
 
 SELECTION_EFFECT = 4.0

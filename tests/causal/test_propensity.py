@@ -312,3 +312,16 @@ def test_overlap_weights_make_the_model_form_irrelevant(confounded: pd.DataFrame
         rows.loc["overlap_weighted_ancova", "estimate"], rel=1e-7)
     assert abs(rows.loc["covariate_adjusted_change", "estimate"]
                - rows.loc["covariate_adjusted_ancova", "estimate"]) > 0.2
+
+
+def test_outcome_covariates_outside_the_propensity_model_are_in_the_balance_table(
+        confounded: pd.DataFrame) -> None:
+    config = study_config(outcomes=["function"],
+                          propensity={"covariates": ["sex", "depression"]})
+    balance = run_propensity_analysis(confounded, config).tables["balance"]
+    function = balance[balance["outcome"] == "function"].set_index("covariate")
+    # age is in analysis.covariates only: listed, and (not being balanced by construction)
+    # still imbalanced after weighting, as simulated
+    assert {"age", "symptom_duration_weeks", "sexM", "depression"} <= set(function.index)
+    assert abs(function.loc["age", "smd_weighted"]) > 0.1
+    assert abs(function.loc["depression", "smd_weighted"]) < 1e-3

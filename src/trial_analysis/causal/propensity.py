@@ -58,7 +58,9 @@ Sample (``sample``)
 
 Balance
     Standardised mean difference for every covariate (and missing indicator, clinic dummy and
-    therapist term), before and after weighting, with the *unweighted* pooled SD
+    therapist term) of the propensity model, and every outcome-model covariate
+    (``analysis.covariates``) even if the propensity model leaves it out, before and after
+    weighting, with the *unweighted* pooled SD
     ``sqrt((s1^2 + s0^2) / 2)`` as denominator in both, so the change reflects the means alone.
     ``|SMD| > balance_threshold`` (0.1) is flagged. Weight distribution and Kish's effective
     sample size ``(sum w)^2 / sum w^2`` per arm report how much information weighting leaves.
@@ -792,6 +794,13 @@ def run_propensity_analysis(
                                      ARM_TERM, fit.row(level=level), fit.n_patients,
                                      fit.n_clusters,
                                      [FORM_NOTES[form], *extra, *notes, *fit.notes]))
+        # Every covariate of the outcome model is in the balance table (and love plot), also
+        # one left out of the propensity model, which the weights then do not balance exactly.
+        outcome_covariates = encode_columns(analysed, covariates)
+        absent = [c for c in outcome_covariates.columns if c not in balance_covariates.columns]
+        if absent:
+            balance_covariates = pd.concat([balance_covariates, outcome_covariates[absent]],
+                                           axis=1)
         balance = balance_table(balance_covariates, analysed[ARM], weights, threshold,
                                 clinics=balance_clinics)
         balances.append(balance.assign(outcome=outcome))
