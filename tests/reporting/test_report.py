@@ -168,15 +168,17 @@ def test_sensitivity_section_separates_model_form_and_brackets(tmp_path):
     (estimates / "sensitivity.propensity.json").write_text(json.dumps({"estimates": [
         row("covariate_adjusted_ancova", 4.1), row("covariate_adjusted_change", 3.2),
         row("overlap_weighted_ancova", 4.2), row("overlap_weighted_change", 4.2)]}))
-    bracket = {"outcome": "function", "change_score": 3.2, "ancova": 4.1, "lower": 3.2,
-               "upper": 4.1, "baseline_coefficient": 0.5,
+    bracket = {"outcome": "function", "n_patients": 100, "change_score": 3.2, "ancova": 4.1,
+               "lower": 3.2, "upper": 4.1, "baseline_coefficient": 0.5,
                "adjusted_baseline_difference": 1.8, "stationarity_holds": True}
     (estimates / "sensitivity.doubly_robust.json").write_text(json.dumps({
         "estimates": [row("augmented_overlap", 4.0, "doubly_robust"),
                       row("change_score", 3.2, "bracketing"), row("ancova", 4.1, "bracketing")],
         "tables": {"bracketing": [bracket]}}))
     config = {"outcomes": [{"name": "function", "label": "Function"}]}
-    section = sensitivity_section(estimates, tmp_path, [], {}, config)
+    primary = [{"outcome": "Function", "population": "complete cases", "key": "complete_case",
+                "n": 100, "estimate": "3.00", "value": 3.0}]
+    section = sensitivity_section(estimates, tmp_path, primary, {}, config)
     shown = [(e["method"], e["form"]) for e in section["effects"]]
     assert ("ANCOVA, baseline and covariates", "lagged outcome (ANCOVA)") in shown
     assert ("Change score, covariates", "change score") in shown
@@ -184,7 +186,11 @@ def test_sensitivity_section_separates_model_form_and_brackets(tmp_path):
     assert ("Augmented overlap weighting (doubly robust, ATO)",
             "doubly robust (baseline in both models)") in shown
     # the bracketing's own fits repeat the covariate-adjusted rows: shown once
-    assert len(shown) == len(set(shown)) == 5
+    assert len(shown) == len(set(shown)) == 6
     assert section["bracketing"] == [{
         "outcome": "Function", "change": "3.20", "ancova": "4.10", "interval": "3.20 to 4.10",
-        "slope": "0.50", "difference": "1.80", "upper": "ANCOVA", "holds": "yes"}]
+        "slope": "0.50", "difference": "1.80", "upper": "ANCOVA", "holds": "yes",
+        "mixed": "3.00", "mixed_interval": "3.00 to 4.10"}]
+    primary[0]["n"] = 99  # another population: not lined up
+    section = sensitivity_section(estimates, tmp_path, primary, {}, config)
+    assert section["bracketing"][0]["mixed"] == ""

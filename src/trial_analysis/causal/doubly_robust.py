@@ -336,7 +336,8 @@ def bracketing_rows(
         tidy_row(outcome, "bracketing", "bracket", "bracket_upper", {"estimate": upper},
                  ancova.n_patients, ancova.n_clusters, note),
     ]
-    summary = {"outcome": outcome, "change_score": change_estimate, "ancova": ancova_estimate,
+    summary = {"outcome": outcome, "n_patients": ancova.n_patients,
+               "change_score": change_estimate, "ancova": ancova_estimate,
                "lower": lower, "upper": upper, "baseline_coefficient": slope,
                "adjusted_baseline_difference": difference, "stationarity_holds": stationary}
     return rows, summary

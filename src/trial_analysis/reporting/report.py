@@ -255,14 +255,23 @@ def method_form(method: str) -> str:
     return FORM_LABELS["ancova"]
 
 
-def bracketing_rows(document: Mapping[str, Any], config: Mapping[str, Any]
-                    ) -> list[dict[str, str]]:
-    """The bracketing table of the ``doubly_robust`` step: change score, ANCOVA, interval."""
+def bracketing_rows(document: Mapping[str, Any], config: Mapping[str, Any],
+                    primary: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, str]]:
+    """The bracketing table of the ``doubly_robust`` step: change score, ANCOVA, interval.
+
+    ``mixed`` is the primary mixed model's complete-case estimate when it was fitted on as many
+    patients as the bracketing (the same population), else empty.
+    """
     rows = []
     for r in document.get("tables", {}).get("bracketing", []):
         lower_is_ancova = r["lower"] == r["ancova"]
+        label = outcome_label(config, r["outcome"])
+        mixed = [p for p in primary if p.get("outcome") == label
+                 and p.get("key") == "complete_case" and p.get("n") == r.get("n_patients")]
         rows.append({
-            "outcome": outcome_label(config, r["outcome"]),
+            "outcome": label,
+            "mixed": mixed[0]["estimate"] if mixed else "",
+            "mixed_interval": fmt_ci(*sorted([mixed[0]["value"], r["ancova"]])) if mixed else "",
             "change": fmt_number(r["change_score"]), "ancova": fmt_number(r["ancova"]),
             "interval": fmt_ci(r["lower"], r["upper"]),
             "slope": fmt_number(r["baseline_coefficient"]),
@@ -340,7 +349,7 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
                        "alt": caption.split(":")[0]})
     return {"ran": bool(docs), "effects": effects, "evalues": list(evalues.values()),
             "tipping": tipping, "images": images,
-            "bracketing": bracketing_rows(docs.get("doubly_robust", {}), config)}
+            "bracketing": bracketing_rows(docs.get("doubly_robust", {}), config, primary)}
 
 
 def _float(text: str) -> float:
@@ -419,6 +428,7 @@ def build_context(
             "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
             "p": fmt_p(_float(row["p_value"])),
             "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
+            "value": _float(row["estimate"]), "key": row["population"],
         })
     # Shown only with several follow-ups; with one it repeats the primary table.
     by_followup = []
