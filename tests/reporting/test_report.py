@@ -177,7 +177,7 @@ def test_sensitivity_section_separates_model_form_and_brackets(tmp_path):
         "tables": {"bracketing": [bracket]}}))
     config = {"outcomes": [{"name": "function", "label": "Function"}]}
     primary = [{"outcome": "Function", "population": "complete cases", "key": "complete_case",
-                "n": 100, "estimate": "3.00", "value": 3.0}]
+                "n": "100", "estimate": "3.00", "value": 3.0}]
     section = sensitivity_section(estimates, tmp_path, primary, {}, config)
     shown = [(e["method"], e["form"]) for e in section["effects"]]
     assert ("ANCOVA, baseline and covariates", "lagged outcome (ANCOVA)") in shown
@@ -191,6 +191,6 @@ def test_sensitivity_section_separates_model_form_and_brackets(tmp_path):
         "outcome": "Function", "change": "3.20", "ancova": "4.10", "interval": "3.20 to 4.10",
         "slope": "0.50", "difference": "1.80", "upper": "ANCOVA", "holds": "yes",
         "mixed": "3.00", "mixed_interval": "3.00 to 4.10"}]
-    primary[0]["n"] = 99  # another population: not lined up
+    primary[0]["n"] = "99"  # another population: not lined up
     section = sensitivity_section(estimates, tmp_path, primary, {}, config)
     assert section["bracketing"][0]["mixed"] == ""

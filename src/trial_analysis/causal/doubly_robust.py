@@ -350,7 +350,9 @@ def run_doubly_robust(
     the change-score and ANCOVA estimates, per outcome, all on the same patients.
 
     The propensity model (``sensitivity.propensity``) is refitted among each outcome's
-    analysed patients, as with ``sensitivity.propensity.sample: analysed``.
+    analysed patients, as with ``sensitivity.propensity.sample: analysed``; its
+    ``weighting`` and IPTW trimming do not apply here (the augmented IPW is untrimmed; its
+    notes count the propensities near 0 or 1).
     """
     check_arm(analysis, source, require_both_arms=True, wording=MISSING_COLUMN)
     options = settings(config, "doubly_robust")
@@ -369,11 +371,16 @@ def run_doubly_robust(
         if len(design.rows) != len(analysed):
             raise DataError(source, f"the {outcome} outcome model dropped patients that the "
                             "propensity model kept", column=ARM)
+        warnings = list(propensity.warnings)
+        if "etmi_share" in settings(config, "propensity")["therapist_terms"]:
+            warnings.append("warning: the therapist's ETMI share in the propensity model is a "
+                            "near-instrument (inflates the variance, can amplify bias from "
+                            "unmeasured confounding)")
         for estimand in estimands:
             fit = doubly_robust_effect(design, propensity, estimand, outcome, source)
             rows.append(tidy_row(outcome, "doubly_robust", METHODS[estimand], ARM_TERM,
                                  fit.row(level), fit.n_patients, fit.n_clusters,
-                                 [*fit.notes, *notes, *design.notes, *propensity.warnings]))
+                                 [*fit.notes, *notes, *design.notes, *warnings]))
         bracket, summary = bracketing_rows(analysed, outcome, covariates, level, source)
         rows += bracket
         brackets.append(summary)

@@ -267,7 +267,8 @@ def bracketing_rows(document: Mapping[str, Any], config: Mapping[str, Any],
         lower_is_ancova = r["lower"] == r["ancova"]
         label = outcome_label(config, r["outcome"])
         mixed = [p for p in primary if p.get("outcome") == label
-                 and p.get("key") == "complete_case" and p.get("n") == r.get("n_patients")]
+                 and p.get("key") == "complete_case"
+                 and str(p.get("n")) == str(r.get("n_patients"))]  # the tables are text
         rows.append({
             "outcome": label,
             "mixed": mixed[0]["estimate"] if mixed else "",
