@@ -245,8 +245,8 @@ STEPS: dict[str, Step] = {
         args=(
             CONFIG, ANALYSIS,
             _name("--analysis-name", "which analysis",
-                  choices=["propensity", "evalue", "multiple_imputation", "tipping_point",
-                           "therapist_fixed_effects"]),
+                  choices=["propensity", "doubly_robust", "evalue", "multiple_imputation",
+                           "tipping_point", "therapist_fixed_effects"]),
             OUT_JSON, OUT_CSV,
             _optional_file("--figures-dir", "folder for this analysis's figures"),
             _optional_file("--estimates-dir", "folder of the primary estimate files"),

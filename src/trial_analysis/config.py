@@ -675,8 +675,8 @@ def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:
             problems.append("sensitivity/analyses: therapist_fixed_effects needs the therapists "
                             "and sessions tables; remove it")
         propensity = sensitivity.get("propensity", {})
-        if "propensity" in analyses and (propensity.get("therapist_terms")
-                                         or propensity.get("clinic_fixed_effects")):
+        if ({"propensity", "doubly_robust"} & set(analyses)) and (
+                propensity.get("therapist_terms") or propensity.get("clinic_fixed_effects")):
             problems.append("sensitivity/propensity: therapist_terms and clinic_fixed_effects "
                             "need the therapists and sessions tables; set them to [] and false")
     alloc = config.get("allocation", {})

@@ -183,7 +183,8 @@ def _tipping(effect: float, seed: int = 2) -> tuple[float, pd.DataFrame]:
     result = run_tipping_point(frame, config)
     tipping = result.details["tipping_points"]["function"]
     assert tipping["status"] == "reached"
-    return tipping["tipping_delta"], result.tables["grid"]
+    grid = result.tables["grid"]
+    return tipping["tipping_delta"], grid[grid["model_form"] == "ancova"]
 
 
 def test_tipping_point_grows_with_the_true_effect() -> None:
@@ -206,13 +207,17 @@ def test_tipping_point_for_lower_is_better_outcome_shifts_upwards() -> None:
                           tipping_point={"outcomes": ["fear_avoidance", "pain"]})
     result = run_tipping_point(frame, config)
     grid = result.tables["grid"]
-    fear = grid[grid["outcome"] == "fear_avoidance"]
-    assert fear["estimate"].iloc[0] < 0
-    assert fear["estimate"].is_monotonic_increasing
+    for form in ("ancova", "change"):
+        fear = grid[(grid["outcome"] == "fear_avoidance") & (grid["model_form"] == form)]
+        assert fear["estimate"].iloc[0] < 0
+        assert fear["estimate"].is_monotonic_increasing
     points = result.details["tipping_points"]
     assert points["fear_avoidance"]["tipping_delta"] > 0
     # No true pain effect: the interval already includes 0 without a shift.
     assert points["pain"]["tipping_delta"] == 0.0
+    # The change-score form shifts the same imputed follow-ups and tips too.
+    assert points["fear_avoidance (change)"]["tipping_delta"] > 0
+    assert points["fear_avoidance (change)"]["model_form"] == "change"
     rows = result.to_frame()
     assert list(rows.columns[:4]) == ["outcome", "analysis", "method", "term"]
     assert set(rows["term"]) == {"arm_intervention", "tipping_delta"}

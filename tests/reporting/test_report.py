@@ -282,3 +282,45 @@ def test_variance_components_are_wide_one_table_per_outcome(run):
         expected = [fmt_sig(first.loc[first["quantity"] == q, "value"].iloc[0])
                     for q in ("variance", "icc")]
         assert table["rows"][0]["cells"][:2] == expected, outcome
+
+
+def test_sensitivity_section_separates_model_form_and_brackets(tmp_path):
+    from trial_analysis.reporting.report import sensitivity_section
+
+    def row(method, estimate, analysis="propensity"):
+        return {"outcome": "function", "analysis": analysis, "method": method,
+                "term": "arm_intervention", "estimate": estimate, "std_error": 1.0,
+                "ci_low": estimate - 2, "ci_high": estimate + 2, "p_value": 0.01,
+                "n_patients": 100, "n_clusters": 10, "notes": ""}
+
+    estimates = tmp_path / "estimates"
+    estimates.mkdir()
+    (estimates / "sensitivity.propensity.json").write_text(json.dumps({"estimates": [
+        row("covariate_adjusted_ancova", 4.1), row("covariate_adjusted_change", 3.2),
+        row("overlap_weighted_ancova", 4.2), row("overlap_weighted_change", 4.2)]}))
+    bracket = {"outcome": "function", "n_patients": 100, "change_score": 3.2, "ancova": 4.1,
+               "lower": 3.2, "upper": 4.1, "baseline_coefficient": 0.5,
+               "adjusted_baseline_difference": 1.8, "stationarity_holds": True}
+    (estimates / "sensitivity.doubly_robust.json").write_text(json.dumps({
+        "estimates": [row("augmented_overlap", 4.0, "doubly_robust"),
+                      row("change_score", 3.2, "bracketing"), row("ancova", 4.1, "bracketing")],
+        "tables": {"bracketing": [bracket]}}))
+    config = {"outcomes": [{"name": "function", "label": "Function"}]}
+    primary = [{"outcome": "Function", "population": "complete cases", "key": "complete_case",
+                "n": "100", "estimate": "3.00", "value": 3.0}]
+    section = sensitivity_section(estimates, tmp_path, primary, {}, config)
+    shown = [(e["method"], e["form"]) for e in section["effects"]]
+    assert ("ANCOVA, baseline and covariates", "lagged outcome (ANCOVA)") in shown
+    assert ("Change score, covariates", "change score") in shown
+    assert ("Overlap-weighted change score (propensity score)", "change score") in shown
+    assert ("Augmented overlap weighting (doubly robust, ATO)",
+            "doubly robust (baseline in both models)") in shown
+    # the bracketing's own fits repeat the covariate-adjusted rows: shown once
+    assert len(shown) == len(set(shown)) == 6
+    assert section["bracketing"] == [{
+        "outcome": "Function", "change": "3.20", "ancova": "4.10", "interval": "3.20 to 4.10",
+        "slope": "0.50", "difference": "1.80", "upper": "ANCOVA", "holds": "yes",
+        "mixed": "3.00", "mixed_interval": "3.00 to 4.10"}]
+    primary[0]["n"] = "99"  # another population: not lined up
+    section = sensitivity_section(estimates, tmp_path, primary, {}, config)
+    assert section["bracketing"][0]["mixed"] == ""

@@ -82,6 +82,7 @@ Tipping point (``sensitivity.tipping_point``; MNAR, delta adjustment)
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -94,6 +95,7 @@ import pandas as pd
 
 from trial_analysis.causal.common import (
     ARM_TERM,
+    FORM_NOTES,
     MISSING_COLUMN,
     SensitivityResult,
     analysis_covariates,
@@ -101,6 +103,8 @@ from trial_analysis.causal.common import (
     cluster_sums,
     encode_columns,
     fit_ancova,
+    form_method,
+    model_forms,
     outcome_specs,
     primary_effects,
     sensitivity_frame,
@@ -743,10 +747,11 @@ def pool_rubin(
 
 def pooled_effect(
     datasets: Sequence[pd.DataFrame], outcome: str, covariates: Sequence[str], level: float,
-    source: str = "analysis table",
+    source: str = "analysis table", form: str = "ancova",
 ) -> dict[str, Any]:
-    """ANCOVA arm effect on every completed dataset, pooled (estimate, CI, df, fmi, counts)."""
-    fits = [fit_ancova(d, outcome, covariates, source=source) for d in datasets]
+    """ANCOVA (or, ``form="change"``, change-score) arm effect on every completed dataset,
+    pooled (estimate, CI, df, fmi, counts)."""
+    fits = [fit_ancova(d, outcome, covariates, source=source, form=form) for d in datasets]
     pairs = [f.coefficient(ARM_TERM) for f in fits]
     pooled = pool_rubin([p[0] for p in pairs], [p[1] ** 2 for p in pairs],
                         df_complete=fits[0].df)
@@ -803,20 +808,22 @@ def run_multiple_imputation(
     if imputations is None:
         imputations = impute_chained(analysis, config, source)
     rows, fmi = [], {}
-    for outcome in outcomes:
-        complete = fit_ancova(analysis, outcome, covariates, source=source)
-        rows.append(tidy_row(outcome, "multiple_imputation", "complete_case_ancova", ARM_TERM,
+    for outcome, form in itertools.product(outcomes, model_forms(config)):
+        complete = fit_ancova(analysis, outcome, covariates, source=source, form=form)
+        rows.append(tidy_row(outcome, "multiple_imputation",
+                             form_method("complete_case_ancova", form), ARM_TERM,
                              complete.row(level=level), complete.n_patients,
-                             complete.n_clusters, complete.notes))
-        pooled = pooled_effect(imputations.datasets, outcome, covariates, level, source)
-        fmi[outcome] = pooled["fmi"]
-        notes = [f"m={pooled['m']}", f"Barnard-Rubin df {pooled['df']:.1f}",
+                             complete.n_clusters, [FORM_NOTES[form], *complete.notes]))
+        pooled = pooled_effect(imputations.datasets, outcome, covariates, level, source, form)
+        fmi.setdefault(outcome, pooled["fmi"])
+        notes = [FORM_NOTES[form], f"m={pooled['m']}", f"Barnard-Rubin df {pooled['df']:.1f}",
                  f"fraction of missing information {pooled['fmi']:.2f}"]
         if imputations.m_choice:
             notes.append(m_choice_note(imputations.m_choice))
         if imputations.excluded:
             notes.append(f"{imputations.excluded} patients lacking a text covariate left out")
-        rows.append(tidy_row(outcome, "multiple_imputation", "multiple_imputation_ancova",
+        rows.append(tidy_row(outcome, "multiple_imputation",
+                             form_method("multiple_imputation_ancova", form),
                              ARM_TERM, pooled, pooled["n_patients"], pooled["n_clusters"],
                              notes))
     tables: dict[str, pd.DataFrame] = {
@@ -912,7 +919,7 @@ class _ShiftableFit:
 
 def shiftable_fits(
     imputations: Imputations, outcome: str, higher_is_better: bool,
-    covariates: Sequence[str], source: str = "analysis table",
+    covariates: Sequence[str], source: str = "analysis table", form: str = "ancova",
 ) -> list[_ShiftableFit]:
     """Prepare every imputed dataset's ANCOVA for delta adjustment of ``outcome``.
 
@@ -925,7 +932,7 @@ def shiftable_fits(
     for dataset in imputations.datasets:
         target = (imputations.missing[followup].to_numpy()
                   & (dataset[ARM].to_numpy() == 1)).astype(float) * direction
-        design = ancova_design(dataset, outcome, covariates, source=source)
+        design = ancova_design(dataset, outcome, covariates, source=source, form=form)
         X, y, w = design.X, design.y, design.w
         shift = target[design.rows]
         bread = np.linalg.inv((X.T * w) @ X)
@@ -968,6 +975,7 @@ def _includes_null(pooled: Mapping[str, float]) -> bool:
 def tipping_point(
     imputations: Imputations, outcome: str, spec: Mapping[str, Any], grid: np.ndarray,
     covariates: Sequence[str], level: float, source: str = "analysis table",
+    form: str = "ancova",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Pooled effect over the delta grid and the delta at which the CI first includes 0.
 
@@ -976,11 +984,11 @@ def tipping_point(
     finding on the CI limit nearest 0 (the limit is continuous in delta).
     """
     higher = bool(spec.get("higher_is_better", True))
-    fits = shiftable_fits(imputations, outcome, higher, covariates, source)
+    fits = shiftable_fits(imputations, outcome, higher, covariates, source, form)
     rows = []
     for delta in grid:
         pooled = pooled_at(fits, float(delta), level)
-        rows.append({"outcome": outcome, "delta": float(delta), **{
+        rows.append({"outcome": outcome, "model_form": form, "delta": float(delta), **{
             k: pooled[k] for k in ("estimate", "std_error", "ci_low", "ci_high", "p_value",
                                    "df", "n_patients", "n_clusters")},
             "ci_includes_zero": _includes_null(pooled)})
@@ -1063,33 +1071,37 @@ def run_tipping_point(
     if imputations is None:
         imputations = impute_chained(analysis, config, source)
     rows, grids, headline, figures, points = [], [], {}, [], {}
-    for outcome in outcomes:
+    forms = model_forms(config)
+    for outcome, form in itertools.product(outcomes, forms):
         spec = specs[outcome]
         followup = outcome_columns(outcome)[1]
         control = analysis.loc[analysis[ARM] == 0, followup].dropna()
         grid, unit, unit_name = delta_grid(spec, options, float(control.std()))
         table, found = tipping_point(imputations, outcome, spec, grid, covariates, level,
-                                     source)
+                                     source, form)
         table["delta_units"] = table["delta"] / unit
         grids.append(table)
         start = table.iloc[0]
-        rows.append(tidy_row(outcome, "tipping_point", "delta_adjusted_mi", ARM_TERM,
+        method = form_method("delta_adjusted_mi", form)
+        rows.append(tidy_row(outcome, "tipping_point", method, ARM_TERM,
                              start.to_dict(), int(start["n_patients"]),
-                             int(start["n_clusters"]), "delta 0 (MAR)"))
+                             int(start["n_clusters"]), [FORM_NOTES[form], "delta 0 (MAR)"]))
         tipping = found["tipping_delta"]
         in_units = None if tipping is None else tipping / unit
         note = found["status"] if tipping is None else (
             f"{found['status']}: {in_units:.2f} {unit_name} ({unit:g} points); imputed "
             "intervention follow-ups shifted "
             f"{'down' if spec.get('higher_is_better', True) else 'up'}")
-        rows.append(tidy_row(outcome, "tipping_point", "delta_adjusted_mi", "tipping_delta",
+        rows.append(tidy_row(outcome, "tipping_point", method, "tipping_delta",
                              {"estimate": math.nan if tipping is None else tipping}, None,
-                             None, note))
-        headline[f"{outcome} tipping point (points)"] = (None if tipping is None
-                                                         else round(tipping, 3))
-        points[outcome] = {**found, "tipping_delta_units": in_units, "unit": unit,
-                           "unit_name": unit_name}
-        if figures_dir is not None:
+                             None, [FORM_NOTES[form], note]))
+        key = outcome if form == forms[0] else f"{outcome} ({form})"
+        headline[f"{key} tipping point (points)"] = (None if tipping is None
+                                                     else round(tipping, 3))
+        points[key] = {**found, "tipping_delta_units": in_units, "unit": unit,
+                       "unit_name": unit_name, "model_form": form}
+        # one figure per outcome, in the first form (the grid table holds every form)
+        if figures_dir is not None and form == forms[0]:
             figures += tipping_plot(
                 table, tipping, figures_dir, f"tipping_point_{outcome}",
                 f"1 {unit_name} = {unit:g} points",

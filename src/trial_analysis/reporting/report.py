@@ -240,7 +240,65 @@ SENSITIVITY_METHODS = {
     "ancova_same_sample": "ANCOVA, therapists treating both arms",
     "therapist_fixed_effects": "Therapist fixed effects, therapists treating both arms",
     "delta_adjusted_mi": None,
+    "augmented_overlap": "Augmented overlap weighting (doubly robust, ATO)",
+    "aipw": "Augmented inverse probability weighting (doubly robust, ATE)",
+    # the bracketing's two fits are the covariate-adjusted rows; shown once
+    "change_score": "Change score, covariates",
+    "ancova": "ANCOVA, baseline and covariates",
+    # change-score form of the analyses (sensitivity.model_forms)
+    "unadjusted_change": "Change score, no covariates",
+    "covariate_adjusted_change": "Change score, covariates",
+    "overlap_weighted_change": "Overlap-weighted change score (propensity score)",
+    "iptw_weighted_change": "Stabilised, trimmed IPTW change score (propensity score)",
+    "complete_case_change": None,
+    "multiple_imputation_change": "Multiple imputation (chained equations), change score",
+    "change_all_therapists": None,
+    "change_same_sample": "Change score, therapists treating both arms",
+    "therapist_fixed_effects_change": "Therapist fixed effects, therapists treating both "
+                                      "arms",
+    "delta_adjusted_mi_change": None,
 }
+
+# Model form of a sensitivity row, so the table separates the adjustment from the form.
+FORM_LABELS = {"ancova": "lagged outcome (ANCOVA)", "change": "change score",
+               "doubly_robust": "doubly robust (baseline in both models)"}
+
+
+def method_form(method: str) -> str:
+    """The model form of a sensitivity method name (the word ``change``: change score)."""
+    if method in ("augmented_overlap", "aipw"):
+        return FORM_LABELS["doubly_robust"]
+    if "change" in method.split("_"):
+        return FORM_LABELS["change"]
+    return FORM_LABELS["ancova"]
+
+
+def bracketing_rows(document: Mapping[str, Any], config: Mapping[str, Any],
+                    primary: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, str]]:
+    """The bracketing table of the ``doubly_robust`` step: change score, ANCOVA, interval.
+
+    ``mixed`` is the primary mixed model's complete-case estimate when it was fitted on as many
+    patients as the bracketing (the same population), else empty.
+    """
+    rows = []
+    for r in document.get("tables", {}).get("bracketing", []):
+        lower_is_ancova = r["lower"] == r["ancova"]
+        label = outcome_label(config, r["outcome"])
+        mixed = [p for p in primary if p.get("outcome") == label
+                 and p.get("key") == "complete_case"
+                 and str(p.get("n")) == str(r.get("n_patients"))]  # the tables are text
+        rows.append({
+            "outcome": label,
+            "mixed": mixed[0]["estimate"] if mixed else "",
+            "mixed_interval": fmt_ci(*sorted([mixed[0]["value"], r["ancova"]])) if mixed else "",
+            "change": fmt_number(r["change_score"]), "ancova": fmt_number(r["ancova"]),
+            "interval": fmt_ci(r["lower"], r["upper"]),
+            "slope": fmt_number(r["baseline_coefficient"]),
+            "difference": fmt_number(r["adjusted_baseline_difference"]),
+            "upper": "change score" if lower_is_ancova else "ANCOVA",
+            "holds": "yes" if r["stationarity_holds"] else "no",
+        })
+    return rows
 
 
 def tipping_sentence(found: Mapping[str, Any] | None, row: Mapping[str, Any],
@@ -286,16 +344,20 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
             for path in sorted(estimates.glob("sensitivity.*.json"))}
     effects: list[dict[str, str]] = []
     for row in primary:
-        effects.append({**row, "method": f"Mixed model ({row['population'].lower()})"})
-    seen: set[tuple[str, str]] = set()
-    for name in ("propensity", "multiple_imputation", "therapist_fixed_effects"):
+        effects.append({**row, "method": f"Mixed model ({row['population'].lower()})",
+                        "form": "change score (mixed model)"})
+    seen: set[tuple[str, str, str]] = set()
+    for name in ("propensity", "doubly_robust", "multiple_imputation",
+                 "therapist_fixed_effects"):
         for r in docs.get(name, {}).get("estimates", []):
             method = SENSITIVITY_METHODS.get(r["method"], label(config, r["method"]))
-            if r["term"] != "arm_intervention" or method is None or (r["outcome"], method) in seen:
+            form = method_form(r["method"])
+            if r["term"] != "arm_intervention" or method is None \
+                    or (r["outcome"], method, form) in seen:
                 continue
-            seen.add((r["outcome"], method))
+            seen.add((r["outcome"], method, form))
             effects.append({
-                "outcome": outcome_label(config, r["outcome"]), "method": method,
+                "outcome": outcome_label(config, r["outcome"]), "method": method, "form": form,
                 "n": r["n_patients"], "estimate": fmt_number(r["estimate"]),
                 "ci": fmt_ci(r["ci_low"], r["ci_high"]), "p": fmt_p(r["p_value"]),
                 "truth": truth_by_outcome.get(r["outcome"], ""),
@@ -313,7 +375,8 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
     points = (docs.get("tipping_point", {}).get("details") or {}).get("tipping_points") or {}
     tipping = [
         {"outcome": outcome_label(config, r["outcome"]),
-         "sentence": tipping_sentence(points.get(r["outcome"]), r, config)}
+         "sentence": tipping_sentence(points.get(r["outcome"]), r, config),
+         "form": method_form(r["method"])}
         for r in docs.get("tipping_point", {}).get("estimates", [])
         if r["term"] == "tipping_delta"
     ]
@@ -338,7 +401,8 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
                        "alt": caption.split(":")[0]})
     return {"ran": bool(docs), "effects": effects, "evalues": list(evalues.values()),
             "tipping": tipping, "images": images,
-            "imputation": imputation_text(docs.get("multiple_imputation", {}))}
+            "imputation": imputation_text(docs.get("multiple_imputation", {})),
+            "bracketing": bracketing_rows(docs.get("doubly_robust", {}), config, primary)}
 
 
 def imputation_text(doc: Mapping[str, Any]) -> str:
@@ -684,6 +748,7 @@ def build_context(
             "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
             "p": fmt_p(_float(row["p_value"])),
             "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
+            "value": _float(row["estimate"]), "key": row["population"],
         })
     # Shown only with several follow-ups; with one it repeats the primary table.
     by_followup = []
