@@ -324,3 +324,17 @@ def test_sensitivity_section_separates_model_form_and_brackets(tmp_path):
     primary[0]["n"] = "99"  # another population: not lined up
     section = sensitivity_section(estimates, tmp_path, primary, {}, config)
     assert section["bracketing"][0]["mixed"] == ""
+
+
+def test_each_model_form_gets_its_own_tipping_point():
+    from trial_analysis.reporting.report import _tipping_entry
+
+    points = {"function": {"outcome": "function", "method": "delta_adjusted_mi",
+                           "tipping_delta": 4.05},
+              "function (change)": {"outcome": "function", "method": "delta_adjusted_mi_change",
+                                    "tipping_delta": 2.85}}
+    row = {"outcome": "function", "method": "delta_adjusted_mi_change"}
+    assert _tipping_entry(points, row)["tipping_delta"] == 2.85
+    assert _tipping_entry(points, {**row, "method": "delta_adjusted_mi"})["tipping_delta"] == 4.05
+    # a file written before the entries named their method: keyed by the outcome
+    assert _tipping_entry({"function": {"tipping_delta": 1.0}}, row)["tipping_delta"] == 1.0

@@ -1099,7 +1099,8 @@ def run_tipping_point(
         headline[f"{key} tipping point (points)"] = (None if tipping is None
                                                      else round(tipping, 3))
         points[key] = {**found, "tipping_delta_units": in_units, "unit": unit,
-                       "unit_name": unit_name, "model_form": form}
+                       "unit_name": unit_name, "model_form": form, "outcome": outcome,
+                       "method": method}
         # one figure per outcome, in the first form (the grid table holds every form)
         if figures_dir is not None and form == forms[0]:
             figures += tipping_plot(

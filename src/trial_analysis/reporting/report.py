@@ -301,6 +301,16 @@ def bracketing_rows(document: Mapping[str, Any], config: Mapping[str, Any],
     return rows
 
 
+def _tipping_entry(points: Mapping[str, Any], row: Mapping[str, Any]
+                   ) -> Mapping[str, Any] | None:
+    """The ``details.tipping_points`` entry of an estimate row: same outcome and method
+    (each model form has its own), else the one keyed by the outcome (older files)."""
+    for entry in points.values():
+        if entry.get("outcome") == row["outcome"] and entry.get("method") == row["method"]:
+            return entry
+    return points.get(row["outcome"])
+
+
 def tipping_sentence(found: Mapping[str, Any] | None, row: Mapping[str, Any],
                      config: Mapping[str, Any]) -> str:
     """The tipping point of one outcome as a full sentence.
@@ -375,7 +385,7 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
     points = (docs.get("tipping_point", {}).get("details") or {}).get("tipping_points") or {}
     tipping = [
         {"outcome": outcome_label(config, r["outcome"]),
-         "sentence": tipping_sentence(points.get(r["outcome"]), r, config),
+         "sentence": tipping_sentence(_tipping_entry(points, r), r, config),
          "form": method_form(r["method"])}
         for r in docs.get("tipping_point", {}).get("estimates", [])
         if r["term"] == "tipping_delta"
