@@ -5,6 +5,8 @@
 # subgroups), not by new rules. Run `snakemake -c2` for the default study, `snakemake -n` to
 # see the whole plan without running it, `snakemake --configfile my_study.yaml -c2` for yours.
 
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -95,6 +97,12 @@ shell.prefix(
     "export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1; "
 )
 ENV = "workflow/envs/trial-analysis.yaml"
+
+# The report's provenance panel shows the command that ran the pipeline. An environment
+# variable, not a param: the jobs inherit it and it is no part of any rule's code or params,
+# so another command line reruns nothing. A job that runs the Snakefile again (a cluster job)
+# keeps the outer command.
+os.environ.setdefault("TRIAL_ANALYSIS_INVOCATION", shlex.join(["snakemake", *sys.argv[1:]]))
 
 
 include: "workflow/common.smk"
@@ -469,6 +477,7 @@ rule report:
         tables=rules.tables.output,
         figures=rules.figures.output.png,
         raw=list(RAW_FILES.values()),
+        analysis=rules.allocate.output.analysis,  # digested for provenance, no row is read
         config=CONFIG_AS_RUN,
     output:
         f"{REPORTS}/report.html",
@@ -492,7 +501,8 @@ rule report:
         " --estimates {params.estimates} --tables {params.tables}"
         # BENCH in the command, not in params: a param that is a plain value makes Snakemake
         # import pandas at every start to compare it with the last run's (about 0.9 s).
-        f" --figures {{params.figures}} --benchmarks {BENCH} --out {{output}} > {{log}} 2>&1"
+        f" --figures {{params.figures}} --benchmarks {BENCH} --analysis {{input.analysis}}"
+        " --out {output} > {log} 2>&1"
 
 
 # Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.

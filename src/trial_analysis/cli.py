@@ -270,8 +270,8 @@ STEPS: dict[str, Step] = {
     "report": Step(
         "trial_analysis.reporting.report", "run_report",
         "assemble the self-contained HTML report",
-        reads="tables, figures, estimates, the raw extract (for checksums) and rule "
-              "benchmarks.",
+        reads="tables, figures, estimates, the raw files read and the analysis table (for "
+              "digests) and rule benchmarks.",
         writes="one self-contained HTML file (images embedded).",
         args=(
             CONFIG,
@@ -280,6 +280,7 @@ STEPS: dict[str, Step] = {
             _file("--figures", "folder of figures"),
             _optional_file("--benchmarks", "folder of Snakemake benchmark files (run times)"),
             _file("--out", "report to write (HTML)"),
+            _optional_file("--analysis", "analysis table (its digest is shown; no row is read)"),
         ),
     ),
     "simulate-study": Step(
