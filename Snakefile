@@ -115,6 +115,7 @@ wildcard_constraints:
 rule all:
     input:
         f"{REPORTS}/report.html",
+        f"{REPORTS}/tables/table1.docx",
 
 
 if SIMULATED:
@@ -503,6 +504,37 @@ rule report:
         # import pandas at every start to compare it with the last run's (about 0.9 s).
         f" --figures {{params.figures}} --benchmarks {BENCH} --analysis {{input.analysis}}"
         " --out {output} > {log} 2>&1"
+
+
+EXPORTS = ["table1", "primary_estimates"] + (["sensitivity"] if SENSITIVITY else [])
+
+
+rule exports:
+    """Manuscript tables as Word and LaTeX beside the CSVs: Table 1, primary, sensitivity."""
+    input:
+        tables=rules.tables.output,
+        sensitivity=SENSITIVITY_OUTPUTS,
+        config=CONFIG_AS_RUN,
+    output:
+        docx=expand(f"{REPORTS}/tables/{{name}}.docx", name=EXPORTS),
+        tex=expand(f"{REPORTS}/tables/{{name}}.tex", name=EXPORTS),
+        csv=[f"{REPORTS}/tables/sensitivity.csv"] if SENSITIVITY else [],
+    params:
+        estimates=lambda wildcards, input: f"{REPORTS}/estimates",  # input: a derived param
+        tables=lambda wildcards, input: Path(input.tables[0]).parent,
+    log:
+        f"{LOGS}/exports.log",
+    benchmark:
+        f"{BENCH}/exports.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m trial_analysis exports --config {input.config} --estimates {params.estimates}"
+        " --tables {params.tables} > {log} 2>&1"
 
 
 # Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.

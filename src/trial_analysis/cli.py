@@ -267,6 +267,14 @@ STEPS: dict[str, Step] = {
                "to --out.",
         args=(CONFIG, ANALYSIS, ESTIMATES, TABLES, _file("--out", "folder for the figures")),
     ),
+    "exports": Step(
+        "trial_analysis.reporting.exports", "run_exports",
+        "write Table 1, the primary results and the sensitivity table as .docx and LaTeX",
+        reads="the tables folder's CSVs and the sensitivity estimate files.",
+        writes="<table>.docx and <table>.tex beside the CSVs in --tables (and "
+               "sensitivity.csv).",
+        args=(CONFIG, ESTIMATES, TABLES),
+    ),
     "report": Step(
         "trial_analysis.reporting.report", "run_report",
         "assemble the self-contained HTML report",
