@@ -63,6 +63,7 @@ HAS_SESSIONS = config["input"]["tables"].get("sessions") is not None
 SIMULATED = "simulation" in config
 SENSITIVITY = config.get("sensitivity", {}).get("analyses", [])
 SENSITIVITY_OUTCOMES = config.get("sensitivity", {}).get("outcomes", OUTCOMES)
+ANALYST_TEXT = (config.get("report") or {}).get("text")
 
 REPORT_TABLES = [
     "table1",
@@ -479,6 +480,8 @@ rule report:
         figures=rules.figures.output.png,
         raw=list(RAW_FILES.values()),
         analysis=rules.allocate.output.analysis,  # digested for provenance, no row is read
+        # the analyst's own Markdown (report.text): the report reruns when it is edited
+        text=[ANALYST_TEXT] if ANALYST_TEXT else [],
         config=CONFIG_AS_RUN,
     output:
         f"{REPORTS}/report.html",
