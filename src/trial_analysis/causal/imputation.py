@@ -438,7 +438,7 @@ def impute_chained(
         predictors=tuple(prepared.predictors), iterations=int(options["iterations"]),
         donors=int(options["donors"]), seed=int(config.get("seed", 0)))
     tasks = [(i, g) for i in range(options["m"]) for g in range(len(prepared.groups))]
-    results = map_shared(_chain_task, inputs, tasks, jobs)
+    results = map_shared(_chain_task, inputs, tasks, jobs, progress="imputation chains")
     # Cell k of the table (row-major over the missing mask) is cell k_g of its group's chain.
     mask = np.isnan(prepared.values)
     cell_number = np.full(mask.shape, -1, dtype=np.int64)
