@@ -480,6 +480,9 @@ rule report:
         figures=rules.figures.output.png,
         raw=list(RAW_FILES.values()),
         analysis=rules.allocate.output.analysis,  # digested for provenance, no row is read
+        # the diagnostics appendix (rule diagnostics, defined below)
+        diagnostics=[f"{REPORTS}/tables/diagnostics.csv"]
+        + expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.png", outcome=OUTCOMES),
         # the analyst's own Markdown (report.text): the report reruns when it is edited
         text=[ANALYST_TEXT] if ANALYST_TEXT else [],
         config=CONFIG_AS_RUN,
@@ -510,6 +513,34 @@ rule report:
 
 
 EXPORTS = ["table1", "primary_estimates"] + (["sensitivity"] if SENSITIVITY else [])
+
+
+rule diagnostics:
+    """Diagnostics appendix: residuals, random-effect QQ plots, leave-one-cluster-out."""
+    input:
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        png=expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.png", outcome=OUTCOMES),
+        svg=expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.svg", outcome=OUTCOMES),
+        table=f"{REPORTS}/tables/diagnostics.csv",
+    params:
+        figures=lambda wildcards, output: Path(output.png[0]).parent,
+        tables=lambda wildcards, output: Path(output.table).parent,
+    log:
+        f"{LOGS}/diagnostics.log",
+    benchmark:
+        f"{BENCH}/diagnostics.tsv"
+    conda:
+        ENV
+    threads: 1
+    priority: 6
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "python -m trial_analysis diagnostics --config {input.config} --analysis {input.analysis}"
+        " --figures {params.figures} --tables {params.tables} > {log} 2>&1"
 
 
 rule exports:

@@ -267,6 +267,14 @@ STEPS: dict[str, Step] = {
                "to --out.",
         args=(CONFIG, ANALYSIS, ESTIMATES, TABLES, _file("--out", "folder for the figures")),
     ),
+    "diagnostics": Step(
+        "trial_analysis.reporting.diagnostics_appendix", "run_diagnostics",
+        "diagnose the primary models: residuals, random effects, cluster influence",
+        reads="the analysis table (the primary model of each outcome is refitted).",
+        writes="diagnostics_<outcome>.png/.svg to --figures and diagnostics.csv to --tables.",
+        args=(CONFIG, ANALYSIS, _file("--figures", "folder for the figures"),
+              _file("--tables", "folder for diagnostics.csv")),
+    ),
     "exports": Step(
         "trial_analysis.reporting.exports", "run_exports",
         "write Table 1, the primary results and the sensitivity table as .docx and LaTeX",

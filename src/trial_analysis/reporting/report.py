@@ -42,6 +42,7 @@ from trial_analysis.config import (
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
 from trial_analysis.reporting.analyst_text import analyst_text
+from trial_analysis.reporting.diagnostics_appendix import diagnostics_section
 from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names
 from trial_analysis.reporting.provenance import provenance_facts, source_notes
 from trial_analysis.reporting.tables import (
@@ -433,6 +434,7 @@ def build_context(
         "figure_captions": FIGURE_CAPTIONS,
         "sources": source_notes(tables, figures, estimates, analysis),
         "analyst": analyst_text(config),
+        "diagnostics": diagnostics_section(Path(tables), Path(figures), config),
         "provenance": {
             **provenance_facts(config, raw, analysis),
             "seed": config.get("seed", ""), "date": report_date(),
