@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 from report_fixtures import REPO, shared_outputs
-from test_browser import CHROMIUM_FLAGS, chromium_path, unavailable
+from test_browser import CHROMIUM_FLAGS, browser_or_skip
 
 pytestmark = pytest.mark.browser
 
@@ -37,13 +37,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def measured(run, tmp_path_factory):
-    executable = chromium_path()
-    if executable is None:
-        unavailable("Chromium not found")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("the playwright package is not installed")
+    executable, sync_playwright = browser_or_skip()
     output = REPO / "test-output"
     output.mkdir(exist_ok=True)
     facts = {}
