@@ -45,7 +45,8 @@ def _sensitivity_docs(estimates):
         {**row, "method": "covariate_adjusted_ancova", "estimate": -1.5, "ci_low": -2.5,
          "ci_high": -0.5}]}))
     (estimates / "sensitivity.tipping_point.json").write_text(json.dumps({"estimates": [
-        {"outcome": "function", "term": "tipping_delta", "estimate": 4.25, "notes": ""}]}))
+        {"outcome": "function", "term": "tipping_delta", "estimate": 4.25, "notes": "",
+         "method": "delta_adjusted_mi"}]}))
 
 
 def test_primary_table_in_word_matches_the_csv(run, folders):
@@ -96,8 +97,8 @@ def test_sensitivity_table_word_latex_and_csv(run, folders):
     assert "Overlap-weighted ANCOVA (propensity score)" in methods
     assert "ANCOVA, baseline and covariates" in methods
     overlap = rows[1 + methods.index("Overlap-weighted ANCOVA (propensity score)")]
-    assert overlap[2:6] == ["230", "3.46", "1.20 to 5.71", "0.003"]
-    assert any("shifted by 4.25 points" in n for n in notes)
+    assert overlap[2:7] == ["lagged outcome (ANCOVA)", "230", "3.46", "1.20 to 5.71", "0.003"]
+    assert any("Tipping point" in n and "by 4.25 points" in n for n in notes)
     tex = written["sensitivity"]["tex"].read_text(encoding="utf-8")
     assert "$-$1.50" in tex and "$-$2.50 to $-$0.50" in tex
     csv = pd.read_csv(written["sensitivity"]["csv"], dtype=str)

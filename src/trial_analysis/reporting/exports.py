@@ -117,17 +117,18 @@ def sensitivity_export(section: Mapping[str, Any], config: Mapping[str, Any],
     """The sensitivity table (the report's Table S1), with tipping points as footnotes."""
     intervention, control = arm_labels(config)
     level = int(round(100 * confidence_level(config)))
-    header = ["Outcome", "Method", "Patients", "Difference", f"{level}% CI", "p"]
-    body = [[r["outcome"], r["method"], str(r["n"]), r["estimate"], r["ci"], r["p"]]
-            + ([r.get("truth", "")] if simulated else []) for r in section["effects"]]
+    header = ["Outcome", "Method", "Model form", "Patients", "Difference", f"{level}% CI", "p"]
+    body = [[r["outcome"], r["method"], r.get("form", ""), str(r["n"]), r["estimate"], r["ci"],
+             r["p"]] + ([r.get("truth", "")] if simulated else []) for r in section["effects"]]
     notes = [
         "Mixed model: difference in mean change, adjusted for the covariates' effects on level "
-        "and change. ANCOVA rows: follow-up score adjusted for the observed baseline score; the "
-        "weighted, imputed and therapist fixed-effects rows share that assumption.",
+        "and change. Lagged-outcome (ANCOVA) rows: follow-up score adjusted for the observed "
+        "baseline score; change-score rows: change from baseline; doubly robust rows: "
+        "propensity and outcome models, both with the baseline score.",
     ]
-    notes += [f"Tipping point, {t['outcome']}: the effect loses significance when imputed "
-              f"{intervention} follow-up scores are shifted by {t['delta']} points in the "
-              "unfavourable direction." for t in section["tipping"]]
+    # the report's own sentence, so the export and the report say the same
+    notes += [f"Tipping point, {t['outcome']}, {t.get('form', '')}: {t['sentence']}"
+              for t in section["tipping"]]
     return ExportTable(
         title=f"Table S1. Difference between groups ({intervention} minus {control}) by "
               "method of adjustment and of handling missing data.",
