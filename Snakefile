@@ -18,8 +18,22 @@ min_version("9.0")
 # any job starts. (It reads the schema with libyaml; Snakemake's own validate() spends about
 # half a second parsing the same file at every start.)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from trial_analysis.config import validate_config, write_validated_config
+from trial_analysis.config import (
+    command_line_source,
+    validate_config,
+    write_validated_config,
+)
 from trial_analysis.errors import ConfigError
+
+
+def config_source(workflow):
+    """The config files, as messages name them."""
+    return " + ".join(map(str, workflow.configfiles)) or "config"
+
+
+def override_error(error, workflow):
+    """A problem in a --config override names the command line, not the config file."""
+    return command_line_source(error, dict(workflow.config_settings.config or {}))
 
 
 # The default study, unless a study's own config is given (`--configfile my_study.yaml`):
@@ -30,9 +44,9 @@ if "study" not in config:
 
 
 try:
-    validate_config(config, source=" + ".join(map(str, workflow.configfiles)) or "config")
+    validate_config(config, source=config_source(workflow))
 except ConfigError as error:
-    raise WorkflowError(str(error)) from None
+    raise WorkflowError(str(override_error(error, workflow))) from None
 
 RAW = config["paths"]["raw"]
 INTERIM = config["paths"]["interim"]
@@ -89,10 +103,18 @@ write_validated_config(config, CONFIG_AS_RUN)
 # side by side on the cores, OpenBLAS threads competing for them made a 1M-row cross-product
 # 50 times slower, and one fixed thread count keeps the last digits of every estimate the same
 # on any machine.
+#
+# A step's output goes to its log; when it fails, step_failed also prints its error (the
+# "trial-analysis <step>: error: ..." lines, else the log's last lines) on the terminal, where
+# Snakemake shows a job's stderr, and keeps the step's exit status (2 for bad data or config).
 shell.prefix(
     f'set -euo pipefail; export PYTHONPATH="{Path(workflow.basedir) / "src"}'
     '${{PYTHONPATH:+:$PYTHONPATH}}"; '
     "export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1; "
+    "step_failed() {{ status=$?; "
+    "msg=$(sed -n '/^trial-analysis [a-z-]*: error: /,$p' \"$1\" | head -n 20 || true); "
+    "if [ -n \"$msg\" ]; then printf '%s\\n' \"$msg\" >&2; else tail -n 5 \"$1\" >&2; fi; "
+    "exit \"$status\"; }}; "
 )
 ENV = "workflow/envs/trial-analysis.yaml"
 
@@ -132,7 +154,7 @@ if SIMULATED:
             runtime=10,
         shell:
             "python -m trial_analysis simulate --config {input.config} --out {params.raw}"
-            " > {log} 2>&1"
+            " > {log} 2>&1 || step_failed {log}"
 
 
 rule clean:
@@ -158,7 +180,7 @@ rule clean:
         runtime=20,
     shell:
         "python -m trial_analysis clean --config {input.config} --raw {params.raw} --out {params.clean}"
-        " --ledger {output.ledger} > {log} 2>&1"
+        " --ledger {output.ledger} > {log} 2>&1 || step_failed {log}"
 
 
 rule eligibility:
@@ -186,7 +208,7 @@ rule eligibility:
     shell:
         "python -m trial_analysis eligibility --config {input.config} --clean {params.clean}"
         " --clean-ledger {input.ledger} --cohort {output.cohort} --ledger {output.ledger}"
-        " --flow {output.flow} > {log} 2>&1"
+        " --flow {output.flow} > {log} 2>&1 || step_failed {log}"
 
 
 rule allocate:
@@ -225,7 +247,7 @@ rule allocate:
         "python -m trial_analysis allocate --config {input.config} --cohort {input.cohort}"
         " --clean {params.clean} --flow-in {input.flow} --analysis {output.analysis}"
         " --flow {output.flow} --implementation {output.implementation}"
-        " --fidelity {output.fidelity} > {log} 2>&1"
+        " --fidelity {output.fidelity} > {log} 2>&1 || step_failed {log}"
 
 
 rule fit:
@@ -255,7 +277,7 @@ rule fit:
         runtime=240,
     shell:
         "python -m trial_analysis fit-models --config {input.config} --analysis {input.analysis}"
-        " --jobs {threads} --out-dir {params.estimates} > {log} 2>&1"
+        " --jobs {threads} --out-dir {params.estimates} > {log} 2>&1 || step_failed {log}"
 
 
 rule sessions:
@@ -280,7 +302,7 @@ rule sessions:
         runtime=20,
     shell:
         "python -m trial_analysis sessions --config {input.config} --analysis {input.analysis}"
-        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1 || step_failed {log}"
 
 
 rule responders:
@@ -305,7 +327,7 @@ rule responders:
         runtime=20,
     shell:
         "python -m trial_analysis responders --config {input.config} --analysis {input.analysis}"
-        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1 || step_failed {log}"
 
 
 rule impute:
@@ -331,7 +353,7 @@ rule impute:
     shell:
         # The chains run in {threads} processes, each with one BLAS thread (the shell prefix).
         "python -m trial_analysis impute --config {input.config} --analysis {input.analysis}"
-        " --out {output.imputations} --jobs {threads} > {log} 2>&1"
+        " --out {output.imputations} --jobs {threads} > {log} 2>&1 || step_failed {log}"
 
 
 rule sensitivity:
@@ -368,7 +390,7 @@ rule sensitivity:
     shell:
         "python -m trial_analysis sensitivity --config {input.config} --analysis {input.analysis}"
         " --analysis-name {wildcards.analysis} --out-json {output.json} --out-csv {output.csv}"
-        " --figures-dir {output.figures} {params.estimates} {params.imputations} > {log} 2>&1"
+        " --figures-dir {output.figures} {params.estimates} {params.imputations} > {log} 2>&1 || step_failed {log}"
 
 
 SENSITIVITY_OUTPUTS = expand(
@@ -416,7 +438,7 @@ rule tables:
         runtime=10,
     shell:
         "python -m trial_analysis tables --config {input.config} --analysis {input.analysis}"
-        " --estimates {params.estimates} --out {params.tables} > {log} 2>&1"
+        " --estimates {params.estimates} --out {params.tables} > {log} 2>&1 || step_failed {log}"
 
 
 rule figures:
@@ -458,7 +480,7 @@ rule figures:
     shell:
         "python -m trial_analysis figures --config {input.config} --analysis {input.analysis}"
         " --estimates {params.estimates} --tables {params.tables}"
-        " --out {params.figures} > {log} 2>&1"
+        " --out {params.figures} > {log} 2>&1 || step_failed {log}"
 
 
 rule report:
@@ -492,7 +514,7 @@ rule report:
         " --estimates {params.estimates} --tables {params.tables}"
         # BENCH in the command, not in params: a param that is a plain value makes Snakemake
         # import pandas at every start to compare it with the last run's (about 0.9 s).
-        f" --figures {{params.figures}} --benchmarks {BENCH} --out {{output}} > {{log}} 2>&1"
+        f" --figures {{params.figures}} --benchmarks {BENCH} --out {{output}} > {{log}} 2>&1 || step_failed {{log}}"
 
 
 # Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.

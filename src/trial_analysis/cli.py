@@ -9,10 +9,13 @@ atomically, so a failed step leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gc
 import importlib
 import logging
 import os
+import re
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -331,6 +334,78 @@ def _config_docs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def config_override_problems(snakemake_args: Sequence[str]) -> list[str]:
+    """What is wrong with the ``--config KEY=VALUE`` items of a Snakemake command line.
+
+    Snakemake stops on a key that is not a plain name (``analysis.reml=false``) with a raw
+    ValueError; this says what to write instead.
+    """
+    problems = []
+    in_config = False
+    for arg in snakemake_args:
+        if arg in ("--config", "-C"):
+            in_config = True
+            continue
+        if arg.startswith("-"):
+            in_config = False
+            continue
+        if in_config and not _OVERRIDE.match(arg):
+            key = arg.split("=", 1)[0]
+            if "." in key and "=" in arg:
+                head, _, rest = key.partition(".")
+                value = arg.split("=", 1)[1]
+                nested = "{" + ": {".join(rest.split(".")) + f": {value}" + "}" * (
+                    rest.count(".") + 1)
+                problems.append(f"'{arg}': a dotted key is not a nested key for Snakemake; "
+                                f"write {head}=\"{nested}\" or put it in a study config "
+                                "(--configfile)")
+            else:
+                problems.append(f"'{arg}': an override must be KEY=VALUE with KEY a plain name "
+                                "(letters, digits, _)")
+    return problems
+
+
+def _pipeline_command(args: argparse.Namespace) -> int:
+    snakemake_args = list(args.snakemake_args)
+    if snakemake_args[:1] == ["--"]:
+        snakemake_args = snakemake_args[1:]
+    problems = config_override_problems(snakemake_args)
+    if problems:
+        raise ConfigError(f"the command line (snakemake {' '.join(snakemake_args)})",
+                          problems)
+    state = _workdir(snakemake_args) / ".snakemake"
+    state.mkdir(parents=True, exist_ok=True)
+    # Our own lock, which the kernel releases when its holder dies (even by kill -9): held,
+    # no other `pipeline` runs here, so Snakemake's lock files, which outlive a killed run
+    # and make every rerun refuse, are stale and can go.
+    with open(state / "trial-analysis-pipeline.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError("the command line", [
+                f"another `trial-analysis pipeline` is running in {state.parent}; wait for it "
+                "to end"]) from None
+        stale = sorted((state / "locks").glob("*.lock")) if (state / "locks").is_dir() else []
+        if stale:
+            log.warning("removing %d lock file(s) left by an interrupted run", len(stale))
+            for lock in stale:
+                lock.unlink(missing_ok=True)
+        return subprocess.call([sys.executable, "-m", "snakemake", *snakemake_args])
+
+
+def _workdir(snakemake_args: Sequence[str]) -> Path:
+    """The folder Snakemake works in: its --directory (-d), else the current one."""
+    for i, arg in enumerate(snakemake_args):
+        if arg in ("--directory", "-d") and i + 1 < len(snakemake_args):
+            return Path(snakemake_args[i + 1])
+        if arg.startswith("--directory="):
+            return Path(arg.split("=", 1)[1])
+    return Path.cwd()
+
+
 class _VersionAction(argparse.Action):
     """``--version``: the package version is looked up only when asked for (it is slow)."""
 
@@ -377,6 +452,17 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--write", type=Path, default=None, metavar="README",
                       help="update the generated section of this file (config/README.md)")
     docs.set_defaults(handler=_config_docs_command)
+    pipeline = sub.add_parser(
+        "pipeline",
+        help="run the Snakemake pipeline (what `make report` does), checking --config first",
+        description=(
+            "Reads: the Snakemake arguments after it (e.g. --cores 2 --config seed=7). Writes: "
+            "what the pipeline writes. A malformed --config override is reported in plain "
+            "words before Snakemake starts; the exit status is Snakemake's."
+        ),
+    )
+    pipeline.add_argument("snakemake_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    pipeline.set_defaults(handler=_pipeline_command)
     return parser
 
 
@@ -435,7 +521,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trial-analysis`` command."""
     _one_blas_thread_unless_set()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pipeline"] and argv[1:2] not in (["-h"], ["--help"]):
+        # Snakemake's own options follow; argparse would take them for this command's.
+        args = argparse.Namespace(command="pipeline", quiet=False, snakemake_args=argv[1:],
+                                  handler=_pipeline_command)
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from trial_analysis import cli
 from trial_analysis.cohort.eligibility import (
+    EXCLUDED_PREFIX,
+    REASON_UNTRAINED,
     age_in_years,
     apply_eligibility,
     completed_years,
@@ -450,3 +452,137 @@ def test_record_level_cleaning_is_in_the_flow_with_aggregate_reasons():
     assert flow.loc[flow["step"] == "clean", "reason"].dropna().tolist() == [
         "exact duplicate of another record"]
     assert not flow["reason"].dropna().str.contains(r"\d").any()
+
+
+# --------------------------------------------------------------------------------------------
+# The target trial's rule: therapist trained at time zero (the first session)
+# --------------------------------------------------------------------------------------------
+
+THERAPISTS = [
+    {"therapist_id": "T001", "clinic_id": "C01", "age": 40, "sex": "F",
+     "etmi_training_date": "2022-06-10"},                 # trained on E0001's first session
+    {"therapist_id": "T002", "clinic_id": "C01", "age": 50, "sex": "M",
+     "etmi_training_date": None},                         # never trained
+    {"therapist_id": "T003", "clinic_id": "C01", "age": 45, "sex": "F",
+     "etmi_training_date": "2022-09-01"},                 # trained later
+]
+
+
+def _target_trial_inputs():
+    return cleaned(
+        [{}, {}, {}, {}, {"referral_date": "2021-01-01"}],
+        sessions=[
+            {"episode_id": "E0001", "therapist_id": "T001", "session_date": "2022-06-10"},
+            {"episode_id": "E0002", "therapist_id": "T002", "session_date": "2022-06-10"},
+            # First session before T003's training; a later one after it does not count.
+            {"episode_id": "E0003", "therapist_id": "T003", "session_date": "2022-08-31"},
+            {"episode_id": "E0003", "therapist_id": "T003", "session_date": "2022-09-15"},
+            # First session by a trained therapist; the untrained one comes later.
+            {"episode_id": "E0004", "therapist_id": "T001", "session_date": "2022-06-12"},
+            {"episode_id": "E0004", "therapist_id": "T002", "session_date": "2022-06-20"},
+            {"episode_id": "E0004", "therapist_id": "T002", "session_date": "2022-06-27"},
+            {"episode_id": "E0005", "therapist_id": "T002", "session_date": "2021-01-05"},
+        ],
+        therapists=THERAPISTS,
+    )
+
+
+def test_target_trial_rule_is_off_in_the_reproduction(config):
+    assert config["target_trial"]["population"] == "reproduction"
+    tables, ledger = _target_trial_inputs()
+    result = apply_eligibility(config, tables, ledger)
+    assert REASON_UNTRAINED not in result.reasons
+    assert set(result.cohort["episode_id"]) == {"E0001", "E0002", "E0003", "E0004"}
+
+
+def test_target_trial_rule_uses_the_first_session_therapist(config):
+    config["target_trial"]["population"] = "target_trial"
+    tables, ledger = _target_trial_inputs()
+    result = apply_eligibility(config, tables, ledger)
+    assert result.reasons[-1] == REASON_UNTRAINED
+    reasons = reasons_of(result)
+    assert reasons == {"E0001": None, "E0002": REASON_UNTRAINED, "E0003": REASON_UNTRAINED,
+                       "E0004": None, "E0005": "referral outside study window"}
+    # Excluded episodes, with their sessions, have the fate excluded and the rule's reason.
+    excluded = result.ledger.loc[result.ledger["reason"] == EXCLUDED_PREFIX + REASON_UNTRAINED]
+    assert excluded.groupby("table").size().to_dict() == {"patients": 2, "sessions": 3}
+    assert (excluded["fate"] == "excluded").all()
+    row = result.flow.loc[result.flow["reason"] == REASON_UNTRAINED].iloc[0]
+    assert int(row["n_excluded"]) == 2 and int(result.flow["n"].iloc[-1]) == 2
+
+
+def test_target_trial_rule_switched_off_or_randomised(config):
+    config["target_trial"]["population"] = "target_trial"
+    off = copy.deepcopy(config)
+    off["target_trial"]["eligibility"]["therapist_trained_before_time_zero"] = False
+    randomised = copy.deepcopy(config)
+    randomised["study"]["design"] = "randomised"
+    for variant in (off, randomised):
+        tables, ledger = _target_trial_inputs()
+        assert REASON_UNTRAINED not in apply_eligibility(variant, tables, ledger).reasons
+
+
+def test_target_trial_rule_needs_the_therapists_table(config):
+    config["target_trial"]["population"] = "target_trial"
+    tables, ledger = _target_trial_inputs()
+    del tables["therapists"]
+    with pytest.raises(DataError, match="training dates"):
+        apply_eligibility(config, tables, ledger)
+
+
+# --------------------------------------------------------------------------------------------
+# Row filters (eligibility.filters)
+# --------------------------------------------------------------------------------------------
+
+
+def _three_arm_inputs():
+    return cleaned([{"group": g, "per_protocol": pp} for g, pp in
+                    [("A", 1), ("B", 1), ("C", 1), ("A", 0), (None, 1)]])
+
+
+def test_filters_keep_two_arms_of_three_and_a_per_protocol_set(config):
+    config["eligibility"]["filters"] = [{"column": "group", "keep": ["A", "B"]},
+                                        {"column": "per_protocol", "drop": [0]}]
+    tables, ledger = _three_arm_inputs()
+    result = apply_eligibility(config, tables, ledger)
+    keep, drop = "filter: group not in [A, B]", "filter: per_protocol in [0]"
+    assert result.reasons[-2:] == [keep, drop]
+    # A missing value is none of the kept values; the first failing filter is the reason.
+    assert reasons_of(result) == {"E0001": None, "E0002": None, "E0003": keep, "E0004": drop,
+                                  "E0005": keep}
+    patients = result.ledger.loc[result.ledger["table"] == "patients"]
+    assert (patients["fate"] == "excluded").sum() == 3
+    assert set(patients.loc[patients["fate"] == "excluded", "reason"]) == {
+        EXCLUDED_PREFIX + keep, EXCLUDED_PREFIX + drop}
+    flow = result.flow.set_index("reason")
+    assert int(flow.loc[keep, "n_excluded"]) == 2 and int(flow.loc[drop, "n_excluded"]) == 1
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"column": "grup", "keep": ["A"]}, "Did you mean 'group'"),
+    ({"column": "group", "keep": ["A", "D"]}, r"\['D'\] never occur"),
+    ({"column": "per_protocol", "drop": [2]}, r"\[2\] never occur"),
+    ({"column": "per_protocol", "keep": ["yes"]}, "column is numeric"),
+])
+def test_filters_stop_on_a_column_or_value_that_is_not_there(config, spec, message):
+    config["eligibility"]["filters"] = [spec]
+    tables, ledger = _three_arm_inputs()
+    with pytest.raises(DataError, match=message) as error:
+        apply_eligibility(config, tables, ledger)
+    assert "clean/patients.parquet" in str(error.value)
+
+
+def test_run_eligibility_reads_the_therapists_for_the_target_trial(tmp_path, config):
+    config["target_trial"]["population"] = "target_trial"
+    tables, ledger = _target_trial_inputs()
+    _write_inputs(tmp_path, tables, ledger)
+    out = tmp_path / "out"
+    result = run_eligibility(config, tmp_path / "clean", tmp_path / "clean_ledger.parquet",
+                             out / "cohort.parquet", out / "ledger.parquet", out / "flow.csv")
+    assert sorted(pd.read_parquet(out / "cohort.parquet")["episode_id"]) == ["E0001", "E0004"]
+    assert REASON_UNTRAINED in pd.read_csv(out / "flow.csv")["reason"].tolist()
+    assert len(result.ledger) == len(ledger)
+    (tmp_path / "clean" / "therapists.parquet").unlink()
+    with pytest.raises(DataError, match="therapists.parquet"):
+        run_eligibility(config, tmp_path / "clean", tmp_path / "clean_ledger.parquet",
+                        out / "cohort.parquet", out / "ledger.parquet", out / "flow.csv")

@@ -110,6 +110,21 @@ def test_randomised_design_uses_consort(run, tmp_path):
     assert "CONSORT" in text and "STROBE" not in text
     assert "No benchmark files were available" in text
     assert 'id="assumptions"' not in text
+    # The design's wording: no "observational comparison", and its defaults shown.
+    assert "observational comparison" not in text
+    assert "10. Sensitivity analyses</h2>" in text
+    assert "<code>study.design: randomised</code>" in text
+    assert "not randomised" not in text
+
+
+def test_report_opens_with_the_target_trial(html):
+    assert html.index('id="target-trial"') < html.index('id="design"')
+    section = html[html.index('id="target-trial"'):html.index('id="design"')]
+    for component in ("Eligibility", "Treatment strategies", "Assignment", "Time zero",
+                      "Follow-up", "Outcome", "Causal contrast", "Estimand", "Analysis plan"):
+        assert f"<td>{component}</td>" in section
+    assert "10. Sensitivity analyses of the observational comparison</h2>" in html
+    assert "<code>study.design: observational</code>" in html
 
 
 def test_report_is_reproducible_with_source_date_epoch(run, tmp_path, monkeypatch):
@@ -232,3 +247,38 @@ def test_variance_components_are_wide_one_table_per_outcome(run):
         expected = [fmt_sig(first.loc[first["quantity"] == q, "value"].iloc[0])
                     for q in ("variance", "icc")]
         assert table["rows"][0]["cells"][:2] == expected, outcome
+
+
+def test_imputation_text_states_m_rule_and_missingness_predictors() -> None:
+    from trial_analysis.causal.imputation import missingness_predictors_text
+    from trial_analysis.reporting.report import imputation_text
+
+    doc = {"details": {
+        "imputation_model": "chained equations",
+        "m_choice": {"m": 73, "pilot_m": 20, "pilot_fmi": {"function": 0.73, "pain": 0.5},
+                     "max_m": 100, "capped": False},
+        "missingness_predictors": missingness_predictors_text(["n_sessions", "bmi"])}}
+    text = imputation_text(doc)
+    assert "73 imputations, chosen as at least 100 times the largest fraction of missing " \
+        "information (0.73) of a 20-imputation pilot." in text
+    assert "2 auxiliary variables of the configuration (among them the number of sessions)" \
+        in text
+    fixed = imputation_text({"details": {"imputation_model": "x", "settings": {"m": 20}}})
+    assert "20 imputations (fixed in the configuration)." in fixed
+    assert imputation_text({}) == ""
+
+
+def test_schedule_names_a_constant_effect_and_the_time_point_of_a_linear_trend() -> None:
+    from trial_analysis.reporting.report import study_schedule
+
+    timepoints = {"baseline": "m0", "followups": ["m1", "m3", "m6"],
+                  "values": {"m0": 0, "m1": 1, "m3": 3, "m6": 6}}
+    constant = study_schedule({"timepoints": timepoints,
+                               "analysis": {"effect": "constant", "baseline": "covariate"}})
+    assert constant["constant"] and not constant["several"]
+    assert constant["estimand"] == ("mean score at every follow-up adjusted for the baseline "
+                                    "score, one effect assumed constant over m1, m3, m6")
+    linear = study_schedule({"timepoints": timepoints, "analysis": {"time": "continuous"}})
+    assert linear["several"] and not linear["constant"]
+    assert linear["estimand"] == ("mean change from baseline to m6, read off the linear time "
+                                  "trend at m6 (time 6)")

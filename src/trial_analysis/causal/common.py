@@ -104,7 +104,10 @@ DEFAULTS: dict[str, Any] = {
         "populations": ["complete_case", "all_available"],
     },
     "multiple_imputation": {
-        "m": 20,
+        "m": "auto",
+        "pilot_m": 20,
+        "max_m": 100,
+        "therapist_means": True,
         "iterations": 10,
         "donors": 5,
         "by_arm": True,

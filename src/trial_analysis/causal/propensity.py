@@ -100,6 +100,7 @@ from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import require_columns
 from trial_analysis.labels import label as readable_label
 from trial_analysis.labels import sentence_label
+from trial_analysis.privacy import count_text, min_cell_count
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -807,7 +808,8 @@ def run_propensity_analysis(
     for row in weights_all.to_dict(orient="records"):
         details["headline"][f"{row['outcome']} {row['arm']}: effective sample size"] = (
             f"{row['effective_sample_size']:.0f} of {row['n_patients']}; "
-            f"{row['n_propensity_extreme']} with propensity < {EXTREME_PROPENSITY:g} or "
+            f"{count_text(row['n_propensity_extreme'], min_cell_count(config))} with "
+            f"propensity < {EXTREME_PROPENSITY:g} or "
             f"> {1 - EXTREME_PROPENSITY:g}")
     return SensitivityResult(
         "propensity", sensitivity_frame(rows),

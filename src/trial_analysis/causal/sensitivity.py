@@ -18,6 +18,7 @@ from typing import Any
 from trial_analysis.causal.common import ANALYSES, SensitivityResult
 from trial_analysis.errors import ConfigError
 from trial_analysis.io import read_analysis_table, write_csv, write_json
+from trial_analysis.privacy import min_cell_count, suppress_json_counts
 
 
 def run_sensitivity(
@@ -91,6 +92,7 @@ def run_sensitivity(
         from trial_analysis.causal.therapist_effects import fit_therapist_fixed_effects
 
         result = fit_therapist_fixed_effects(frame, config, source=source)
-    write_json(result.to_json(), out_json)
+    # reports/ are read by people: counts of patients below report.min_cell_count as "<k"
+    write_json(suppress_json_counts(result.to_json(), min_cell_count(config)), out_json)
     write_csv(result.to_frame(), out_csv)
     return result

@@ -41,6 +41,11 @@ import numpy as np
 import pandas as pd
 
 from trial_analysis import io
+from trial_analysis.cohort.disclosure import (
+    reported_flow,
+    reported_implementation,
+    reported_therapists,
+)
 from trial_analysis.cohort.eligibility import (
     FLOW_COLUMNS,
     has_any_code,
@@ -63,6 +68,7 @@ from trial_analysis.config import (
 )
 from trial_analysis.errors import DataError
 from trial_analysis.io import require_columns
+from trial_analysis.privacy import min_cell_count
 
 RULE_TRAINED = "ETMI code by trained therapist"
 RULE_UNTRAINED = "ETMI code by untrained therapist"
@@ -601,7 +607,9 @@ def run_allocate(
     full_flow = make_flow_frame(
         pd.concat([flow_before, result.flow], ignore_index=True).to_dict("records"))
     io.write_parquet(result.analysis, analysis)
-    io.write_csv(full_flow, flow)
-    io.write_csv(result.implementation, implementation)
-    io.write_csv(result.therapist_fidelity, fidelity)
+    # What people read: small cells suppressed, therapists and clinics by codes, not ids.
+    k = min_cell_count(config)
+    io.write_csv(reported_flow(full_flow, k), flow)
+    io.write_csv(reported_implementation(result.implementation, k), implementation)
+    io.write_csv(reported_therapists(result.therapist_fidelity, k), fidelity)
     return result

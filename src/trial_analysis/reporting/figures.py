@@ -62,7 +62,10 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(str(text), width)) or ""
 
 
-def _count(value: Any) -> int | None:
+def _count(value: Any) -> int | str | None:
+    """A flow count as drawn: the number, or a suppressed small count's text ("<5")."""
+    if isinstance(value, str) and value.strip().startswith("<"):
+        return value.strip()
     number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
     return None if pd.isna(number) else int(number)
 
@@ -141,7 +144,11 @@ def _box_labels(level: dict[str, Any], config: Mapping[str, Any] | None) -> None
     line = 0.17
     level["excluded_text"] = ""
     if level["exclusions"]:
-        excluded = sum(_count(r["n_excluded"]) or 0 for r in level["exclusions"])
+        counts = [_count(r["n_excluded"]) or 0 for r in level["exclusions"]]
+        # a suppressed count ("<5") stays text: the total would reveal it
+        excluded: int | str = (sum(c for c in counts if isinstance(c, int))
+                               if all(isinstance(c, int) for c in counts)
+                               else next(c for c in counts if isinstance(c, str)))
         lines = [f"Excluded (n = {excluded})"]
         if len(level["exclusions"]) == 1:
             lines.append(_wrap(_reason(level["exclusions"][0], config), 36))
@@ -365,11 +372,16 @@ def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome
         doc = estimates["subgroups"].get((outcome, subgroup))
         if doc is None:
             continue
+        name = sentence_label(config, subgroup)
+        if doc.get("not_reported"):
+            # a level below report.min_cell_count: named, without estimates
+            rows.append({"label": f"{name}: not reported (a level is too small)",
+                         "header": True})
+            continue
         levels, p_het = subgroup_rows(doc, subgroup)
         p_text = fmt_p(p_het)
         p_text = p_text if p_text.startswith("<") else f"= {p_text}"
-        rows.append({"label": f"{sentence_label(config, subgroup)} "
-                              f"(heterogeneity p {p_text})", "header": True})
+        rows.append({"label": f"{name} (heterogeneity p {p_text})", "header": True})
         for row in levels:
             level = str(row["level"])
             name = {"0": f"no {label(config, subgroup)}", "1": label(config, subgroup)}.get(
@@ -473,8 +485,12 @@ def implementation_figure(implementation: pd.DataFrame,
     figure, ax = new_figure(figsize=(7.0, 0.55 * len(frame) + 1.0))
     ax.barh(y, percent, color=OKABE_ITO["green"], height=0.55)
     for yi, p, (_, row) in zip(y, percent, frame.iterrows(), strict=True):
-        ax.text(min(p, 100) + 1.0, yi, f"{p:.1f}% ({int(row['numerator'])}/"
-                                      f"{int(row['denominator'])})", va="center", fontsize=8)
+        # a suppressed small count (implementation.csv says "<5" or "suppressed") is drawn
+        # as such, without a bar
+        text = (f"{p:.1f}% ({int(row['numerator'])}/{int(row['denominator'])})"
+                if np.isfinite(p) else f"{row['numerator']}/{row['denominator']}")
+        ax.text(min(p, 100) + 1.0 if np.isfinite(p) else 1.0, yi, text, va="center",
+                fontsize=8)
     ax.set_yticks(y)
     ax.set_yticklabels([_wrap(sentence_label(config, m), 34) for m in frame["measure"]],
                        fontsize=8)

@@ -39,6 +39,7 @@ from trial_analysis.config import (
     followup_labels,
     has_table,
     primary_followup,
+    time_values,
 )
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
@@ -55,6 +56,7 @@ from trial_analysis.reporting.tables import (
     outcome_label,
     slug,
 )
+from trial_analysis.reporting.target_trial import target_trial_table
 
 PACKAGES = ["pandas", "numpy", "scipy", "statsmodels", "matplotlib", "snakemake", "pandera",
             "tableone", "jinja2", "trial-analysis"]
@@ -191,15 +193,26 @@ def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
 def study_schedule(config: Mapping[str, Any]) -> dict[str, Any]:
     """Time points and estimand of the study, as the report's design text names them."""
     followups, primary = followup_labels(config), primary_followup(config)
-    several = len(followups) > 1
     ancova = config["analysis"].get("baseline") == "covariate"
+    continuous = config["analysis"].get("time") == "continuous"
+    # With one effect over several follow-ups there is no per-follow-up table.
+    constant = config["analysis"].get("effect") == "constant" and len(followups) > 1
+    several = len(followups) > 1 and not constant
+    if constant:
+        estimand = ("mean score at every follow-up adjusted for the baseline score" if ancova
+                    else "mean change from baseline at every follow-up")
+        estimand += f", one effect assumed constant over {', '.join(followups)}"
+    else:
+        estimand = (f"mean score at {primary} adjusted for the baseline score" if ancova
+                    else "mean change from baseline to " + (primary if several else "follow-up"))
+        if continuous:
+            value = time_values(config).get(primary)
+            estimand += (f", read off the linear time trend at {primary}"
+                         + (f" (time {value:g})" if value is not None else ""))
     return {
         "baseline": config["timepoints"]["baseline"], "followups": followups,
-        "primary": primary, "several": several,
-        "continuous": config["analysis"].get("time") == "continuous", "ancova": ancova,
-        "estimand": (f"mean score at {primary} adjusted for the baseline score" if ancova
-                     else "mean change from baseline to "
-                     + (primary if several else "follow-up")),
+        "primary": primary, "several": several, "constant": constant,
+        "continuous": continuous, "ancova": ancova, "estimand": estimand,
         "estimand_each": ("mean score at each follow-up adjusted for the baseline score"
                           if ancova else "mean change from baseline to each follow-up"),
     }
@@ -324,7 +337,29 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
                        + base64.b64encode(path.read_bytes()).decode(), "caption": caption,
                        "alt": caption.split(":")[0]})
     return {"ran": bool(docs), "effects": effects, "evalues": list(evalues.values()),
-            "tipping": tipping, "images": images}
+            "tipping": tipping, "images": images,
+            "imputation": imputation_text(docs.get("multiple_imputation", {}))}
+
+
+def imputation_text(doc: Mapping[str, Any]) -> str:
+    """How the imputations were made, how many, and what their MAR assumption conditions on."""
+    details = doc.get("details") or {}
+    if not details:
+        return ""
+    parts = [f"Multiple imputation: {details.get('imputation_model', '')}."]
+    choice = details.get("m_choice")
+    if choice:
+        largest = max(choice["pilot_fmi"].values()) if choice["pilot_fmi"] else 0.0
+        parts.append(f"{choice['m']} imputations, chosen as at least 100 times the largest "
+                     f"fraction of missing information ({largest:.2f}) of a "
+                     f"{choice['pilot_m']}-imputation pilot"
+                     + (f", capped at {choice['max_m']}" if choice["capped"] else "") + ".")
+    else:
+        settings = details.get("settings") or {}
+        parts.append(f"{settings.get('m', '?')} imputations (fixed in the configuration).")
+    if details.get("missingness_predictors"):
+        parts.append(details["missingness_predictors"])
+    return " ".join(parts)
 
 
 def _float(text: str) -> float:
@@ -451,6 +486,8 @@ def model_specifications(docs: Sequence[Mapping[str, Any]], config: Mapping[str,
         model = doc.get("model", {})
         strata = doc.get("stratified_models") or {}
         own = as_list(model.get("warnings"))
+        if doc.get("not_reported"):
+            own.append(str(doc["not_reported"]))
         by_level: dict[str, list[str]] = {str(k): as_list(v.get("warnings"))
                                           for k, v in strata.items()}
         for row in doc["estimates"]:
@@ -477,15 +514,27 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
     intervention, control = arm_labels(config)
     if config["study"].get("design", "observational") == "randomised":
         return {
+            "key": "randomised", "randomised": True,
             "design": "Randomised controlled trial",
             "guideline": "CONSORT",
+            "sensitivity_heading": "Sensitivity analyses",
+            "defaults": ("no eligibility rules of the default study (minimum age, CLBP "
+                         "diagnosis code, first episode only: off), no cluster x time random "
+                         "intercepts, the missing-data sensitivity analyses (multiple "
+                         "imputation, tipping point), no target-trial eligibility rule"),
             "statement": (
                 f"Patients were randomly allocated to {intervention} or {control}; differences "
                 "between arms estimate the effect of allocation."),
         }
     return {
+        "key": "observational", "randomised": False,
         "design": "Observational cohort study (not randomised)",
         "guideline": "STROBE",
+        "sensitivity_heading": "Sensitivity analyses of the observational comparison",
+        "defaults": ("the eligibility rules of the schema (minimum age 18, diagnosis code, first "
+                     "episode), therapist x time random intercepts, every sensitivity "
+                     "analysis (confounding and missing data), the target trial's "
+                     "trained-therapist rule available"),
         "statement": (
             f"Patients received {intervention} or {control} as part of routine care; nobody "
             "was randomised. Who received which care depended on the treating therapist and "
@@ -655,7 +704,8 @@ def build_context(
         subgroups.append({
             "outcome": outcome_label(config, row["outcome"]),
             "subgroup": sentence_label(config, row["subgroup"]),
-            "level": level_label(config, row["subgroup"], row["level"]),
+            "level": (_warnings_text(row["warnings"]) if row["level"] == "not reported"
+                      else level_label(config, row["subgroup"], row["level"])),
             "n": row["n_patients"], "estimate": fmt_number(_float(row["estimate"])),
             "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
             "p": fmt_p(_float(row["p_value"])),
@@ -698,6 +748,7 @@ def build_context(
     return {
         "title": config.get("report", {}).get("title", "Trial analysis report"),
         "study": config["study"], "design": design_text(config),
+        "target_trial": target_trial_table(config, frames["flow"]).to_dict("records"),
         "intervention": intervention, "control": control,
         "outcomes": [
             {"label": o.get("label", o["name"]), "units": o.get("units", "score"),

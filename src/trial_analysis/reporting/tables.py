@@ -503,6 +503,27 @@ def _table1_frame(
     return frame, continuous, categorical, order
 
 
+def _smd_number(smd_table: pd.DataFrame | None, variable: str, column: str | None) -> float:
+    """A variable's SMD from tableone's numeric SMD table; NaN where it is undefined."""
+    if smd_table is None or column is None or column not in smd_table.columns:
+        return float("nan")
+    try:
+        value = pd.to_numeric(pd.Series([smd_table.loc[variable, column]]), errors="coerce")
+    except KeyError:
+        return float("nan")
+    number = float(value.iloc[0])
+    return number if np.isfinite(number) else float("nan")
+
+
+def _format_smd(value: float) -> str:
+    """Three decimals; empty where undefined (a constant column), ``<0.001`` below that."""
+    if not np.isfinite(value):
+        return ""
+    if abs(value) < 0.0005:
+        return "<0.001"
+    return f"{value:.3f}"
+
+
 def table_one(
     analysis: pd.DataFrame, config: Mapping[str, Any], population: str = "all eligible"
 ) -> pd.DataFrame:
@@ -575,15 +596,16 @@ def table_one(
         observed_missing = int(frame[variable].isna().sum())
         missing = f"<{k}" if small(observed_missing) else str(observed_missing)
         block = table.loc[variable]
-        smd = "" if smd_column is None else str(block[smd_column].iloc[0]).strip()
-        smd = "" if smd.lower() in {"nan", "none"} else smd  # undefined for constant columns
+        # The SMD as a number from tableone's numeric table, never its display text (which
+        # says "<0.001" for a small difference and cannot be read back as a number).
+        smd_value = _smd_number(t1.smd_table, variable, smd_column)
         if variable in continuous:
             # tableone's SMD is unsigned or ordered by group label; report it signed as
             # intervention minus control, as the balance table and love plot do.
-            if smd:
-                gap = (columns["intervention"][variable].mean()
-                       - columns["control"][variable].mean())
-                smd = f"{np.copysign(abs(float(smd)), gap):.3f}"
+            gap = (columns["intervention"][variable].mean()
+                   - columns["control"][variable].mean())
+            smd = _format_smd(np.copysign(abs(smd_value), gap) if np.isfinite(gap)
+                              else smd_value)
             stat = "median [Q1, Q3]" if median else "mean (SD)"
             observed = [int(sub[variable].notna().sum()) for sub in columns.values()]
             hide = any(small(n) for n in observed)
@@ -595,6 +617,7 @@ def table_one(
             rows.append({"variable": variable, "level": "", "statistic": stat,
                          "missing": missing, **cells, "smd": SUPPRESSED if hide else smd})
             continue
+        smd = _format_smd(abs(smd_value))
         counts = {
             name: sub[variable].value_counts() for name, sub in columns.items()
         }
@@ -668,6 +691,16 @@ def subgroup_estimates(
     """Effect within each subgroup level, with the heterogeneity p-value of its subgroup."""
     rows = []
     for (outcome, subgroup), doc in estimates["subgroups"].items():
+        if doc.get("not_reported"):
+            # A level below report.min_cell_count: one row saying so, no estimate, no N.
+            rows.append({
+                **_tidy({"outcome": outcome, "population": doc.get("population"),
+                         "model": "subgroup_interaction", "term": f"arm:time [{subgroup}]",
+                         "warnings": doc["not_reported"]}),
+                "subgroup": subgroup, "level": "not reported", "p_heterogeneity": np.nan,
+                "outcome_label": outcome_label(config, outcome), "true_value": None,
+            })
+            continue
         levels, p_het = subgroup_rows(doc, subgroup)
         for row in levels:
             rows.append({
@@ -689,6 +722,10 @@ def subgroup_estimates(
     return pd.DataFrame(rows, columns=columns)
 
 
+# The follow-up label of the effect under analysis.effect: constant.
+CONSTANT_LABEL = "all follow-ups"
+
+
 def effects_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> pd.DataFrame:
     """The effect at every follow-up and their average, per outcome and population.
 
@@ -707,6 +744,9 @@ def effects_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any])
                        if str(r.get("model")) == "effect"}
         if len(followups) == 1:
             wanted = [(followups[0], "arm:time")]
+        elif config.get("analysis", {}).get("effect") == "constant":
+            # one effect assumed the same at every follow-up: a single row
+            wanted = [(CONSTANT_LABEL, "arm:time")]
         else:
             wanted = [(label, f"arm:time [{label}]") for label in [*followups, "overall"]]
         for label, term in wanted:
@@ -777,8 +817,11 @@ def reproduced_counts(
         measures = implementation.set_index("measure")
 
         def get(measure: str, field: str) -> int | None:
-            if measure in measures.index and pd.notna(measures.loc[measure, field]):
-                return int(measures.loc[measure, field])
+            if measure in measures.index:
+                # a suppressed small count ("<5") is not a count to compare
+                value = pd.to_numeric(pd.Series([measures.loc[measure, field]]),
+                                      errors="coerce").iloc[0]
+                return None if pd.isna(value) else int(value)
             return None
 
         for key, measure, field in (
