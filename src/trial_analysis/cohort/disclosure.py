@@ -93,6 +93,9 @@ def reported_implementation(implementation: pd.DataFrame, k: int) -> pd.DataFram
                           derived={"percent": ["numerator", "denominator"]},
                           complements=[("denominator", "numerator")])
     hidden = out["numerator"].isin([SUPPRESSED])
+    # With nothing suppressed the percent column is still float, which cannot take the text
+    # "suppressed" (pandas 3 raises even when the mask selects no row).
+    out["percent"] = out["percent"].astype(object)
     out.loc[hidden, "percent"] = SUPPRESSED
     out["percent"] = [f"{v:.10g}" if isinstance(v, float) else v for v in out["percent"]]
     return out
