@@ -432,21 +432,24 @@ def test_record_level_cleaning_is_in_the_flow_with_aggregate_reasons():
     from trial_analysis.cohort.eligibility import flow_from_ledger
 
     ledger = pd.DataFrame({
-        "table": ["patients"] * 3 + ["outcomes"] * 5 + ["sessions"] * 2,
-        "record_id": range(10),
-        "fate": ["kept", "kept", "dropped", "dropped", "dropped", "value_set_missing",
-                 "value_set_missing", "kept", "dropped", "kept"],
-        "reason": ["", "", "exact duplicate of row 1", "exact duplicate of row 3",
-                   "exact duplicate of row 4", "score 130 outside 0-100",
-                   "score -1 outside 0-10", "", "episode_id 'E9' not in the patients table",
-                   ""],
+        "table": ["patients"] * 4 + ["outcomes"] * 5 + ["sessions"] * 2,
+        "record_id": range(11),
+        "fate": ["kept", "value_set_missing", "dropped", "kept",
+                 "dropped", "dropped", "value_set_missing", "value_set_missing", "kept",
+                 "dropped", "kept"],
+        "reason": ["", "birth_date gives an implausible age", "exact duplicate of row 1", "",
+                   "exact duplicate of row 3", "exact duplicate of row 4",
+                   "score 130 outside 0-100", "score -1 outside 0-10", "",
+                   "episode_id 'E9' not in the patients table", ""],
         "step": "clean",
     })
     flow = flow_from_ledger(ledger, [])
     records = flow[flow["step"] == "records"]
+    # The dropped patient record is in the patient flow (clean), not among the records.
     assert records[["description", "n", "n_excluded", "reason"]].values.tolist() == [
         ["outcome records dropped", 5, 2, "exact duplicate of another record"],
         ["outcome values set missing", 5, 2, "score outside the instrument's range"],
+        ["patient values set missing", 4, 1, "birth_date gives an implausible age"],
         ["session records dropped", 2, 1, "episode ID not in the patients table"],
     ]
     assert flow.loc[flow["step"] == "clean", "reason"].dropna().tolist() == [
