@@ -439,7 +439,8 @@ def test_record_level_cleaning_is_in_the_flow_with_aggregate_reasons():
                  "dropped", "kept"],
         "reason": ["", "birth_date gives an implausible age", "exact duplicate of row 1", "",
                    "exact duplicate of row 3", "exact duplicate of row 4",
-                   "score 130 outside 0-100", "score -1 outside 0-10", "",
+                   "same episode, instrument, time point and score as row 7",
+                   "score -1 outside 0-10", "",
                    "episode_id 'E9' not in the patients table", ""],
         "step": "clean",
     })
@@ -448,7 +449,9 @@ def test_record_level_cleaning_is_in_the_flow_with_aggregate_reasons():
     # The dropped patient record is in the patient flow (clean), not among the records.
     assert records[["description", "n", "n_excluded", "reason"]].values.tolist() == [
         ["outcome records dropped", 5, 2, "exact duplicate of another record"],
-        ["outcome values set missing", 5, 2, "score outside the instrument's range"],
+        ["outcome values set missing", 5, 1,
+         "same episode, instrument, time point and score as another record"],
+        ["outcome values set missing", 5, 1, "score outside the instrument's range"],
         ["patient values set missing", 4, 1, "birth_date gives an implausible age"],
         ["session records dropped", 2, 1, "episode ID not in the patients table"],
     ]

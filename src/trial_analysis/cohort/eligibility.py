@@ -560,6 +560,7 @@ def _final_ledger(
 # Cleaning reasons that name one record's row or value, and the aggregate a reader is shown.
 AGGREGATE_REASONS = (
     (r"^exact duplicate of row \d+$", "exact duplicate of another record"),
+    (r"^(.*) as row \d+$", r"\1 as another record"),
     (r"^score -?[\d.]+ outside .*$", "score outside the instrument's range"),
     (r"^(\w+)_id '[^']*' not in the (\w+) table$", r"\1 ID not in the \2 table"),
     (r"^(\w+) '[^']*' not in the (\w+) table$", r"\1 not in the \2 table"),
