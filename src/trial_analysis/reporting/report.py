@@ -546,8 +546,8 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
             "design": "Randomised controlled trial",
             "guideline": "CONSORT",
             "sensitivity_heading": "Sensitivity analyses",
-            "defaults": ("no eligibility rules of the default study (min_age, "
-                         "require_clbp_code, first_episode_only off), no cluster x time random "
+            "defaults": ("no eligibility rules of the default study (minimum age, CLBP "
+                         "diagnosis code, first episode only: off), no cluster x time random "
                          "intercepts, the missing-data sensitivity analyses (multiple "
                          "imputation, tipping point), no target-trial eligibility rule"),
             "statement": (
