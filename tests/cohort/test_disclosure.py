@@ -101,14 +101,3 @@ def test_therapists_by_code_with_small_counts_suppressed() -> None:
     text = out.to_csv()
     assert "T1" not in text and "T9" not in text and "C2" not in text
 
-
-def test_implementation_with_no_small_count_keeps_every_percent() -> None:
-    # No row hidden: the percent column stays numbers (as text), and writing the suppression
-    # marker into it must not fail on its float dtype.
-    table = pd.DataFrame({"measure": ["reach", "fidelity"], "numerator": [60, 400],
-                          "denominator": [128, 700], "percent": [100 * 60 / 128, 100 * 4 / 7],
-                          "definition": ["a", "b"]})
-    out = reported_implementation(table, 5)
-    assert out["numerator"].tolist() == ["60", "400"]
-    assert [float(v) for v in out["percent"]] == [pytest_approx(100 * 60 / 128),
-                                                  pytest_approx(100 * 4 / 7)]
