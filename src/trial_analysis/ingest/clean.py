@@ -325,6 +325,8 @@ class _TableCleaner:
         self.config = config
         self.input_cfg = config["input"]
         self.separator = config.get("codes", {}).get("separator", ";")
+        # What the reader knows about the source (variable labels, an ADaM selection).
+        self.source_attrs = dict(raw.attrs)
         self.raw, self.file_names = _map_columns(table, file, raw, columns, mapping, self.fail)
         # Only the columns found go on; a missing one was reported (or is optional).
         self.columns = [c for c in columns if c.name in self.file_names]
@@ -1209,7 +1211,9 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
     ledger = pd.concat([cleaners[t].fates.frame() for t in TABLES if t in cleaners],
                        ignore_index=True)
     # Queries (never connection settings) and their row counts travel with the ledger.
-    if sources := describe_sources(config, {t: c.n for t, c in cleaners.items()}):
+    selections = {t: c.source_attrs["selection"] for t, c in cleaners.items()
+                  if "selection" in c.source_attrs}
+    if sources := describe_sources(config, {t: c.n for t, c in cleaners.items()}, selections):
         ledger.attrs["sources"] = sources
     for name in TABLES:
         if name in cleaners:

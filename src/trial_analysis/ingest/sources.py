@@ -14,11 +14,16 @@ A table entry of ``input.tables`` names either a ``file`` (read by
   service file (``PGSERVICE``, ``PGSERVICEFILE``, ``~/.pgpass``). Every query runs in a
   read-only transaction (``default_transaction_read_only`` and ``READ ONLY``).
 
+An entry with a ``file`` and an ``adam`` block (outcomes only) is a CDISC ADaM BDS dataset:
+:func:`trial_analysis.ingest.adam.select_bds` selects its analysed records (parameters,
+analysis flag, visits) as the pipeline's long outcomes table.
+
 Rows are numbered in the order the query returns them (``record_id`` 1, 2, ...), so a query
 should end in ``ORDER BY`` its key for the ledger to be the same on every run. What is
 recorded about a query (:func:`describe_sources`, kept in the cleaning ledger's Parquet
 metadata and logged) is its engine, the database file or the *name* of the environment
-variable, the query and its row count, never a connection string or password.
+variable, the query and its row count, never a connection string or password; of an ADaM
+selection, the dataset, the selection in words and both row counts.
 
 Problems are :class:`~trial_analysis.errors.ConfigError` (a missing environment variable, a
 query without ``input.database``, a statement that is not a ``SELECT``) or
@@ -38,6 +43,7 @@ from typing import Any
 import pandas as pd
 
 from trial_analysis.errors import ConfigError, DataError
+from trial_analysis.ingest import adam
 from trial_analysis.ingest.readers import dates_as_datetime64, read_table
 
 log = logging.getLogger(__name__)
@@ -96,6 +102,13 @@ def read_source(raw_dir: str | Path, config: Mapping[str, Any],
         date_formats=input_cfg.get("date_formats") or ["%Y-%m-%d"],
         keep_codes=entry.get("codes") or (),
     )
+    if "adam" in entry:
+        # A CDISC ADaM BDS dataset: its analysed records as the long outcomes table.
+        labels = frame.attrs.get("variable_labels", {})
+        frame, selection = adam.select_bds(frame, adam.check_spec(config, table),
+                                           config["timepoints"]["baseline"], name)
+        frame.attrs["selection"] = selection
+        frame.attrs["variable_labels"] = labels
     return name, frame
 
 
@@ -119,14 +132,28 @@ def describe_query(config: Mapping[str, Any], table: str) -> str:
     return f"{database['engine']} ({where}): {query}"
 
 
-def describe_sources(config: Mapping[str, Any], rows: Mapping[str, int]) -> list[dict[str, Any]]:
-    """One record per table read by a query: table, engine, database, query, rows.
+def describe_sources(config: Mapping[str, Any], rows: Mapping[str, int],
+                     selections: Mapping[str, Mapping[str, Any]] | None = None,
+                     ) -> list[dict[str, Any]]:
+    """One record per table read by a query or selected from an ADaM dataset.
 
-    ``rows`` gives each table's raw row count (the ledger's records). Empty when every table is
-    a file, so a study of files writes the same ledger as before.
+    A query's record: table, engine, database, query, rows. An ADaM BDS dataset's: table,
+    engine ``adam``, database (the file), query (the selection in words), rows and
+    ``rows_in_source`` (``selections`` gives each such table's record from
+    :func:`~trial_analysis.ingest.adam.select_bds`). ``rows`` gives each table's raw row count
+    (the ledger's records). Empty when every table is a plain file, so a study of files writes
+    the same ledger as before.
     """
     records = []
     for table, entry in config["input"]["tables"].items():
+        if entry is not None and "adam" in entry and table in (selections or {}):
+            selection = selections[table]
+            records.append({
+                "table": table, "engine": "adam", "database": entry["file"],
+                "query": selection["selection"], "rows": int(rows.get(table, 0)),
+                "rows_in_source": int(selection["rows_in_source"]),
+            })
+            continue
         if entry is None or "query" not in entry:
             continue
         database = config["input"]["database"]
