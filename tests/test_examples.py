@@ -204,6 +204,10 @@ def test_check_data_passes_each_example_with_its_planted_problems_as_warnings(
     out = capsys.readouterr().out
     assert "nothing would stop the pipeline" in out
     assert "warning" in out  # the planted records cleaning will handle
+    if name == "adam_adqs":
+        truth = json.loads((raw / "example_truth.json").read_text())
+        assert (f"(outcomes, {truth['selected_records']} of {truth['adqs_records']} BDS "
+                "records selected)") in out
     assert config["input"]["tables"]["sessions"] is None
 
 
