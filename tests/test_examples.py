@@ -241,6 +241,11 @@ def test_adam_adqs_report_flow_and_selection(adam_adqs):
     assert source["rows"] == truth["selected_records"]
     assert source["rows_in_source"] == truth["adqs_records"]
     assert "PARAMCD in ('HAMD17', 'SDS')" in source["query"]
+    # Declared variables without a config label take ADSL's SAS variable labels in Table 1.
+    table1 = pd.read_csv(workdir / config["paths"]["reports"] / "tables" / "table1.csv")
+    assert {"Duration of Current Episode (Months)", "Study Site Identifier"} <= set(
+        table1["variable"])
+    assert "durdis" not in set(table1["variable"])
 
 
 def test_adam_adqs_analysis_table_and_truth(adam_adqs):

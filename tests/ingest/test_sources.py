@@ -113,6 +113,24 @@ def test_value_labels_are_categories_codes_kept_on_request(tmp_path) -> None:
     assert labelled.attrs["variable_labels"]["ses_score"] == "Ses score (label)"
 
 
+def test_variable_labels_reach_the_cleaned_patients_under_canonical_names(tmp_path) -> None:
+    folder = _write_stat(tmp_path / "sav", "sav")
+    # The file names ses_score SES: the label is kept under the canonical name.
+    typed = _typed(raw_extract()["patients"]).rename(columns={"ses_score": "SES"})
+    labels = {c: f"{c.replace('_', ' ').capitalize()} (label)" for c in typed.columns}
+    labels["SES"] = "Socioeconomic status (file label)"
+    pyreadstat.write_sav(typed, folder / "patients.sav", column_labels=labels)
+    config = _config_for("sav")
+    config["input"]["tables"]["patients"]["columns"] = {"ses_score": "SES"}
+    result = clean_tables(config, folder)
+    attrs = result.tables["patients"].attrs["variable_labels"]
+    assert attrs["ses_score"] == "Socioeconomic status (file label)"
+    assert attrs["episode_id"] == "Episode id (label)"
+    # A CSV extract has no labels: its cleaned table carries none (outputs as before).
+    csv = clean_tables(fixture_config(), write_extract(raw_extract(), tmp_path / "csv"))
+    assert "variable_labels" not in csv.tables["patients"].attrs
+
+
 def test_user_defined_missing_values_are_missing(tmp_path) -> None:
     folder = _write_stat(tmp_path / "sav", "sav")
     frame = read_table(folder / "patients.sav", "sav")

@@ -1202,6 +1202,8 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
     for name, frame in tables.items():
         _validate_output(name, frame, specs[name], config, cleaners[name].file,
                          unique_record_id=not (wide and name == "outcomes"))
+    if labels := _variable_labels(patients):
+        tables["patients"].attrs["variable_labels"] = labels
     # A table the study does not have is written empty (its columns, no rows), so every
     # later step reads the same four files; the ledger has no records for it.
     for name in TABLES:
@@ -1219,6 +1221,17 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
         if name in cleaners:
             cleaners[name].fates.log_counts()
     return CleanResult(tables=tables, ledger=ledger)
+
+
+def _variable_labels(cleaner: _TableCleaner) -> dict[str, str]:
+    """The file's variable labels (SAS, Stata, SPSS) under the canonical column names.
+
+    Kept in the cleaned table's Parquet metadata for Table 1; empty for a file without
+    labels, so such a study's outputs are the same as before.
+    """
+    labels = cleaner.source_attrs.get("variable_labels") or {}
+    return {canonical: str(labels[file]) for canonical, file in cleaner.file_names.items()
+            if str(labels.get(file, "")).strip()}
 
 
 def empty_table(name: str) -> pd.DataFrame:

@@ -428,19 +428,26 @@ def _table1_frame(
         ("anxiety", "Anxiety", "categorical", yes_no),
         ("ses_score", "Socioeconomic score (1-10)", "continuous", None),
     ]
-    # Variables a study declares (input.tables.patients.variables), except cluster ids.
+    # Variables a study declares (input.tables.patients.variables), except cluster ids. The
+    # config gives them no label: the patients file's own variable label (SAS, Stata, SPSS),
+    # else the name.
     declared = config["input"]["tables"]["patients"].get("variables") or {}
+    file_labels = analysis.attrs.get("variable_labels") or {}
     levels = set(config.get("analysis", {}).get("random_effects", []))
     builtin = {column for column, *_ in spec}
+    taken = {label for _, label, *_ in spec}
     for name, kind in declared.items():
         if name in builtin or name in levels:
             continue
+        label = str(file_labels.get(name) or name)
+        label = name if label in taken else label  # two columns never share a row label
+        taken.add(label)
         if kind == "flag":
-            spec.append((name, name, "categorical", yes_no))
+            spec.append((name, label, "categorical", yes_no))
         elif kind == "category":
-            spec.append((name, name, "categorical", {}))
+            spec.append((name, label, "categorical", {}))
         else:
-            spec.append((name, name, "continuous", None))
+            spec.append((name, label, "continuous", None))
     for outcome in config["outcomes"]:
         units = outcome.get("units", "score")
         label = f"{outcome.get('label', outcome['name'])} at baseline, {units}"
