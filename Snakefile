@@ -469,6 +469,7 @@ rule report:
         tables=rules.tables.output,
         figures=rules.figures.output.png,
         raw=list(RAW_FILES.values()),
+        ledger=rules.clean.output.ledger,  # the queries and their row counts, for provenance
         config=CONFIG_AS_RUN,
     output:
         f"{REPORTS}/report.html",
@@ -492,7 +493,8 @@ rule report:
         " --estimates {params.estimates} --tables {params.tables}"
         # BENCH in the command, not in params: a param that is a plain value makes Snakemake
         # import pandas at every start to compare it with the last run's (about 0.9 s).
-        f" --figures {{params.figures}} --benchmarks {BENCH} --out {{output}} > {{log}} 2>&1"
+        f" --figures {{params.figures}} --benchmarks {BENCH} --ledger {{input.ledger}}"
+        " --out {output} > {log} 2>&1"
 
 
 # Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.

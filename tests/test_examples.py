@@ -246,6 +246,10 @@ def test_adam_adqs_report_flow_and_selection(adam_adqs):
     assert {"Duration of Current Episode (Months)", "Study Site Identifier"} <= set(
         table1["variable"])
     assert "durdis" not in set(table1["variable"])
+    # The report's provenance records the selection and its row counts.
+    provenance = html.split('id="provenance"')[1]
+    assert f"{truth['selected_records']} of {truth['adqs_records']}" in provenance
+    assert "ANL01FL = &#39;Y&#39;" in provenance
 
 
 def test_adam_adqs_analysis_table_and_truth(adam_adqs):

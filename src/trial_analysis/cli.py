@@ -270,8 +270,8 @@ STEPS: dict[str, Step] = {
     "report": Step(
         "trial_analysis.reporting.report", "run_report",
         "assemble the self-contained HTML report",
-        reads="tables, figures, estimates, the raw extract (for checksums) and rule "
-              "benchmarks.",
+        reads="tables, figures, estimates, the raw extract (for checksums), the cleaning "
+              "ledger (queries and row counts) and rule benchmarks.",
         writes="one self-contained HTML file (images embedded).",
         args=(
             CONFIG,
@@ -280,6 +280,8 @@ STEPS: dict[str, Step] = {
             _file("--figures", "folder of figures"),
             _optional_file("--benchmarks", "folder of Snakemake benchmark files (run times)"),
             _file("--out", "report to write (HTML)"),
+            _optional_file("--ledger", "cleaning ledger (its queries and row counts are listed "
+                           "under provenance)"),
         ),
     ),
     "simulate-study": Step(

@@ -345,9 +345,27 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def ledger_sources(ledger: Path | None) -> list[dict[str, str]]:
+    """The tables read by a query or selected from an ADaM dataset, as the ledger records them.
+
+    From the cleaning ledger's Parquet metadata (``attrs["sources"]``, written by ``clean``):
+    table, engine, database (a file, or the *name* of an environment variable), the query or
+    selection and the rows it gave; never connection settings, which the ledger never holds.
+    Empty without a ledger or when every table is a plain file.
+    """
+    if ledger is None or not Path(ledger).is_file():
+        return []
+    sources = pd.read_parquet(ledger, columns=["table"]).attrs.get("sources") or []
+    return [{
+        "table": str(s["table"]), "engine": str(s["engine"]), "database": str(s["database"]),
+        "query": " ".join(str(s["query"]).split()), "rows": str(s["rows"]),
+        "of": str(s["rows_in_source"]) if "rows_in_source" in s else "",
+    } for s in sources]
+
+
 def build_context(
     config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
-    benchmarks: Path | None,
+    benchmarks: Path | None, ledger: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, formatted for people."""
     intervention, control = arm_labels(config)
@@ -475,7 +493,11 @@ def build_context(
         "schedule": study_schedule(config),
         "figure_captions": FIGURE_CAPTIONS,
         "provenance": {
-            "checksums": file_checksums(raw).to_dict("records"),
+            # A study whose every table is a query may have no raw folder at all.
+            "checksums": [] if not raw.is_dir() and not any(
+                entry and "file" in entry for entry in config["input"]["tables"].values())
+            else file_checksums(raw).to_dict("records"),
+            "sources": ledger_sources(ledger),
             "versions": package_versions().to_dict("records"),
             "commit": git_commit(), "seed": config.get("seed", ""), "date": report_date(),
             "config_yaml": yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True),
@@ -502,6 +524,7 @@ def render_report(context: Mapping[str, Any]) -> str:
 def run_report(
     config: dict[str, Any], raw: str | Path, estimates: str | Path, tables: str | Path,
     figures: str | Path, benchmarks: str | Path | None, out: str | Path,
+    ledger: str | Path | None = None,
 ) -> Path:
     """Assemble the self-contained HTML report (step ``report``).
 
@@ -518,6 +541,9 @@ def run_report(
         Folder of Snakemake benchmark files (rule run times); may be missing or empty.
     out : path
         HTML file to write.
+    ledger : path, optional
+        The cleaning ledger: the queries (and ADaM selections) it records, with their row
+        counts, are listed under provenance.
 
     Returns
     -------
@@ -526,7 +552,7 @@ def run_report(
     """
     context = build_context(
         config, Path(raw), Path(estimates), Path(tables), Path(figures),
-        Path(benchmarks) if benchmarks else None,
+        Path(benchmarks) if benchmarks else None, Path(ledger) if ledger else None,
     )
     html = render_report(context)
     with atomic_path(out) as tmp:
