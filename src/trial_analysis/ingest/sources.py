@@ -190,6 +190,30 @@ def read_query(config: Mapping[str, Any], table: str, raw_dir: str | Path) -> pd
     return frame.reset_index(drop=True)
 
 
+def _arrow_to_frame(table: Any) -> pd.DataFrame:
+    """A query result (Arrow) as pandas: text as ``str``, dates as ``datetime64[us]``.
+
+    Through Arrow rather than DuckDB's ``.df()``: at a million rows its text columns convert
+    four to six times faster. Decimals become floats (as ``.df()`` gives them); time zones are
+    dropped after conversion to UTC, as for every other reader.
+    """
+    import pyarrow as pa
+
+    fields = []
+    for field in table.schema:
+        kind = field.type
+        if pa.types.is_decimal(kind):
+            kind = pa.float64()
+        elif pa.types.is_timestamp(kind) and kind.tz is not None:
+            kind = pa.timestamp("us")  # an instant, as UTC wall time
+        fields.append(pa.field(field.name, kind))
+    frame = table.cast(pa.schema(fields)).to_pandas(date_as_object=False)
+    for column in frame.columns:
+        if pd.api.types.is_datetime64_any_dtype(frame[column]):
+            frame[column] = frame[column].astype("datetime64[us]")
+    return frame
+
+
 def _duckdb_query(database: Mapping[str, Any], query: str, name: str,
                   raw_dir: Path) -> pd.DataFrame:
     import duckdb  # only studies that query DuckDB need it
@@ -210,12 +234,78 @@ def _duckdb_query(database: Mapping[str, Any], query: str, name: str,
                 + ", ".join(sorted(k.name for k in kinds)) + ")"])
         con.execute("SET file_search_path = ?", [str(raw_dir)])
         con.execute("SET lock_configuration = true")  # the query cannot change settings
-        return con.execute(query).df()
+        return _arrow_to_frame(con.sql(query).to_arrow_table())
     except duckdb.Error as exc:
         raise DataError(name, f"the query failed: {_redact(exc)}",
                         hint="Check the table and column names in the query") from None
     finally:
         con.close()
+
+
+# PostgreSQL type OIDs (pg_type) of the columns COPY's text is converted back to.
+_PG_BOOL = frozenset({16})
+_PG_INTEGER = frozenset({20, 21, 23})
+_PG_FLOAT = frozenset({700, 701, 1700})
+_PG_DATE = frozenset({1082, 1114})
+_PG_DATETIME_TZ = frozenset({1184})
+
+
+def _postgres_copy(connection: Any, query: str) -> pd.DataFrame | None:
+    """The query's rows through ``COPY (query) TO STDOUT`` (CSV), typed by the result columns.
+
+    Fetching millions of rows as Python tuples is several times slower than reading them as
+    CSV text with pandas' parser; the columns' types (from the query run with ``LIMIT 0``)
+    turn the text back into what the driver gives: integers (nullable), floats, booleans,
+    dates and timestamps (``datetime64``, time zones in UTC), the rest text. None when the
+    statement is not a SELECT or the text does not convert: then the plain fetch runs, and
+    names the problem.
+    """
+    import io
+
+    import psycopg
+
+    with connection.cursor() as cursor:
+        try:
+            # The text COPY writes: ISO dates, UTC times, UTF-8, whatever the server's defaults.
+            for setting in ("DateStyle = ISO", "TimeZone = 'UTC'", "client_encoding = 'UTF8'"):
+                cursor.execute(f"SET LOCAL {setting}")
+            cursor.execute(f"SELECT * FROM ({query}) AS source LIMIT 0")
+        except psycopg.errors.SyntaxError:
+            connection.rollback()  # not a SELECT (or not valid SQL): the plain path says so
+            return None
+        columns = [(d.name, d.type_code) for d in cursor.description or []]
+        names = [c for c, _ in columns]
+        if not columns or len(set(names)) != len(names):
+            connection.rollback()
+            return None
+        buffer = io.BytesIO()
+        with cursor.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)") as copy:
+            for block in copy:
+                buffer.write(block)
+    connection.rollback()  # end the read-only transaction
+    buffer.seek(0)
+    if buffer.getbuffer().nbytes == 0:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in names})
+    # Text as the server wrote it: only an empty field (SQL NULL) is missing.
+    frame = pd.read_csv(buffer, header=None, names=names, dtype=str, keep_default_na=False,
+                        na_values=[""], encoding="utf-8", engine="pyarrow")
+    try:
+        for name, oid in columns:
+            series = frame[name]
+            if oid in _PG_INTEGER:
+                frame[name] = pd.to_numeric(series).astype("Int64")
+            elif oid in _PG_FLOAT:
+                frame[name] = pd.to_numeric(series).astype(float)
+            elif oid in _PG_BOOL:
+                frame[name] = series.map({"t": True, "f": False}).astype(object)
+            elif oid in _PG_DATE:
+                frame[name] = pd.to_datetime(series, format="ISO8601").astype("datetime64[us]")
+            elif oid in _PG_DATETIME_TZ:
+                frame[name] = pd.to_datetime(series, format="ISO8601", utc=True).dt.tz_localize(
+                    None).astype("datetime64[us]")
+    except (ValueError, TypeError, OverflowError):
+        return None  # e.g. 'infinity' or a BC date: the driver's values instead
+    return frame
 
 
 def _postgres_query(database: Mapping[str, Any], query: str, name: str) -> pd.DataFrame:
@@ -238,6 +328,9 @@ def _postgres_query(database: Mapping[str, Any], query: str, name: str) -> pd.Da
                         "Check PGHOST, PGPORT, PGDATABASE, PGUSER or PGSERVICE") from None
     try:
         connection.read_only = True  # every transaction BEGIN READ ONLY
+        frame = _postgres_copy(connection, query)
+        if frame is not None:
+            return frame
         with connection.cursor() as cursor:
             cursor.execute(query)
             if cursor.description is None:
