@@ -368,3 +368,31 @@ def test_postgres_cleans_like_csv(tmp_path, reference) -> None:
     config["input"]["tables"]["patients"]["query"] = "SELECT * FROM fixture_text.patient"
     with pytest.raises(DataError, match="the query failed: .*does not exist"):
         clean_tables(config, tmp_path)
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get("TRIAL_PG_DSN"),
+                    reason="no PostgreSQL server configured (TRIAL_PG_DSN; ci/postgres/setup.sh)")
+def test_postgres_column_types_survive_the_copy_path() -> None:
+    """COPY's text typed back by the result columns: what the driver's own values would be."""
+    from trial_analysis.ingest.sources import read_query
+
+    config = _query_config({"engine": "postgresql", "dsn_env": "TRIAL_PG_DSN"})
+    config["input"]["tables"]["patients"]["query"] = (
+        "SELECT * FROM (VALUES (1, true, 2.5::numeric, DATE '2022-03-30', "
+        "TIMESTAMPTZ '2022-03-30 10:00:00+02', 'NA', ''), "
+        "(NULL, false, NULL, NULL, NULL, NULL, 'x, \"y\"')) "
+        "AS t(i, b, n, d, z, s, e) ORDER BY i NULLS LAST")
+    frame = read_query(config, "patients", ".")
+    assert frame["i"].dtype == "Int64" and frame["i"].isna().tolist() == [False, True]
+    assert frame["b"].tolist() == [True, False]
+    assert frame["n"].iloc[0] == pytest.approx(2.5) and np.isnan(frame["n"].iloc[1])
+    assert frame["d"].dtype == "datetime64[us]"
+    assert frame["d"].iloc[0] == pd.Timestamp("2022-03-30")
+    assert frame["z"].iloc[0] == pd.Timestamp("2022-03-30 08:00:00")  # UTC
+    assert frame["s"].iloc[0] == "NA"  # text 'NA' is a value, not missing
+    assert frame["e"].iloc[1] == 'x, "y"'
+    # A value the copy path cannot convert goes to the driver, whose word stands (as before).
+    config["input"]["tables"]["patients"]["query"] = "SELECT DATE 'infinity' AS d, 1 AS k"
+    with pytest.raises(DataError, match="the query failed: date too large"):
+        read_query(config, "patients", ".")
