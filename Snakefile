@@ -507,6 +507,7 @@ rule report:
         + expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.png", outcome=OUTCOMES),
         # the analyst's own Markdown (report.text): the report reruns when it is edited
         text=[ANALYST_TEXT] if ANALYST_TEXT else [],
+        ledger=rules.clean.output.ledger,  # the queries and their row counts, for provenance
         config=CONFIG_AS_RUN,
     output:
         f"{REPORTS}/report.html",
@@ -531,7 +532,7 @@ rule report:
         # BENCH in the command, not in params: a param that is a plain value makes Snakemake
         # import pandas at every start to compare it with the last run's (about 0.9 s).
         f" --figures {{params.figures}} --benchmarks {BENCH} --analysis {{input.analysis}}"
-        " --out {output} > {log} 2>&1 || step_failed {log}"
+        " --ledger {input.ledger} --out {output} > {log} 2>&1 || step_failed {log}"
 
 
 EXPORTS = ["table1", "primary_estimates"] + (["sensitivity"] if SENSITIVITY else [])

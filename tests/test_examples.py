@@ -202,7 +202,7 @@ def test_example_reports_show_no_raw_identifier(example, request):
     assert not found, f"raw identifiers a reader would see: {found}"
 
 
-@pytest.mark.parametrize("name", ["randomised_wide", "multisite_long"])
+@pytest.mark.parametrize("name", ["randomised_wide", "multisite_long", "adam_adqs"])
 def test_check_data_passes_each_example_with_its_planted_problems_as_warnings(
         name, tmp_path, capsys):
     from trial_analysis.cli import main
@@ -216,4 +216,63 @@ def test_check_data_passes_each_example_with_its_planted_problems_as_warnings(
     out = capsys.readouterr().out
     assert "nothing would stop the pipeline" in out
     assert "warning" in out  # the planted records cleaning will handle
+    if name == "adam_adqs":
+        truth = json.loads((raw / "example_truth.json").read_text())
+        assert (f"(outcomes, {truth['selected_records']} of {truth['adqs_records']} BDS "
+                "records selected)") in out
     assert config["input"]["tables"]["sessions"] is None
+
+
+# --------------------------------------------------------------------------------------------
+# adam_adqs: CDISC ADaM (ADSL + ADQS) as SAS transport files, selected by PARAMCD, flag, visit
+
+
+@pytest.fixture(scope="module")
+def adam_adqs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    return _example_run(tmp_path_factory, "adam_adqs")
+
+
+def test_adam_adqs_report_flow_and_selection(adam_adqs):
+    workdir, config = adam_adqs
+    truth = json.loads((workdir / config["paths"]["raw"] / "example_truth.json").read_text())
+    html = (workdir / config["paths"]["reports"] / "report.html").read_text()
+    assert "Drug A" in html and "Placebo" in html
+    assert "XYZ-301-" not in html  # no subject identifiers
+    flow = _flow(workdir, config).set_index("description")
+    assert flow.loc["patient episodes in the extract", "n"] == truth["subjects"]
+    assert flow.loc["eligible patients", "n"] == truth["subjects"] - 1  # the minor
+    # Only the selected BDS records are raw records: HAMA, Week 12, the screening visit, the
+    # retest and the unscheduled visit (ANL01FL not Y) never reach the pipeline.
+    _ledger_matches_raw(workdir, config, {"patients": truth["subjects"],
+                                          "outcomes": truth["selected_records"]})
+    ledger = pd.read_parquet(workdir / config["paths"]["interim"] / "clean_ledger.parquet")
+    outcomes = ledger[ledger["table"] == "outcomes"]
+    assert (outcomes["fate"] == "value_set_missing").sum() == truth["out_of_range"]
+    (source,) = ledger.attrs["sources"]
+    assert source["engine"] == "adam" and source["database"] == "adqs.xpt"
+    assert source["rows"] == truth["selected_records"]
+    assert source["rows_in_source"] == truth["adqs_records"]
+    assert "PARAMCD in ('HAMD17', 'SDS')" in source["query"]
+    # Declared variables without a config label take ADSL's SAS variable labels in Table 1.
+    table1 = pd.read_csv(workdir / config["paths"]["reports"] / "tables" / "table1.csv")
+    assert {"Duration of Current Episode (Months)", "Study Site Identifier"} <= set(
+        table1["variable"])
+    assert "durdis" not in set(table1["variable"])
+    # The report's provenance records the selection and its row counts.
+    provenance = html.split('id="provenance"')[1]
+    assert f"{truth['selected_records']} of {truth['adqs_records']}" in provenance
+    assert "ANL01FL = &#39;Y&#39;" in provenance
+
+
+def test_adam_adqs_analysis_table_and_truth(adam_adqs):
+    workdir, config = adam_adqs
+    truth = json.loads((workdir / config["paths"]["raw"] / "example_truth.json").read_text())
+    analysis = pd.read_parquet(workdir / config["paths"]["processed"] / "analysis.parquet")
+    for visit in ("Week 2", "Week 4", "Week 8"):
+        assert f"hamd__{visit}" in analysis.columns and f"sds__{visit}" in analysis.columns
+    assert analysis["hamd_baseline"].notna().all()  # the ABLFL record of every subject
+    assert analysis["hamd_followup"].equals(analysis["hamd__Week 8"])
+    assert set(analysis["arm"].unique()) == {"Drug A", "Placebo"}
+    for outcome in ("hamd", "sds"):
+        estimates = _estimates(workdir, config, outcome, "all_available")
+        _recovers_truth(estimates, truth["effects"][outcome]["Week 8"])

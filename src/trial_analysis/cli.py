@@ -290,7 +290,7 @@ STEPS: dict[str, Step] = {
         "trial_analysis.reporting.report", "run_report",
         "assemble the self-contained HTML report",
         reads="tables, figures, estimates, the raw files read and the analysis table (for "
-              "digests) and rule benchmarks.",
+              "digests), the cleaning ledger (queries and row counts) and rule benchmarks.",
         writes="one self-contained HTML file (images embedded).",
         args=(
             CONFIG,
@@ -300,6 +300,8 @@ STEPS: dict[str, Step] = {
             _optional_file("--benchmarks", "folder of Snakemake benchmark files (run times)"),
             _file("--out", "report to write (HTML)"),
             _optional_file("--analysis", "analysis table (its digest is shown; no row is read)"),
+            _optional_file("--ledger", "cleaning ledger (its queries and row counts are listed "
+                           "under provenance)"),
         ),
     ),
     "simulate-study": Step(

@@ -171,12 +171,15 @@ class DataCheck:
     def summary(self) -> str:
         """The report for people: problems grouped per file, then the verdict."""
         lines = [f"Data check of {self.raw}"]
-        groups = [(f["file"], f["table"], f["rows"]) for f in self.files]
+        groups = [(f["file"], f["table"], f["rows"], f.get("rows_in_source"))
+                  for f in self.files]
         if any(p.file == CONFIG_SOURCE for p in self.problems):
-            groups.append((CONFIG_SOURCE, None, None))
-        for file, table, n_rows in groups:
+            groups.append((CONFIG_SOURCE, None, None, None))
+        for file, table, n_rows, of in groups:
             found = [p for p in self.problems if p.file == file]
             size = f"{table}, {n_rows} rows" if n_rows is not None else table
+            if of is not None:
+                size = f"{table}, {n_rows} of {of} BDS records selected"
             heading = f"{file}" + (f" ({size})" if size else "") + ": "
             counts = [f"{n} {s}{'s' if n > 1 else ''}"
                       for s in SEVERITIES if (n := sum(p.severity == s for p in found))]
@@ -436,6 +439,8 @@ def check_data(config: Mapping[str, Any], raw_dir: str | Path) -> DataCheck:
             problems.append(_from_error(error, name))
             continue
         files.append({"table": name, "file": file, "rows": len(frame)})
+        if "selection" in frame.attrs:  # an ADaM BDS dataset: the records selected of all
+            files[-1]["rows_in_source"] = frame.attrs["selection"]["rows_in_source"]
         headers[name] = [str(c) for c in frame.columns]
         mapping = entry.get("columns") or {}
         collected: list[DataError] = []

@@ -464,14 +464,23 @@ def _table1_frame(
         ("anxiety", "Anxiety", "categorical", yes_no),
         ("ses_score", "Socioeconomic score (1-10)", "continuous", None),
     ]
-    # Variables a study declares (input.tables.patients.variables), except cluster ids.
+    # Variables a study declares (input.tables.patients.variables), except cluster ids. The
+    # config gives them no label: the patients file's own variable label (SAS, Stata, SPSS),
+    # else the name.
     declared = config["input"]["tables"]["patients"].get("variables") or {}
+    file_labels = analysis.attrs.get("variable_labels") or {}
     levels = set(config.get("analysis", {}).get("random_effects", []))
     builtin = {column for column, *_ in spec}
+    taken = {label for _, label, *_ in spec}
     for name, kind in declared.items():
         if name in builtin or name in levels:
             continue
-        readable = sentence_label(config, name)
+        # a label in the config first, else the file's own variable label (SAS/Stata/SPSS)
+        configured = name in ((config.get("report") or {}).get("labels") or {})
+        readable = (sentence_label(config, name) if configured or not file_labels.get(name)
+                    else str(file_labels[name]))
+        readable = name if readable in taken else readable  # two columns never share a label
+        taken.add(readable)
         if kind == "flag":
             spec.append((name, readable, "categorical", yes_no))
         elif kind == "category":
