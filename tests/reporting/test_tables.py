@@ -104,11 +104,11 @@ def test_table_one_labels_declared_variables_by_the_files_variable_labels(config
     variables = list(dict.fromkeys(table["variable"]))
     assert "Duration of episode (months)" in variables and "durdis" not in variables
     assert cell(table, "Current smoker", "overall", "yes") == "10 (50.0)"
-    assert "region" in variables  # its file label is already taken
+    assert "Region" in variables  # its file label is already taken
     assert "Body-mass index, kg/m²" in variables and "BMI (kg/m2)" not in variables
-    # Without file labels a declared variable is shown by its name.
+    # Without file labels a declared variable is shown by its readable label (its name).
     frame.attrs = {}
-    assert "durdis" in set(table_one(frame, config)["variable"])
+    assert "Durdis" in set(table_one(frame, config)["variable"])
 
 
 def test_table_one_suppresses_small_cells_and_their_complements(config):

@@ -479,7 +479,8 @@ def _table1_frame(
         configured = name in ((config.get("report") or {}).get("labels") or {})
         readable = (sentence_label(config, name) if configured or not file_labels.get(name)
                     else str(file_labels[name]))
-        readable = name if readable in taken else readable  # two columns never share a label
+        if readable in taken:  # two rows never share a label: the file's is already used
+            readable = sentence_label(config, name)
         taken.add(readable)
         if kind == "flag":
             spec.append((name, readable, "categorical", yes_no))
