@@ -341,7 +341,8 @@ multi_cases <- list(
 )
 
 dir.create("tests/golden/reference", showWarnings = FALSE, recursive = TRUE)
-for (case in c(cases, multi_cases)) {
+# make_golden_kr.R sources this file for its helpers only.
+if (!exists("golden_helpers_only")) for (case in c(cases, multi_cases)) {
   out <- if (is.null(case$followups)) fit_case(case) else fit_case_multi(case)
   out$r_versions <- list(R = R.version.string, lme4 = as.character(packageVersion("lme4")),
                          lmerTest = as.character(packageVersion("lmerTest")),
