@@ -380,22 +380,25 @@ def kenward_roger_pieces(blocks, Phi: np.ndarray, n_params: int) -> KenwardRoger
     traces = np.zeros((k, k))
     any_second = False
     for X, Vi, D, H in blocks:
-        n_units = X.shape[0]
-        C = np.einsum("mn,knp->kmp", Vi, X)
-        E = [np.einsum("mn,knp->kmp", D[i], C) for i in range(k)]
-        F = [np.einsum("mn,knp->kmp", Vi, E[i]) for i in range(k)]
+        m = X.shape[0]
+        n_units = X.shape[1]
+        # Visit-major layout: one m x m product covers every unit of the block.
+        C = Vi @ X.reshape(m, -1)
+        E = [D[i] @ C for i in range(k)]
+        F = [(Vi @ E[i]).reshape(-1, p) for i in range(k)]
         VD = [Vi @ D[i] for i in range(k)]
         flatC = C.reshape(-1, p)
         for i in range(k):
-            P[i] -= E[i].reshape(-1, p).T @ flatC
+            flatE = E[i].reshape(-1, p)
+            P[i] -= flatE.T @ flatC
             for j in range(k):
-                Q[i][j] += E[i].reshape(-1, p).T @ F[j].reshape(-1, p)
+                Q[i][j] += flatE.T @ F[j]
                 traces[i, j] += n_units * float(np.sum(VD[i] * VD[j].T))
         if H is not None:
             any_second = True
             for i in range(k):
                 for j in range(i, k):
-                    Rij = np.einsum("kmp,mn,knq->pq", C, H[i, j], C)
+                    Rij = flatC.T @ (H[i, j] @ C).reshape(-1, p)
                     R[i, j] += Rij
                     if j != i:
                         R[j, i] += Rij
@@ -523,7 +526,7 @@ def kenward_roger_lmm(X: np.ndarray, unit_codes: list[np.ndarray], variances: np
             D.append(np.eye(m))
             D_arr = np.stack(D)
             V = np.tensordot(np.append(variances, residual), D_arr, axes=1)
-            yield X[rows][None, :, :], np.linalg.inv(V), D_arr, None
+            yield X[rows][:, None, :], np.linalg.inv(V), D_arr, None
 
     pieces = kenward_roger_pieces(blocks(), cov_beta, len(unit_codes) + 1)
     return KenwardRogerInference.from_pieces(beta, cov_beta, pieces)
