@@ -48,12 +48,14 @@ def _config(base: dict, name: str) -> dict:
     return config
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_kenward_roger_matches_lmertest(name: str, base_config: dict) -> None:
+@pytest.mark.parametrize(("name", "fit_path"), [*((n, "fast") for n in CASES),
+                                               ("cohort_pain_cc_patient", "statsmodels")])
+def test_kenward_roger_matches_lmertest(name: str, fit_path: str, base_config: dict) -> None:
     reference = json.loads((GOLDEN / "reference" / f"kr_{name}.json").read_text())
     frame = pd.read_csv(GOLDEN / "data" / "cohort.csv")
-    result = fit_outcome_model(frame, _config(base_config, name), CASES[name][0],
-                               "complete_case")
+    config = _config(base_config, name)
+    config["analysis"]["fit_path"] = fit_path
+    result = fit_outcome_model(frame, config, CASES[name][0], "complete_case")
     assert result.inference == "kenward_roger"
     assert "Kenward-Roger" in result.method
     mine = result.fixed_effects.set_index("term")

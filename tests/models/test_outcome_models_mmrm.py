@@ -109,3 +109,19 @@ def test_mmrm_config_problems(trial) -> None:
         model_spec(_config(random_effects=["patient"]), "function", "all_available")
     with pytest.raises(ConfigError, match="Kenward-Roger df need a REML fit"):
         model_spec(_config(reml=False), "function", "all_available")
+
+
+def test_subgroup_model_under_mmrm(trial) -> None:
+    """Subgroup models use the same MMRM: effect per level and a KR heterogeneity F test."""
+    from trial_analysis.models.outcome_models import fit_subgroup_model
+
+    cfg = _config(subgroups=["depression"])
+    res = fit_subgroup_model(trial, cfg, "function", "depression", population="all_available",
+                             stratified=False)
+    assert res.interaction.fit_path == "mmrm"
+    assert len(res.subgroup_effects) == 2
+    het = res.heterogeneity
+    assert het["num_df"] == 1.0 and het["den_df"] > 0 and 0 <= het["p_value"] <= 1
+    # One-row F test: the square of the level difference's t statistic, KR df alike.
+    diff = res.level_differences.iloc[0]
+    assert het["den_df"] == pytest.approx(diff["df"], rel=1e-8)

@@ -303,8 +303,17 @@ class SatterthwaiteInference:
                 "p_value": float(f_sf(F, q, den))}
 
 
+class _TInterval:
+    """The t(df) confidence interval shared by the inference classes."""
+
+    def ci(self, contrast: dict[str, float], level: float) -> tuple[float, float]:
+        """Confidence interval for a :meth:`contrast` result on the t(df) distribution."""
+        half = t_ppf(0.5 + level / 2, contrast["df"]) * contrast["std_error"]
+        return contrast["estimate"] - half, contrast["estimate"] + half
+
+
 @dataclass
-class FixedDfInference:
+class FixedDfInference(_TInterval):
     """t and F tests of ``L beta`` on a fixed residual df: a model without random effects.
 
     Same methods as :class:`SatterthwaiteInference` (``contrast``, ``ci``, ``f_test``), so a
@@ -325,11 +334,6 @@ class FixedDfInference:
         t = estimate / se
         return {"estimate": estimate, "std_error": se, "df": float(self.df),
                 "statistic": float(t), "p_value": float(2 * t_sf(abs(t), self.df))}
-
-    def ci(self, contrast: dict[str, float], level: float) -> tuple[float, float]:
-        """Confidence interval for a :meth:`contrast` result on the t(df) distribution."""
-        half = t_ppf(0.5 + level / 2, contrast["df"]) * contrast["std_error"]
-        return contrast["estimate"] - half, contrast["estimate"] + half
 
     def f_test(self, L: np.ndarray) -> dict[str, float]:
         """Wald F test of ``L beta = 0`` (rows of ``L`` linearly independent)."""
@@ -455,7 +459,7 @@ def _kr_scaling(L: np.ndarray, Phi: np.ndarray, P: list[np.ndarray], W: np.ndarr
 
 
 @dataclass
-class KenwardRogerInference:
+class KenwardRogerInference(_TInterval):
     """Kenward-Roger t and F tests of ``L beta`` (lmerTest ``ddf = "Kenward-Roger"``).
 
     Same methods as :class:`SatterthwaiteInference`. Standard errors come from the adjusted
@@ -485,11 +489,6 @@ class KenwardRogerInference:
         t = estimate / se
         return {"estimate": estimate, "std_error": se, "df": df, "statistic": float(t),
                 "p_value": float(2 * t_sf(abs(t), df))}
-
-    def ci(self, contrast: dict[str, float], level: float) -> tuple[float, float]:
-        """Confidence interval for a :meth:`contrast` result on the t(df) distribution."""
-        half = t_ppf(0.5 + level / 2, contrast["df"]) * contrast["std_error"]
-        return contrast["estimate"] - half, contrast["estimate"] + half
 
     def f_test(self, L: np.ndarray) -> dict[str, float]:
         """Kenward-Roger F test of ``L beta = 0``: the scaled Wald F on (q, df) (pbkrtest)."""

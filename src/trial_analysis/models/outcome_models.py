@@ -28,6 +28,16 @@ Other study structures (configuration only)
   site, say); crossed or re-used ids are a DataError. ``[]``: no random effects, allowed only
   with one row per patient (one follow-up, baseline as covariate): ordinary least squares
   with t tests on n - p df (``model`` ``lm``, ``fit_path`` ``ols``).
+- **MMRM** (``analysis.covariance``: ``unstructured``, ``compound_symmetry``, ``ar1``,
+  ``toeplitz``; ``random_effects: []``): the same fixed effects, no random effects, and a
+  covariance matrix over the model time points within each patient
+  (:mod:`trial_analysis.models.mmrm`; ``model`` ``mmrm``, ``fit_path`` ``mmrm``, written in
+  R mmrm's syntax as ``+ us(time | patient)``). The effect rows and marginal means are built
+  exactly as for the mixed models.
+- **Kenward-Roger df** (``analysis.ddf: kenward_roger``, REML only): for the random-intercept
+  models as pbkrtest and lmerTest compute them (the covariance parameters are the variances,
+  in which ``V`` is linear), for the MMRM as :mod:`trial_analysis.models.mmrm` says; SEs are
+  then the adjusted ones.
 
 The estimand rows
 -----------------
@@ -63,9 +73,10 @@ How the numbers are obtained, and why
   ``cov(beta) = sigma^2 (X' V0^-1 X)^-1`` -- what lme4's ``vcov`` gives. MixedLM's own
   ``bse_fe`` come from the joint Hessian and differ from lme4 by ~0.5 % under REML, so they are
   not used.
-- **Inference.** t tests with Satterthwaite denominator df computed as lmerTest does (see
-  :mod:`trial_analysis.models.lmm_inference`). Verified against lmerTest on committed datasets
-  (``tests/models/test_golden_models.py``). Should that computation fail, inference falls back
+- **Inference.** t tests with Satterthwaite (default) or Kenward-Roger (``analysis.ddf``)
+  denominator df, computed as lmerTest does (see :mod:`trial_analysis.models.lmm_inference`).
+  Verified against lmerTest on committed datasets (``tests/models/test_golden_models.py``,
+  ``tests/models/test_golden_kr.py``). Should that computation fail, inference falls back
   to the normal (z) distribution and every row says so in ``warnings``; ``df`` is then empty.
 - **Marginal means** follow emmeans' default reference grid (``analysis.reference_grid:
   emmeans``): numeric covariates at their mean over the model's rows (observations, as
