@@ -77,6 +77,9 @@ def test_estimate_file_layout(result) -> None:
     assert "MMRM" in describe_random_effects(block["random_effects"])
     means = result.marginal_means
     assert len(means) == 2 * len(FOUR) and means["std_error"].gt(0).all()
+    text = result.summary()
+    assert text.startswith("MMRM: function")
+    assert "Kenward-Roger df" in text and "Variances per time point (MMRM)" in text
 
 
 def test_config_route_equals_engine(trial, result) -> None:

@@ -1110,8 +1110,10 @@ class OutcomeModelResult:
         df_text = {"z": "z", "t": f"t, {e['df']:.0f} df"}.get(
             self.inference, f"t, {_DDF_NAMES.get(self.inference, 'Satterthwaite')} df "
                             f"{e['df']:.1f}")
+        kind = ("MMRM" if self.covariance is not None else "Linear mixed model"
+                if self.random_effects["levels"] else "Linear model")
         lines = [
-            f"{'Linear mixed model' if self.random_effects['levels'] else 'Linear model'}: "
+            f"{kind}: "
             f"{self.outcome}, {self.population} ({self.method})",
             f"  {self.formula}",
             f"  {self.n_patients} patients, {self.n_observations} observations, clusters: "
@@ -1133,10 +1135,12 @@ class OutcomeModelResult:
             "Fixed effects:",
             self.fixed_effects.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
             "",
-            "Variance components (ICC):",
+            "Variances per time point (MMRM):" if self.covariance is not None
+            else "Variance components (ICC):",
         ]
         for name, var in self.variance_components.items():
-            lines.append(f"  {name:<18} {var:10.4f}  ({self.icc[name]:.3f})")
+            share = f"  ({self.icc[name]:.3f})" if name in self.icc else ""
+            lines.append(f"  {name:<18} {var:10.4f}{share}")
         if not self.marginal_means.empty:
             lines += ["", "Adjusted marginal means:",
                       self.marginal_means.to_string(index=False,
