@@ -29,8 +29,11 @@ $(VENV)/.installed-test: pyproject.toml requirements.lock | $(VENV)/bin/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# Through `trial-analysis pipeline`: a malformed --config in SNAKEMAKE_ARGS gets a plain-words
+# message. A failed step prints its one-line error on the terminal; make then exits with 2.
+# Reruns after an interrupted run redo its incomplete files (profiles/default).
 report: install
-	$(RUN) snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+	$(RUN) $(BIN)/python -m trial_analysis pipeline --cores $(CORES) $(SNAKEMAKE_ARGS)
 	@echo "Report: reports/report.html"
 
 dry-run: install

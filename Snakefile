@@ -5,6 +5,8 @@
 # subgroups), not by new rules. Run `snakemake -c2` for the default study, `snakemake -n` to
 # see the whole plan without running it, `snakemake --configfile my_study.yaml -c2` for yours.
 
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,8 +20,22 @@ min_version("9.0")
 # any job starts. (It reads the schema with libyaml; Snakemake's own validate() spends about
 # half a second parsing the same file at every start.)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from trial_analysis.config import validate_config, write_validated_config
+from trial_analysis.config import (
+    command_line_source,
+    validate_config,
+    write_validated_config,
+)
 from trial_analysis.errors import ConfigError
+
+
+def config_source(workflow):
+    """The config files, as messages name them."""
+    return " + ".join(map(str, workflow.configfiles)) or "config"
+
+
+def override_error(error, workflow):
+    """A problem in a --config override names the command line, not the config file."""
+    return command_line_source(error, dict(workflow.config_settings.config or {}))
 
 
 # The default study, unless a study's own config is given (`--configfile my_study.yaml`):
@@ -30,9 +46,9 @@ if "study" not in config:
 
 
 try:
-    validate_config(config, source=" + ".join(map(str, workflow.configfiles)) or "config")
+    validate_config(config, source=config_source(workflow))
 except ConfigError as error:
-    raise WorkflowError(str(error)) from None
+    raise WorkflowError(str(override_error(error, workflow))) from None
 
 RAW = config["paths"]["raw"]
 INTERIM = config["paths"]["interim"]
@@ -61,6 +77,7 @@ HAS_SESSIONS = config["input"]["tables"].get("sessions") is not None
 SIMULATED = "simulation" in config
 SENSITIVITY = config.get("sensitivity", {}).get("analyses", [])
 SENSITIVITY_OUTCOMES = config.get("sensitivity", {}).get("outcomes", OUTCOMES)
+ANALYST_TEXT = (config.get("report") or {}).get("text")
 
 REPORT_TABLES = [
     "table1",
@@ -89,12 +106,26 @@ write_validated_config(config, CONFIG_AS_RUN)
 # side by side on the cores, OpenBLAS threads competing for them made a 1M-row cross-product
 # 50 times slower, and one fixed thread count keeps the last digits of every estimate the same
 # on any machine.
+#
+# A step's output goes to its log; when it fails, step_failed also prints its error (the
+# "trial-analysis <step>: error: ..." lines, else the log's last lines) on the terminal, where
+# Snakemake shows a job's stderr, and keeps the step's exit status (2 for bad data or config).
 shell.prefix(
     f'set -euo pipefail; export PYTHONPATH="{Path(workflow.basedir) / "src"}'
     '${{PYTHONPATH:+:$PYTHONPATH}}"; '
     "export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1; "
+    "step_failed() {{ status=$?; "
+    "msg=$(sed -n '/^trial-analysis [a-z-]*: error: /,$p' \"$1\" | head -n 20 || true); "
+    "if [ -n \"$msg\" ]; then printf '%s\\n' \"$msg\" >&2; else tail -n 5 \"$1\" >&2; fi; "
+    "exit \"$status\"; }}; "
 )
 ENV = "workflow/envs/trial-analysis.yaml"
+
+# The report's provenance panel shows the command that ran the pipeline. An environment
+# variable, not a param: the jobs inherit it and it is no part of any rule's code or params,
+# so another command line reruns nothing. A job that runs the Snakefile again (a cluster job)
+# keeps the outer command.
+os.environ.setdefault("TRIAL_ANALYSIS_INVOCATION", shlex.join(["snakemake", *sys.argv[1:]]))
 
 
 include: "workflow/common.smk"
@@ -107,6 +138,7 @@ wildcard_constraints:
 rule all:
     input:
         f"{REPORTS}/report.html",
+        f"{REPORTS}/tables/table1.docx",
 
 
 if SIMULATED:
@@ -132,7 +164,7 @@ if SIMULATED:
             runtime=10,
         shell:
             "python -m trial_analysis simulate --config {input.config} --out {params.raw}"
-            " > {log} 2>&1"
+            " > {log} 2>&1 || step_failed {log}"
 
 
 rule clean:
@@ -158,7 +190,7 @@ rule clean:
         runtime=20,
     shell:
         "python -m trial_analysis clean --config {input.config} --raw {params.raw} --out {params.clean}"
-        " --ledger {output.ledger} > {log} 2>&1"
+        " --ledger {output.ledger} > {log} 2>&1 || step_failed {log}"
 
 
 rule eligibility:
@@ -186,7 +218,7 @@ rule eligibility:
     shell:
         "python -m trial_analysis eligibility --config {input.config} --clean {params.clean}"
         " --clean-ledger {input.ledger} --cohort {output.cohort} --ledger {output.ledger}"
-        " --flow {output.flow} > {log} 2>&1"
+        " --flow {output.flow} > {log} 2>&1 || step_failed {log}"
 
 
 rule allocate:
@@ -225,7 +257,7 @@ rule allocate:
         "python -m trial_analysis allocate --config {input.config} --cohort {input.cohort}"
         " --clean {params.clean} --flow-in {input.flow} --analysis {output.analysis}"
         " --flow {output.flow} --implementation {output.implementation}"
-        " --fidelity {output.fidelity} > {log} 2>&1"
+        " --fidelity {output.fidelity} > {log} 2>&1 || step_failed {log}"
 
 
 rule fit:
@@ -255,7 +287,7 @@ rule fit:
         runtime=240,
     shell:
         "python -m trial_analysis fit-models --config {input.config} --analysis {input.analysis}"
-        " --jobs {threads} --out-dir {params.estimates} > {log} 2>&1"
+        " --jobs {threads} --out-dir {params.estimates} > {log} 2>&1 || step_failed {log}"
 
 
 rule sessions:
@@ -280,7 +312,7 @@ rule sessions:
         runtime=20,
     shell:
         "python -m trial_analysis sessions --config {input.config} --analysis {input.analysis}"
-        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1 || step_failed {log}"
 
 
 rule responders:
@@ -305,7 +337,7 @@ rule responders:
         runtime=20,
     shell:
         "python -m trial_analysis responders --config {input.config} --analysis {input.analysis}"
-        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1 || step_failed {log}"
 
 
 rule impute:
@@ -331,7 +363,7 @@ rule impute:
     shell:
         # The chains run in {threads} processes, each with one BLAS thread (the shell prefix).
         "python -m trial_analysis impute --config {input.config} --analysis {input.analysis}"
-        " --out {output.imputations} --jobs {threads} > {log} 2>&1"
+        " --out {output.imputations} --jobs {threads} > {log} 2>&1 || step_failed {log}"
 
 
 rule sensitivity:
@@ -368,7 +400,7 @@ rule sensitivity:
     shell:
         "python -m trial_analysis sensitivity --config {input.config} --analysis {input.analysis}"
         " --analysis-name {wildcards.analysis} --out-json {output.json} --out-csv {output.csv}"
-        " --figures-dir {output.figures} {params.estimates} {params.imputations} > {log} 2>&1"
+        " --figures-dir {output.figures} {params.estimates} {params.imputations} > {log} 2>&1 || step_failed {log}"
 
 
 SENSITIVITY_OUTPUTS = expand(
@@ -416,7 +448,7 @@ rule tables:
         runtime=10,
     shell:
         "python -m trial_analysis tables --config {input.config} --analysis {input.analysis}"
-        " --estimates {params.estimates} --out {params.tables} > {log} 2>&1"
+        " --estimates {params.estimates} --out {params.tables} > {log} 2>&1 || step_failed {log}"
 
 
 rule figures:
@@ -458,7 +490,7 @@ rule figures:
     shell:
         "python -m trial_analysis figures --config {input.config} --analysis {input.analysis}"
         " --estimates {params.estimates} --tables {params.tables}"
-        " --out {params.figures} > {log} 2>&1"
+        " --out {params.figures} > {log} 2>&1 || step_failed {log}"
 
 
 rule report:
@@ -469,6 +501,12 @@ rule report:
         tables=rules.tables.output,
         figures=rules.figures.output.png,
         raw=list(RAW_FILES.values()),
+        analysis=rules.allocate.output.analysis,  # digested for provenance, no row is read
+        # the diagnostics appendix (rule diagnostics, defined below)
+        diagnostics=[f"{REPORTS}/tables/diagnostics.csv"]
+        + expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.png", outcome=OUTCOMES),
+        # the analyst's own Markdown (report.text): the report reruns when it is edited
+        text=[ANALYST_TEXT] if ANALYST_TEXT else [],
         config=CONFIG_AS_RUN,
     output:
         f"{REPORTS}/report.html",
@@ -492,7 +530,67 @@ rule report:
         " --estimates {params.estimates} --tables {params.tables}"
         # BENCH in the command, not in params: a param that is a plain value makes Snakemake
         # import pandas at every start to compare it with the last run's (about 0.9 s).
-        f" --figures {{params.figures}} --benchmarks {BENCH} --out {{output}} > {{log}} 2>&1"
+        f" --figures {{params.figures}} --benchmarks {BENCH} --analysis {{input.analysis}}"
+        " --out {output} > {log} 2>&1 || step_failed {log}"
+
+
+EXPORTS = ["table1", "primary_estimates"] + (["sensitivity"] if SENSITIVITY else [])
+
+
+rule diagnostics:
+    """Diagnostics appendix: residuals, random-effect QQ plots, leave-one-cluster-out."""
+    input:
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        png=expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.png", outcome=OUTCOMES),
+        svg=expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.svg", outcome=OUTCOMES),
+        table=f"{REPORTS}/tables/diagnostics.csv",
+    params:
+        figures=lambda wildcards, output: Path(output.png[0]).parent,
+        tables=lambda wildcards, output: Path(output.table).parent,
+    log:
+        f"{LOGS}/diagnostics.log",
+    benchmark:
+        f"{BENCH}/diagnostics.tsv"
+    conda:
+        ENV
+    threads: 1
+    priority: 6
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "python -m trial_analysis diagnostics --config {input.config} --analysis {input.analysis}"
+        " --figures {params.figures} --tables {params.tables} > {log} 2>&1 || step_failed {log}"
+
+
+rule exports:
+    """Manuscript tables as Word and LaTeX beside the CSVs: Table 1, primary, sensitivity."""
+    input:
+        tables=rules.tables.output,
+        sensitivity=SENSITIVITY_OUTPUTS,
+        config=CONFIG_AS_RUN,
+    output:
+        docx=expand(f"{REPORTS}/tables/{{name}}.docx", name=EXPORTS),
+        tex=expand(f"{REPORTS}/tables/{{name}}.tex", name=EXPORTS),
+        csv=[f"{REPORTS}/tables/sensitivity.csv"] if SENSITIVITY else [],
+    params:
+        estimates=lambda wildcards, input: f"{REPORTS}/estimates",  # input: a derived param
+        tables=lambda wildcards, input: Path(input.tables[0]).parent,
+    log:
+        f"{LOGS}/exports.log",
+    benchmark:
+        f"{BENCH}/exports.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m trial_analysis exports --config {input.config} --estimates {params.estimates}"
+        " --tables {params.tables} > {log} 2>&1 || step_failed {log}"
 
 
 # Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.

@@ -64,7 +64,7 @@ if SIMULATED and Path(SIMULATION_STUDY_FILE).exists():
             "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
             " python -m trial_analysis simulate-study --config {input.config}"
             " --study {params.study} --scenario {wildcards.scenario}"
-            " --replicates {params.replicates} --out {output} > {log} 2>&1"
+            " --replicates {params.replicates} --out {output} > {log} 2>&1 || step_failed {log}"
 
     rule simulation_study_summary:
         """Bias, empirical and model SE, coverage and power with Monte Carlo SEs."""
@@ -88,4 +88,4 @@ if SIMULATED and Path(SIMULATION_STUDY_FILE).exists():
         shell:
             "python -m trial_analysis simulate-study-summary --config {input.config}"
             " --study {input.study} --chunks {input.chunks} --out-csv {output.csv}"
-            " --out-json {output.json} > {log} 2>&1"
+            " --out-json {output.json} > {log} 2>&1 || step_failed {log}"

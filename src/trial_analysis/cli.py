@@ -9,10 +9,13 @@ atomically, so a failed step leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gc
 import importlib
 import logging
 import os
+import re
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -242,8 +245,8 @@ STEPS: dict[str, Step] = {
         args=(
             CONFIG, ANALYSIS,
             _name("--analysis-name", "which analysis",
-                  choices=["propensity", "evalue", "multiple_imputation", "tipping_point",
-                           "therapist_fixed_effects"]),
+                  choices=["propensity", "doubly_robust", "evalue", "multiple_imputation",
+                           "tipping_point", "therapist_fixed_effects"]),
             OUT_JSON, OUT_CSV,
             _optional_file("--figures-dir", "folder for this analysis's figures"),
             _optional_file("--estimates-dir", "folder of the primary estimate files"),
@@ -267,11 +270,27 @@ STEPS: dict[str, Step] = {
                "to --out.",
         args=(CONFIG, ANALYSIS, ESTIMATES, TABLES, _file("--out", "folder for the figures")),
     ),
+    "diagnostics": Step(
+        "trial_analysis.reporting.diagnostics_appendix", "run_diagnostics",
+        "diagnose the primary models: residuals, random effects, cluster influence",
+        reads="the analysis table (the primary model of each outcome is refitted).",
+        writes="diagnostics_<outcome>.png/.svg to --figures and diagnostics.csv to --tables.",
+        args=(CONFIG, ANALYSIS, _file("--figures", "folder for the figures"),
+              _file("--tables", "folder for diagnostics.csv")),
+    ),
+    "exports": Step(
+        "trial_analysis.reporting.exports", "run_exports",
+        "write Table 1, the primary results and the sensitivity table as .docx and LaTeX",
+        reads="the tables folder's CSVs and the sensitivity estimate files.",
+        writes="<table>.docx and <table>.tex beside the CSVs in --tables (and "
+               "sensitivity.csv).",
+        args=(CONFIG, ESTIMATES, TABLES),
+    ),
     "report": Step(
         "trial_analysis.reporting.report", "run_report",
         "assemble the self-contained HTML report",
-        reads="tables, figures, estimates, the raw extract (for checksums) and rule "
-              "benchmarks.",
+        reads="tables, figures, estimates, the raw files read and the analysis table (for "
+              "digests) and rule benchmarks.",
         writes="one self-contained HTML file (images embedded).",
         args=(
             CONFIG,
@@ -280,6 +299,7 @@ STEPS: dict[str, Step] = {
             _file("--figures", "folder of figures"),
             _optional_file("--benchmarks", "folder of Snakemake benchmark files (run times)"),
             _file("--out", "report to write (HTML)"),
+            _optional_file("--analysis", "analysis table (its digest is shown; no row is read)"),
         ),
     ),
     "simulate-study": Step(
@@ -331,6 +351,78 @@ def _config_docs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def config_override_problems(snakemake_args: Sequence[str]) -> list[str]:
+    """What is wrong with the ``--config KEY=VALUE`` items of a Snakemake command line.
+
+    Snakemake stops on a key that is not a plain name (``analysis.reml=false``) with a raw
+    ValueError; this says what to write instead.
+    """
+    problems = []
+    in_config = False
+    for arg in snakemake_args:
+        if arg in ("--config", "-C"):
+            in_config = True
+            continue
+        if arg.startswith("-"):
+            in_config = False
+            continue
+        if in_config and not _OVERRIDE.match(arg):
+            key = arg.split("=", 1)[0]
+            if "." in key and "=" in arg:
+                head, _, rest = key.partition(".")
+                value = arg.split("=", 1)[1]
+                nested = "{" + ": {".join(rest.split(".")) + f": {value}" + "}" * (
+                    rest.count(".") + 1)
+                problems.append(f"'{arg}': a dotted key is not a nested key for Snakemake; "
+                                f"write {head}=\"{nested}\" or put it in a study config "
+                                "(--configfile)")
+            else:
+                problems.append(f"'{arg}': an override must be KEY=VALUE with KEY a plain name "
+                                "(letters, digits, _)")
+    return problems
+
+
+def _pipeline_command(args: argparse.Namespace) -> int:
+    snakemake_args = list(args.snakemake_args)
+    if snakemake_args[:1] == ["--"]:
+        snakemake_args = snakemake_args[1:]
+    problems = config_override_problems(snakemake_args)
+    if problems:
+        raise ConfigError(f"the command line (snakemake {' '.join(snakemake_args)})",
+                          problems)
+    state = _workdir(snakemake_args) / ".snakemake"
+    state.mkdir(parents=True, exist_ok=True)
+    # Our own lock, which the kernel releases when its holder dies (even by kill -9): held,
+    # no other `pipeline` runs here, so Snakemake's lock files, which outlive a killed run
+    # and make every rerun refuse, are stale and can go.
+    with open(state / "trial-analysis-pipeline.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError("the command line", [
+                f"another `trial-analysis pipeline` is running in {state.parent}; wait for it "
+                "to end"]) from None
+        stale = sorted((state / "locks").glob("*.lock")) if (state / "locks").is_dir() else []
+        if stale:
+            log.warning("removing %d lock file(s) left by an interrupted run", len(stale))
+            for lock in stale:
+                lock.unlink(missing_ok=True)
+        return subprocess.call([sys.executable, "-m", "snakemake", *snakemake_args])
+
+
+def _workdir(snakemake_args: Sequence[str]) -> Path:
+    """The folder Snakemake works in: its --directory (-d), else the current one."""
+    for i, arg in enumerate(snakemake_args):
+        if arg in ("--directory", "-d") and i + 1 < len(snakemake_args):
+            return Path(snakemake_args[i + 1])
+        if arg.startswith("--directory="):
+            return Path(arg.split("=", 1)[1])
+    return Path.cwd()
+
+
 class _VersionAction(argparse.Action):
     """``--version``: the package version is looked up only when asked for (it is slow)."""
 
@@ -377,6 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--write", type=Path, default=None, metavar="README",
                       help="update the generated section of this file (config/README.md)")
     docs.set_defaults(handler=_config_docs_command)
+    pipeline = sub.add_parser(
+        "pipeline",
+        help="run the Snakemake pipeline (what `make report` does), checking --config first",
+        description=(
+            "Reads: the Snakemake arguments after it (e.g. --cores 2 --config seed=7). Writes: "
+            "what the pipeline writes. A malformed --config override is reported in plain "
+            "words before Snakemake starts; the exit status is Snakemake's."
+        ),
+    )
+    pipeline.add_argument("snakemake_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    pipeline.set_defaults(handler=_pipeline_command)
     return parser
 
 
@@ -435,7 +538,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trial-analysis`` command."""
     _one_blas_thread_unless_set()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pipeline"] and argv[1:2] not in (["-h"], ["--help"]):
+        # Snakemake's own options follow; argparse would take them for this command's.
+        args = argparse.Namespace(command="pipeline", quiet=False, snakemake_args=argv[1:],
+                                  handler=_pipeline_command)
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -64,11 +64,86 @@ def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     return _write_with(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write ``frame`` to CSV atomically, without the index, floats at full precision."""
+# OWASP's CSV-injection advice: a spreadsheet reads a cell that begins with one of these as
+# a formula (`=HYPERLINK(...)`, `@SUM(...)`, `+cmd|...`); a leading apostrophe makes it text.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+# A cell that is a plain number ("-1.5", "+3e-4") is left alone: a spreadsheet reads it as the
+# number, no formula, and escaping it would change a value the reader sees.
+_PLAIN_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+
+
+def _neutralised_texts(values: pd.Series) -> pd.Series | None:
+    """``values`` with every formula-like text cell prefixed by ``'``; None if none is."""
+    texts = values.astype(object)
+    is_text = texts.map(lambda v: isinstance(v, str)).astype(bool)
+    if not is_text.any():
+        return None
+    strings = texts[is_text].astype(str)
+    risky = strings.str.startswith(FORMULA_TRIGGERS) & ~strings.str.fullmatch(_PLAIN_NUMBER)
+    if not risky.any():
+        return None
+    texts = texts.copy()
+    texts.loc[risky[risky].index] = "'" + strings[risky]
+    return texts
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` safe to open in a spreadsheet (OWASP CSV injection).
+
+    Text cells and column names that begin with ``=``, ``+``, ``-``, ``@``, a tab or a
+    carriage return get a leading apostrophe, so a spreadsheet shows them as text instead of
+    running them as formulas. Numbers are never changed: numeric columns are not touched, and
+    a text cell that is a plain number (``"-0.432"``) stays as it is.
+    """
+    out = frame
+    for position in range(frame.shape[1]):
+        series = frame.iloc[:, position]
+        if not (pd.api.types.is_object_dtype(series.dtype)
+                or pd.api.types.is_string_dtype(series.dtype)
+                or isinstance(series.dtype, pd.CategoricalDtype)):
+            continue
+        texts = _neutralised_texts(series)
+        if texts is not None:
+            if out is frame:
+                out = frame.copy()
+            out.isetitem(position, texts)
+    names = pd.Series(list(frame.columns), dtype=object)
+    renamed = _neutralised_texts(names)
+    if renamed is not None:
+        out = out.copy() if out is frame else out
+        out.columns = list(renamed)
+    return out
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str], *,
+              neutralise: bool = True) -> Path:
+    """Write ``frame`` to CSV atomically, without the index, floats at full precision.
+
+    Formula-like text cells are neutralised (:func:`neutralise_formulas`) unless
+    ``neutralise`` is False, which only a raw extract that the pipeline itself reads back
+    (the simulated ``data/raw``) uses: there the exact values are the input.
+    """
+    safe = neutralise_formulas(frame) if neutralise else frame
+    # Python's csv module quotes a cell holding the line terminator but not a lone carriage
+    # return, which readers then take for a line end; with CRLF line ends it is quoted.
+    ending = "\r\n" if _holds_carriage_return(safe) else "\n"
     return _write_with(
-        path, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n", float_format="%.10g")
+        path, lambda tmp: safe.to_csv(tmp, index=False, lineterminator=ending, float_format="%.10g")
     )
+
+
+def _holds_carriage_return(frame: pd.DataFrame) -> bool:
+    if any("\r" in str(name) for name in frame.columns):
+        return True
+    for position in range(frame.shape[1]):
+        series = frame.iloc[:, position]
+        if pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(
+                series.dtype) or pd.api.types.is_datetime64_any_dtype(series.dtype):
+            continue
+        texts = series.astype(object)
+        if texts.map(lambda v: isinstance(v, str) and "\r" in v).any():
+            return True
+    return False
 
 
 def to_jsonable(value: Any) -> Any:

@@ -250,6 +250,32 @@ def test_cli_entries_deterministic(tmp_path, cohort, config):
     assert sub["subgroup"] == "anxiety" and sub["heterogeneity"]["num_df"] == 1
 
 
+def test_a_subgroup_with_a_level_below_min_cell_count_is_not_reported(tmp_path, cohort,
+                                                                      config):
+    """Issue 19: a subgroup level of 3 patients was fitted and its N, estimates and warnings
+    reached reports/. It is now not reported, and the file says why without the count."""
+    path = tmp_path / "analysis.parquet"
+    table = cohort.copy()
+    complete = table.index[table["complete_case"] == 1]
+    table["rare"] = 0
+    table.loc[complete[:3], "rare"] = 1
+    table.to_parquet(path, index=False)
+    cfg = {**config, "analysis": {**config["analysis"], "subgroups": ["rare"]}}
+    result = run_fit_subgroup(config=cfg, analysis=path, outcome="function", subgroup="rare",
+                              out_json=tmp_path / "s.json", out_csv=tmp_path / "s.csv")
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["estimates"] == [] and doc["subgroup_effects"] == []
+    assert "fewer than 5 patients" in doc["not_reported"]
+    assert "3" not in (tmp_path / "s.json").read_text().replace(str(path), "")
+    assert pd.read_csv(tmp_path / "s.csv").empty
+    assert result.reason == doc["not_reported"]
+    # at min_cell_count 3 the same level is reported
+    cfg["report"] = {**cfg["report"], "min_cell_count": 3}
+    run_fit_subgroup(config=cfg, analysis=path, outcome="function", subgroup="rare",
+                     out_json=tmp_path / "t.json", out_csv=tmp_path / "t.csv")
+    assert "not_reported" not in json.loads((tmp_path / "t.json").read_text())
+
+
 def test_fit_models_writes_every_model_of_an_outcome_as_the_single_fits_do(tmp_path, cohort,
                                                                          config):
     """The pipeline's fit job writes the files of each population and each subgroup, byte for

@@ -75,6 +75,20 @@ def test_table_one_values_by_hand(config):
     assert cell(table, "Anxiety", "missing", "yes") == "0"
 
 
+def test_table_one_with_a_negligible_smd_does_not_crash(config):
+    """Issue 19: tableone prints an SMD below 0.0005 as "<0.001"; Table 1 took the SMD from
+    that text and `tables` died. The SMD now comes from tableone's numbers."""
+    frame = small_frame(config)
+    frame["age"] = [30, 40, 50, 60, 70] * 4           # the same ages in both arms: SMD 0
+    frame["bmi"] = [25.0, 30.0] * 5 + [25.0, 30.0001] * 5   # |SMD| about 4e-5
+    table = table_one(frame, config)
+    assert cell(table, "Age, years", "smd") == "<0.001"
+    assert cell(table, "Body-mass index, kg/m²", "smd") == "<0.001"
+    assert cell(table, "Anxiety", "smd", "yes") == "<0.001"  # 5 of 10 in each arm
+    # a constant column has no SMD at all
+    assert cell(table, "Symptom duration, weeks", "smd") == ""
+
+
 def test_table_one_suppresses_small_cells_and_their_complements(config):
     table = table_one(small_frame(config), config)
     # Two depressed patients in the intervention arm: shown as <5, never as a number.
@@ -267,3 +281,48 @@ def test_tables_are_deterministic(run, tmp_path):
     run_tables(config=run.config, analysis=run.analysis, estimates=run.estimates, out=out)
     for name in TABLE_NAMES:
         assert (out / f"{name}.csv").read_bytes() == (run.tables / f"{name}.csv").read_bytes()
+
+
+def test_reproduction_says_what_was_and_was_not_compared(run):
+    """Counts built into the simulated cohort match by construction; effect sizes that are not
+    public get a row saying they were not compared, and why."""
+    from trial_analysis.reporting.tables import EVIDENCE, load_estimates, load_truth
+
+    config = copy.deepcopy(run.config)
+    config["published"]["estimates"] = []
+    estimates = load_estimates(run.estimates, config)
+    analysis = pd.read_parquet(run.analysis)
+    table = reproduction_table(analysis, estimates, config, run.tables, load_truth(run.raw))
+    counts = table[table["kind"] == "count"].set_index("item")
+    assert counts.loc["eligible_patients", "evidence"] == EVIDENCE["target"]
+    directions = table[table["kind"] == "direction"].set_index("item")
+    assert directions.loc["function", "evidence"] == EVIDENCE["planted"]
+    missing = table[table["kind"] == "not_compared"]
+    assert list(missing["item"]) == ["effect sizes"]
+    assert "not public" in missing["evidence"].iloc[0]
+    # Real data (no truth.json): a recount and a direction, neither built in.
+    table = reproduction_table(analysis, estimates, config, run.tables, None)
+    assert set(table.loc[table["kind"] == "count", "evidence"]) <= {
+        EVIDENCE["recount"], EVIDENCE["not_computed"]}
+    assert set(table.loc[table["kind"] == "direction", "evidence"]) == {EVIDENCE["direction"]}
+
+
+def test_fmt_sig_gives_three_significant_digits():
+    from trial_analysis.reporting.tables import fmt_sig
+
+    assert [fmt_sig(v) for v in (160.17, 0.19, 7.6, 1234.5, 0.006981, -2.345, 0)] == [
+        "160", "0.190", "7.60", "1230", "0.00698", "-2.35", "0"]
+    assert fmt_sig(float("nan")) == "–" and fmt_sig(None) == "–"
+
+
+def test_a_subgroup_not_reported_gives_one_row_saying_so(config):
+    from trial_analysis.reporting.tables import subgroup_estimates
+
+    doc = {"outcome": "function", "population": "complete_case", "subgroup": "rare",
+           "not_reported": "not reported: a level of subgroup 'rare' has fewer than 5 patients",
+           "estimates": [], "model": {}, "marginal_means": []}
+    table = subgroup_estimates({"subgroups": {("function", "rare"): doc}}, config, None)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["level"] == "not reported" and "fewer than 5" in row["warnings"]
+    assert pd.isna(row["estimate"]) and pd.isna(row["n_patients"])

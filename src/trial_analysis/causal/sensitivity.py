@@ -18,6 +18,7 @@ from typing import Any
 from trial_analysis.causal.common import ANALYSES, SensitivityResult
 from trial_analysis.errors import ConfigError
 from trial_analysis.io import read_analysis_table, write_csv, write_json
+from trial_analysis.privacy import min_cell_count, suppress_json_counts
 
 
 def run_sensitivity(
@@ -39,8 +40,8 @@ def run_sensitivity(
     analysis : path
         The analysis table (``analysis.parquet``).
     analysis_name : str
-        One of ``propensity``, ``evalue``, ``multiple_imputation``, ``tipping_point``,
-        ``therapist_fixed_effects``.
+        One of ``propensity``, ``doubly_robust``, ``evalue``, ``multiple_imputation``,
+        ``tipping_point``, ``therapist_fixed_effects``.
     out_json, out_csv : path
         Outputs: the JSON document (estimates, tables, details) and the tidy rows as CSV.
     figures_dir : path, optional
@@ -70,6 +71,10 @@ def run_sensitivity(
         from trial_analysis.causal.propensity import run_propensity_analysis
 
         result = run_propensity_analysis(frame, config, figures_dir=figures_dir, source=source)
+    elif analysis_name == "doubly_robust":
+        from trial_analysis.causal.doubly_robust import run_doubly_robust
+
+        result = run_doubly_robust(frame, config, source=source)
     elif analysis_name == "evalue":
         from trial_analysis.causal.evalues import run_evalues
 
@@ -91,6 +96,7 @@ def run_sensitivity(
         from trial_analysis.causal.therapist_effects import fit_therapist_fixed_effects
 
         result = fit_therapist_fixed_effects(frame, config, source=source)
-    write_json(result.to_json(), out_json)
+    # reports/ are read by people: counts of patients below report.min_cell_count as "<k"
+    write_json(suppress_json_counts(result.to_json(), min_cell_count(config)), out_json)
     write_csv(result.to_frame(), out_csv)
     return result

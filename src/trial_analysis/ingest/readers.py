@@ -8,7 +8,11 @@ bytes), a different delimiter, ragged rows, repeated column names.
 
 Text formats are read with every column as text (``str`` dtype, empty cells missing), so that
 the cleaning step, not the reader, decides what a value means and can report the raw value.
-Parquet keeps its own types; a byte-order mark in a UTF-8 file is ignored.
+No other spelling is read as missing: ``NA``, ``NULL`` or ``None`` may be an identifier.
+:func:`mark_missing` then applies, per column, what the config and the column's kind say is
+missing. Parquet keeps its own types; a byte-order mark in a UTF-8 file is ignored. Two columns
+whose names are the same once case and spaces are ignored (``Patient_ID``, ``PATIENT_ID``) are
+an error naming both.
 
 Statistical packages' files (``sas7bdat``, ``xpt``, ``dta``, ``sav``/``zsav``) are read with
 pyreadstat: a column with value labels becomes a category of its labels unless the table's
@@ -40,6 +44,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trial_analysis.errors import DataError
+
+# The spellings pandas reads as missing by default. Text formats are read without them, so
+# that an identifier spelled "NA" stays an identifier; other columns of a text file still take
+# them as missing (see mark_missing), as they always did.
+DEFAULT_MISSING_SPELLINGS: frozenset[str] = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+})
+# Formats read as text, where missing is a spelling rather than a stored null.
+TEXT_FORMATS: tuple[str, ...] = ("csv", "tsv", "xlsx")
 
 # Files of statistical packages, read through pyreadstat.
 STAT_FORMATS: tuple[str, ...] = ("sas7bdat", "xpt", "dta", "sav", "zsav")
@@ -134,6 +148,9 @@ def _read_text(path: Path, encoding: str, delimiter: str, file_format: str) -> p
             path,
             sep=delimiter,
             dtype=str,
+            # only an empty cell is missing here; mark_missing decides the rest per column
+            keep_default_na=False,
+            na_values=[""],
             encoding=py_encoding,
             skipinitialspace=False,
             skip_blank_lines=True,
@@ -218,7 +235,8 @@ def _cell_text(value: object, date_format: str) -> object:
 
 def _read_excel(path: Path, date_formats: Sequence[str] = ("%Y-%m-%d",)) -> pd.DataFrame:
     try:
-        frame = pd.read_excel(path, sheet_name=0, dtype=object, engine="openpyxl")
+        frame = pd.read_excel(path, sheet_name=0, dtype=object, engine="openpyxl",
+                              keep_default_na=False, na_values=[""])
     except Exception as exc:  # openpyxl raises many unrelated types for a bad workbook
         raise DataError(
             str(path), f"not a readable Excel workbook ({type(exc).__name__})"
@@ -391,7 +409,61 @@ def read_table(
         sep = delimiter or ("\t" if file_format == "tsv" else ",")
         frame = _read_text(path, encoding, sep, file_format)
     frame.columns = [str(c).strip() for c in frame.columns]
+    _refuse_ambiguous_names(str(path), list(frame.columns))
     if len(frame) == 0:
         raise DataError(str(path), "the file has a header but no data rows")
     return frame.reset_index(drop=True)
 
+
+
+def _folded(name: str) -> str:
+    return re.sub(r"\s+", "", name).casefold()
+
+
+def _refuse_ambiguous_names(file: str, names: Sequence[str]) -> None:
+    """Two column names equal once case and spaces are ignored: which one is meant is a guess
+    (the cleaning step finds columns ignoring case), so it is an error naming both."""
+    seen: dict[str, str] = {}
+    for name in names:
+        first = seen.setdefault(_folded(name), name)
+        if first != name:
+            raise DataError(
+                file,
+                f"columns '{first}' and '{name}' have the same name once case and spaces are "
+                "ignored, so which one is meant is ambiguous",
+                column=name,
+                hint="Rename or remove one of them",
+            )
+
+
+def mark_missing(frame: pd.DataFrame, id_columns: Sequence[str], file_format: str | None,
+                 missing_values: Sequence[str] = ()) -> pd.DataFrame:
+    """``frame`` with the values that mean "missing" set missing, column by column.
+
+    ``missing_values`` (``input.missing_values``) are missing in every column, identifiers
+    included; they are compared with surrounding whitespace ignored. In a text format
+    (:data:`TEXT_FORMATS`) the columns other than ``id_columns`` also take pandas' default
+    spellings (:data:`DEFAULT_MISSING_SPELLINGS`: ``NA``, ``NULL``, ``None``, ``nan`` ...) as
+    missing; an identifier column never does, so ``NA`` there is an identifier.
+    """
+    configured = {str(v).strip() for v in missing_values}
+    text_format = file_format in TEXT_FORMATS
+    out = frame
+    for column in frame.columns:
+        series = frame[column]
+        if not (series.dtype == object or pd.api.types.is_string_dtype(series.dtype)):
+            continue
+        spellings = set(configured)
+        if text_format and column not in id_columns:
+            spellings |= DEFAULT_MISSING_SPELLINGS
+        if not spellings:
+            continue
+        text = series.astype("str")
+        missing = text.isin(spellings) & series.notna()
+        if configured:
+            missing |= text.str.strip().isin(configured) & series.notna()
+        if missing.any():
+            if out is frame:
+                out = frame.copy()
+            out[column] = series.where(~missing)
+    return out

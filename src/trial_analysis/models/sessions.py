@@ -50,6 +50,7 @@ from trial_analysis.io import (
 )
 from trial_analysis.models.distributions import norm_ppf, norm_sf
 from trial_analysis.models.robust import cr1_factor
+from trial_analysis.privacy import count_text, min_cell_count
 
 TIDY_COLUMNS = ESTIMATE_COLUMNS
 
@@ -570,11 +571,13 @@ def fit_sessions_model(
     notes: list[str] = []
     has_count = counts.notna()
     if (~has_count).any():
-        notes.append(f"{int((~has_count).sum())} patient(s) without a session count left out")
+        without = count_text(int((~has_count).sum()), min_cell_count(config))
+        notes.append(f"{without} patient(s) without a session count left out")
     usable = has_count & frame[covariates].notna().all(axis=1)
     if (has_count & ~usable).any():
         notes.append(
-            f"{int((has_count & ~usable).sum())} patient(s) with a missing covariate left out "
+            f"{count_text(int((has_count & ~usable).sum()), min_cell_count(config))} "
+            "patient(s) with a missing covariate left out "
             "of the adjusted models"
         )
     fits: dict[str, GlmFit] = {}

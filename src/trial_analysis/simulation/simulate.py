@@ -1706,21 +1706,21 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
     """
     names = [str(c) for c in frame.columns]
     if any(set(name) & set(',"\r\n') for name in names):
-        return io.write_csv(frame, path)
+        return io.write_csv(frame, path, neutralise=False)
     columns: list[pa.Array] = []
     for name in frame.columns:
         series = frame[name]
         if pd.api.types.is_float_dtype(series.dtype):
             text = _csv_float_text(series.to_numpy(dtype=float))
             if text is None:
-                return io.write_csv(frame, path)
+                return io.write_csv(frame, path, neutralise=False)
         elif pd.api.types.is_integer_dtype(series.dtype) or pd.api.types.is_bool_dtype(
                 series.dtype):
             text = pc.cast(pa.array(series.astype("Int64")), pa.string())
         else:
             text = pc.cast(pa.array(series, from_pandas=True), pa.string())
             if _needs_quotes(text):
-                return io.write_csv(frame, path)
+                return io.write_csv(frame, path, neutralise=False)
         columns.append(text)
     # The newline rides on the last column, so the lines are assembled in one pass.
     columns[-1] = pc.binary_join_element_wise(pc.fill_null(columns[-1], ""), "", "\n")
