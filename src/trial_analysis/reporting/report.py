@@ -400,6 +400,8 @@ def _float(text: str) -> float:
 def describe_random_effects(value: Any) -> str:
     """Random-effects structure in words: ``components`` of a mapping, or the text as given."""
     if isinstance(value, Mapping):
+        if value.get("covariance"):
+            return f"none (MMRM; within-patient covariance {value['covariance']})"
         components = value.get("components") or value.get("levels")
         if components:
             return " + ".join(f"(1 | {c})" for c in components)
