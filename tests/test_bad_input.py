@@ -533,3 +533,65 @@ def test_a_file_where_the_output_folder_should_be_is_one_line(
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1
     assert "Not a directory; a file stands where a folder is needed" in err
+
+
+# ---- the other cases of issue 19 ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hostile", ['=HYPERLINK("http://x","y")', "@SUM(1+1)", "+1+2", "-3+4"])
+def test_a_formula_in_an_id_never_reaches_a_csv_as_a_formula(
+        hostile: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 19: an id such as =HYPERLINK(...) reached the CSV outputs unescaped. Through
+    clean, eligibility and allocate: the therapists table under reports/ shows codes, and
+    no CSV cell written begins with a formula character."""
+    import csv
+
+    tables = raw_extract()
+    for name in ("therapists", "sessions"):
+        frame = tables[name]
+        frame.loc[frame["therapist_id"] == "T001", "therapist_id"] = hostile
+    raw = write_extract(tables, tmp_path / "raw")
+    config = write_config(fixture_config(), tmp_path / "config.yaml")
+    i, out = tmp_path / "interim", tmp_path / "reports"
+    c = ["--config", str(config)]
+    for step in (
+        ["clean", *c, "--raw", str(raw), "--out", str(i / "clean"),
+         "--ledger", str(i / "clean_ledger.parquet")],
+        ["eligibility", *c, "--clean", str(i / "clean"),
+         "--clean-ledger", str(i / "clean_ledger.parquet"), "--cohort", str(i / "cohort.parquet"),
+         "--ledger", str(i / "ledger.parquet"), "--flow", str(i / "flow.csv")],
+        ["allocate", *c, "--cohort", str(i / "cohort.parquet"), "--clean", str(i / "clean"),
+         "--flow-in", str(i / "flow.csv"), "--analysis", str(i / "analysis.parquet"),
+         "--flow", str(out / "flow.csv"), "--implementation", str(out / "implementation.csv"),
+         "--fidelity", str(out / "therapist_fidelity.csv")],
+    ):
+        assert main(["-q", *step]) == 0, capsys.readouterr().err
+    cleaned = pd.read_parquet(i / "clean" / "therapists.parquet")
+    assert hostile.upper() in set(cleaned["therapist_id"])  # the data keep the id as written
+    for path in [*out.glob("*.csv"), i / "flow.csv"]:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.reader(handle):
+                for cell in row:
+                    number = cell.lstrip("+-").replace(".", "", 1).isdigit()
+                    assert number or not cell.startswith(("=", "+", "-", "@", "\t", "\r")), \
+                        (path.name, cell)
+    text = (out / "therapist_fidelity.csv").read_text()
+    assert hostile.upper() not in text and "HYPERLINK" not in text
+
+
+def test_a_negligible_smd_in_table_one_is_not_a_crash() -> None:
+    """Issue 19: removing the sessions of three episodes made tableone print an SMD as
+    "<0.001" and the `tables` rule died converting it (ValueError). Same arms, same ages."""
+    import copy
+
+    from raw_fixtures import CONFIG_FILE
+
+    from trial_analysis.config import load_config
+    from trial_analysis.reporting.tables import table_one
+
+    config = copy.deepcopy(load_config(CONFIG_FILE))
+    intervention, control = config["allocation"]["intervention"], config["allocation"]["control"]
+    frame = pd.DataFrame({"arm": [intervention] * 10 + [control] * 10,
+                          "age": [30, 40, 50, 60, 70] * 4, "sex": ["F", "M"] * 10})
+    table = table_one(frame, config)
+    assert table.loc[table["variable"] == "Age, years", "smd"].item() == "<0.001"
