@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -311,19 +313,27 @@ def write_flow_and_implementation(tables: Path, analysis: pd.DataFrame) -> None:
     n_ctrl = n - n_int
     complete_int = int(((analysis["complete_case"] == 1) & (analysis["arm_intervention"] == 1))
                        .sum())
-    missing = "baseline or follow-up score missing (function)"
+    missing = "follow-up score missing (function)"
     # The layout eligibility + allocate write: boxes have no n_excluded; exclusion rows carry
     # the count left after them; the analysis step's boxes carry their own exclusions.
     rows = [
         ("extract", "patient episodes in the extract", n + 95, None, ""),
-        ("clean", "dropped in cleaning", n + 80, 15, "exact duplicate of row N"),
+        ("clean", "dropped in cleaning", n + 80, 15, "exact duplicate of another record"),
         ("clean", "patient episodes after cleaning", n + 80, None, ""),
+        ("records", "outcome records dropped", 4 * n, 6, "exact duplicate of another record"),
+        ("records", "outcome values set missing", 4 * n, 3,
+         "score outside the instrument's range"),
         ("eligibility", "excluded as ineligible", n + 30, 50, "referral outside study window"),
         ("eligibility", "excluded as ineligible", n, 30, "age under 18"),
         ("eligibility", "excluded as ineligible", n, 0, "no attended session"),
         ("eligibility", "eligible patients", n, None, ""),
-        ("allocation", "allocated to ETMI", n_int, None, ""),
-        ("allocation", "allocated to usual care", n_ctrl, None, ""),
+        ("allocation", "ETMI group", n_int, None, ""),
+        ("allocation", "usual care group", n_ctrl, None, ""),
+        ("analysis", "all with a baseline analysed", n, 0, "baseline score missing (function)"),
+        ("analysis", "all with a baseline analysed, ETMI", n_int, 0,
+         "baseline score missing (function)"),
+        ("analysis", "all with a baseline analysed, usual care", n_ctrl, 0,
+         "baseline score missing (function)"),
         ("analysis", "complete cases analysed", complete, n - complete, missing),
         ("analysis", "complete cases analysed, ETMI", complete_int, n_int - complete_int,
          missing),
@@ -410,7 +420,8 @@ def build_outputs(root: Path, n_patients: int = 240, seed: int = 7) -> FixtureRu
     run_figures(config=run.config, analysis=run.analysis, estimates=run.estimates,
                 tables=run.tables, out=run.figures)
     run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
-               figures=run.figures, benchmarks=run.benchmarks, out=run.report)
+               figures=run.figures, benchmarks=run.benchmarks, out=run.report,
+               analysis=run.analysis)
     return run
 
 
@@ -445,6 +456,49 @@ def shared_outputs(base: Path) -> FixtureRun:
         run_figures(config=run.config, analysis=run.analysis, estimates=run.estimates,
                     tables=run.tables, out=run.figures)
         run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
-                   figures=run.figures, benchmarks=run.benchmarks, out=run.report)
+                   figures=run.figures, benchmarks=run.benchmarks, out=run.report,
+                   analysis=run.analysis)
         _SHARED[key] = run
     return _SHARED[key]
+
+
+# Elements whose text is code a reader would type (formulas, config keys, the config as run).
+CODE_ELEMENTS = {"code", "pre", "style", "script"}
+# Tokens that are file names (each table and figure names its source file).
+FILE_NAME = re.compile(r"\S+\.(?:csv|json|parquet|png|svg|yaml|tsv|log|html|docx|tex)\b")
+SNAKE_CASE = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")
+METHOD_KEY = re.compile(r"\b[a-z_]+:[a-z_]+\b")
+DUMMY = re.compile(r"\b(?:sex|clinic|arm|region)[A-Z][A-Za-z0-9]*\b")
+
+
+class _VisibleText(HTMLParser):
+    """The text a reader sees: no tags, no attributes, no code elements."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in CODE_ELEMENTS:
+            self.depth += 1
+
+    def handle_endtag(self, tag):
+        if tag in CODE_ELEMENTS:
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if not self.depth:
+            self.parts.append(data)
+
+
+def visible_text(html: str) -> str:
+    parser = _VisibleText()
+    parser.feed(html)
+    return FILE_NAME.sub(" ", " ".join(parser.parts))
+
+
+def raw_identifiers(text: str) -> list[str]:
+    """Snake-case identifiers, ``model:se`` method keys and dummies like ``sexM`` in text."""
+    found = SNAKE_CASE.findall(text) + METHOD_KEY.findall(text) + DUMMY.findall(text)
+    return sorted(set(found))

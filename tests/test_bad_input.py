@@ -190,6 +190,57 @@ def _flag_not_binary(s: Setup) -> None:
     s.tables["patients"].loc[2, "depression"] = "yes"
 
 
+def _filter(spec: dict[str, Any]) -> Callable[[Setup], None]:
+    def breaker(s: Setup) -> None:
+        s.config["eligibility"]["filters"] = [spec]
+
+    return breaker
+
+
+def _plausibility(section: str, name: str, **rule: Any) -> Callable[[Setup], None]:
+    """Set a plausibility rule (``variables`` or ``dates``) of the config."""
+    def breaker(s: Setup) -> None:
+        rules = s.config.setdefault("plausibility", {}).setdefault(section, {})
+        rules[name] = {**rules.get(name, {}), **rule}
+
+    return breaker
+
+
+def _both(*breakers: Callable[[Setup], None]) -> Callable[[Setup], None]:
+    def breaker(s: Setup) -> None:
+        for each in breakers:
+            each(s)
+
+    return breaker
+
+
+def _age_column(values: dict[int, str]) -> Callable[[Setup], None]:
+    """Patients give age directly (declared ``age: number``), with some values replaced."""
+    def breaker(s: Setup) -> None:
+        patients = s.tables["patients"].drop(columns="birth_date")
+        patients["age"] = "45"
+        for row, value in values.items():
+            patients.loc[row, "age"] = value
+        s.tables["patients"] = patients
+        s.config["input"]["tables"]["patients"]["variables"] = {"age": "number"}
+
+    return breaker
+
+
+def _discharge_date(episode: str, date: str) -> Callable[[Setup], None]:
+    def breaker(s: Setup) -> None:
+        outcomes = s.tables["outcomes"]
+        rows = (outcomes["episode_id"] == episode) & (outcomes["timepoint"] == "discharge")
+        outcomes.loc[rows, "assessment_date"] = date
+
+    return breaker
+
+
+def _declared_without_range(s: Setup) -> None:
+    s.tables["patients"]["grip_kg"] = "30"
+    s.config["input"]["tables"]["patients"]["variables"] = {"grip_kg": "number"}
+
+
 def _folded_duplicate_id_column(s: Setup) -> None:
     # issue 19: both Patient_ID and PATIENT_ID; the last one used to win silently
     s.tables["patients"] = s.tables["patients"].rename(columns={"patient_id": "Patient_ID"})
@@ -266,6 +317,48 @@ CASES = [
          ("outcomes.csv", "pain_discharge", "required column")),
     Case("flag not 0/1", _flag_not_binary,
          ("patients.csv", "depression", "rows 3", "0 or 1", "'yes'")),
+    Case("row filter on a column the file lacks", _filter({"column": "per_protocol",
+                                                           "keep": [1]}),
+         ("patients.csv", "per_protocol", "required column")),
+    # Implausible values where the study's rule says stop (issue 19; ledgered by default,
+    # see LEDGERED below).
+    Case("BMI outside its range (rule: stop)",
+         _both(_set("patients", 0, "bmi", "300"), _plausibility("variables", "bmi",
+                                                                 action="stop")),
+         ("patients.csv", "column 'bmi'", "rows 1", "plausibility.variables.bmi.range",
+          "bmi 300 outside the plausible range 10-80")),
+    Case("birth date in 1822 (rule: stop)",
+         _both(_set("patients", 1, "birth_date", "1822-01-02"),
+               _plausibility("variables", "age", action="stop")),
+         ("patients.csv", "column 'birth_date'", "rows 2", "gives age 200",
+          "plausibility.variables.age.range")),
+    Case("age column holding 200 and 1000 (rule: stop)",
+         _both(_age_column({3: "200", 5: "1000"}), _plausibility("variables", "age",
+                                                                  action="stop")),
+         ("patients.csv", "column 'age'", "rows 4, 6", "2 value(s)", "age 200 outside",
+          "plausibility.variables.age.range")),
+    Case("sessions dated 1990 and 2099 (rule: stop)",
+         _both(_set("sessions", 0, "session_date", "1990-02-10"),
+               _set("sessions", 4, "session_date", "2099-03-15"),
+               _plausibility("dates", "study_window", action="stop")),
+         ("sessions.csv", "column 'session_date'", "rows 1, 5", "outside the study window",
+          "plausibility.dates.study_window")),
+    Case("discharge before intake (rule: stop)",
+         _both(_discharge_date("E000004", "2022-05-10"),
+               _plausibility("dates", "followup_order", action="stop")),
+         ("outcomes.csv", "column 'assessment_date'", "rows 19, 20, 21",
+          "discharge assessment_date 2022-05-10 before the intake assessment 2022-05-12",
+          "plausibility.dates.followup_order")),
+    # Hostile cases of our own, one per rule.
+    Case("missing-value code -999.0 in a count without codes", _n_sessions(["-999.0"]),
+         ("patients.csv", "n_sessions", "rows 1", "whole numbers of 0 or more")),
+    Case("session 3 years into its episode (rule: stop)",
+         _both(_set("sessions", 1, "session_date", "2024-11-20"),
+               _plausibility("dates", "episode", action="stop")),
+         ("sessions.csv", "rows 2", "is 1021 days after the referral 2022-02-03",
+          "(at most 730 allowed)", "plausibility.dates.episode")),
+    Case("declared number variable without a range", _declared_without_range,
+         ("grip_kg", "plausible range", "plausibility/variables/grip_kg/range")),
     Case("two id columns equal ignoring case", _folded_duplicate_id_column,
          ("patients.csv", "'Patient_ID'", "'PATIENT_ID'", "ambiguous")),
     Case("two columns equal ignoring case and spaces", _folded_duplicate_spaces,
@@ -316,6 +409,151 @@ def test_valid_fixture_passes_the_same_path(tmp_path: Path, capsys: pytest.Captu
     assert sorted(p.name for p in (tmp_path / "clean").iterdir()) == [
         "outcomes.parquet", "patients.parquet", "sessions.parquet", "therapists.parquet"
     ]
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"column": "sex", "keep": ["F", "X"]},
+     ("patients.parquet", "column 'sex'", "eligibility.filters keep", "['X'] never occur",
+      "Values present: F, M")),
+    ({"column": "depression", "drop": ["yes"]},
+     ("patients.parquet", "column 'depression'", "the column is numeric", "['yes']")),
+    ({"column": "sex", "keep": ["NOBODY"]},
+     ("patients.parquet", "column 'sex'", "['NOBODY'] never occur")),
+])
+def test_row_filter_values_not_in_the_data_fail_cleanly(spec: dict[str, Any], expected,
+                                                        tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture):
+    """A filter value no episode has stops the eligibility step (a typo would filter none)."""
+    config = fixture_config()
+    config["eligibility"]["filters"] = [spec]
+    raw = write_extract(raw_extract(), tmp_path / "raw")
+    config_file = write_config(config, tmp_path / "config.yaml")
+    clean, ledger = tmp_path / "clean", tmp_path / "clean_ledger.parquet"
+    assert main(["-q", "clean", "--config", str(config_file), "--raw", str(raw), "--out",
+                 str(clean), "--ledger", str(ledger)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    outputs = [tmp_path / name for name in ("cohort.parquet", "ledger.parquet", "flow.csv")]
+    status = main(["-q", "eligibility", "--config", str(config_file), "--clean", str(clean),
+                   "--clean-ledger", str(ledger), "--cohort", str(outputs[0]),
+                   "--ledger", str(outputs[1]), "--flow", str(outputs[2])])
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert captured.err.startswith("trial-analysis eligibility: error: ")
+    for text in expected:
+        assert text in captured.err, f"{text!r} not in {captured.err!r}"
+    assert len(captured.err) < 800
+    assert not any(path.exists() for path in outputs)
+
+
+def test_row_filter_on_an_undeclared_column_gives_each_filtered_record_a_fate(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """The harness's valid counterpart: a third arm, in a column nobody declared, filtered out."""
+    tables = raw_extract()
+    groups = ["A", "B", "C"]
+    tables["patients"]["group"] = [groups[i % 3] for i in range(len(tables["patients"]))]
+    config = fixture_config()
+    config["eligibility"]["filters"] = [{"column": "group", "keep": ["A", "B"]}]
+    raw = write_extract(tables, tmp_path / "raw")
+    config_file = write_config(config, tmp_path / "config.yaml")
+    clean, clean_ledger = tmp_path / "clean", tmp_path / "clean_ledger.parquet"
+    assert main(["-q", "clean", "--config", str(config_file), "--raw", str(raw), "--out",
+                 str(clean), "--ledger", str(clean_ledger)]) == 0, capsys.readouterr().err
+    cohort, ledger, flow = (tmp_path / n for n in ("cohort.parquet", "ledger.parquet",
+                                                    "flow.csv"))
+    assert main(["-q", "eligibility", "--config", str(config_file), "--clean", str(clean),
+                 "--clean-ledger", str(clean_ledger), "--cohort", str(cohort),
+                 "--ledger", str(ledger), "--flow", str(flow)]) == 0, capsys.readouterr().err
+    kept = pd.read_parquet(cohort)
+    assert set(kept["group"]) <= {"A", "B"} and len(kept) > 0
+    fates = pd.read_parquet(ledger)
+    reason = "episode excluded: filter: group not in [A, B]"
+    filtered = fates.loc[(fates["table"] == "patients") & (fates["reason"] == reason)]
+    assert len(filtered) > 0 and (filtered["fate"] == "excluded").all()
+    # Their sessions and outcomes carry the same fate; every raw record has one row.
+    assert {"sessions", "outcomes"} <= set(fates.loc[fates["reason"] == reason, "table"])
+    for name, frame in tables.items():
+        assert (fates["table"] == name).sum() == len(frame)
+    row = pd.read_csv(flow).set_index("reason").loc["filter: group not in [A, B]"]
+    assert int(row["n_excluded"]) == len(filtered)
+
+
+# ---- implausible values with the default rules: a ledgered result, never a silent one ------
+
+
+@dataclass(frozen=True)
+class Ledgered:
+    name: str
+    breaker: Callable[[Setup], None]
+    table: str
+    record_ids: tuple[int, ...]
+    fate: str
+    reason: str  # a substring of every one of the records' ledger reasons
+
+
+LEDGERED = [
+    # The cases of issue 19.
+    Ledgered("-999 in symptom duration", _set("patients", 2, "symptom_duration_weeks", "-999"),
+             "patients", (3,), "value_set_missing",
+             "symptom_duration_weeks -999 is a missing-value code (plausibility.variables."),
+    Ledgered("-999 in BMI", _set("patients", 3, "bmi", "-999"), "patients", (4,),
+             "value_set_missing", "bmi -999 is a missing-value code"),
+    Ledgered("birth date in 1822", _set("patients", 1, "birth_date", "1822-01-02"),
+             "patients", (2,), "dropped", "gives age 200 at referral 2022-03-10"),
+    Ledgered("age column holding 200 and 1000", _age_column({3: "200", 5: "1000"}),
+             "patients", (4, 6), "dropped", "outside the plausible range 0-120"),
+    Ledgered("sessions dated 1990 and 2099",
+             _both(_set("sessions", 0, "session_date", "1990-02-10"),
+                   _set("sessions", 4, "session_date", "2099-03-15")),
+             "sessions", (1, 5), "dropped", "outside the study window with its margin"),
+    Ledgered("discharge before intake", _discharge_date("E000004", "2022-05-10"),
+             "outcomes", (19, 20, 21), "value_set_missing",
+             "before the intake assessment 2022-05-12 (plausibility.dates.followup_order)"),
+    # Hostile cases of our own, one per rule.
+    Ledgered("missing-value code written -999.0 with spaces",
+             _set("patients", 0, "bmi", " -999.0 "), "patients", (1,), "value_set_missing",
+             "bmi -999 is a missing-value code"),
+    Ledgered("BMI in the wrong units (a weight in kg)", _set("patients", 4, "bmi", "95"),
+             "patients", (5,), "value_set_missing", "bmi 95 outside the plausible range 10-80"),
+    Ledgered("born after the referral", _set("patients", 6, "birth_date", "2023-01-01"),
+             "patients", (7,), "dropped", "gives age -1"),
+    Ledgered("age given as 1e3", _age_column({2: "1e3"}), "patients", (3,), "dropped",
+             "age 1000 outside the plausible range 0-120"),
+    Ledgered("session date with a year typo (2202)", _set("sessions", 8, "session_date",
+                                                          "2202-05-19"),
+             "sessions", (9,), "dropped", "session_date 2202-05-19 outside the study window"),
+    Ledgered("session 3 years into its episode", _set("sessions", 1, "session_date",
+                                                      "2024-11-20"),
+             "sessions", (2,), "dropped", "1021 days after the referral"),
+    Ledgered("therapist aged 7", _set("therapists", 2, "age", "7"), "therapists", (3,),
+             "value_set_missing", "plausibility.variables.therapist_age.range"),
+]
+
+
+@pytest.mark.parametrize("case", LEDGERED, ids=[c.name for c in LEDGERED])
+def test_implausible_input_is_ledgered(case: Ledgered, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture):
+    setup = Setup(tables=raw_extract(), config=fixture_config(), raw=tmp_path / "raw")
+    # The fixture is small: one dropped patient is 8% of its table.
+    setup.config["input"]["max_invalid_fraction"] = 0.5
+    case.breaker(setup)
+    write_extract(setup.tables, setup.raw)
+    config_file = write_config(setup.config, tmp_path / "config.yaml")
+    out, ledger = tmp_path / "clean", tmp_path / "clean_ledger.parquet"
+
+    status = main(["-q", "clean", "--config", str(config_file), "--raw", str(setup.raw),
+                   "--out", str(out), "--ledger", str(ledger)])
+
+    assert status == 0, capsys.readouterr().err
+    records = pd.read_parquet(ledger).set_index(["table", "record_id"]).loc[case.table]
+    assert len(records) == len(setup.tables[case.table])
+    for record in case.record_ids:
+        fate, reason = records.loc[record, ["fate", "reason"]]
+        assert fate == case.fate and case.reason in reason, (fate, reason)
+    assert "plausibility." in " ".join(records.loc[list(case.record_ids), "reason"])
+    cleaned = pd.read_parquet(out / f"{case.table}.parquet").set_index("record_id")
+    if case.fate == "dropped":
+        assert cleaned.index.intersection(case.record_ids).empty
 
 
 # ---- hostile input that must be accepted, with the right result -------------------------------

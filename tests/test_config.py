@@ -251,3 +251,91 @@ def test_validate_config_command_checks_a_stamped_file_in_full(default_config: d
                         lambda config, source: calls.append(source) or config)
     assert main(["-q", "validate-config", str(path)]) == 0
     assert calls == [str(path)]
+
+
+# ---------------------------------------------------------------------------------------------
+# study.design sets the design's defaults; the target trial's checks
+
+
+def _randomised(config: dict) -> dict:
+    config["study"]["design"] = "randomised"
+    for key in ("min_age", "require_clbp_code", "first_episode_only"):
+        config["eligibility"].pop(key)
+    config["analysis"].pop("random_time_effects")
+    config["sensitivity"].pop("analyses")
+    return config
+
+
+def test_randomised_design_sets_a_trials_defaults(default_config: dict) -> None:
+    config = validate_config(_randomised(default_config))
+    assert config["eligibility"]["min_age"] is None
+    assert config["eligibility"]["require_clbp_code"] is False
+    assert config["eligibility"]["first_episode_only"] is False
+    assert config["analysis"]["random_time_effects"] == []
+    assert config["sensitivity"]["analyses"] == ["multiple_imputation", "tipping_point"]
+
+
+def test_observational_design_keeps_the_schema_defaults(default_config: dict) -> None:
+    config = _randomised(default_config)
+    config["study"]["design"] = "observational"
+    config = validate_config(config)
+    assert config["eligibility"]["min_age"] == 18
+    assert config["eligibility"]["first_episode_only"] is True
+    assert config["analysis"]["random_time_effects"] == ["therapist"]
+    assert "propensity" in config["sensitivity"]["analyses"]
+
+
+def test_explicit_keys_win_over_the_designs_defaults(default_config: dict) -> None:
+    config = _randomised(default_config)
+    config["eligibility"]["min_age"] = 16
+    config["sensitivity"]["analyses"] = ["evalue"]
+    config = validate_config(config)
+    assert config["eligibility"]["min_age"] == 16
+    assert config["sensitivity"]["analyses"] == ["evalue"]
+    assert config["eligibility"]["first_episode_only"] is False
+
+
+def test_randomised_without_a_sensitivity_section_runs_none(default_config: dict) -> None:
+    config = _randomised(default_config)
+    del config["sensitivity"]
+    assert "sensitivity" not in validate_config(config)
+
+
+@pytest.mark.parametrize("design", ["observational", "randomised"])
+def test_an_empty_eligibility_section_takes_the_designs_defaults(default_config: dict,
+                                                                 design: str) -> None:
+    default_config["study"]["design"] = design
+    default_config["eligibility"] = None
+    default_config["target_trial"] = None
+    config = validate_config(default_config)
+    assert config["eligibility"]["min_age"] == (18 if design == "observational" else None)
+    assert config["target_trial"]["population"] == "reproduction"
+
+
+def test_target_trial_population_needs_the_therapists_table(default_config: dict) -> None:
+    default_config["target_trial"]["population"] = "target_trial"
+    default_config["input"]["tables"]["therapists"] = None
+    with pytest.raises(ConfigError) as error:
+        validate_config(default_config)
+    assert any(p.startswith("target_trial/eligibility/therapist_trained_before_time_zero")
+               for p in error.value.problems)
+    default_config["target_trial"]["eligibility"]["therapist_trained_before_time_zero"] = False
+    problems = []
+    try:
+        validate_config(default_config)
+    except ConfigError as exc:
+        problems = exc.problems
+    assert not any(p.startswith("target_trial") for p in problems)
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    ([{"column": "arm"}], "eligibility/filters/0"),
+    ([{"column": "arm", "keep": ["A"], "drop": ["B"]}], "eligibility/filters/0"),
+    ([{"column": "arm", "keep": []}], "eligibility/filters/0/keep"),
+    ([{"column": "arm", "kep": ["A"]}], "did you mean 'keep'?"),
+])
+def test_malformed_row_filters_are_named(default_config: dict, filters, expected: str) -> None:
+    default_config["eligibility"]["filters"] = filters
+    with pytest.raises(ConfigError) as error:
+        validate_config(default_config)
+    assert expected in str(error.value)

@@ -30,6 +30,15 @@ def test_report_exists_and_is_self_contained(pipeline_run: Path) -> None:
     assert "<img" in html or "<svg" in html
 
 
+def test_report_shows_no_raw_identifier(pipeline_run: Path) -> None:
+    """The full report (sensitivity analyses included) names everything by its label."""
+    from report_fixtures import raw_identifiers, visible_text
+
+    html = (pipeline_run / "reports" / "report.html").read_text(encoding="utf-8")
+    found = raw_identifiers(visible_text(html))
+    assert not found, f"raw identifiers a reader would see: {found}"
+
+
 def test_every_estimate_file_is_well_formed(pipeline_run: Path) -> None:
     config = load_config(pipeline_run / "config" / "config.yaml")
     estimates = pipeline_run / "reports" / "estimates"

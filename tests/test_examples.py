@@ -163,8 +163,9 @@ def test_multisite_long_report_and_flow(multisite_long):
     assert koos["heterogeneity"] == pytest.approx(koos["M"] - koos["F"], rel=1e-6)
     flow = _flow(workdir, config)
     reasons = flow.dropna(subset=["reason"]).set_index("reason")["n_excluded"].to_dict()
-    assert reasons["referral outside study window"] == 1
-    assert reasons["age under 18"] == 1
+    # One patient each: below report.min_cell_count, so merged into one row and shown as <5
+    # (cohort.disclosure); the eligible count below stays exact.
+    assert reasons["referral outside study window; or age under 18"] == "<5"
     assert flow.set_index("description").loc["eligible patients", "n"] == 598
 
 
@@ -188,6 +189,17 @@ def test_multisite_long_clusters_by_site_and_recovers_the_truth(multisite_long):
     model = json.loads((workdir / config["paths"]["reports"] / "estimates"
                         / "koos.complete_case.json").read_text())["model"]
     assert model["random_effects"]["levels"] == ["site", "patient"]
+
+
+@pytest.mark.parametrize("example", ["randomised_wide", "multisite_long"])
+def test_example_reports_show_no_raw_identifier(example, request):
+    """Each example's report names terms, populations and methods by their labels."""
+    from report_fixtures import raw_identifiers, visible_text
+
+    workdir, config = request.getfixturevalue(example)
+    html = (workdir / config["paths"]["reports"] / "report.html").read_text()
+    found = raw_identifiers(visible_text(html))
+    assert not found, f"raw identifiers a reader would see: {found}"
 
 
 @pytest.mark.parametrize("name", ["randomised_wide", "multisite_long"])

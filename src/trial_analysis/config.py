@@ -193,6 +193,8 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
     # problems listed already, and these follow once the shape is right.
     with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
         problems += _study_structure_problems(config)
+    with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
+        problems += _plausibility_problems(config)
     alloc = _mapping(config.get("allocation"))
     if alloc.get("rule") == "column" and not alloc.get("column"):
         problems.append("allocation/column: required when allocation/rule is 'column'")
@@ -219,7 +221,24 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                     f"analysis/populations {populations}, so its primary estimates are never "
                     "fitted")
     problems += _source_problems(config)
+    problems += _target_trial_problems(config)
     return problems
+
+
+def _target_trial_problems(config: Mapping[str, Any]) -> list[str]:
+    """The target trial's eligibility rule needs the data it reads."""
+    target = _mapping(config.get("target_trial"))
+    rule = _mapping(target.get("eligibility")).get("therapist_trained_before_time_zero", True)
+    if target.get("population") != "target_trial" or not rule:
+        return []
+    if study_design(config) == "randomised":
+        return []
+    tables = _mapping(_mapping(config.get("input")).get("tables"))
+    if tables.get("therapists") is None or tables.get("sessions") is None:
+        return ["target_trial/eligibility/therapist_trained_before_time_zero: needs the "
+                "therapists and sessions tables (input/tables); set it to false or "
+                "target_trial/population to reproduction"]
+    return []
 
 
 def _source_problems(config: Mapping[str, Any]) -> list[str]:
@@ -245,6 +264,49 @@ def _source_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+# Defaults that depend on study.design, filled before the schema's own defaults: a key given
+# explicitly always wins. Paths are (section, key); the schema's description of study.design
+# lists them, and so does config/README.md, generated from it.
+DESIGN_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
+    "observational": {},
+    "randomised": {
+        # A trial enrolled its participants: no rules of the default study's extract.
+        ("eligibility", "min_age"): None,
+        ("eligibility", "require_clbp_code"): False,
+        ("eligibility", "first_episode_only"): False,
+        ("analysis", "random_time_effects"): [],
+        # Randomisation removes confounding; the missing-data analyses still apply.
+        ("sensitivity", "analyses"): ["multiple_imputation", "tipping_point"],
+    },
+}
+# Sections that may be written empty (`eligibility:`) and then take every default.
+_EMPTY_ALLOWED = ("eligibility", "target_trial")
+
+
+def study_design(config: Mapping[str, Any]) -> str:
+    """``study.design`` (observational unless set)."""
+    study = config.get("study")
+    design = study.get("design", "observational") if isinstance(study, Mapping) else None
+    return design if design in DESIGN_DEFAULTS else "observational"
+
+
+def _fill_design_defaults(config: dict[str, Any]) -> None:
+    """Fill the defaults of ``study.design`` that the config does not set itself.
+
+    A section left out stays out where leaving it out means something (no sensitivity
+    section: no sensitivity analyses); the required sections are created.
+    """
+    for section in _EMPTY_ALLOWED:
+        if section in config and config[section] is None:
+            config[section] = {}
+    for (section, key), value in DESIGN_DEFAULTS[study_design(config)].items():
+        if section == "sensitivity" and section not in config:
+            continue
+        part = config.setdefault(section, {})
+        if isinstance(part, dict) and key not in part:
+            part[key] = copy.deepcopy(value)
+
+
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Fill defaults into ``config`` and validate it, listing every problem in one error.
 
@@ -255,6 +317,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     if not isinstance(config, dict):
         raise ConfigError(source, ["the file must hold a mapping of keys to values"])
     schema = load_schema()
+    _fill_design_defaults(config)
     _fill_defaults(config, schema, schema)
     validator = jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -461,6 +524,92 @@ def patient_variables(config: Mapping[str, Any]) -> dict[str, str]:
     return {**BUILTIN_PATIENT_VARIABLES, **declared}
 
 
+# Plausibility of the built-in numeric columns (the default study's extract): the valid range
+# (inclusive), the missing-value codes and what a value outside the range becomes. An entry of
+# plausibility.variables replaces the keys it gives. 999 weeks (19 years) is a possible symptom
+# duration, so it is not a code there. ``therapist_age`` is the therapists table's ``age``.
+_CODES = [-9999, -999, -99, -9, 999, 9999]
+BUILTIN_PLAUSIBILITY: dict[str, dict[str, Any]] = {
+    "age": {"range": [0, 120], "sentinels": _CODES, "action": "drop"},
+    "symptom_duration_weeks": {"range": [0, 5200], "sentinels": [-9999, -999, -99, -9, 9999],
+                               "action": "set_missing"},
+    "bmi": {"range": [10, 80], "sentinels": _CODES, "action": "set_missing"},
+    "ses_score": {"range": [1, 10], "sentinels": _CODES, "action": "set_missing"},
+    "therapist_age": {"range": [18, 80], "sentinels": _CODES, "action": "set_missing"},
+    "n_sessions": {"range": [0, 1000], "sentinels": [], "action": "set_missing"},
+}
+PLAUSIBILITY_ACTIONS: tuple[str, ...] = ("set_missing", "drop", "stop")
+_NUMERIC_KINDS = ("number", "integer")
+
+
+def plausibility_variables(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The plausibility rule of every numeric variable: ``range`` (low, high), ``sentinels``,
+    ``action``.
+
+    The built-in columns' rules (:data:`BUILTIN_PLAUSIBILITY`) with the keys that
+    ``plausibility.variables`` gives replaced; declared ``number`` and ``integer`` patient
+    variables take their rule from ``plausibility.variables`` (no missing-value codes and
+    action ``set_missing`` unless given). An open end of a range (null) is infinite.
+    """
+    given = (config.get("plausibility") or {}).get("variables") or {}
+    declared = config["input"]["tables"]["patients"].get("variables") or {}
+    names = [*BUILTIN_PLAUSIBILITY,
+             *(n for n, k in declared.items() if k in _NUMERIC_KINDS and n not in
+               BUILTIN_PLAUSIBILITY)]
+    rules = {}
+    for name in names:
+        rule = {"range": [None, None], "sentinels": [], "action": "set_missing",
+                **BUILTIN_PLAUSIBILITY.get(name, {}), **(given.get(name) or {})}
+        low, high = rule["range"]
+        rules[name] = {
+            "range": (float("-inf") if low is None else float(low),
+                      float("inf") if high is None else float(high)),
+            "sentinels": tuple(float(v) for v in rule["sentinels"]),
+            "action": str(rule["action"]),
+        }
+    return rules
+
+
+def _plausibility_problems(config: Mapping[str, Any]) -> list[str]:
+    """Every numeric variable needs a range; plausibility entries must name one."""
+    section = _mapping(config.get("plausibility"))
+    given = _mapping(section.get("variables"))
+    declared = _mapping(_mapping(config["input"]["tables"]["patients"]).get("variables"))
+    numeric = [*BUILTIN_PLAUSIBILITY,
+               *(n for n, k in declared.items() if k in _NUMERIC_KINDS)]
+    problems = []
+    for name, rule in given.items():
+        if name not in numeric:
+            problems.append(_not_among(
+                "plausibility/variables", name, list(dict.fromkeys(numeric)),
+                "a built-in numeric column or a number or integer variable declared in "
+                "input/tables/patients/variables"))
+            continue
+        low, high = _mapping(rule).get("range", [None, None])
+        if low is not None and high is not None and float(low) > float(high):
+            problems.append(f"plausibility/variables/{name}/range: the low end {low} is above "
+                            f"the high end {high}")
+    for name, kind in declared.items():
+        if kind in _NUMERIC_KINDS and name not in BUILTIN_PLAUSIBILITY and "range" not in (
+                _mapping(given.get(name))):
+            problems.append(
+                f"input/tables/patients/variables/{name}: a {kind} variable needs its plausible "
+                f"range: give plausibility/variables/{name}/range: [low, high] (null for an "
+                "open end)")
+    window = _mapping(_mapping(section.get("dates")).get("study_window"))
+    bounds = {}
+    for key in ("start", "end"):
+        if window.get(key) is not None:
+            try:
+                bounds[key] = dt.date.fromisoformat(str(window[key]))
+            except ValueError:
+                problems.append(f"plausibility/dates/study_window/{key}: '{window[key]}' is "
+                                "not a date (YYYY-MM-DD)")
+    if len(bounds) == 2 and bounds["start"] > bounds["end"]:
+        problems.append("plausibility/dates/study_window: start is after end")
+    return problems
+
+
 def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     timepoints = config.get("timepoints", {})
@@ -526,8 +675,8 @@ def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:
             problems.append("sensitivity/analyses: therapist_fixed_effects needs the therapists "
                             "and sessions tables; remove it")
         propensity = sensitivity.get("propensity", {})
-        if "propensity" in analyses and (propensity.get("therapist_terms")
-                                         or propensity.get("clinic_fixed_effects")):
+        if ({"propensity", "doubly_robust"} & set(analyses)) and (
+                propensity.get("therapist_terms") or propensity.get("clinic_fixed_effects")):
             problems.append("sensitivity/propensity: therapist_terms and clinic_fixed_effects "
                             "need the therapists and sessions tables; set them to [] and false")
     alloc = config.get("allocation", {})

@@ -162,3 +162,66 @@ def study_config(**sensitivity: Any) -> dict[str, Any]:
                      "confidence_level": 0.95},
         "sensitivity": sensitivity,
     }
+
+
+def simulate_baseline_selection(
+    n_patients: int = 1500,
+    n_therapists: int = 50,
+    effect: float = 4.0,
+    mechanism: str = "observed_baseline",
+    seed: int = 1,
+) -> pd.DataFrame:
+    """An analysis table (complete follow-up) where selection is on the baseline score.
+
+    Each patient has a stable level ``L ~ N(51, 9^2)``; the recorded baseline is
+    ``B = L + N(0, 6^2)`` (visit-to-visit noise) and the untreated follow-up
+    ``Y(0) = L + 11 - 1.5 z_age + u_t + N(0, 6^2)``, ``u_t ~ N(0, 1.5^2)`` a therapist
+    effect; ``Y = Y(0) + effect * T``. Selection (``logit P(T) = -0.8 + 0.8 z + 0.5
+    z_age``) is on
+
+    * ``"observed_baseline"``: ``z`` the standardised recorded baseline ``B``: ignorability
+      given the baseline holds (ANCOVA and the doubly robust estimators are unbiased); the
+      change score ``Y - B`` is not (patients selected for a high ``B`` have a high noise
+      draw, which regresses away), so parallel trends fails;
+    * ``"stable_level"``: ``z`` the standardised stable level ``L``: parallel trends holds
+      (the change score is unbiased), ignorability given ``B`` fails (``B`` measures ``L``
+      with error, so ANCOVA under-adjusts).
+
+    The other propensity-model covariates of :func:`study_config` (sex, duration, ...) and
+    the pain and fear-avoidance scores are noise.
+    """
+    rng = np.random.default_rng(seed)
+    therapist = rng.integers(0, n_therapists, n_patients)
+    u = rng.normal(0, 1.5, n_therapists)
+    age = np.clip(rng.normal(56, 16, n_patients), 18, 95)
+    z_age = (age - 56) / 16
+    level = rng.normal(51, 9, n_patients)
+    baseline = level + rng.normal(0, 6, n_patients)
+    if mechanism == "observed_baseline":
+        z = (baseline - 51) / np.sqrt(9**2 + 6**2)
+    elif mechanism == "stable_level":
+        z = (level - 51) / 9
+    else:
+        raise ValueError(mechanism)
+    treated = (rng.random(n_patients) < 1 / (1 + np.exp(-(-0.8 + 0.8 * z + 0.5 * z_age))))
+    treated = treated.astype(int)
+    followup = (level + 11 - 1.5 * z_age + u[therapist] + rng.normal(0, 6, n_patients)
+                + effect * treated)
+    frame = pd.DataFrame({
+        "arm_intervention": treated,
+        "therapist_id": [f"T{t:03d}" for t in therapist],
+        "clinic_id": [f"C{t % 5:02d}" for t in therapist],
+        "age": age,
+        "sex": np.where(rng.random(n_patients) < 0.58, "F", "M"),
+        "symptom_duration_weeks": 12 + rng.lognormal(2.5, 0.8, n_patients),
+        "depression": (rng.random(n_patients) < 0.2).astype(int),
+        "anxiety": (rng.random(n_patients) < 0.12).astype(int),
+        "bmi": rng.normal(28, 5, n_patients),
+        "ses_score": rng.integers(1, 11, n_patients).astype(float),
+        "function_baseline": baseline,
+        "function_followup": followup,
+    })
+    for name in ("pain", "fear_avoidance"):
+        frame[f"{name}_baseline"] = MEANS[name] + SDS[name] * rng.normal(size=n_patients)
+        frame[f"{name}_followup"] = frame[f"{name}_baseline"] + rng.normal(0, 1, n_patients)
+    return frame

@@ -183,7 +183,8 @@ def _tipping(effect: float, seed: int = 2) -> tuple[float, pd.DataFrame]:
     result = run_tipping_point(frame, config)
     tipping = result.details["tipping_points"]["function"]
     assert tipping["status"] == "reached"
-    return tipping["tipping_delta"], result.tables["grid"]
+    grid = result.tables["grid"]
+    return tipping["tipping_delta"], grid[grid["model_form"] == "ancova"]
 
 
 def test_tipping_point_grows_with_the_true_effect() -> None:
@@ -206,13 +207,17 @@ def test_tipping_point_for_lower_is_better_outcome_shifts_upwards() -> None:
                           tipping_point={"outcomes": ["fear_avoidance", "pain"]})
     result = run_tipping_point(frame, config)
     grid = result.tables["grid"]
-    fear = grid[grid["outcome"] == "fear_avoidance"]
-    assert fear["estimate"].iloc[0] < 0
-    assert fear["estimate"].is_monotonic_increasing
+    for form in ("ancova", "change"):
+        fear = grid[(grid["outcome"] == "fear_avoidance") & (grid["model_form"] == form)]
+        assert fear["estimate"].iloc[0] < 0
+        assert fear["estimate"].is_monotonic_increasing
     points = result.details["tipping_points"]
     assert points["fear_avoidance"]["tipping_delta"] > 0
     # No true pain effect: the interval already includes 0 without a shift.
     assert points["pain"]["tipping_delta"] == 0.0
+    # The change-score form shifts the same imputed follow-ups and tips too.
+    assert points["fear_avoidance (change)"]["tipping_delta"] > 0
+    assert points["fear_avoidance (change)"]["model_form"] == "change"
     rows = result.to_frame()
     assert list(rows.columns[:4]) == ["outcome", "analysis", "method", "term"]
     assert set(rows["term"]) == {"arm_intervention", "tipping_delta"}
@@ -346,3 +351,84 @@ def test_sensitivity_rows_from_the_file_equal_the_in_memory_ones(
         pd.testing.assert_frame_equal(via_file.to_frame(), expected.to_frame())
         for table, value in expected.tables.items():
             pd.testing.assert_frame_equal(via_file.tables[table], value)
+
+
+# --------------------------------------------------------------------------------------------
+# m from the fraction of missing information; therapist clustering in the imputation model
+# --------------------------------------------------------------------------------------------
+
+
+def test_choose_m_follows_the_hundred_times_fmi_rule() -> None:
+    from trial_analysis.causal.imputation import choose_m
+
+    chosen = choose_m({"function": 0.56, "pain": 0.73}, pilot_m=20, max_m=100)
+    assert chosen["m"] == 73 and not chosen["capped"]
+    assert choose_m({"function": 0.05}, pilot_m=20, max_m=100)["m"] == 20  # never below pilot
+    capped = choose_m({"function": 0.9}, pilot_m=20, max_m=50)
+    assert capped["m"] == 50 and capped["capped"] and capped["wanted"] == 90
+
+
+def test_auto_m_extends_the_pilot_chains_and_survives_the_file(
+    mar_cohort: pd.DataFrame, tmp_path
+) -> None:
+    frame = _small(mar_cohort)
+    base = {"iterations": 2, "pilot_m": 2, "max_m": 5}
+    auto = impute_chained(frame, study_config(multiple_imputation={**base, "m": "auto"}))
+    choice = auto.m_choice
+    assert choice is not None and choice["pilot_m"] == 2
+    expected = min(5, max(2, int(np.ceil(100 * max(choice["pilot_fmi"].values()) - 1e-9))))
+    assert len(auto.datasets) == choice["m"] == expected
+    fixed_config = study_config(multiple_imputation={**base, "m": choice["m"]})
+    fixed = impute_chained(frame, fixed_config)
+    # the pilot's chains and the added ones are exactly those of a fixed-m run
+    assert np.array_equal(auto.datasets.cells, fixed.datasets.cells)
+    assert fixed.m_choice is None
+    config = study_config(multiple_imputation={**base, "m": "auto"})
+    path = write_imputations(auto, frame, config, tmp_path / "imputations.parquet")
+    back = read_imputations(path, frame, config)
+    _assert_same_imputations(back, auto)
+    assert back.m_choice == choice
+    # a file made with a fixed m is not taken for an auto config, and vice versa
+    with pytest.raises(DataError, match="m_setting"):
+        read_imputations(path, frame, fixed_config)
+
+
+def test_auto_m_notes_say_how_m_was_chosen(mar_cohort: pd.DataFrame) -> None:
+    frame = _small(mar_cohort)
+    config = study_config(multiple_imputation={"m": "auto", "pilot_m": 2, "max_m": 3,
+                                               "iterations": 2})
+    result = run_multiple_imputation(frame, config)
+    rows = result.to_frame().set_index("method").loc[["multiple_imputation_ancova"]]
+    assert len(rows) == 3
+    for notes in rows["notes"]:
+        assert "m=3" in notes
+        assert "m chosen as at least 100 x the largest fraction of missing information" in notes
+    assert result.details["m_choice"]["m"] == 3
+
+
+def test_therapist_means_leave_the_patient_out() -> None:
+    from trial_analysis.causal.imputation import therapist_means
+
+    frame = pd.DataFrame({"therapist_id": ["a", "a", "a", "b", "b", "c"],
+                          "y": [1.0, 3.0, np.nan, 10.0, np.nan, np.nan]})
+    means = therapist_means(frame, ["y"])["therapist_mean_y"].tolist()
+    # a: others of row 0 -> 3; row 1 -> 1; row 2 (missing) -> mean(1, 3) = 2
+    # b: row 3 has no other observed -> overall mean 14/3; row 4 -> 10; c: none -> 14/3
+    assert means == pytest.approx([3.0, 1.0, 2.0, 14 / 3, 10.0, 14 / 3])
+
+
+def test_therapist_means_keep_the_between_therapist_variance() -> None:
+    # Strong therapist effects, follow-ups missing at random: imputations made without the
+    # cluster shrink the therapist means of the imputed values towards the arm mean.
+    frame, _ = simulate_cohort(n_patients=1500, seed=5, confounding=0.0, therapist_sd=6.0,
+                               missingness="MAR")
+    spread = {}
+    for flag in (True, False):
+        config = study_config(multiple_imputation={"m": 3, "iterations": 3,
+                                                   "therapist_means": flag})
+        imputations = impute_chained(frame, config)
+        missing = imputations.missing["function_followup"].to_numpy()
+        completed = imputations.datasets[0]
+        imputed = completed.loc[missing]
+        spread[flag] = imputed.groupby("therapist_id")["function_followup"].mean().std()
+    assert spread[True] > 1.3 * spread[False]

@@ -194,7 +194,26 @@ def test_love_plot_shows_the_largest_imbalances_of_many(tmp_path: Path) -> None:
                             "smd_weighted": np.zeros(n)})
     svg = love_plot(balance, tmp_path)[1].read_text()
     assert f"{LOVE_PLOT_MAX_ROWS} of {n} covariates" in svg
-    assert f"clinic_{n - 1:03d}" in svg and "clinic_000" not in svg
+    assert f"Clinic {n - 1:03d}" in svg and "Clinic 000" not in svg
+
+
+def test_love_plot_names_covariates_by_their_labels() -> None:
+    """The drawn tick labels are readable labels, from config first, never column names."""
+    from trial_analysis.causal.propensity import love_plot_figure
+
+    covariates = ["clinic_C02", "sexM", "therapist_etmi_share", "function_baseline",
+                  "ses_score_missing", "age"]
+    balance = pd.DataFrame({"covariate": covariates,
+                            "smd_unweighted": np.linspace(0.05, 0.3, len(covariates)),
+                            "smd_weighted": np.zeros(len(covariates))})
+    config = study_config(outcomes=["function"])
+    config.setdefault("report", {})["labels"] = {"age": "Age at referral"}
+    figure = love_plot_figure(balance, config=config)
+    drawn = [tick.get_text() for tick in figure.axes[0].get_yticklabels()]
+    assert drawn == ["Clinic C02", "Sex: male",
+                     "Therapist's share of other patients given the intervention",
+                     "Function at baseline", "Socioeconomic score missing",
+                     "Age at referral"]
 
 
 def test_love_plot_is_byte_identical_between_runs(confounded: pd.DataFrame,
@@ -274,3 +293,54 @@ def test_the_overlap_plot_is_written_beside_the_love_plot(confounded: pd.DataFra
     names = sorted(p.name for p in result.figures)
     assert "propensity_overlap_function.png" in names
     assert "propensity_overlap_function.svg" in names
+
+
+def test_each_weighting_row_states_its_form_and_estimand(confounded: pd.DataFrame) -> None:
+    from trial_analysis.causal.common import fit_ancova
+
+    result = run_propensity_analysis(confounded, study_config(outcomes=["function"]))
+    rows = _rows(result)
+    function = rows.loc["function"]
+    assert {"unadjusted_change", "covariate_adjusted_change",
+            "overlap_weighted_change"} <= set(function.index)
+    assert "estimand ATO" in function.loc["overlap_weighted_change", "notes"]
+    assert "model form: change score" in function.loc["overlap_weighted_change", "notes"]
+    assert "model form: ANCOVA" in function.loc["overlap_weighted_ancova", "notes"]
+    iptw = _rows(run_propensity_analysis(
+        confounded, study_config(outcomes=["function"], propensity={"weighting": "iptw"})))
+    assert "ATE in the trimmed population" in iptw.loc[("function", "iptw_weighted_ancova"),
+                                                       "notes"]
+    # the change form uses the same weights as the ANCOVA form
+    analysed = confounded.dropna(subset=["function_baseline", "function_followup"])
+    model = fit_propensity(analysed, study_config(outcomes=["function"]),
+                           therapist_frame=confounded)
+    weights = propensity_weights(model.score, analysed["arm_intervention"])
+    direct = fit_ancova(analysed, "function", ["age", "sex", "symptom_duration_weeks"],
+                        weights=weights, form="change")
+    assert function.loc["overlap_weighted_change", "estimate"] == pytest.approx(
+        direct.coefficient()[0], rel=1e-10)
+
+
+def test_overlap_weights_make_the_model_form_irrelevant(confounded: pd.DataFrame) -> None:
+    # Exact balance of the baseline score (in the propensity model) leaves the weighted
+    # ANCOVA and change-score arm effects equal: their gap is (1 - b) times the weighted,
+    # adjusted baseline difference, which is 0. Unweighted, the two differ.
+    config = study_config(outcomes=["function"], propensity={"ridge": 0.0})
+    rows = _rows(run_propensity_analysis(confounded, config)).loc["function"]
+    assert rows.loc["overlap_weighted_change", "estimate"] == pytest.approx(
+        rows.loc["overlap_weighted_ancova", "estimate"], rel=1e-7)
+    assert abs(rows.loc["covariate_adjusted_change", "estimate"]
+               - rows.loc["covariate_adjusted_ancova", "estimate"]) > 0.2
+
+
+def test_outcome_covariates_outside_the_propensity_model_are_in_the_balance_table(
+        confounded: pd.DataFrame) -> None:
+    config = study_config(outcomes=["function"],
+                          propensity={"covariates": ["sex", "depression"]})
+    balance = run_propensity_analysis(confounded, config).tables["balance"]
+    function = balance[balance["outcome"] == "function"].set_index("covariate")
+    # age is in analysis.covariates only: listed, and (not being balanced by construction)
+    # still imbalanced after weighting, as simulated
+    assert {"age", "symptom_duration_weeks", "sexM", "depression"} <= set(function.index)
+    assert abs(function.loc["age", "smd_weighted"]) > 0.1
+    assert abs(function.loc["depression", "smd_weighted"]) < 1e-3

@@ -10,7 +10,7 @@ import pytest
 import statsmodels.api as sm
 from sensitivity_simulation import simulate_cohort, study_config
 
-from trial_analysis.causal.common import TIDY_COLUMNS, fit_ancova
+from trial_analysis.causal.common import TIDY_COLUMNS, fit_ancova, form_method, model_forms
 from trial_analysis.causal.sensitivity import run_sensitivity
 from trial_analysis.causal.therapist_effects import both_arm_sample, fit_therapist_fixed_effects
 from trial_analysis.errors import ConfigError, DataError
@@ -133,7 +133,8 @@ def test_run_sensitivity_dispatches_every_analysis(cohort: pd.DataFrame,
     config = study_config(outcomes=["function"], multiple_imputation={"m": 2,
                                                                       "iterations": 2},
                           tipping_point={"delta_steps": 4})
-    for name in ("propensity", "evalue", "multiple_imputation", "tipping_point"):
+    for name in ("propensity", "doubly_robust", "evalue", "multiple_imputation",
+                 "tipping_point"):
         result = run_sensitivity(config, table, name, tmp_path / f"{name}.json",
                                  tmp_path / f"{name}.csv", estimates_dir=estimates)
         assert (tmp_path / f"{name}.csv").is_file()
@@ -172,3 +173,48 @@ def test_missing_column_is_a_data_error(cohort: pd.DataFrame) -> None:
 def test_unknown_sensitivity_outcome_is_a_config_error(cohort: pd.DataFrame) -> None:
     with pytest.raises(ConfigError, match="not outcomes"):
         fit_therapist_fixed_effects(cohort, study_config(outcomes=["mobility"]))
+
+
+def test_change_form_is_the_weighted_regression_of_the_change_score(
+        cohort: pd.DataFrame) -> None:
+    weights = np.random.default_rng(2).uniform(0.2, 2.0, len(cohort))
+    fit = fit_ancova(cohort, "function", COVARIATES, weights=weights, form="change")
+    data, X = _statsmodels_design(cohort)
+    X = np.delete(X, 2, axis=1)  # no baseline column: its coefficient is fixed at 1
+    w = pd.Series(weights, index=cohort.index).loc[data.index]
+    groups = pd.factorize(data["therapist_id"])[0]
+    change = (data["function_followup"] - data["function_baseline"]).to_numpy()
+    reference = sm.WLS(change, X, weights=w.to_numpy()).fit(
+        cov_type="cluster", cov_kwds={"groups": groups})
+    estimate, std_error = fit.coefficient("arm_intervention")
+    assert "function_baseline" not in fit.names
+    assert estimate == pytest.approx(reference.params[1], rel=1e-10)
+    assert std_error == pytest.approx(reference.bse[1], rel=1e-8)
+
+
+def test_model_forms_name_the_rows_and_default_to_both(cohort: pd.DataFrame) -> None:
+    assert model_forms({}) == ["ancova", "change"]
+    assert model_forms({"sensitivity": {"model_forms": ["change"]}}) == ["change"]
+    with pytest.raises(ConfigError):
+        model_forms({"sensitivity": {"model_forms": ["gain"]}})
+    assert form_method("overlap_weighted_ancova", "change") == "overlap_weighted_change"
+    assert form_method("ancova_same_sample", "change") == "change_same_sample"
+    assert form_method("therapist_fixed_effects", "change") == "therapist_fixed_effects_change"
+    assert form_method("therapist_fixed_effects", "ancova") == "therapist_fixed_effects"
+    both = fit_therapist_fixed_effects(cohort, study_config(outcomes=["function"])).to_frame()
+    only = fit_therapist_fixed_effects(
+        cohort, study_config(outcomes=["function"], model_forms=["ancova"])).to_frame()
+    function = both[both["outcome"] == "function"].set_index("method")
+    assert set(function.index) == {"ancova_all_therapists", "ancova_same_sample",
+                                   "therapist_fixed_effects", "change_all_therapists",
+                                   "change_same_sample", "therapist_fixed_effects_change"}
+    assert not only["method"].str.contains("change").any()
+    # the fixed-effects change form is the within-therapist regression of the change score
+    sample, _ = both_arm_sample(cohort.dropna(subset=["function_followup",
+                                                      "function_baseline"]))
+    direct = fit_ancova(sample.assign(function_followup=sample["function_followup"]
+                                      - sample["function_baseline"],
+                                      function_baseline=0.0),
+                        "function", COVARIATES, therapist_fixed_effects=True)
+    assert function.loc["therapist_fixed_effects_change", "estimate"] == pytest.approx(
+        direct.coefficient()[0], rel=1e-10)

@@ -235,10 +235,24 @@ def test_scores_and_complete_case_flags(config):
     assert np.isnan(a.loc["C", "function_followup"]) and np.isnan(a.loc["D", "function_baseline"])
     assert a.loc["E", [c for c in a.columns if c.endswith(("_baseline", "_followup"))]].isna().all()
     flow = result.flow
+    # Observational (STROBE): groups, not allocation; every analysed population has its
+    # boxes, all with a baseline (of function and pain) first, complete cases counted from it.
+    assert flow["description"].tolist() == [
+        "ETMI group", "usual care group",
+        "all with a baseline analysed", "all with a baseline analysed, ETMI",
+        "all with a baseline analysed, usual care", "complete cases analysed",
+        "complete cases analysed, ETMI", "complete cases analysed, usual care"]
+    assert flow["n"].tolist() == [2, 3, 2, 2, 0, 1, 1, 0]
+    assert flow["n_excluded"].tolist()[2:] == [3, 0, 3, 1, 1, 0]
+    assert flow["reason"].tolist()[2] == "baseline score missing (function, pain)"
+    assert flow["reason"].tolist()[5] == "follow-up score missing (function, pain)"
+    # Randomised (CONSORT), complete cases only: "allocated to", counted from allocation.
+    config["study"]["design"] = "randomised"
+    config["analysis"]["populations"] = ["complete_case"]
+    flow = allocate_arms(config, *inputs(sessions, outcomes)).flow
     assert flow["description"].tolist() == [
         "allocated to ETMI", "allocated to usual care", "complete cases analysed",
         "complete cases analysed, ETMI", "complete cases analysed, usual care"]
-    assert flow["n"].tolist() == [2, 3, 1, 1, 0]
     assert flow["n_excluded"].tolist()[2:] == [4, 1, 3]
 
 
@@ -360,10 +374,11 @@ def test_cli_writes_outputs_deterministically(tmp_path):
     assert _run(tmp_path, config_file) == 0
     out = tmp_path / "out"
     flow = pd.read_csv(out / "flow.csv")
+    # Both patients have every score: all with a baseline and complete cases, 2 = 1 + 1 each.
     assert flow["step"].tolist() == ["extract", "eligibility", "allocation", "allocation",
-                                     "analysis", "analysis", "analysis"]
+                                     *["analysis"] * 6]
     # every count of this three-patient extract is below report.min_cell_count (5)
-    assert flow["n"].tolist() == ["<5"] * 7
+    assert flow["n"].tolist() == ["<5"] * 10
     implementation = pd.read_csv(out / "implementation.csv")
     assert implementation["measure"].tolist() == [
         "reach", "therapist_adoption", "patient_adoption", "fidelity"]
@@ -430,3 +445,42 @@ def test_cli_allocation_column_with_other_values(tmp_path, capsys, config):
                             extra={"treatment_arm": ["usual care", "etmi", None]})
     _expect_error(tmp_path, capsys, _write(tmp_path, cohort, tables, config), "cohort.parquet",
                   "'treatment_arm'", "rows 2, 3", "one of the two arm labels")
+
+
+# --------------------------------------------------------------------------------------------
+# The target trial's population on a simulated extract
+# --------------------------------------------------------------------------------------------
+
+
+def test_target_trial_population_on_a_simulated_extract_keeps_every_etmi_patient():
+    """The simulator refers ETMI patients on or after their therapist's training, so the
+    trained-therapist rule must keep every one of them and exclude exactly the controls whose
+    first-session therapist had no training date on or before that session."""
+    from trial_analysis.cohort.eligibility import REASON_UNTRAINED, apply_eligibility
+    from trial_analysis.config import load_config
+    from trial_analysis.simulation import simulation_study as ss
+    from trial_analysis.simulation.simulate import simulate_extract
+
+    base = load_config(Path(__file__).resolve().parents[2] / "config" / "config.yaml")
+    config = ss.scenario_config(base, ss.Scenario("tt", 600, 1, {}))
+    extract = simulate_extract(config, 11, 600)
+    tables, ledger = ss.clean_in_memory(extract)
+    reproduction = apply_eligibility(config, tables, ledger)
+    published = allocate_arms(config, reproduction.cohort, tables).analysis
+
+    config["target_trial"]["population"] = "target_trial"
+    emulated = apply_eligibility(config, tables, ledger)
+    analysis = allocate_arms(config, emulated.cohort, tables).analysis
+
+    assert (analysis["arm"] == "ETMI").sum() == (published["arm"] == "ETMI").sum()
+    sessions = tables["sessions"].sort_values(["episode_id", "session_date", "therapist_id"])
+    first = sessions.drop_duplicates("episode_id").merge(
+        tables["therapists"][["therapist_id", "etmi_training_date"]], on="therapist_id")
+    trained = first.set_index("episode_id").eval("etmi_training_date <= session_date")
+    expected_out = published.loc[~trained.reindex(published["episode_id"]).to_numpy(),
+                                 "episode_id"]
+    assert 0 < len(expected_out) < len(published)
+    assert set(published["episode_id"]) - set(analysis["episode_id"]) == set(expected_out)
+    assert (published.set_index("episode_id").loc[expected_out, "arm"] == "usual care").all()
+    row = emulated.flow.set_index("reason").loc[REASON_UNTRAINED]
+    assert int(row["n_excluded"]) == len(expected_out)

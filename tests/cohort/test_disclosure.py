@@ -61,6 +61,17 @@ def test_implementation_hides_small_numerators_and_complements() -> None:
     assert float(out["percent"].tolist()[1]) == pytest_approx(100 * 70 / 109)
 
 
+def test_implementation_with_nothing_small_is_written_unchanged() -> None:
+    """The default study: no small count, percent stays a number (it once crashed allocate)."""
+    table = pd.DataFrame({
+        "measure": ["reach", "fidelity"], "numerator": [109, 654], "denominator": [128, 711],
+        "percent": [100 * 109 / 128, 100 * 654 / 711], "definition": ["a", "b"],
+    })
+    out = reported_implementation(table, 5)
+    assert out["numerator"].tolist() == ["109", "654"]
+    assert float(out["percent"].tolist()[0]) == pytest_approx(100 * 109 / 128)
+
+
 def pytest_approx(value: float):
     import pytest
 
@@ -89,3 +100,4 @@ def test_therapists_by_code_with_small_counts_suppressed() -> None:
     assert by_code.loc["therapist 01", "etmi_episodes"] == "0"
     text = out.to_csv()
     assert "T1" not in text and "T9" not in text and "C2" not in text
+

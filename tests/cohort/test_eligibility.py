@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from trial_analysis import cli
 from trial_analysis.cohort.eligibility import (
+    EXCLUDED_PREFIX,
+    REASON_UNTRAINED,
     age_in_years,
     apply_eligibility,
     completed_years,
@@ -279,7 +281,8 @@ def test_flow_counts_equal_ledger_counts(config):
     patients = result.ledger[result.ledger["table"] == "patients"]
     assert flow["n"].iloc[0] == len(patients) == 9
     clean_rows = flow[(flow["step"] == "clean") & flow["n_excluded"].notna()]
-    assert clean_rows["reason"].tolist() == ["exact duplicate of row N", "missing episode_id"]
+    assert clean_rows["reason"].tolist() == ["exact duplicate of another record",
+                                             "missing episode_id"]
     assert clean_rows["n_excluded"].tolist() == [2, 1]
     elig_rows = flow[(flow["step"] == "eligibility") & flow["n_excluded"].notna()]
     assert elig_rows["reason"].tolist() == result.reasons
@@ -290,8 +293,9 @@ def test_flow_counts_equal_ledger_counts(config):
     assert elig_rows["n_excluded"].sum() == (patients["fate"] == "excluded").sum() == 4
     assert flow["n"].iloc[-1] == len(result.cohort) == 2
     # Each row's n is the previous n minus what the row removed.
-    steps = flow.dropna(subset=["n_excluded"])
-    previous = flow["n"].shift(1).loc[steps.index]
+    patient_flow = flow[flow["step"] != "records"].reset_index(drop=True)
+    steps = patient_flow.dropna(subset=["n_excluded"])
+    previous = patient_flow["n"].shift(1).loc[steps.index]
     assert (previous - steps["n_excluded"] == steps["n"]).all()
 
 
@@ -420,3 +424,171 @@ def test_run_eligibility_returns_result(tmp_path, config):
                              tmp_path / "c.parquet", tmp_path / "l.parquet", tmp_path / "f.csv")
     assert "1 of 2 cleaned episodes eligible" in result.summary()
     assert result.to_frame()["eligible"].tolist() == [True, False]
+
+
+def test_record_level_cleaning_is_in_the_flow_with_aggregate_reasons():
+    """Cleaning below the patient level (rows dropped, scores set missing) is counted in the
+    flow by table, fate and aggregate reason, never by a single record's row number."""
+    from trial_analysis.cohort.eligibility import flow_from_ledger
+
+    ledger = pd.DataFrame({
+        "table": ["patients"] * 4 + ["outcomes"] * 5 + ["sessions"] * 2,
+        "record_id": range(11),
+        "fate": ["kept", "value_set_missing", "dropped", "kept",
+                 "dropped", "dropped", "value_set_missing", "value_set_missing", "kept",
+                 "dropped", "kept"],
+        "reason": ["", "birth_date gives an implausible age", "exact duplicate of row 1", "",
+                   "exact duplicate of row 3", "exact duplicate of row 4",
+                   "same episode, instrument, time point and score as row 7",
+                   "score -1 outside 0-10", "",
+                   "episode_id 'E9' not in the patients table", ""],
+        "step": "clean",
+    })
+    flow = flow_from_ledger(ledger, [])
+    records = flow[flow["step"] == "records"]
+    # The dropped patient record is in the patient flow (clean), not among the records.
+    assert records[["description", "n", "n_excluded", "reason"]].values.tolist() == [
+        ["outcome records dropped", 5, 2, "exact duplicate of another record"],
+        ["outcome values set missing", 5, 1,
+         "same episode, instrument, time point and score as another record"],
+        ["outcome values set missing", 5, 1, "score outside the instrument's range"],
+        ["patient values set missing", 4, 1, "birth_date gives an implausible age"],
+        ["session records dropped", 2, 1, "episode ID not in the patients table"],
+    ]
+    assert flow.loc[flow["step"] == "clean", "reason"].dropna().tolist() == [
+        "exact duplicate of another record"]
+    assert not flow["reason"].dropna().str.contains(r"\d").any()
+
+
+# --------------------------------------------------------------------------------------------
+# The target trial's rule: therapist trained at time zero (the first session)
+# --------------------------------------------------------------------------------------------
+
+THERAPISTS = [
+    {"therapist_id": "T001", "clinic_id": "C01", "age": 40, "sex": "F",
+     "etmi_training_date": "2022-06-10"},                 # trained on E0001's first session
+    {"therapist_id": "T002", "clinic_id": "C01", "age": 50, "sex": "M",
+     "etmi_training_date": None},                         # never trained
+    {"therapist_id": "T003", "clinic_id": "C01", "age": 45, "sex": "F",
+     "etmi_training_date": "2022-09-01"},                 # trained later
+]
+
+
+def _target_trial_inputs():
+    return cleaned(
+        [{}, {}, {}, {}, {"referral_date": "2021-01-01"}],
+        sessions=[
+            {"episode_id": "E0001", "therapist_id": "T001", "session_date": "2022-06-10"},
+            {"episode_id": "E0002", "therapist_id": "T002", "session_date": "2022-06-10"},
+            # First session before T003's training; a later one after it does not count.
+            {"episode_id": "E0003", "therapist_id": "T003", "session_date": "2022-08-31"},
+            {"episode_id": "E0003", "therapist_id": "T003", "session_date": "2022-09-15"},
+            # First session by a trained therapist; the untrained one comes later.
+            {"episode_id": "E0004", "therapist_id": "T001", "session_date": "2022-06-12"},
+            {"episode_id": "E0004", "therapist_id": "T002", "session_date": "2022-06-20"},
+            {"episode_id": "E0004", "therapist_id": "T002", "session_date": "2022-06-27"},
+            {"episode_id": "E0005", "therapist_id": "T002", "session_date": "2021-01-05"},
+        ],
+        therapists=THERAPISTS,
+    )
+
+
+def test_target_trial_rule_is_off_in_the_reproduction(config):
+    assert config["target_trial"]["population"] == "reproduction"
+    tables, ledger = _target_trial_inputs()
+    result = apply_eligibility(config, tables, ledger)
+    assert REASON_UNTRAINED not in result.reasons
+    assert set(result.cohort["episode_id"]) == {"E0001", "E0002", "E0003", "E0004"}
+
+
+def test_target_trial_rule_uses_the_first_session_therapist(config):
+    config["target_trial"]["population"] = "target_trial"
+    tables, ledger = _target_trial_inputs()
+    result = apply_eligibility(config, tables, ledger)
+    assert result.reasons[-1] == REASON_UNTRAINED
+    reasons = reasons_of(result)
+    assert reasons == {"E0001": None, "E0002": REASON_UNTRAINED, "E0003": REASON_UNTRAINED,
+                       "E0004": None, "E0005": "referral outside study window"}
+    # Excluded episodes, with their sessions, have the fate excluded and the rule's reason.
+    excluded = result.ledger.loc[result.ledger["reason"] == EXCLUDED_PREFIX + REASON_UNTRAINED]
+    assert excluded.groupby("table").size().to_dict() == {"patients": 2, "sessions": 3}
+    assert (excluded["fate"] == "excluded").all()
+    row = result.flow.loc[result.flow["reason"] == REASON_UNTRAINED].iloc[0]
+    assert int(row["n_excluded"]) == 2 and int(result.flow["n"].iloc[-1]) == 2
+
+
+def test_target_trial_rule_switched_off_or_randomised(config):
+    config["target_trial"]["population"] = "target_trial"
+    off = copy.deepcopy(config)
+    off["target_trial"]["eligibility"]["therapist_trained_before_time_zero"] = False
+    randomised = copy.deepcopy(config)
+    randomised["study"]["design"] = "randomised"
+    for variant in (off, randomised):
+        tables, ledger = _target_trial_inputs()
+        assert REASON_UNTRAINED not in apply_eligibility(variant, tables, ledger).reasons
+
+
+def test_target_trial_rule_needs_the_therapists_table(config):
+    config["target_trial"]["population"] = "target_trial"
+    tables, ledger = _target_trial_inputs()
+    del tables["therapists"]
+    with pytest.raises(DataError, match="training dates"):
+        apply_eligibility(config, tables, ledger)
+
+
+# --------------------------------------------------------------------------------------------
+# Row filters (eligibility.filters)
+# --------------------------------------------------------------------------------------------
+
+
+def _three_arm_inputs():
+    return cleaned([{"group": g, "per_protocol": pp} for g, pp in
+                    [("A", 1), ("B", 1), ("C", 1), ("A", 0), (None, 1)]])
+
+
+def test_filters_keep_two_arms_of_three_and_a_per_protocol_set(config):
+    config["eligibility"]["filters"] = [{"column": "group", "keep": ["A", "B"]},
+                                        {"column": "per_protocol", "drop": [0]}]
+    tables, ledger = _three_arm_inputs()
+    result = apply_eligibility(config, tables, ledger)
+    keep, drop = "filter: group not in [A, B]", "filter: per_protocol in [0]"
+    assert result.reasons[-2:] == [keep, drop]
+    # A missing value is none of the kept values; the first failing filter is the reason.
+    assert reasons_of(result) == {"E0001": None, "E0002": None, "E0003": keep, "E0004": drop,
+                                  "E0005": keep}
+    patients = result.ledger.loc[result.ledger["table"] == "patients"]
+    assert (patients["fate"] == "excluded").sum() == 3
+    assert set(patients.loc[patients["fate"] == "excluded", "reason"]) == {
+        EXCLUDED_PREFIX + keep, EXCLUDED_PREFIX + drop}
+    flow = result.flow.set_index("reason")
+    assert int(flow.loc[keep, "n_excluded"]) == 2 and int(flow.loc[drop, "n_excluded"]) == 1
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"column": "grup", "keep": ["A"]}, "Did you mean 'group'"),
+    ({"column": "group", "keep": ["A", "D"]}, r"\['D'\] never occur"),
+    ({"column": "per_protocol", "drop": [2]}, r"\[2\] never occur"),
+    ({"column": "per_protocol", "keep": ["yes"]}, "column is numeric"),
+])
+def test_filters_stop_on_a_column_or_value_that_is_not_there(config, spec, message):
+    config["eligibility"]["filters"] = [spec]
+    tables, ledger = _three_arm_inputs()
+    with pytest.raises(DataError, match=message) as error:
+        apply_eligibility(config, tables, ledger)
+    assert "clean/patients.parquet" in str(error.value)
+
+
+def test_run_eligibility_reads_the_therapists_for_the_target_trial(tmp_path, config):
+    config["target_trial"]["population"] = "target_trial"
+    tables, ledger = _target_trial_inputs()
+    _write_inputs(tmp_path, tables, ledger)
+    out = tmp_path / "out"
+    result = run_eligibility(config, tmp_path / "clean", tmp_path / "clean_ledger.parquet",
+                             out / "cohort.parquet", out / "ledger.parquet", out / "flow.csv")
+    assert sorted(pd.read_parquet(out / "cohort.parquet")["episode_id"]) == ["E0001", "E0004"]
+    assert REASON_UNTRAINED in pd.read_csv(out / "flow.csv")["reason"].tolist()
+    assert len(result.ledger) == len(ledger)
+    (tmp_path / "clean" / "therapists.parquet").unlink()
+    with pytest.raises(DataError, match="therapists.parquet"):
+        run_eligibility(config, tmp_path / "clean", tmp_path / "clean_ledger.parquet",
+                        out / "cohort.parquet", out / "ledger.parquet", out / "flow.csv")

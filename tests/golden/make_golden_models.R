@@ -179,16 +179,22 @@ long_data_multi <- function(d, case) {
   l <- l[!is.na(l$score), ]
   l$time <- if (case$time == "continuous") unname(unlist(case$values[l$time_label])) else
     factor(l$time_label, levels = times)
+  l$post <- as.numeric(l$time_label != case$baseline_label)
   l$site_time <- paste(l$site, l$time_label, sep = ":")
   l$site_patient <- paste(l$site, l$patient, sep = ":")
   l
 }
 
+is_constant <- function(case) !is.null(case$effect) && case$effect == "constant"
+
 effect_weights <- function(case, label) {
   # Named weights on the fixed effects for the effect at follow-up `label`.
   w <- c()
   if (case$baseline == "covariate") w["arm"] <- 1
-  if (case$time == "continuous") {
+  if (is_constant(case)) {
+    # one effect at every follow-up: arm (ANCOVA) or arm x post-baseline indicator
+    if (case$baseline != "covariate") w["arm:post"] <- 1
+  } else if (case$time == "continuous") {
     t0 <- if (case$baseline == "covariate") 0 else case$values[[case$baseline_label]]
     w["arm:time"] <- case$values[[label]] - t0
   } else if (case$baseline == "covariate") {
@@ -230,6 +236,9 @@ fit_case_multi <- function(case) {
   l <- long_data_multi(d, case)
   several_times <- !(case$baseline == "covariate" && length(case$followups) == 1)
   fixed <- if (several_times) "score ~ arm * time" else "score ~ arm"
+  if (is_constant(case))
+    fixed <- if (case$baseline == "covariate") "score ~ arm + time" else
+      "score ~ arm + time + arm:post"
   if (!is.null(case$subgroup)) {
     l$sg <- factor(l[[case$subgroup]])
     fixed <- paste(fixed, "* sg")
@@ -272,7 +281,7 @@ fit_case_multi <- function(case) {
                                                                beta_names))
     names(Ls) <- case$followups
     effects[[1]] <- cbind(term = "arm:time", test_contrast(fit, Ls[[primary]]))
-    if (length(case$followups) > 1) {
+    if (length(case$followups) > 1 && !is_constant(case)) {
       for (lab in case$followups)
         effects[[length(effects) + 1]] <- cbind(term = paste0("arm:time [", lab, "]"),
                                                 test_contrast(fit, Ls[[lab]]))
@@ -284,7 +293,12 @@ fit_case_multi <- function(case) {
       at <- list(arm = c(0, 1))
       if (case$time == "continuous") at$time <- unname(unlist(case$values[c(
         if (case$baseline == "covariate") NULL else case$baseline_label, case$followups)]))
-      em <- summary(emmeans(fit, ~ arm * time, at = at))
+      # arm:post: emmeans predicts the post indicator from time (0 at baseline, 1 after),
+      # rather than holding it at its mean, so each grid cell gets its own arm:post value.
+      em <- if (is_constant(case) && case$baseline != "covariate")
+        summary(emmeans(fit, ~ arm * time, at = at, cov.keep = "arm",
+                        cov.reduce = post ~ time)) else
+        summary(emmeans(fit, ~ arm * time, at = at))
       time_out <- if (case$time == "continuous")
         names(case$values)[match(em$time, unlist(case$values))] else as.character(em$time)
     } else {
@@ -331,6 +345,17 @@ multi_cases <- list(
        population = "complete_case", baseline_label = "intake", followups = c("discharge"),
        values = list(intake = 0, discharge = 1), time = "categorical",
        baseline = "covariate", random = NULL),
+  list(name = "multitime_constant_patient", data = "multitime", outcome = "function",
+       population = "all_available", baseline_label = "m0",
+       followups = c("m1", "m3", "m6", "m12"), values = months, time = "categorical",
+       baseline = "timepoint", effect = "constant", random = "(1|patient)",
+       components = c(patient = "patient", Residual = "residual")),
+  list(name = "multitime_constant_ancova_site", data = "multitime", outcome = "function",
+       population = "all_available", baseline_label = "m0",
+       followups = c("m1", "m3", "m6"), values = months[c("m0", "m1", "m3", "m6")],
+       time = "categorical", baseline = "covariate", effect = "constant",
+       random = "(1|site) + (1|site_patient)",
+       components = c(site = "site", site_patient = "patient", Residual = "residual")),
   list(name = "multitime_site_time_depression", data = "multitime", outcome = "function",
        population = "all_available", baseline_label = "m0",
        followups = c("m1", "m3", "m6", "m12"), values = months, time = "categorical",
@@ -341,7 +366,10 @@ multi_cases <- list(
 )
 
 dir.create("tests/golden/reference", showWarnings = FALSE, recursive = TRUE)
+# Rscript tests/golden/make_golden_models.R name1 name2 ...: only those cases.
+only <- commandArgs(trailingOnly = TRUE)
 for (case in c(cases, multi_cases)) {
+  if (length(only) && !(case$name %in% only)) next
   out <- if (is.null(case$followups)) fit_case(case) else fit_case_multi(case)
   out$r_versions <- list(R = R.version.string, lme4 = as.character(packageVersion("lme4")),
                          lmerTest = as.character(packageVersion("lmerTest")),

@@ -280,3 +280,84 @@ def test_a_50_mb_cell_is_checked_in_linear_time(table, column, tmp_path, capsys)
     out = capsys.readouterr().out
     assert elapsed < 10, elapsed
     assert len(out) < 3000 and "(50,000,000" in out
+
+
+def _single_rows(frame: pd.DataFrame, key: str, n: int) -> list[int]:
+    """Positions of the first ``n`` rows whose key appears once (no planted duplicate)."""
+    once = ~frame.duplicated(key, keep=False)
+    return list(frame.index[once][:n])
+
+
+@pytest.fixture(scope="module")
+def implausible(tmp_path_factory, clean_raw):
+    """The simulated extract with one violation of each plausibility rule."""
+    raw = _copy(clean_raw, tmp_path_factory.mktemp("implausible"))
+    patients = _read(raw, "patients")
+    p = _single_rows(patients, "episode_id", 3)
+    patients.loc[p[0], "symptom_duration_weeks"] = "-999"
+    patients.loc[p[1], "bmi"] = "500"
+    patients.loc[p[2], "birth_date"] = "1822-06-01"
+    _write(patients, raw, "patients")
+    sessions = _read(raw, "sessions")
+    known = sessions[sessions["episode_id"].isin(set(patients["episode_id"]))
+                     & ~sessions["episode_id"].isin(set(patients.loc[p, "episode_id"]))]
+    s = _single_rows(known, "session_id", 2)
+    sessions.loc[s[0], "session_date"] = "1990-03-01"
+    sessions.loc[s[1], "session_date"] = "2099-03-01"
+    _write(sessions, raw, "sessions")
+    outcomes = _read(raw, "outcomes")
+    episode = outcomes.loc[outcomes["timepoint"] == "discharge", "episode_id"]
+    episode = next(e for e in episode if e not in set(patients.loc[p, "episode_id"])
+                   and (outcomes["episode_id"] == e).sum() == 6)
+    rows = outcomes.index[(outcomes["episode_id"] == episode)
+                          & (outcomes["timepoint"] == "discharge")]
+    intake = pd.Timestamp(outcomes.loc[(outcomes["episode_id"] == episode)
+                                       & (outcomes["timepoint"] == "intake"),
+                                       "assessment_date"].iloc[0])
+    outcomes.loc[rows, "assessment_date"] = (intake - pd.Timedelta(days=2)).strftime("%Y-%m-%d")
+    _write(outcomes, raw, "outcomes")
+    return {"raw": raw, "patients": [i + 1 for i in p], "sessions": [i + 1 for i in s],
+            "discharge": [int(i) + 1 for i in rows]}
+
+
+def test_check_data_lists_every_plausibility_violation(implausible, base_config):
+    result = check_data(base_config, implausible["raw"])
+    assert result.passed  # every default action is a ledger fate
+    found = {(p.table, p.column, tuple(p.rows)): p for p in result.problems}
+    rows = implausible["patients"]
+    expected = [
+        ("patients", "symptom_duration_weeks", [rows[0]], "missing-value code"),
+        ("patients", "bmi", [rows[1]], "plausibility.variables.bmi.range"),
+        ("patients", "birth_date", [rows[2]], "gives age"),
+        ("sessions", "session_date", implausible["sessions"], "outside the study window"),
+        ("outcomes", "assessment_date", implausible["discharge"], "before the intake"),
+    ]
+    for table, column, where, text in expected:
+        problem = found.get((table, column, tuple(where)))
+        assert problem is not None, (table, column, where, result.summary())
+        assert problem.severity == "warning" and text in problem.message, problem
+        assert "plausibility" in problem.suggestion
+    # The same fates as the cleaning ledger.
+    ledger = clean_tables(base_config, implausible["raw"]).ledger
+    named = ledger[ledger["reason"].str.contains("plausibility.", regex=False)]
+    assert named.groupby(["table", "fate"]).size().to_dict() == {
+        ("patients", "value_set_missing"): 2, ("patients", "dropped"): 1,
+        ("sessions", "dropped"): 2, ("outcomes", "value_set_missing"): 3}
+    listed = sum(p.n_rows for p in result.problems if "plausibility." in p.message)
+    assert listed == len(named)
+
+
+def test_check_data_lists_a_stopping_rule_as_an_error(implausible, base_config, tmp_path,
+                                                      capsys):
+    config = copy.deepcopy(base_config)
+    config["plausibility"]["variables"] = {"bmi": {"action": "stop"}}
+    config["plausibility"]["dates"]["followup_order"]["action"] = "stop"
+    config_path = _config_file(validate_config(config), tmp_path / "config.yaml")
+    status, out, err = _run(capsys, "check-data", "--config", str(config_path),
+                            "--raw", str(implausible["raw"]))
+    assert status == 2 and "Traceback" not in out + err
+    flat = " ".join(out.split())
+    assert "error: column 'bmi', row " in flat
+    assert "break the plausibility rule plausibility.variables.bmi.range" in flat
+    assert "break the plausibility rule plausibility.dates.followup_order" in flat
+    assert "warning: column 'session_date'" in flat  # the other rules still ledger

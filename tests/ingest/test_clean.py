@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from pathlib import Path
@@ -13,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_fixtures import fixture_config, raw_extract, write_extract
 
-from trial_analysis.errors import DataError
+from trial_analysis.config import BUILTIN_PLAUSIBILITY, load_schema, validate_config
+from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.ingest.clean import FATES, LEDGER_COLUMNS, CleanResult, clean_tables, run_clean
 
 
@@ -255,3 +257,291 @@ def test_ledger_accounts_for_every_raw_row(tmp_path_factory, session_junk, outco
     assert fates.get(("outcomes", "value_set_missing"), 0) == outcome_junk.count("out_of_range")
     assert fates.get(("outcomes", "dropped"), 0) == sum(
         k in ("unknown_ref", "duplicate") for k in outcome_junk)
+
+
+# ---- plausibility: missing-value codes, ranges, dates (config ``plausibility``) --------------
+
+
+def _with_plausibility(layout: str = "long", variables: dict | None = None,
+                       dates: dict | None = None, declared: dict | None = None,
+                       **input_overrides) -> dict:
+    """The fixture config with plausibility rules (and declared patient variables) set."""
+    config = copy.deepcopy(fixture_config("csv", layout, **input_overrides))
+    config["plausibility"]["variables"] = variables or {}
+    for rule, settings_ in (dates or {}).items():
+        config["plausibility"]["dates"][rule].update(settings_)
+    if declared:
+        config["input"]["tables"]["patients"]["variables"] = declared
+    return validate_config(config)
+
+
+def _clean_with(tmp_path: Path, tables: dict[str, pd.DataFrame], config: dict,
+                layout: str = "long") -> CleanResult:
+    raw = write_extract(tables, tmp_path / "raw", "csv", layout)
+    return clean_tables(config, raw)
+
+
+def test_missing_value_codes_are_set_missing_with_the_rule_named(tmp_path):
+    tables = raw_extract()
+    tables["patients"].loc[0, "symptom_duration_weeks"] = "-999"
+    tables["patients"].loc[3, "bmi"] = "-999"
+    tables["patients"].loc[4, "ses_score"] = "9999"
+    result = _clean(tmp_path, tables)
+    assert _fate(result, "patients", 1) == (
+        "value_set_missing", "symptom_duration_weeks -999 is a missing-value code "
+        "(plausibility.variables.symptom_duration_weeks.sentinels)")
+    assert _fate(result, "patients", 4)[1] == (
+        "bmi -999 is a missing-value code (plausibility.variables.bmi.sentinels)")
+    assert _fate(result, "patients", 5)[0] == "value_set_missing"
+    patients = result.tables["patients"].set_index("record_id")
+    assert patients.loc[[1], "symptom_duration_weeks"].isna().all()
+    assert patients.loc[[4], "bmi"].isna().all() and patients.loc[[5], "ses_score"].isna().all()
+    assert patients.loc[2, "symptom_duration_weeks"] == pytest.approx(20.0)
+    _assert_ledger_complete(result, {t: len(f) for t, f in tables.items()})
+
+
+def test_values_outside_the_plausible_range_follow_the_rules_action(tmp_path):
+    tables = raw_extract()
+    tables["patients"].loc[0, "bmi"] = "300"
+    tables["patients"].loc[1, "ses_score"] = "11"
+    tables["therapists"].loc[0, "age"] = "7"
+    result = _clean(tmp_path, tables)
+    assert _fate(result, "patients", 1) == (
+        "value_set_missing", "bmi 300 outside the plausible range 10-80 "
+        "(plausibility.variables.bmi.range)")
+    assert "ses_score 11 outside the plausible range 1-10" in _fate(result, "patients", 2)[1]
+    assert "plausibility.variables.therapist_age.range" in _fate(result, "therapists", 1)[1]
+    assert result.tables["patients"]["bmi"].max() <= 80
+
+    # A study declares its own range and action: bmi 300 now drops the row.
+    config = _with_plausibility(variables={"bmi": {"range": [15, 400], "action": "drop"}},
+                                max_invalid_fraction=0.5)
+    tables["patients"].loc[2, "bmi"] = "12"
+    result = _clean_with(tmp_path / "own", tables, config)
+    assert _fate(result, "patients", 1)[0] == "kept"  # 300 lies in the study's own range
+    fate, reason = _fate(result, "patients", 3)
+    assert fate == "dropped" and "bmi 12 outside the plausible range 15-400" in reason
+    # Built-in keys not given stay: -999 is still a missing-value code of bmi.
+    tables["patients"].loc[4, "bmi"] = "-999"
+    result = _clean_with(tmp_path / "codes", tables, config)
+    assert "missing-value code" in _fate(result, "patients", 5)[1]
+
+
+def test_stop_action_names_file_column_rows_and_rule(tmp_path):
+    tables = raw_extract()
+    tables["patients"].loc[[1, 6], "bmi"] = "-5"
+    config = _with_plausibility(variables={"bmi": {"action": "stop"}})
+    with pytest.raises(DataError) as caught:
+        _clean_with(tmp_path, tables, config)
+    message = str(caught.value)
+    for text in ("patients.csv", "column 'bmi'", "rows 2, 7", "plausibility.variables.bmi.range",
+                 "bmi -5 outside the plausible range 10-80", "plausibility.variables.bmi.action"):
+        assert text in message, message
+
+
+def test_birth_date_giving_an_impossible_age_drops_the_episode(tmp_path):
+    tables = raw_extract()
+    tables["patients"].loc[0, "birth_date"] = "1822-05-17"
+    tables["patients"].loc[3, "birth_date"] = "2030-01-01"  # born after the referral
+    result = _clean(tmp_path, tables, max_invalid_fraction=0.5)
+    fate, reason = _fate(result, "patients", 1)
+    assert fate == "dropped"
+    assert reason == ("birth_date 1822-05-17 gives age 199 at referral 2022-02-03, outside the "
+                      "plausible range 0-120 (plausibility.variables.age.range)")
+    assert "gives age -8" in _fate(result, "patients", 4)[1]
+    # Its sessions go with it (a reference to a dropped row).
+    assert "refers to a row dropped" in _fate(result, "sessions", 1)[1]
+    _assert_ledger_complete(result, {t: len(f) for t, f in tables.items()})
+
+    # set_missing cannot keep the episode: the birth date is required for the age rule.
+    config = _with_plausibility(variables={"age": {"action": "set_missing"}},
+                                max_invalid_fraction=0.5)
+    result = _clean_with(tmp_path / "set_missing", tables, config)
+    fate, reason = _fate(result, "patients", 1)
+    assert fate == "dropped" and reason.endswith("the row cannot be used without birth_date")
+
+
+def test_an_age_column_out_of_range_is_dropped(tmp_path):
+    tables = raw_extract()
+    patients = tables["patients"].drop(columns="birth_date")
+    patients["age"] = ["61", "47", "33", "71", "12", "53", "40", "40", "63", "51", "200", "1000"]
+    tables["patients"] = patients
+    config = _with_plausibility(declared={"age": "number"}, max_invalid_fraction=0.5)
+    result = _clean_with(tmp_path, tables, config)
+    for record, value in ((11, "200"), (12, "1000")):
+        fate, reason = _fate(result, "patients", record)
+        assert fate == "dropped"
+        assert reason == (f"age {value} outside the plausible range 0-120 "
+                          "(plausibility.variables.age.range)")
+    assert result.tables["patients"]["age"].max() <= 120
+
+
+def test_declared_numeric_variable_needs_a_range(tmp_path):
+    tables = raw_extract()
+    tables["patients"]["grip_kg"] = ["30", "41", "150", "", "28", "35", "22", "23", "31", "40",
+                                     "-999", "27"]
+    with pytest.raises(ConfigError, match="plausibility/variables/grip_kg/range"):
+        _with_plausibility(declared={"grip_kg": "number"})
+    with pytest.raises(ConfigError, match="plausibility/variables: 'weight'"):
+        _with_plausibility(variables={"weight": {"range": [0, 1]}})
+    with pytest.raises(ConfigError, match="low end 5 is above the high end 1"):
+        _with_plausibility(variables={"bmi": {"range": [5, 1]}})
+    config = _with_plausibility(declared={"grip_kg": "number"},
+                                variables={"grip_kg": {"range": [0, 100], "sentinels": [-999]}})
+    result = _clean_with(tmp_path, tables, config)
+    assert "grip_kg 150 outside the plausible range 0-100" in _fate(result, "patients", 3)[1]
+    assert "grip_kg -999 is a missing-value code" in _fate(result, "patients", 11)[1]
+    grip = result.tables["patients"]["grip_kg"]
+    assert grip.notna().sum() == 9 and grip.max() <= 100
+    # An open end: no upper limit.
+    config = _with_plausibility(declared={"grip_kg": "number"},
+                                variables={"grip_kg": {"range": [0, None]}})
+    result = _clean_with(tmp_path / "open", tables, config)
+    assert _fate(result, "patients", 3)[0] == "kept"
+    assert "at least 0" in _fate(result, "patients", 11)[1]
+
+
+def test_session_dates_outside_the_study_window_or_episode_are_dropped(tmp_path):
+    tables = raw_extract()
+    tables["sessions"].loc[0, "session_date"] = "1990-02-10"
+    tables["sessions"].loc[3, "session_date"] = "2099-03-15"
+    tables["sessions"].loc[6, "session_date"] = "2021-12-01"  # E000003 referred 2022-04-21
+    result = _clean(tmp_path, tables, max_invalid_fraction=0.5)
+    assert _fate(result, "sessions", 1) == (
+        "dropped", "session_date 1990-02-10 outside the study window with its margin "
+        "(2020-01-02 to 2025-07-30) (plausibility.dates.study_window)")
+    assert "2099-03-15 outside the study window" in _fate(result, "sessions", 4)[1]
+    assert _fate(result, "sessions", 7) == (
+        "dropped", "session_date 2021-12-01 is 141 days before the referral 2022-04-21 "
+        "(at most 30 allowed) (plausibility.dates.episode)")
+    kept = result.tables["sessions"]
+    assert {1, 4, 7}.isdisjoint(kept["record_id"])
+    _assert_ledger_complete(result, {t: len(f) for t, f in tables.items()})
+
+    # set_missing cannot keep a session without its date: the row is dropped, and says why.
+    config = _with_plausibility(dates={"study_window": {"action": "set_missing"}},
+                                max_invalid_fraction=0.5)
+    result = _clean_with(tmp_path / "set_missing", tables, config)
+    fate, reason = _fate(result, "sessions", 1)
+    assert fate == "dropped" and reason.endswith("cannot be used without session_date")
+    # A narrower episode: 13 days after the referral is too late.
+    config = _with_plausibility(dates={"episode": {"days_after": 10, "action": "stop"}})
+    with pytest.raises(DataError, match=r"rows 2, 3, .*13 value\(s\) break .*dates\.episode"):
+        _clean_with(tmp_path / "stop", raw_extract(), config)
+
+
+def test_discharge_dated_before_intake(tmp_path):
+    tables = raw_extract()
+    outcomes = tables["outcomes"]
+    early = outcomes.index[(outcomes["episode_id"] == "E000002")
+                           & (outcomes["timepoint"] == "discharge")]
+    outcomes.loc[early, "assessment_date"] = "2022-03-12"  # intake was 2022-03-15
+    result = _clean(tmp_path, tables)
+    for index in early:
+        fate, reason = _fate(result, "outcomes", int(index) + 1)
+        assert fate == "value_set_missing"
+        assert reason == ("discharge assessment_date 2022-03-12 before the intake assessment "
+                          "2022-03-15 (plausibility.dates.followup_order)")
+    kept = result.tables["outcomes"].set_index("record_id")
+    assert kept.loc[early + 1, "score"].isna().all()
+    assert kept.loc[early + 1, "assessment_date"].isna().all()
+    intake = outcomes.index[(outcomes["episode_id"] == "E000002")
+                            & (outcomes["timepoint"] == "intake")]
+    assert kept.loc[intake + 1, "score"].notna().all()  # the baseline stays
+
+    # Wide layout: the episode's row keeps its intake scores, loses the discharge ones.
+    result = _clean(tmp_path / "wide", tables, layout="wide")
+    wide = result.tables["outcomes"]
+    episode = wide[wide["episode_id"] == "E000002"]
+    assert episode.loc[episode["timepoint"] == "discharge", "score"].isna().all()
+    assert episode.loc[episode["timepoint"] == "intake", "score"].notna().all()
+    assert _fate(result, "outcomes", 2)[1] == (
+        "discharge discharge_date 2022-03-12 before the intake assessment 2022-03-15 "
+        "(plausibility.dates.followup_order)")
+
+    config = _with_plausibility(dates={"followup_order": {"action": "drop"}})
+    result = _clean_with(tmp_path / "drop", tables, config)
+    assert {_fate(result, "outcomes", int(i) + 1)[0] for i in early} == {"dropped"}
+
+
+# A value per kind of junk: valid, missing-value code, outside the range, empty.
+_BMI = st.sampled_from(["24.5", "31", "-999", "9999", "300", "4", ""])
+_SESSION_SHIFT = st.sampled_from([0, 0, 0, -60, 800, -12000, 28000])  # days
+_DISCHARGE_SHIFT = st.sampled_from([0, 0, -40])  # days before the recorded discharge
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    bmi=st.lists(_BMI, min_size=12, max_size=12),
+    weeks=st.lists(st.sampled_from(["14", "-999", "-1", "6000", "999"]), min_size=12,
+                   max_size=12),
+    session_shift=st.lists(_SESSION_SHIFT, min_size=25, max_size=25),
+    discharge_shift=st.lists(_DISCHARGE_SHIFT, min_size=12, max_size=12),
+    actions=st.tuples(*[st.sampled_from(["set_missing", "drop"])] * 4),
+    layout=st.sampled_from(["long", "wide"]),
+)
+def test_plausibility_ledgers_every_row_and_no_implausible_value_survives(
+        tmp_path_factory, bmi, weeks, session_shift, discharge_shift, actions, layout):
+    tables = raw_extract()
+    tables["patients"]["bmi"] = bmi
+    tables["patients"]["symptom_duration_weeks"] = weeks
+    sessions = tables["sessions"]
+    shifted = pd.to_datetime(sessions["session_date"]) + pd.to_timedelta(session_shift, "D")
+    sessions["session_date"] = shifted.dt.strftime("%Y-%m-%d")
+    outcomes = tables["outcomes"]
+    discharge = outcomes["timepoint"] == "discharge"
+    shift = outcomes["episode_id"].map(
+        dict(zip(tables["patients"]["episode_id"], discharge_shift, strict=True)))
+    moved = pd.to_datetime(outcomes["assessment_date"]) + pd.to_timedelta(
+        shift.where(discharge, 0), "D")
+    outcomes["assessment_date"] = moved.dt.strftime("%Y-%m-%d")
+    config = _with_plausibility(
+        layout,
+        variables={"bmi": {"action": actions[0]}, "symptom_duration_weeks": {"action": actions[1]}},
+        dates={"study_window": {"action": actions[2]}, "episode": {"action": actions[2]},
+               "followup_order": {"action": actions[3]}},
+        max_invalid_fraction=1.0)
+    raw = write_extract(tables, tmp_path_factory.mktemp("plaus") / "raw", "csv", layout)
+
+    result = clean_tables(config, raw)
+
+    counts = {t: len(f) for t, f in tables.items()}
+    if layout == "wide":  # one raw row per episode
+        counts["outcomes"] = outcomes["episode_id"].nunique()
+    _assert_ledger_complete(result, counts)
+    patients = result.tables["patients"]
+    assert patients["bmi"].dropna().between(10, 80).all()
+    assert patients["symptom_duration_weeks"].dropna().between(0, 5200).all()
+    assert not patients["bmi"].isin([-999, 9999]).any()
+    # Every planted violation has a fate naming a plausibility rule (the row's first one).
+    ledger = result.ledger.set_index(["table", "record_id"])
+    for i, value in enumerate(bmi):
+        if value in ("-999", "9999", "300", "4"):
+            fate, reason = ledger.loc[("patients", i + 1), ["fate", "reason"]]
+            assert fate != "kept" and "plausibility.variables." in reason
+    referral = dict(zip(patients["episode_id"], patients["referral_date"], strict=True))
+    sessions_out = result.tables["sessions"]
+    offset = (sessions_out["session_date"] - sessions_out["episode_id"].map(referral)).dt.days
+    assert offset.between(-30, 730).all()
+    for i, days in enumerate(session_shift):
+        if days in (-60, 800, -12000, 28000):
+            fate, reason = ledger.loc[("sessions", i + 1), ["fate", "reason"]]
+            assert fate == "dropped" and ("plausibility.dates" in reason
+                                          or "refers to a row dropped" in reason)
+    scored = result.tables["outcomes"].dropna(subset=["score"])
+    by_time = scored.pivot_table(index=["episode_id", "instrument"], columns="timepoint",
+                                 values="assessment_date", aggfunc="min")
+    if {"intake", "discharge"} <= set(by_time.columns):
+        both = by_time.dropna()
+        assert (both["discharge"] >= both["intake"]).all()
+
+
+def test_the_schema_documents_the_built_in_ranges():
+    """The built-in rules are where users look: config/README.md, from the schema."""
+    text = " ".join(load_schema()["properties"]["plausibility"]["properties"]["variables"]
+                    ["description"].split())
+    for name, rule in BUILTIN_PLAUSIBILITY.items():
+        low, high = rule["range"]
+        assert f"{name} [{low:g}, {high:g}]" in text, name
+    assert ", ".join(f"{v:g}" for v in BUILTIN_PLAUSIBILITY["bmi"]["sentinels"]) in text

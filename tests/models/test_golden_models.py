@@ -197,6 +197,16 @@ MULTI_CASES = {
     "cohort_function_cc_lm": (
         "cohort", "complete_case", {"baseline": "intake", "followup": "discharge"},
         {"time": "categorical", "baseline": "covariate", "random_effects": []}, None),
+    "multitime_constant_patient": (
+        "multitime", "all_available", {"baseline": "m0", "followups": FOUR, "values": MONTHS},
+        {"time": "categorical", "baseline": "timepoint", "effect": "constant",
+         "random_effects": ["patient"]}, None),
+    "multitime_constant_ancova_site": (
+        "multitime", "all_available",
+        {"baseline": "m0", "followups": ["m1", "m3", "m6"],
+         "values": {k: MONTHS[k] for k in ("m0", "m1", "m3", "m6")}},
+        {"time": "categorical", "baseline": "covariate", "effect": "constant",
+         "random_effects": ["site", "patient"]}, None),
     "multitime_site_time_depression": (
         "multitime", "all_available", {"baseline": "m0", "followups": FOUR, "values": MONTHS},
         {"time": "categorical", "baseline": "timepoint", "random_effects": ["site", "patient"],

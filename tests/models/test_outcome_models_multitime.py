@@ -480,3 +480,63 @@ def test_unit_counts_follow_the_nested_path_not_the_bare_ids(trial, base_config)
         # same partition of the rows: codes and text keys group rows identically
         assert len(set(zip(codes[name], keys, strict=True))) == len(set(keys)), name
     assert rand.n_units["site"] == data["site"].nunique()
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis.effect: constant (one arm effect over every follow-up; against R in the golden tests)
+
+
+def test_constant_effect_is_one_row_with_time_kept(trial, base_config):
+    result = fit_outcome_model(trial, study(base_config, effect="constant"), "function",
+                               "all_available")
+    terms = set(result.fixed_effects["term"])
+    assert {"arm", "timem1", "timem12", "arm:post"} <= terms
+    assert not any(t.startswith("arm:time") for t in terms)
+    assert list(result.effects["term"]) == [EFFECT_TERM]
+    assert result.effect["estimate"] == pytest.approx(_coef(result, "arm:post"), rel=1e-12)
+    assert "arm:post" in result.formula and "arm * time" not in result.formula
+    # Marginal means: the arm difference is the arm main effect at baseline, and the main
+    # effect plus the constant effect at every follow-up.
+    means = result.marginal_means.set_index(["time", "arm"])["estimate"]
+    control, intervention = base_config["allocation"]["control"], \
+        base_config["allocation"]["intervention"]
+    for label in FOUR:
+        assert means[(label, intervention)] - means[(label, control)] == pytest.approx(
+            _coef(result, "arm") + _coef(result, "arm:post"), rel=1e-9)
+    assert means[("m0", intervention)] - means[("m0", control)] == pytest.approx(
+        _coef(result, "arm"), rel=1e-9)
+
+
+def test_constant_effect_with_two_time_points_is_the_by_time_model(cohort, base_config):
+    cfg = copy.deepcopy(base_config)
+    by_time = fit_outcome_model(cohort, cfg, "function", "complete_case")
+    cfg["analysis"]["effect"] = "constant"
+    constant = fit_outcome_model(cohort, cfg, "function", "complete_case")
+    pd.testing.assert_frame_equal(constant.fixed_effects, by_time.fixed_effects)
+    assert constant.formula == by_time.formula
+
+
+def test_constant_effect_in_a_subgroup_model(trial, base_config):
+    cfg = study(base_config, followups=("m1", "m3", "m6"), baseline="covariate",
+                effect="constant")
+    result = fit_subgroup_model(trial, cfg, "function", "depression",
+                                population="all_available", stratified=False)
+    coef = result.interaction.fixed_effects.set_index("term")["estimate"]
+    assert not any(t.startswith("arm:time") for t in coef.index)
+    effects = result.subgroup_effects.set_index("level")["estimate"]
+    assert effects["0"] == pytest.approx(coef["arm"], rel=1e-12)
+    assert effects["1"] == pytest.approx(coef["arm"] + coef["arm:depression1"], rel=1e-12)
+    assert result.heterogeneity["num_df"] == 1
+
+
+def test_constant_effect_table_has_one_row_for_all_follow_ups(tmp_path, trial, base_config):
+    cfg = study(base_config, effect="constant")
+    cfg["analysis"]["populations"] = ["all_available"]
+    cfg["outcomes"] = [o for o in cfg["outcomes"] if o["name"] == "function"]
+    path = tmp_path / "analysis.parquet"
+    trial.to_parquet(path, index=False)
+    run_fit(cfg, path, "function", "all_available", tmp_path / "f.json", tmp_path / "f.csv")
+    doc = read_estimate_file(tmp_path / "f.json")
+    table = effects_by_followup({"primary": {("function", "all_available"): doc}}, cfg)
+    assert list(table["followup"]) == ["all follow-ups"]
+    assert table["estimate"].iloc[0] == pytest.approx(effect_row(doc)["estimate"])

@@ -112,6 +112,108 @@ def test_figures_read_only_the_models_estimates(drawn, tmp_path):
         assert (out / f"{name}.png").read_bytes() == (first / f"{name}.png").read_bytes()
 
 
+def _drawn_figures(run):
+    """The report figures as matplotlib objects, drawn from the fixture's inputs."""
+    import matplotlib
+
+    from trial_analysis.plotting import STYLE
+    from trial_analysis.reporting.figures import (
+        flow_figure,
+        forest_figure,
+        implementation_figure,
+    )
+    from trial_analysis.reporting.tables import load_estimates
+
+    estimates = load_estimates(run.estimates, run.config, secondary=False)
+    with matplotlib.rc_context(STYLE):
+        return {
+            "forest": forest_figure(estimates, run.config),
+            "flow": flow_figure(pd.read_csv(run.tables / "flow.csv")),
+            "implementation": implementation_figure(
+                pd.read_csv(run.tables / "implementation.csv")),
+        }, estimates
+
+
+def test_forest_labels_and_points_read_back_match_table_4(drawn):
+    """Each panel's drawn tick labels and points are its own outcome's rows of Table 4."""
+    import re
+
+    from trial_analysis.reporting.tables import fmt_p, subgroup_estimates
+
+    run, _ = drawn
+    figures, estimates = _drawn_figures(run)
+    table4 = subgroup_estimates(estimates, run.config, None)
+    axes = figures["forest"].axes
+    outcomes = [o["name"] for o in run.config["outcomes"]]
+    assert len(axes) == len(outcomes)
+    seen_p = set()
+    for ax, outcome in zip(axes, outcomes, strict=True):
+        figures["forest"].canvas.draw()
+        drawn_labels = {round(tick.get_position()[1]): tick.get_text()
+                        for tick in ax.get_yticklabels()}
+        rows = table4[table4["outcome"] == outcome]
+        for subgroup, part in rows.groupby("subgroup"):
+            header = next(text for text in drawn_labels.values()
+                          if "heterogeneity p" in text and text.lower().startswith(
+                              str(subgroup).replace("_", " ")))
+            shown = re.search(r"heterogeneity p [=<] ?([0-9.<]+)\)", header).group(1)
+            expected = fmt_p(float(part["p_heterogeneity"].iloc[0]))
+            assert shown == expected.lstrip("<"), (outcome, subgroup, header, expected)
+            seen_p.add(expected)
+        # The diamonds and dots: every level estimate of Table 4 is drawn on this panel.
+        points = sorted(float(line.get_xdata()[0]) for line in ax.get_lines()
+                        if len(line.get_xdata()) == 1)
+        for estimate in rows.loc[rows["level"] != "heterogeneity", "estimate"]:
+            assert min(abs(p - float(estimate)) for p in points) < 1e-9
+    # The outcomes' p-values differ in the fixture, so a shared axis would fail above.
+    assert len(seen_p) > 1
+
+
+def test_flow_and_implementation_text_read_back_match_their_tables(drawn):
+    run, _ = drawn
+    figures, _ = _drawn_figures(run)
+    flow = pd.read_csv(run.tables / "flow.csv")
+    flow_text = "\n".join(t.get_text() for t in figures["flow"].axes[0].texts)
+    for n in flow.loc[flow["n_excluded"].isna(), "n"]:
+        assert f"(n = {int(n)})" in flow_text
+    implementation = pd.read_csv(run.tables / "implementation.csv")
+    bar_text = [t.get_text() for t in figures["implementation"].axes[0].texts]
+    for (_, row), text in zip(implementation.iterrows(), bar_text, strict=True):
+        percent = 100 * row["numerator"] / row["denominator"]
+        assert text == f"{percent:.1f}% ({row['numerator']}/{row['denominator']})"
+
+
+def test_flow_diagram_follows_the_design_and_shows_every_population(drawn):
+    """STROBE wording and title for an observational cohort, CONSORT for a randomised trial;
+    one level of boxes per analysed population, with N per arm; record-level cleaning noted
+    with its aggregate reasons and counts."""
+    import copy
+
+    from trial_analysis.reporting.figures import flow_figure, flow_layout
+
+    run, _ = drawn
+    flow = pd.read_csv(run.tables / "flow.csv")
+    levels = flow_layout(flow)
+    populations = [[str(b["description"]) for b in level["boxes"]] for level in levels
+                   if level["step"] == "analysis"]
+    assert populations == [
+        ["all with a baseline analysed", "all with a baseline analysed, ETMI",
+         "all with a baseline analysed, usual care"],
+        ["complete cases analysed", "complete cases analysed, ETMI",
+         "complete cases analysed, usual care"]]
+    figure = flow_figure(flow, run.config)
+    ax = figure.axes[0]
+    text = "\n".join(t.get_text() for t in ax.texts)
+    assert ax.get_title(loc="left").startswith("STROBE")
+    assert "ETMI group" in text and "allocated" not in text
+    assert "Record-level cleaning" in text
+    assert "outcome records dropped: 6 of" in text and "exact duplicate of another record" in text
+    assert "row N" not in text
+    config = copy.deepcopy(run.config)
+    config["study"]["design"] = "randomised"
+    assert flow_figure(flow, config).axes[0].get_title(loc="left").startswith("CONSORT")
+
+
 def test_the_flow_diagram_draws_suppressed_counts():
     """Counts below report.min_cell_count reach flow.csv as "<5" (cohort.disclosure)."""
     from trial_analysis.reporting.figures import flow_figure

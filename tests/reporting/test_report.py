@@ -90,7 +90,8 @@ def test_reproduction_check_has_match_marks(html):
     section = html[html.index('id="reproduction"'):html.index('id="assumptions"')]
     assert "Reproduced" in section
     assert "&#10003; yes" in section or "✓ yes" in section
-    assert "complete_cases_etmi" in section
+    assert "Complete cases, ETMI" in section and "complete_cases_etmi" not in section
+    assert "What was compared" in section and "directions of effect (not their size)" in section
 
 
 def test_table1_suppression_reaches_the_report(html):
@@ -109,6 +110,21 @@ def test_randomised_design_uses_consort(run, tmp_path):
     assert "CONSORT" in text and "STROBE" not in text
     assert "No benchmark files were available" in text
     assert 'id="assumptions"' not in text
+    # The design's wording: no "observational comparison", and its defaults shown.
+    assert "observational comparison" not in text
+    assert "10. Sensitivity analyses</h2>" in text
+    assert "<code>study.design: randomised</code>" in text
+    assert "not randomised" not in text
+
+
+def test_report_opens_with_the_target_trial(html):
+    assert html.index('id="target-trial"') < html.index('id="design"')
+    section = html[html.index('id="target-trial"'):html.index('id="design"')]
+    for component in ("Eligibility", "Treatment strategies", "Assignment", "Time zero",
+                      "Follow-up", "Outcome", "Causal contrast", "Estimand", "Analysis plan"):
+        assert f"<td>{component}</td>" in section
+    assert "10. Sensitivity analyses of the observational comparison</h2>" in html
+    assert "<code>study.design: observational</code>" in html
 
 
 def test_report_is_reproducible_with_source_date_epoch(run, tmp_path, monkeypatch):
@@ -152,3 +168,173 @@ def test_model_block_formats_of_the_models_step():
     assert as_list("a; b") == ["a", "b"]
     assert as_list(["a", ""]) == ["a"]
     assert as_list(None) == [] and as_list(float("nan")) == []
+
+
+def test_imputation_text_states_m_rule_and_missingness_predictors() -> None:
+    from trial_analysis.causal.imputation import missingness_predictors_text
+    from trial_analysis.reporting.report import imputation_text
+
+    doc = {"details": {
+        "imputation_model": "chained equations",
+        "m_choice": {"m": 73, "pilot_m": 20, "pilot_fmi": {"function": 0.73, "pain": 0.5},
+                     "max_m": 100, "capped": False},
+        "missingness_predictors": missingness_predictors_text(["n_sessions", "bmi"])}}
+    text = imputation_text(doc)
+    assert "73 imputations, chosen as at least 100 times the largest fraction of missing " \
+        "information (0.73) of a 20-imputation pilot." in text
+    assert "2 auxiliary variables of the configuration (among them the number of sessions)" \
+        in text
+    fixed = imputation_text({"details": {"imputation_model": "x", "settings": {"m": 20}}})
+    assert "20 imputations (fixed in the configuration)." in fixed
+    assert imputation_text({}) == ""
+
+
+def test_schedule_names_a_constant_effect_and_the_time_point_of_a_linear_trend() -> None:
+    from trial_analysis.reporting.report import study_schedule
+
+    timepoints = {"baseline": "m0", "followups": ["m1", "m3", "m6"],
+                  "values": {"m0": 0, "m1": 1, "m3": 3, "m6": 6}}
+    constant = study_schedule({"timepoints": timepoints,
+                               "analysis": {"effect": "constant", "baseline": "covariate"}})
+    assert constant["constant"] and not constant["several"]
+    assert constant["estimand"] == ("mean score at every follow-up adjusted for the baseline "
+                                    "score, one effect assumed constant over m1, m3, m6")
+    linear = study_schedule({"timepoints": timepoints, "analysis": {"time": "continuous"}})
+    assert linear["several"] and not linear["constant"]
+    assert linear["estimand"] == ("mean change from baseline to m6, read off the linear time "
+                                  "trend at m6 (time 6)")
+
+
+def test_each_warning_is_attached_to_the_model_that_raised_it(run):
+    """A singular stratified fit warns on its own row of Table 8, not the interaction model's."""
+    from trial_analysis.reporting.report import model_specifications
+
+    singular = "singular fit: the therapist variance is estimated at the boundary (zero)"
+    block = {"formula": "score ~ arm * time", "method": "REML", "converged": True,
+             "warnings": []}
+    doc = {
+        "_file": "function.subgroup_depression.json", "subgroup": "depression",
+        "model": {**block, "formula": "score ~ arm * time * depression"},
+        "stratified_models": {"0": dict(block), "1": {**block, "warnings": [singular]}},
+        "estimates": [
+            {"model": "stratified", "term": "arm:time [depression=0]", "warnings": ""},
+            {"model": "stratified", "term": "arm:time [depression=1]", "warnings": singular},
+            {"model": "subgroup_contrast", "term": "arm:time [depression=1]", "warnings": ""},
+            {"model": "subgroup_interaction", "term": "arm:time:depression1",
+             "warnings": "an interaction-model note"},
+        ],
+    }
+    rows, methods = model_specifications([doc], run.config)
+    by_model = {r["model"]: r["warnings"] for r in rows}
+    assert by_model == {
+        "Function (FOTO lumbar CAT), subgroup depression: interaction model":
+            "an interaction-model note",
+        "Function (FOTO lumbar CAT), subgroup depression: stratified fit, no depression": "",
+        "Function (FOTO lumbar CAT), subgroup depression: stratified fit, depression": singular,
+    }
+    # One method shared by all three fits is listed once and referred to by letter.
+    assert methods == ["REML"] and {r["method"] for r in rows} == {"a"}
+
+
+def test_table8_does_not_repeat_method_text(html):
+    section = html[html.index('id="models"'):html.index('id="reproduction"')]
+    methods = re.findall(r"\(([a-z])\) ([^;<]+)", section)
+    assert methods, "the methods note is missing"
+    for _, text in methods:
+        # Short names ("ML") also occur inside formulas; a long method text only once.
+        if len(text.strip()) > 20:
+            assert section.count(text.strip()) == 1, text
+
+
+def test_tipping_point_is_a_full_sentence(run):
+    from trial_analysis.reporting.report import tipping_sentence
+
+    row = {"outcome": "function", "term": "tipping_delta", "estimate": 5.0514768,
+           "notes": "reached: 1.01 MCID (5 points); imputed intervention follow-ups shifted down"}
+    found = {"status": "reached", "tipping_delta": 5.0514768, "tipping_delta_units": 1.0103,
+             "unit": 5.0, "unit_name": "MCID"}
+    text = tipping_sentence(found, row, run.config)
+    assert text.startswith("The 95% confidence interval") and text.endswith(".")
+    assert "5.05 points (1.01 MCID, where 1 MCID is 5 points)" in text
+    assert "shifted down" in text and "reached:" not in text and ";  " not in text
+    # Pain: lower is better, so an unfavourable shift is up; a status that did not tip.
+    found = {"status": "not reached within the grid (up to 4 points)", "tipping_delta": None}
+    text = tipping_sentence(found, {"outcome": "pain", "estimate": None}, run.config)
+    assert text.startswith("No tipping point: not reached within the grid (up to 4 points).")
+    assert "shifted up" in text
+
+
+def test_variance_components_are_wide_one_table_per_outcome(run):
+    """Table 7: a table per outcome, a row per component, variance and ICC per population."""
+    from trial_analysis.reporting.report import variance_tables
+    from trial_analysis.reporting.tables import fmt_sig
+
+    frame = pd.read_csv(run.tables / "variance_components.csv")
+    tables = variance_tables(frame, run.config)
+    assert [t["outcome"] for t in tables] == [o["label"] for o in run.config["outcomes"]]
+    for table, (outcome, part) in zip(tables, frame.groupby("outcome", sort=False),
+                                      strict=True):
+        populations = list(dict.fromkeys(part["population"]))
+        assert len(table["rows"]) == part["component"].nunique()
+        assert all(len(r["cells"]) == 2 * len(populations) for r in table["rows"])
+        first = part[(part["component"] == part["component"].iloc[0])
+                     & (part["population"] == populations[0])]
+        expected = [fmt_sig(first.loc[first["quantity"] == q, "value"].iloc[0])
+                    for q in ("variance", "icc")]
+        assert table["rows"][0]["cells"][:2] == expected, outcome
+
+
+def test_sensitivity_section_separates_model_form_and_brackets(tmp_path):
+    from trial_analysis.reporting.report import sensitivity_section
+
+    def row(method, estimate, analysis="propensity"):
+        return {"outcome": "function", "analysis": analysis, "method": method,
+                "term": "arm_intervention", "estimate": estimate, "std_error": 1.0,
+                "ci_low": estimate - 2, "ci_high": estimate + 2, "p_value": 0.01,
+                "n_patients": 100, "n_clusters": 10, "notes": ""}
+
+    estimates = tmp_path / "estimates"
+    estimates.mkdir()
+    (estimates / "sensitivity.propensity.json").write_text(json.dumps({"estimates": [
+        row("covariate_adjusted_ancova", 4.1), row("covariate_adjusted_change", 3.2),
+        row("overlap_weighted_ancova", 4.2), row("overlap_weighted_change", 4.2)]}))
+    bracket = {"outcome": "function", "n_patients": 100, "change_score": 3.2, "ancova": 4.1,
+               "lower": 3.2, "upper": 4.1, "baseline_coefficient": 0.5,
+               "adjusted_baseline_difference": 1.8, "stationarity_holds": True}
+    (estimates / "sensitivity.doubly_robust.json").write_text(json.dumps({
+        "estimates": [row("augmented_overlap", 4.0, "doubly_robust"),
+                      row("change_score", 3.2, "bracketing"), row("ancova", 4.1, "bracketing")],
+        "tables": {"bracketing": [bracket]}}))
+    config = {"outcomes": [{"name": "function", "label": "Function"}]}
+    primary = [{"outcome": "Function", "population": "complete cases", "key": "complete_case",
+                "n": "100", "estimate": "3.00", "value": 3.0}]
+    section = sensitivity_section(estimates, tmp_path, primary, {}, config)
+    shown = [(e["method"], e["form"]) for e in section["effects"]]
+    assert ("ANCOVA, baseline and covariates", "lagged outcome (ANCOVA)") in shown
+    assert ("Change score, covariates", "change score") in shown
+    assert ("Overlap-weighted change score (propensity score)", "change score") in shown
+    assert ("Augmented overlap weighting (doubly robust, ATO)",
+            "doubly robust (baseline in both models)") in shown
+    # the bracketing's own fits repeat the covariate-adjusted rows: shown once
+    assert len(shown) == len(set(shown)) == 6
+    assert section["bracketing"] == [{
+        "outcome": "Function", "change": "3.20", "ancova": "4.10", "interval": "3.20 to 4.10",
+        "slope": "0.50", "difference": "1.80", "upper": "ANCOVA", "holds": "yes",
+        "mixed": "3.00", "mixed_interval": "3.00 to 4.10"}]
+    primary[0]["n"] = "99"  # another population: not lined up
+    section = sensitivity_section(estimates, tmp_path, primary, {}, config)
+    assert section["bracketing"][0]["mixed"] == ""
+
+
+def test_each_model_form_gets_its_own_tipping_point():
+    from trial_analysis.reporting.report import _tipping_entry
+
+    points = {"function": {"outcome": "function", "method": "delta_adjusted_mi",
+                           "tipping_delta": 4.05},
+              "function (change)": {"outcome": "function", "method": "delta_adjusted_mi_change",
+                                    "tipping_delta": 2.85}}
+    row = {"outcome": "function", "method": "delta_adjusted_mi_change"}
+    assert _tipping_entry(points, row)["tipping_delta"] == 2.85
+    assert _tipping_entry(points, {**row, "method": "delta_adjusted_mi"})["tipping_delta"] == 4.05
+    # a file written before the entries named their method: keyed by the outcome
+    assert _tipping_entry({"function": {"tipping_delta": 1.0}}, row)["tipping_delta"] == 1.0

@@ -283,6 +283,38 @@ def test_tables_are_deterministic(run, tmp_path):
         assert (out / f"{name}.csv").read_bytes() == (run.tables / f"{name}.csv").read_bytes()
 
 
+def test_reproduction_says_what_was_and_was_not_compared(run):
+    """Counts built into the simulated cohort match by construction; effect sizes that are not
+    public get a row saying they were not compared, and why."""
+    from trial_analysis.reporting.tables import EVIDENCE, load_estimates, load_truth
+
+    config = copy.deepcopy(run.config)
+    config["published"]["estimates"] = []
+    estimates = load_estimates(run.estimates, config)
+    analysis = pd.read_parquet(run.analysis)
+    table = reproduction_table(analysis, estimates, config, run.tables, load_truth(run.raw))
+    counts = table[table["kind"] == "count"].set_index("item")
+    assert counts.loc["eligible_patients", "evidence"] == EVIDENCE["target"]
+    directions = table[table["kind"] == "direction"].set_index("item")
+    assert directions.loc["function", "evidence"] == EVIDENCE["planted"]
+    missing = table[table["kind"] == "not_compared"]
+    assert list(missing["item"]) == ["effect sizes"]
+    assert "not public" in missing["evidence"].iloc[0]
+    # Real data (no truth.json): a recount and a direction, neither built in.
+    table = reproduction_table(analysis, estimates, config, run.tables, None)
+    assert set(table.loc[table["kind"] == "count", "evidence"]) <= {
+        EVIDENCE["recount"], EVIDENCE["not_computed"]}
+    assert set(table.loc[table["kind"] == "direction", "evidence"]) == {EVIDENCE["direction"]}
+
+
+def test_fmt_sig_gives_three_significant_digits():
+    from trial_analysis.reporting.tables import fmt_sig
+
+    assert [fmt_sig(v) for v in (160.17, 0.19, 7.6, 1234.5, 0.006981, -2.345, 0)] == [
+        "160", "0.190", "7.60", "1230", "0.00698", "-2.35", "0"]
+    assert fmt_sig(float("nan")) == "–" and fmt_sig(None) == "–"
+
+
 def test_a_subgroup_not_reported_gives_one_row_saying_so(config):
     from trial_analysis.reporting.tables import subgroup_estimates
 

@@ -4,6 +4,9 @@ The sensitivity analyses of the observational comparison live in their own modul
 
 * :mod:`trial_analysis.causal.propensity` -- propensity score, overlap weights (default) or
   stabilised trimmed IPTW, balance table, love plot, weighted ANCOVA;
+* :mod:`trial_analysis.causal.doubly_robust` -- augmented overlap weighting and augmented IPW
+  with a stacked-equation cluster sandwich, and the bracketing of the change-score and
+  lagged-outcome (ANCOVA) estimates;
 * :mod:`trial_analysis.causal.evalues` -- E-values (VanderWeele & Ding) of the primary estimates;
 * :mod:`trial_analysis.causal.imputation` -- multiple imputation by chained equations with
   predictive mean matching, Rubin's rules, and the delta-adjusted (MNAR) tipping-point analysis;
@@ -69,6 +72,7 @@ TIDY_COLUMNS = [
 
 ANALYSES = [
     "propensity",
+    "doubly_robust",
     "evalue",
     "multiple_imputation",
     "tipping_point",
@@ -77,6 +81,42 @@ ANALYSES = [
 
 # The arm's coefficient in the outcome model (named after its column, as R names it).
 ARM_TERM = ARM
+
+# Outcome model forms: lagged-outcome adjustment (valid if selection is on the observed
+# baseline score) and change score (valid if selection is on stable characteristics, i.e.
+# parallel trends); see :func:`fit_ancova`.
+MODEL_FORMS = ("ancova", "change")
+
+
+def check_model_form(form: str) -> None:
+    """Raise a ConfigError for a model form other than :data:`MODEL_FORMS`."""
+    if form not in MODEL_FORMS:
+        raise ConfigError("config", [f"sensitivity.model_forms: '{form}' is not one of "
+                                     f"{list(MODEL_FORMS)}"])
+
+
+def model_forms(config: Mapping[str, Any]) -> list[str]:
+    """``sensitivity.model_forms`` (default: both, ANCOVA first), each checked."""
+    forms = list((config.get("sensitivity", {}) or {}).get("model_forms") or MODEL_FORMS)
+    for form in forms:
+        check_model_form(form)
+    return list(dict.fromkeys(forms))
+
+
+def form_method(method: str, form: str) -> str:
+    """A method name for a model form: in the change-score form the word ``ancova`` becomes
+    ``change`` (``overlap_weighted_change``, ``change_same_sample``), and a name without it
+    gets the suffix ``_change`` (``therapist_fixed_effects_change``)."""
+    if form == "ancova":
+        return method
+    parts = method.split("_")
+    if "ancova" in parts:
+        return "_".join("change" if part == "ancova" else part for part in parts)
+    return f"{method}_change"
+
+
+FORM_NOTES = {"ancova": "model form: ANCOVA (follow-up adjusted for the baseline score)",
+              "change": "model form: change score (follow-up minus baseline)"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,12 +139,18 @@ DEFAULTS: dict[str, Any] = {
         "balance_threshold": 0.1,
         "ridge": 0.001,
     },
+    "doubly_robust": {
+        "estimands": ["ato", "ate"],
+    },
     "evalue": {
         "sd": "change",
         "populations": ["complete_case", "all_available"],
     },
     "multiple_imputation": {
-        "m": 20,
+        "m": "auto",
+        "pilot_m": 20,
+        "max_m": 100,
+        "therapist_means": True,
         "iterations": 10,
         "donors": 5,
         "by_arm": True,
@@ -288,8 +334,14 @@ def ancova_design(
     weights: np.ndarray | pd.Series | None = None,
     therapist_fixed_effects: bool = False,
     source: str = "analysis table",
+    form: str = "ancova",
 ) -> AncovaDesign:
-    """Arrays of the ANCOVA ``follow-up ~ arm + baseline + covariates`` (see :func:`fit_ancova`)."""
+    """Arrays of the ANCOVA ``follow-up ~ arm + baseline + covariates`` (see :func:`fit_ancova`).
+
+    ``form="change"`` gives the change-score model on the same patients instead:
+    ``follow-up - baseline ~ arm + covariates`` (the baseline's coefficient fixed at 1).
+    """
+    check_model_form(form)
     baseline, followup = outcome_columns(outcome)
     require_columns(frame, [ARM, THERAPIST, baseline, followup, *covariates], source,
                     f"the {outcome} outcome model", MISSING_COLUMN)
@@ -306,8 +358,8 @@ def ancova_design(
     # only the model's columns are copied (a registry's table has many more, some text)
     data = frame[list(dict.fromkeys([ARM, THERAPIST, baseline, followup, *covariates]))].iloc[rows]
     w = w_all[rows]
-    design = pd.concat([data[[ARM, baseline]].astype(float), encode_columns(data, covariates)],
-                       axis=1)
+    level = [ARM, baseline] if form == "ancova" else [ARM]
+    design = pd.concat([data[level].astype(float), encode_columns(data, covariates)], axis=1)
     # Constant columns (a covariate with one value in this sample) carry no information and
     # would make the design singular.
     constant = [c for c in design.columns[1:] if design[c].nunique() <= 1]
@@ -315,6 +367,8 @@ def ancova_design(
         notes.append(f"constant in this sample, left out: {constant}")
         design = design.drop(columns=constant)
     y = data[followup].to_numpy(dtype=float)
+    if form == "change":
+        y = y - data[baseline].to_numpy(dtype=float)
     X = design.to_numpy(dtype=float)
     names = list(design.columns)
     clusters = cluster_codes(data[THERAPIST])
@@ -348,6 +402,7 @@ def fit_ancova(
     weights: np.ndarray | pd.Series | None = None,
     therapist_fixed_effects: bool = False,
     source: str = "analysis table",
+    form: str = "ancova",
 ) -> AncovaFit:
     """ANCOVA of the follow-up score on arm, baseline and covariates (WLS, CR1 by therapist).
 
@@ -366,12 +421,16 @@ def fit_ancova(
         Absorb a fixed intercept per therapist (within transformation). Because therapists are
         also the clusters, the absorbed intercepts are not counted in ``k`` of the CR1 factor
         (the convention of Stata's ``xtreg, fe`` and R's ``fixest`` for nested fixed effects).
+    form : {"ancova", "change"}
+        Model form (:data:`MODEL_FORMS`): ``ancova`` adjusts for the baseline score (lagged
+        outcome); ``change`` models the change score, the baseline's coefficient fixed at 1.
 
     Returns
     -------
     AncovaFit
     """
-    design = ancova_design(frame, outcome, covariates, weights, therapist_fixed_effects, source)
+    design = ancova_design(frame, outcome, covariates, weights, therapist_fixed_effects, source,
+                           form)
     X, y, w = design.X, design.y, design.w
     n, k = X.shape
     bread = np.linalg.inv((X.T * w) @ X)

@@ -20,10 +20,23 @@ Multiple imputation by chained equations (``sensitivity.multiple_imputation``)
     the nearest fitted value, chosen at random. Imputations therefore are always values that were
     actually observed, inside the instrument's range (the ``d`` nearest form a run of the
     observed rows sorted by fitted value; among exactly equally near candidates the run nearest
-    the missing row's fitted value is taken). ``m`` (20) independent chains of ``iterations``
-    (10) sweeps each, started from random draws of observed values. Patients are not clustered
-    in the imputation model (therapist is ignored there); the analysis model's clustered SEs
-    then carry the clustering.
+    the missing row's fitted value is taken). ``m`` independent chains of ``iterations``
+    (10) sweeps each, started from random draws of observed values.
+
+Therapist clustering (``therapist_means``, default on)
+    Every imputation model also has, for each imputed variable, the leave-one-out mean of its
+    observed values among the patient's therapist's other patients (:func:`therapist_means`;
+    the cluster-means approach of Enders, Mistler & Keller 2016), so that a therapist whose
+    patients do well predicts their missing patients doing well, as the clustered analysis
+    model assumes. Ignoring the cluster in the imputation model shrinks imputations towards
+    the arm mean and understates the between-therapist variance.
+
+How many imputations (``m``, default ``auto``)
+    With ``m: auto`` a pilot of ``pilot_m`` (20) imputations is pooled per outcome and ``m`` is
+    raised to at least 100 times the largest fraction of missing information (White, Royston &
+    Wood 2011), capped at ``max_m`` (:func:`choose_m`); the pilot's chains are the first chains
+    of the final set, so the result equals imputing ``m`` at once. The choice is recorded in
+    the imputation file and in each pooled estimate's notes. A whole number fixes ``m``.
 
 Random streams and parallel chains
     Every chain, imputation ``i`` of arm ``g`` (``g = 0`` the only group without ``by_arm``),
@@ -69,6 +82,7 @@ Tipping point (``sensitivity.tipping_point``; MNAR, delta adjustment)
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -81,6 +95,7 @@ import pandas as pd
 
 from trial_analysis.causal.common import (
     ARM_TERM,
+    FORM_NOTES,
     MISSING_COLUMN,
     SensitivityResult,
     analysis_covariates,
@@ -88,6 +103,8 @@ from trial_analysis.causal.common import (
     cluster_sums,
     encode_columns,
     fit_ancova,
+    form_method,
+    model_forms,
     outcome_specs,
     primary_effects,
     sensitivity_frame,
@@ -96,7 +113,7 @@ from trial_analysis.causal.common import (
     t_interval,
     tidy_row,
 )
-from trial_analysis.columns import ARM, check_arm, outcome_columns
+from trial_analysis.columns import ARM, THERAPIST, check_arm, outcome_columns
 from trial_analysis.config import confidence_level
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import atomic_path, read_analysis_table, require_columns
@@ -335,6 +352,8 @@ class Imputations:
         Patients left out (lacking a text covariate).
     positions : ndarray, optional
         Row positions, in the analysis table, of the rows of ``datasets`` and ``missing``.
+    m_choice : dict, optional
+        With ``m: auto``, how ``m`` was chosen (:func:`choose_m`); None for a fixed ``m``.
     """
 
     datasets: Sequence[pd.DataFrame]
@@ -342,6 +361,7 @@ class Imputations:
     columns: list[str]
     excluded: int = 0
     positions: np.ndarray | None = None
+    m_choice: dict[str, Any] | None = None
 
 
 @dataclass
@@ -358,14 +378,49 @@ class _Prepared:
     options: dict[str, Any]
 
 
+def therapist_means(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Per patient, the mean of each column's observed values among the therapist's *other*
+    patients.
+
+    The cluster-means way of carrying a two-level structure into a single-level imputation
+    model (Enders, Mistler & Keller 2016): a patient's follow-up is predicted partly by how
+    the same therapist's other patients fared. Only observed values enter, so the predictor is
+    fixed over the chained sweeps. The patient's own value is left out (leave-one-out), so an
+    observed row's predictor never contains its own response, which would overstate the
+    cluster's weight in small clusters. Where the therapist has no other observed value the
+    column's observed mean is used (the cluster carries no information). Columns are named
+    ``therapist_mean_<column>``.
+    """
+    by_therapist = frame.groupby(THERAPIST, sort=True, observed=True)
+    out = {}
+    for column in columns:
+        values = frame[column].astype(float)
+        seen = values.notna().astype(float)
+        total = by_therapist[column].transform("sum") - values.fillna(0.0)
+        count = seen.groupby(frame[THERAPIST], sort=True, observed=True).transform("sum") - seen
+        means = (total / count).where(count > 0)
+        out[f"therapist_mean_{column}"] = means.fillna(values.mean())
+    return pd.DataFrame(out, index=frame.index).astype(float)
+
+
 def _prepare(analysis: pd.DataFrame, config: Mapping[str, Any], source: str,
              m: int | None) -> _Prepared:
     """Rows, variables to impute and per-group predictors, with the input checks."""
     check_arm(analysis, source, require_both_arms=True, wording=MISSING_COLUMN)
     options = settings(config, "multiple_imputation")
-    options["m"] = int(m if m is not None else options["m"])
+    options["m_setting"] = options["m"]
+    if m is not None:
+        options["m"] = int(m)
+    elif options["m"] == "auto":
+        options["m"] = int(options["pilot_m"])
+    if not isinstance(options["m"], int) or isinstance(options["m"], bool):
+        raise ConfigError("config", ["sensitivity.multiple_imputation.m must be a whole number "
+                                     f"or 'auto', not {options['m']!r}"])
     if options["m"] < 2:
         raise ConfigError("config", ["sensitivity.multiple_imputation.m must be at least 2"])
+    if int(options["max_m"]) < int(options["pilot_m"]):
+        raise ConfigError("config", ["sensitivity.multiple_imputation.max_m must be at least "
+                                     "pilot_m"])
     covariates = analysis_covariates(config)
     scores = [c for o in config.get("outcomes", []) for c in outcome_columns(o["name"])]
     auxiliary = [c for c in options["auxiliary"] if c not in scores]
@@ -406,6 +461,8 @@ def _prepare(analysis: pd.DataFrame, config: Mapping[str, Any], source: str,
     predictors = []
     for rows in groups:
         in_group = fixed.iloc[rows]
+        if options["therapist_means"] and THERAPIST in frame.columns:
+            in_group = pd.concat([in_group, therapist_means(frame.iloc[rows], impute)], axis=1)
         varying = in_group.columns[in_group.nunique() > 1]
         predictors.append(np.ascontiguousarray(in_group[varying].to_numpy(float)))
     return _Prepared(frame=frame, columns=impute, values=values, groups=groups,
@@ -413,13 +470,56 @@ def _prepare(analysis: pd.DataFrame, config: Mapping[str, Any], source: str,
                      excluded=int((~keep).sum()), options=options)
 
 
-def _imputations(prepared: _Prepared, cells: np.ndarray) -> Imputations:
+def _imputations(prepared: _Prepared, cells: np.ndarray,
+                 m_choice: dict[str, Any] | None = None) -> Imputations:
     mask = np.isnan(prepared.values)
     missing = pd.DataFrame(mask, index=prepared.frame.index, columns=prepared.columns)
     return Imputations(
         datasets=CompletedDatasets(prepared.frame, prepared.columns, mask, cells),
         missing=missing, columns=prepared.columns, excluded=prepared.excluded,
-        positions=prepared.positions)
+        positions=prepared.positions, m_choice=m_choice)
+
+
+def _run_chains(prepared: _Prepared, inputs: _ChainInputs, imputations: range,
+                jobs: int) -> np.ndarray:
+    """The imputed cells of ``imputations`` (one row each, row-major over the missing mask)."""
+    tasks = [(i, g) for i in imputations for g in range(len(prepared.groups))]
+    results = map_shared(_chain_task, inputs, tasks, jobs, progress="imputation chains")
+    # Cell k of the table (row-major over the missing mask) is cell k_g of its group's chain.
+    mask = np.isnan(prepared.values)
+    cell_number = np.full(mask.shape, -1, dtype=np.int64)
+    cell_number[mask] = np.arange(int(mask.sum()))
+    targets = [cell_number[rows][mask[rows]] for rows in prepared.groups]
+    cells = np.empty((len(imputations), int(mask.sum())))
+    for (i, g), result in zip(tasks, results, strict=True):
+        cells[i - imputations.start, targets[g]] = result
+    return cells
+
+
+def m_choice_note(choice: Mapping[str, Any]) -> str:
+    """One sentence on how ``m`` was chosen, for the estimate's notes."""
+    largest = max(choice["pilot_fmi"].values()) if choice["pilot_fmi"] else 0.0
+    text = (f"m chosen as at least 100 x the largest fraction of missing information of a "
+            f"{choice['pilot_m']}-imputation pilot ({largest:.2f})")
+    if choice["capped"]:
+        text += f", capped at max_m={choice['max_m']} (the rule asked for {choice['wanted']})"
+    return text
+
+
+def choose_m(fmi: Mapping[str, float], pilot_m: int, max_m: int) -> dict[str, Any]:
+    """``m`` from the pilot's fractions of missing information: ``m >= 100 * FMI``.
+
+    The rule of thumb of White, Royston & Wood (2011, section 7): with ``m`` at least 100
+    times the largest FMI, the Monte Carlo error of the pooled estimate, SE and p-value is
+    small beside their sampling error. ``m`` is never below the pilot's and never above
+    ``max_m``; ``capped`` says when the cap, not the rule, decided.
+    """
+    largest = max(fmi.values()) if fmi else 0.0
+    wanted = math.ceil(100 * largest - 1e-9)
+    return {"rule": "m >= 100 x largest FMI of the pilot", "pilot_m": int(pilot_m),
+            "pilot_fmi": {k: round(float(v), 4) for k, v in fmi.items()},
+            "wanted": int(wanted), "max_m": int(max_m), "capped": wanted > max_m,
+            "m": int(min(max_m, max(pilot_m, wanted)))}
 
 
 def impute_chained(
@@ -437,17 +537,21 @@ def impute_chained(
         values=tuple(np.ascontiguousarray(prepared.values[rows]) for rows in prepared.groups),
         predictors=tuple(prepared.predictors), iterations=int(options["iterations"]),
         donors=int(options["donors"]), seed=int(config.get("seed", 0)))
-    tasks = [(i, g) for i in range(options["m"]) for g in range(len(prepared.groups))]
-    results = map_shared(_chain_task, inputs, tasks, jobs)
-    # Cell k of the table (row-major over the missing mask) is cell k_g of its group's chain.
-    mask = np.isnan(prepared.values)
-    cell_number = np.full(mask.shape, -1, dtype=np.int64)
-    cell_number[mask] = np.arange(int(mask.sum()))
-    targets = [cell_number[rows][mask[rows]] for rows in prepared.groups]
-    cells = np.empty((options["m"], int(mask.sum())))
-    for (i, g), result in zip(tasks, results, strict=True):
-        cells[i, targets[g]] = result
-    return _imputations(prepared, cells)
+    cells = _run_chains(prepared, inputs, range(options["m"]), jobs)
+    if m is not None or options["m_setting"] != "auto":
+        return _imputations(prepared, cells)
+    # m: auto. The pilot's chains are the first chains of the final set (each chain has its
+    # own stream), so adding chains never changes the pilot's.
+    pilot = _imputations(prepared, cells)
+    level = confidence_level(config)
+    covariates = analysis_covariates(config)
+    fmi = {o: pooled_effect(pilot.datasets, o, covariates, level, source)["fmi"]
+           for o in sensitivity_outcomes(config)}
+    choice = choose_m(fmi, int(options["pilot_m"]), int(options["max_m"]))
+    if choice["m"] > options["m"]:
+        more = _run_chains(prepared, inputs, range(options["m"], choice["m"]), jobs)
+        cells = np.vstack([cells, more])
+    return _imputations(prepared, cells, choice)
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,6 +577,8 @@ def _provenance(analysis: pd.DataFrame, config: Mapping[str, Any],
     return {
         "format": IMPUTATIONS_FORMAT, "version": IMPUTATIONS_VERSION,
         "seed": int(config.get("seed", 0)), "m": int(options["m"]),
+        "m_setting": options["m_setting"], "pilot_m": int(options["pilot_m"]),
+        "max_m": int(options["max_m"]), "therapist_means": bool(options["therapist_means"]),
         "iterations": int(options["iterations"]), "donors": int(options["donors"]),
         "by_arm": bool(options["by_arm"]), "auxiliary": list(options["auxiliary"]),
         "covariates": analysis_covariates(config), "columns": list(prepared.columns),
@@ -515,7 +621,8 @@ def write_imputations(
         "column": pa.array(names, type=pa.string()).dictionary_encode(),
         **{f"imputation_{i + 1}": pa.array(cells[i]) for i in range(len(cells))},
     })
-    metadata = json.dumps(_provenance(analysis, config, prepared), sort_keys=True)
+    metadata = json.dumps({**_provenance(analysis, config, prepared),
+                           "m_choice": imputations.m_choice}, sort_keys=True)
     table = table.replace_schema_metadata({"trial_analysis": metadata})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -546,6 +653,9 @@ def read_imputations(
     stored = json.loads((table.schema.metadata or {}).get(b"trial_analysis", b"{}"))
     prepared = _prepare(analysis, config, source, None)
     expected = _provenance(analysis, config, prepared)
+    if expected["m_setting"] == "auto" and isinstance(stored.get("m_choice"), dict):
+        # the file's m was chosen from its pilot: any m the rule can give is expected
+        expected["m"] = int(stored["m_choice"].get("m", -1))
     differ = sorted(k for k in expected if stored.get(k) != expected[k])
     if differ:
         raise DataError(str(path), f"the imputations were made from another analysis table or "
@@ -576,7 +686,7 @@ def read_imputations(
         cells[i] = table.column(name).to_numpy()
     if np.isnan(cells).any():
         raise DataError(str(path), "an imputed value is missing", column="imputation_*")
-    return _imputations(prepared, cells)
+    return _imputations(prepared, cells, stored.get("m_choice"))
 
 
 def run_impute(
@@ -637,10 +747,11 @@ def pool_rubin(
 
 def pooled_effect(
     datasets: Sequence[pd.DataFrame], outcome: str, covariates: Sequence[str], level: float,
-    source: str = "analysis table",
+    source: str = "analysis table", form: str = "ancova",
 ) -> dict[str, Any]:
-    """ANCOVA arm effect on every completed dataset, pooled (estimate, CI, df, fmi, counts)."""
-    fits = [fit_ancova(d, outcome, covariates, source=source) for d in datasets]
+    """ANCOVA (or, ``form="change"``, change-score) arm effect on every completed dataset,
+    pooled (estimate, CI, df, fmi, counts)."""
+    fits = [fit_ancova(d, outcome, covariates, source=source, form=form) for d in datasets]
     pairs = [f.coefficient(ARM_TERM) for f in fits]
     pooled = pool_rubin([p[0] for p in pairs], [p[1] ** 2 for p in pairs],
                         df_complete=fits[0].df)
@@ -697,18 +808,22 @@ def run_multiple_imputation(
     if imputations is None:
         imputations = impute_chained(analysis, config, source)
     rows, fmi = [], {}
-    for outcome in outcomes:
-        complete = fit_ancova(analysis, outcome, covariates, source=source)
-        rows.append(tidy_row(outcome, "multiple_imputation", "complete_case_ancova", ARM_TERM,
+    for outcome, form in itertools.product(outcomes, model_forms(config)):
+        complete = fit_ancova(analysis, outcome, covariates, source=source, form=form)
+        rows.append(tidy_row(outcome, "multiple_imputation",
+                             form_method("complete_case_ancova", form), ARM_TERM,
                              complete.row(level=level), complete.n_patients,
-                             complete.n_clusters, complete.notes))
-        pooled = pooled_effect(imputations.datasets, outcome, covariates, level, source)
-        fmi[outcome] = pooled["fmi"]
-        notes = [f"m={pooled['m']}", f"Barnard-Rubin df {pooled['df']:.1f}",
+                             complete.n_clusters, [FORM_NOTES[form], *complete.notes]))
+        pooled = pooled_effect(imputations.datasets, outcome, covariates, level, source, form)
+        fmi.setdefault(outcome, pooled["fmi"])
+        notes = [FORM_NOTES[form], f"m={pooled['m']}", f"Barnard-Rubin df {pooled['df']:.1f}",
                  f"fraction of missing information {pooled['fmi']:.2f}"]
+        if imputations.m_choice:
+            notes.append(m_choice_note(imputations.m_choice))
         if imputations.excluded:
             notes.append(f"{imputations.excluded} patients lacking a text covariate left out")
-        rows.append(tidy_row(outcome, "multiple_imputation", "multiple_imputation_ancova",
+        rows.append(tidy_row(outcome, "multiple_imputation",
+                             form_method("multiple_imputation_ancova", form),
                              ARM_TERM, pooled, pooled["n_patients"], pooled["n_clusters"],
                              notes))
     tables: dict[str, pd.DataFrame] = {
@@ -736,14 +851,32 @@ def run_multiple_imputation(
                           "covariates; CR1 SE by therapist; Rubin's rules, Barnard-Rubin df",
         "imputation_model": "chained equations, predictive mean matching "
                             f"({options['donors']} donors), "
-                            f"{'separately per arm' if options['by_arm'] else 'arm as predictor'}",
+                            f"{'separately per arm' if options['by_arm'] else 'arm as predictor'}"
+                            + ("; therapist clustering through leave-one-out therapist means "
+                               "of every imputed variable" if options["therapist_means"]
+                               else "; therapist clustering ignored"),
+        "missingness_predictors": missingness_predictors_text(options["auxiliary"]),
         "imputed_columns": imputations.columns,
+        "m_choice": imputations.m_choice,
         "confidence_level": level,
         "headline": {f"{o} fraction of missing information": round(v, 3)
                      for o, v in fmi.items()},
     }
     return SensitivityResult("multiple_imputation", sensitivity_frame(rows), tables=tables,
                              details=details)
+
+
+def missingness_predictors_text(auxiliary: Sequence[str]) -> str:
+    """What the MAR assumption of each missing-data analysis conditions on, in words."""
+    count = len(auxiliary)
+    named = " (among them the number of sessions)" if "n_sessions" in auxiliary else ""
+    return ("The imputation model conditions on every imputed variable, on the "
+            f"{count} auxiliary variable{'s' if count != 1 else ''} of the configuration"
+            f"{named} and on the analysis covariates. The complete-case and all-available "
+            "likelihood analyses condition only on the analysis model's own variables (arm, "
+            "baseline score, covariates): missingness that depends on an auxiliary variable, "
+            "such as discharge after fewer sessions, is missing at random for the imputation "
+            "but not for them.")
 
 
 def delta_grid(spec: Mapping[str, Any], options: Mapping[str, Any],
@@ -786,7 +919,7 @@ class _ShiftableFit:
 
 def shiftable_fits(
     imputations: Imputations, outcome: str, higher_is_better: bool,
-    covariates: Sequence[str], source: str = "analysis table",
+    covariates: Sequence[str], source: str = "analysis table", form: str = "ancova",
 ) -> list[_ShiftableFit]:
     """Prepare every imputed dataset's ANCOVA for delta adjustment of ``outcome``.
 
@@ -799,7 +932,7 @@ def shiftable_fits(
     for dataset in imputations.datasets:
         target = (imputations.missing[followup].to_numpy()
                   & (dataset[ARM].to_numpy() == 1)).astype(float) * direction
-        design = ancova_design(dataset, outcome, covariates, source=source)
+        design = ancova_design(dataset, outcome, covariates, source=source, form=form)
         X, y, w = design.X, design.y, design.w
         shift = target[design.rows]
         bread = np.linalg.inv((X.T * w) @ X)
@@ -842,6 +975,7 @@ def _includes_null(pooled: Mapping[str, float]) -> bool:
 def tipping_point(
     imputations: Imputations, outcome: str, spec: Mapping[str, Any], grid: np.ndarray,
     covariates: Sequence[str], level: float, source: str = "analysis table",
+    form: str = "ancova",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Pooled effect over the delta grid and the delta at which the CI first includes 0.
 
@@ -850,11 +984,11 @@ def tipping_point(
     finding on the CI limit nearest 0 (the limit is continuous in delta).
     """
     higher = bool(spec.get("higher_is_better", True))
-    fits = shiftable_fits(imputations, outcome, higher, covariates, source)
+    fits = shiftable_fits(imputations, outcome, higher, covariates, source, form)
     rows = []
     for delta in grid:
         pooled = pooled_at(fits, float(delta), level)
-        rows.append({"outcome": outcome, "delta": float(delta), **{
+        rows.append({"outcome": outcome, "model_form": form, "delta": float(delta), **{
             k: pooled[k] for k in ("estimate", "std_error", "ci_low", "ci_high", "p_value",
                                    "df", "n_patients", "n_clusters")},
             "ci_includes_zero": _includes_null(pooled)})
@@ -937,33 +1071,38 @@ def run_tipping_point(
     if imputations is None:
         imputations = impute_chained(analysis, config, source)
     rows, grids, headline, figures, points = [], [], {}, [], {}
-    for outcome in outcomes:
+    forms = model_forms(config)
+    for outcome, form in itertools.product(outcomes, forms):
         spec = specs[outcome]
         followup = outcome_columns(outcome)[1]
         control = analysis.loc[analysis[ARM] == 0, followup].dropna()
         grid, unit, unit_name = delta_grid(spec, options, float(control.std()))
         table, found = tipping_point(imputations, outcome, spec, grid, covariates, level,
-                                     source)
+                                     source, form)
         table["delta_units"] = table["delta"] / unit
         grids.append(table)
         start = table.iloc[0]
-        rows.append(tidy_row(outcome, "tipping_point", "delta_adjusted_mi", ARM_TERM,
+        method = form_method("delta_adjusted_mi", form)
+        rows.append(tidy_row(outcome, "tipping_point", method, ARM_TERM,
                              start.to_dict(), int(start["n_patients"]),
-                             int(start["n_clusters"]), "delta 0 (MAR)"))
+                             int(start["n_clusters"]), [FORM_NOTES[form], "delta 0 (MAR)"]))
         tipping = found["tipping_delta"]
         in_units = None if tipping is None else tipping / unit
         note = found["status"] if tipping is None else (
             f"{found['status']}: {in_units:.2f} {unit_name} ({unit:g} points); imputed "
             "intervention follow-ups shifted "
             f"{'down' if spec.get('higher_is_better', True) else 'up'}")
-        rows.append(tidy_row(outcome, "tipping_point", "delta_adjusted_mi", "tipping_delta",
+        rows.append(tidy_row(outcome, "tipping_point", method, "tipping_delta",
                              {"estimate": math.nan if tipping is None else tipping}, None,
-                             None, note))
-        headline[f"{outcome} tipping point (points)"] = (None if tipping is None
-                                                         else round(tipping, 3))
-        points[outcome] = {**found, "tipping_delta_units": in_units, "unit": unit,
-                           "unit_name": unit_name}
-        if figures_dir is not None:
+                             None, [FORM_NOTES[form], note]))
+        key = outcome if form == forms[0] else f"{outcome} ({form})"
+        headline[f"{key} tipping point (points)"] = (None if tipping is None
+                                                     else round(tipping, 3))
+        points[key] = {**found, "tipping_delta_units": in_units, "unit": unit,
+                       "unit_name": unit_name, "model_form": form, "outcome": outcome,
+                       "method": method}
+        # one figure per outcome, in the first form (the grid table holds every form)
+        if figures_dir is not None and form == forms[0]:
             figures += tipping_plot(
                 table, tipping, figures_dir, f"tipping_point_{outcome}",
                 f"1 {unit_name} = {unit:g} points",

@@ -58,7 +58,9 @@ Sample (``sample``)
 
 Balance
     Standardised mean difference for every covariate (and missing indicator, clinic dummy and
-    therapist term), before and after weighting, with the *unweighted* pooled SD
+    therapist term) of the propensity model, and every outcome-model covariate
+    (``analysis.covariates``) even if the propensity model leaves it out, before and after
+    weighting, with the *unweighted* pooled SD
     ``sqrt((s1^2 + s0^2) / 2)`` as denominator in both, so the change reflects the means alone.
     ``|SMD| > balance_threshold`` (0.1) is flagged. Weight distribution and Kish's effective
     sample size ``(sum w)^2 / sum w^2`` per arm report how much information weighting leaves.
@@ -75,7 +77,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -83,12 +85,15 @@ import scipy.sparse as sp
 
 from trial_analysis.causal.common import (
     ARM_TERM,
+    FORM_NOTES,
     MISSING_COLUMN,
     SensitivityResult,
     analysis_covariates,
     ancova_frame,
     encode_columns,
     fit_ancova,
+    form_method,
+    model_forms,
     sensitivity_frame,
     sensitivity_outcomes,
     settings,
@@ -98,9 +103,23 @@ from trial_analysis.columns import ARM, CLINIC, THERAPIST, check_arm, outcome_co
 from trial_analysis.config import confidence_level
 from trial_analysis.errors import ConfigError, DataError
 from trial_analysis.io import require_columns
+from trial_analysis.labels import label as readable_label
+from trial_analysis.labels import sentence_label
 from trial_analysis.privacy import count_text, min_cell_count
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 OPTIONAL_COVARIATES = ("bmi", "ses_score")
+# What each weighting estimates, stated on its rows.
+WEIGHTING_ESTIMANDS = {
+    "overlap": "estimand ATO: the average effect in the overlap population (patients "
+               "weighted by e(1-e), those for whom either arm was plausible)",
+    "iptw": "estimand ATE in the trimmed population (patients with a propensity inside the "
+            "trimming percentiles)",
+}
+UNWEIGHTED_ESTIMAND = ("estimand: the covariate-conditional effect of the regression, equal "
+                       "to the ATE only if the effect is constant")
 # Propensities this close to 0 or 1 mark patients for whom one arm was practically impossible.
 EXTREME_PROPENSITY = 0.01
 # A Love plot taller than this many rows is unreadable (and beyond what Agg can render).
@@ -224,6 +243,9 @@ class PropensityModel:
     clinics : ClinicIndicators or None
         The clinic dummies of the model (constant ones removed); None without clinic fixed
         effects.
+    arrays : PropensityArrays or None
+        The fitted design and coefficients, for estimators that propagate the propensity
+        model's uncertainty (:mod:`trial_analysis.causal.doubly_robust`).
     """
 
     score: pd.Series
@@ -234,6 +256,22 @@ class PropensityModel:
     iterations: int
     warnings: list[str] = field(default_factory=list)
     clinics: ClinicIndicators | None = None
+    arrays: PropensityArrays | None = None
+
+
+@dataclass
+class PropensityArrays:
+    """The arrays a propensity model was fitted on (see :func:`logistic_ridge`).
+
+    ``X`` is the dense standardised design with the intercept first, ``indicators`` the sparse
+    clinic columns ``(codes, scale)`` or None, ``beta`` the coefficients (dense first) and
+    ``penalty`` the ridge per coefficient (0 for the intercept).
+    """
+
+    X: np.ndarray
+    indicators: tuple[np.ndarray, np.ndarray] | None
+    beta: np.ndarray
+    penalty: np.ndarray
 
 
 def _linear_predictor(
@@ -413,9 +451,12 @@ def fit_propensity(
                         f"{absent}")
     terms = ["(Intercept)", *design.columns, *(clinics.names if clinics else [])]
     coefficients = pd.DataFrame({"term": terms, "estimate_per_sd": per_sd})
+    penalty = np.full(len(beta), float(options["ridge"]))
+    penalty[0] = 0.0
     return PropensityModel(score=score, coefficients=coefficients, design=design,
                            covariates=covariates, converged=converged, iterations=iterations,
-                           warnings=warnings, clinics=clinics)
+                           warnings=warnings, clinics=clinics,
+                           arrays=PropensityArrays(X, indicators, beta, penalty))
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,8 +626,12 @@ def weight_distribution(
 def love_plot(
     balance: pd.DataFrame, out_dir: str | Path, name: str = "love_plot",
     threshold: float = 0.1, title: str = "Covariate balance",
+    config: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Dot plot of |SMD| before and after weighting; writes ``name.png`` and ``name.svg``.
+
+    Covariates are named by their readable labels (:func:`trial_analysis.labels.label`,
+    ``report.labels`` of ``config``), never by their column names.
 
     With more than :data:`LOVE_PLOT_MAX_ROWS` covariates (thousands of clinic dummies in a
     large extract) only those with the largest |SMD| before or after weighting are drawn, and
@@ -595,12 +640,24 @@ def love_plot(
     """
     # Drawing libraries load only here, so the analyses without a figure start faster.
     import matplotlib
+
+    from trial_analysis.plotting import STYLE, save_figure
+
+    with matplotlib.rc_context(STYLE):
+        figure = love_plot_figure(balance, threshold, title, config)
+        return save_figure(figure, Path(out_dir), name)
+
+
+def love_plot_figure(
+    balance: pd.DataFrame, threshold: float = 0.1, title: str = "Covariate balance",
+    config: Mapping[str, Any] | None = None,
+) -> Figure:
+    """The love plot as a figure (see :func:`love_plot`), drawn in the current style."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from trial_analysis.plotting import OKABE_ITO, STYLE, save_figure
+    from trial_analysis.plotting import OKABE_ITO
 
-    out_dir = Path(out_dir)
     if len(balance) > LOVE_PLOT_MAX_ROWS:
         largest = balance[["smd_unweighted", "smd_weighted"]].abs().max(axis=1)
         shown = (balance.assign(largest=largest)
@@ -612,22 +669,21 @@ def love_plot(
     ordered = balance.assign(order=balance["smd_unweighted"].abs()).sort_values(
         ["order", "covariate"], kind="stable")
     y = np.arange(len(ordered))
-    with matplotlib.rc_context(STYLE):
-        figure = Figure(figsize=(6.0, max(2.5, 0.22 * len(ordered) + 1.2)))
-        FigureCanvasAgg(figure)
-        ax = figure.add_subplot()
-        ax.scatter(ordered["smd_unweighted"].abs(), y, marker="o", facecolors="none",
-                   edgecolors=OKABE_ITO["orange"], label="unweighted", zorder=3)
-        ax.scatter(ordered["smd_weighted"].abs(), y, marker="D", color=OKABE_ITO["blue"],
-                   s=18, label="weighted", zorder=3)
-        ax.axvline(threshold, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=0.9,
-                   label=f"threshold {threshold:g}")
-        ax.set_yticks(y, ordered["covariate"].tolist())
-        ax.set_xlabel("Absolute standardised mean difference")
-        ax.set_title(title)
-        ax.legend(loc="lower right", frameon=False)
-        figure.tight_layout()
-        return save_figure(figure, out_dir, name)
+    figure = Figure(figsize=(6.0, max(2.5, 0.22 * len(ordered) + 1.2)))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    ax.scatter(ordered["smd_unweighted"].abs(), y, marker="o", facecolors="none",
+               edgecolors=OKABE_ITO["orange"], label="unweighted", zorder=3)
+    ax.scatter(ordered["smd_weighted"].abs(), y, marker="D", color=OKABE_ITO["blue"],
+               s=18, label="weighted", zorder=3)
+    ax.axvline(threshold, color=OKABE_ITO["vermillion"], linestyle="--", linewidth=0.9,
+               label=f"threshold {threshold:g}")
+    ax.set_yticks(y, [sentence_label(config, c) for c in ordered["covariate"]])
+    ax.set_xlabel("Absolute standardised mean difference")
+    ax.set_title(title)
+    ax.legend(loc="lower right", frameon=False)
+    figure.tight_layout()
+    return figure
 
 
 OVERLAP_BINS = 40
@@ -699,7 +755,10 @@ def run_propensity_analysis(
     Rows per outcome: ``unadjusted_ancova`` (follow-up on arm and baseline only),
     ``covariate_adjusted_ancova`` (plus ``analysis.covariates``, unweighted) and
     ``{weighting}_weighted_ancova`` (the propensity-weighted, covariate-adjusted ANCOVA), all
-    with therapist-clustered CR1 standard errors. Term ``arm_intervention``: the adjusted
+    with therapist-clustered CR1 standard errors; with the change-score form in
+    ``sensitivity.model_forms`` also ``unadjusted_change``, ``covariate_adjusted_change`` and
+    ``{weighting}_weighted_change`` (the same weights, change score as the outcome). Each
+    row's notes state its model form and estimand. Term ``arm_intervention``: the adjusted
     difference in mean follow-up (= in mean change), intervention minus control.
     """
     check_arm(analysis, source, require_both_arms=True, wording=MISSING_COLUMN)
@@ -734,25 +793,35 @@ def run_propensity_analysis(
                                else model.clinics.subset(analysed.index))
         weights = propensity_weights(score, analysed[ARM], method,
                                      options["iptw_trim_percentiles"])
-        unadjusted = fit_ancova(analysed, outcome, [], source=source)
-        adjusted = fit_ancova(analysed, outcome, covariates, source=source)
-        weighted = fit_ancova(analysed, outcome, covariates, weights=weights, source=source)
         ess = {arm: effective_sample_size(weights[analysed[ARM] == code])
                for arm, code in (("intervention", 1), ("control", 0))}
-        weight_note = (f"effective sample size {ess['intervention']:.0f} intervention, "
-                       f"{ess['control']:.0f} control")
+        weight_note = (f"{WEIGHTING_ESTIMANDS[method]}; effective sample size "
+                       f"{ess['intervention']:.0f} intervention, {ess['control']:.0f} control")
         if "etmi_share" in options["therapist_terms"]:
             weight_note += ("; warning: the therapist's ETMI share in the propensity model is "
                             "a near-instrument (inflates the variance, can amplify bias from "
                             "unmeasured confounding)")
-        for method_name, fit, extra in (
-            ("unadjusted_ancova", unadjusted, []),
-            ("covariate_adjusted_ancova", adjusted, []),
-            (name, weighted, [weight_note, *model.warnings]),
-        ):
-            rows.append(tidy_row(outcome, "propensity", method_name, ARM_TERM,
-                                 fit.row(level=level), fit.n_patients, fit.n_clusters,
-                                 [*notes, *fit.notes, *extra]))
+        for form in model_forms(config):
+            unadjusted = fit_ancova(analysed, outcome, [], source=source, form=form)
+            adjusted = fit_ancova(analysed, outcome, covariates, source=source, form=form)
+            weighted = fit_ancova(analysed, outcome, covariates, weights=weights,
+                                  source=source, form=form)
+            for method_name, fit, extra in (
+                ("unadjusted_ancova", unadjusted, [UNWEIGHTED_ESTIMAND]),
+                ("covariate_adjusted_ancova", adjusted, [UNWEIGHTED_ESTIMAND]),
+                (name, weighted, [weight_note, *model.warnings]),
+            ):
+                rows.append(tidy_row(outcome, "propensity", form_method(method_name, form),
+                                     ARM_TERM, fit.row(level=level), fit.n_patients,
+                                     fit.n_clusters,
+                                     [FORM_NOTES[form], *extra, *notes, *fit.notes]))
+        # Every covariate of the outcome model is in the balance table (and love plot), also
+        # one left out of the propensity model, which the weights then do not balance exactly.
+        outcome_covariates = encode_columns(analysed, covariates)
+        absent = [c for c in outcome_covariates.columns if c not in balance_covariates.columns]
+        if absent:
+            balance_covariates = pd.concat([balance_covariates, outcome_covariates[absent]],
+                                           axis=1)
         balance = balance_table(balance_covariates, analysed[ARM], weights, threshold,
                                 clinics=balance_clinics)
         balances.append(balance.assign(outcome=outcome))
@@ -761,11 +830,13 @@ def run_propensity_analysis(
         models.append(model.coefficients.assign(outcome=outcome))
         if figures_dir is not None:
             figures += love_plot(balance, figures_dir, name=f"love_plot_{outcome}",
-                                 threshold=threshold,
-                                 title=f"Covariate balance, {outcome} ({method} weights)")
+                                 threshold=threshold, config=config,
+                                 title=f"Covariate balance, {readable_label(config, outcome)} "
+                                       f"({method} weights)")
             figures += overlap_plot(score, analysed[ARM], figures_dir,
                                     name=f"propensity_overlap_{outcome}",
-                                    title=f"Propensity score by arm, {outcome}")
+                                    title=f"Propensity score by arm, "
+                                          f"{readable_label(config, outcome)}")
     balance_all = pd.concat(balances, ignore_index=True)
     weights_all = pd.concat(distributions, ignore_index=True)
     details = {
@@ -773,8 +844,8 @@ def run_propensity_analysis(
         "outcome_model": "weighted ANCOVA: follow-up ~ arm + baseline + "
                          f"{' + '.join(covariates) or '(no covariates)'}; "
                          "CR1 SE clustered by therapist; t(G-1) intervals",
-        "estimand": "ATO (overlap population)" if method == "overlap"
-                    else "ATE in the trimmed population",
+        "estimand": WEIGHTING_ESTIMANDS[method],
+        "model_forms": model_forms(config),
         "confidence_level": level,
         "headline": {
             f"{row['outcome']} covariates with |SMD| > {threshold:g} after weighting":

@@ -40,8 +40,8 @@ def run_sensitivity(
     analysis : path
         The analysis table (``analysis.parquet``).
     analysis_name : str
-        One of ``propensity``, ``evalue``, ``multiple_imputation``, ``tipping_point``,
-        ``therapist_fixed_effects``.
+        One of ``propensity``, ``doubly_robust``, ``evalue``, ``multiple_imputation``,
+        ``tipping_point``, ``therapist_fixed_effects``.
     out_json, out_csv : path
         Outputs: the JSON document (estimates, tables, details) and the tidy rows as CSV.
     figures_dir : path, optional
@@ -71,6 +71,10 @@ def run_sensitivity(
         from trial_analysis.causal.propensity import run_propensity_analysis
 
         result = run_propensity_analysis(frame, config, figures_dir=figures_dir, source=source)
+    elif analysis_name == "doubly_robust":
+        from trial_analysis.causal.doubly_robust import run_doubly_robust
+
+        result = run_doubly_robust(frame, config, source=source)
     elif analysis_name == "evalue":
         from trial_analysis.causal.evalues import run_evalues
 

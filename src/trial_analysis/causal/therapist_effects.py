@@ -15,11 +15,14 @@ import pandas as pd
 
 from trial_analysis.causal.common import (
     ARM_TERM,
+    FORM_NOTES,
     MISSING_COLUMN,
     SensitivityResult,
     analysis_covariates,
     ancova_frame,
     fit_ancova,
+    form_method,
+    model_forms,
     sensitivity_frame,
     sensitivity_outcomes,
     settings,
@@ -39,6 +42,36 @@ def both_arm_sample(
     return frame.loc[frame[THERAPIST].isin(both)], [str(t) for t in both]
 
 
+def _form_rows(analysed: pd.DataFrame, sample: pd.DataFrame, therapists: list[str],
+               outcome: str, covariates: list[str], form: str, min_per_arm: int,
+               level: float, notes: list[str], source: str) -> list[dict[str, Any]]:
+    """The rows of one outcome in one model form (see :func:`fit_therapist_fixed_effects`)."""
+    analysis = "therapist_fixed_effects"
+    full = fit_ancova(analysed, outcome, covariates, source=source, form=form)
+    rows = [tidy_row(outcome, analysis, form_method("ancova_all_therapists", form), ARM_TERM,
+                     full.row(level=level), full.n_patients, full.n_clusters,
+                     [FORM_NOTES[form], *notes, *full.notes])]
+    if len(therapists) < 2:
+        rows.append(tidy_row(outcome, analysis, form_method("therapist_fixed_effects", form),
+                             ARM_TERM, {}, len(sample), len(therapists),
+                             "fewer than 2 therapists treated patients in both arms: "
+                             "not estimable"))
+        return rows
+    same = fit_ancova(sample, outcome, covariates, source=source, form=form)
+    fixed = fit_ancova(sample, outcome, covariates, therapist_fixed_effects=True,
+                       source=source, form=form)
+    rows.append(tidy_row(outcome, analysis, form_method("ancova_same_sample", form), ARM_TERM,
+                         same.row(level=level), same.n_patients, same.n_clusters,
+                         [FORM_NOTES[form], *same.notes]))
+    rows.append(tidy_row(outcome, analysis, form_method("therapist_fixed_effects", form),
+                         ARM_TERM, fixed.row(level=level), fixed.n_patients, fixed.n_clusters,
+                         [FORM_NOTES[form],
+                          f"therapists with >= {min_per_arm} patient(s) in each arm",
+                          "estimand: the within-therapist conditional effect",
+                          *fixed.notes]))
+    return rows
+
+
 def fit_therapist_fixed_effects(
     analysis: pd.DataFrame, config: Mapping[str, Any], source: str = "analysis table"
 ) -> SensitivityResult:
@@ -52,7 +85,9 @@ def fit_therapist_fixed_effects(
     see different patients, on average) is removed. Standard errors are CR1 clustered by
     therapist. Rows: ``therapist_fixed_effects`` and, for comparison, the same ANCOVA without
     fixed effects in the same sample (``ancova_same_sample``) and in all analysed patients
-    (``ancova_all_therapists``).
+    (``ancova_all_therapists``). With the change-score form in ``sensitivity.model_forms``
+    the same rows again with the change score as the outcome (``change_all_therapists``,
+    ``change_same_sample``, ``therapist_fixed_effects_change``).
     """
     check_arm(analysis, source, require_both_arms=True, wording=MISSING_COLUMN)
     options = settings(config, "therapist_fixed_effects")
@@ -68,29 +103,13 @@ def fit_therapist_fixed_effects(
                        "therapists_both_arms": len(therapists),
                        "patients_analysed": len(analysed), "patients_both_arms": len(sample),
                        "intervention_patients_both_arms": int(sample[ARM].sum())})
-        full = fit_ancova(analysed, outcome, covariates, source=source)
-        rows.append(tidy_row(outcome, "therapist_fixed_effects", "ancova_all_therapists",
-                             ARM_TERM, full.row(level=level), full.n_patients, full.n_clusters,
-                             notes + full.notes))
-        if len(therapists) < 2:
-            rows.append(tidy_row(outcome, "therapist_fixed_effects", "therapist_fixed_effects",
-                                 ARM_TERM, {}, len(sample), len(therapists),
-                                 "fewer than 2 therapists treated patients in both arms: "
-                                 "not estimable"))
-            continue
-        same = fit_ancova(sample, outcome, covariates, source=source)
-        fixed = fit_ancova(sample, outcome, covariates, therapist_fixed_effects=True,
-                           source=source)
-        rows.append(tidy_row(outcome, "therapist_fixed_effects", "ancova_same_sample",
-                             ARM_TERM, same.row(level=level), same.n_patients, same.n_clusters,
-                             same.notes))
-        rows.append(tidy_row(outcome, "therapist_fixed_effects", "therapist_fixed_effects",
-                             ARM_TERM, fixed.row(level=level), fixed.n_patients,
-                             fixed.n_clusters,
-                             [f"therapists with >= {min_per_arm} patient(s) in each arm",
-                              *fixed.notes]))
+        for form in model_forms(config):
+            rows += _form_rows(analysed, sample, therapists, outcome, covariates, form,
+                               min_per_arm, level, notes, source)
     details = {"settings": options, "covariates": covariates, "confidence_level": level,
                "model": "ANCOVA: follow-up ~ arm + baseline + covariates + therapist fixed "
-                        "intercepts; CR1 SE clustered by therapist; t(G-1) intervals"}
+                        "intercepts (change score: follow-up - baseline ~ arm + covariates + "
+                        "therapist fixed intercepts); CR1 SE clustered by therapist; t(G-1) "
+                        "intervals", "model_forms": model_forms(config)}
     return SensitivityResult("therapist_fixed_effects", sensitivity_frame(rows),
                              tables={"samples": pd.DataFrame(counts)}, details=details)

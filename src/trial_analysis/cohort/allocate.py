@@ -353,24 +353,48 @@ def _implementation(
 
 
 def _allocation_flow(analysis: pd.DataFrame, labels: tuple[str, str],
-                     cc_outcomes: Sequence[str]) -> pd.DataFrame:
+                     cc_outcomes: Sequence[str], *, randomised: bool = False,
+                     populations: Sequence[str] = ("complete_case",)) -> pd.DataFrame:
+    """The flow rows after eligibility: the two groups, then each analysed population.
+
+    Wording follows the design: CONSORT's "allocated to {arm}" when randomised, STROBE's
+    "{arm} group" for an observational cohort (nobody was allocated). Each analysed
+    population is a level of boxes, overall and per arm, with the patients it leaves out:
+    ``all_available`` (a baseline score of every complete-case outcome) before
+    ``complete_case`` (also every follow-up score), so complete cases are counted from it.
+    """
     rows: list[dict[str, Any]] = []
     for label in labels:
-        rows.append({"step": "allocation", "description": f"allocated to {label}",
+        rows.append({"step": "allocation",
+                     "description": f"allocated to {label}" if randomised else f"{label} group",
                      "n": int((analysis["arm"] == label).sum()), "n_excluded": pd.NA,
                      "reason": pd.NA})
     outcomes_text = ", ".join(cc_outcomes)
-    missing_reason = f"baseline or follow-up score missing ({outcomes_text})"
     complete = analysis["complete_case"] == 1
-    rows.append({"step": "analysis", "description": "complete cases analysed",
-                 "n": int(complete.sum()), "n_excluded": int((~complete).sum()),
-                 "reason": missing_reason})
-    for label in labels:
-        in_arm = analysis["arm"] == label
-        rows.append({"step": "analysis", "description": f"complete cases analysed, {label}",
-                     "n": int((complete & in_arm).sum()),
-                     "n_excluded": int((~complete & in_arm).sum()), "reason": missing_reason})
+    everyone = pd.Series(True, index=analysis.index)
+    before, missing_reason = everyone, f"baseline or follow-up score missing ({outcomes_text})"
+    if "all_available" in populations:
+        baseline = analysis[[f"{name}_baseline" for name in cc_outcomes]].notna().all(axis=1)
+        rows += _population_rows(analysis, labels, "all with a baseline analysed", baseline,
+                                 everyone, f"baseline score missing ({outcomes_text})")
+        before, missing_reason = baseline, f"follow-up score missing ({outcomes_text})"
+    rows += _population_rows(analysis, labels, "complete cases analysed", complete, before,
+                             missing_reason)
     return make_flow_frame(rows)
+
+
+def _population_rows(analysis: pd.DataFrame, labels: tuple[str, str], description: str,
+                     included: pd.Series, before: pd.Series, reason: str
+                     ) -> list[dict[str, Any]]:
+    """One population's flow rows, overall then per arm: n and the patients left out."""
+    rows = []
+    for label in (None, *labels):
+        in_arm = analysis["arm"] == label if label else pd.Series(True, index=analysis.index)
+        rows.append({"step": "analysis",
+                     "description": description + (f", {label}" if label else ""),
+                     "n": int((included & in_arm).sum()),
+                     "n_excluded": int((before & ~included & in_arm).sum()), "reason": reason})
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,7 +552,10 @@ def allocate_arms(
             "measure", "definition") else "float64") for c in IMPLEMENTATION_COLUMNS})
         therapist_fidelity = pd.DataFrame({c: pd.Series([], dtype="str" if c.endswith(
             "_id") else "int64") for c in FIDELITY_COLUMNS})
-    flow = _allocation_flow(analysis, labels, cc)
+    flow = _allocation_flow(
+        analysis, labels, cc,
+        randomised=config.get("study", {}).get("design") == "randomised",
+        populations=config.get("analysis", {}).get("populations") or ["complete_case"])
     return AllocationResult(analysis=analysis, implementation=implementation,
                             therapist_fidelity=therapist_fidelity, flow=flow, labels=labels)
 

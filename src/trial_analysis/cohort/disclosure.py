@@ -93,6 +93,8 @@ def reported_implementation(implementation: pd.DataFrame, k: int) -> pd.DataFram
                           derived={"percent": ["numerator", "denominator"]},
                           complements=[("denominator", "numerator")])
     hidden = out["numerator"].isin([SUPPRESSED])
+    # object first: a float column cannot take the text (pandas does not upcast on .loc)
+    out["percent"] = out["percent"].astype(object)
     out.loc[hidden, "percent"] = SUPPRESSED
     out["percent"] = [f"{v:.10g}" if isinstance(v, float) else v for v in out["percent"]]
     return out

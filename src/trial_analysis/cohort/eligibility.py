@@ -9,6 +9,15 @@ the first rule an episode fails is its reason:
 4. not the patient's earliest episode among those still remaining after rules 1-3
    (ties: ``episode_id``) (if ``eligibility.first_episode_only``)
 5. no session in the episode
+6. each row filter of ``eligibility.filters``, in the order listed: the episode's value in the
+   patients column ``column`` must be one of ``keep`` (a missing value is none of them), or
+   must not be one of ``drop``
+7. the target trial's own rule (only with ``target_trial.population: target_trial`` and
+   ``target_trial.eligibility.therapist_trained_before_time_zero``): the therapist of the
+   episode's first session (time zero; ties on the date: the smallest ``therapist_id``) has an
+   ``etmi_training_date`` on or before that session. Patients of never-trained therapists,
+   and episodes before their therapist's training, had no chance of the intervention
+   (positivity), so the emulated trial does not enrol them.
 
 The step writes the eligible cohort (one row per patient), the final ledger (the cleaning
 ledger with the records of excluded episodes, and their sessions and outcomes, turned into
@@ -24,6 +33,7 @@ birthday on 1 March in non-leap years (for both the check and the fraction).
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +47,7 @@ import pyarrow.compute as pc
 
 from trial_analysis import io
 from trial_analysis.errors import DataError
+from trial_analysis.ingest.plausibility import completed_years  # shared with the age rule
 from trial_analysis.io import require_columns
 
 TABLES = ("therapists", "patients", "sessions", "outcomes")
@@ -50,6 +61,7 @@ REASON_WINDOW = "referral outside study window"
 REASON_CLBP = "no CLBP diagnosis code"
 REASON_REPEAT = "not the patient's first episode"
 REASON_NO_SESSION = "no attended session"
+REASON_UNTRAINED = "therapist not trained before the first session (target trial)"
 EXCLUDED_PREFIX = "episode excluded: "
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -147,12 +159,46 @@ def _has_sessions(config: Mapping[str, Any]) -> bool:
     return tables.get("sessions", {}) is not None
 
 
+def _has_therapists(config: Mapping[str, Any]) -> bool:
+    tables = config.get("input", {}).get("tables", {})
+    return tables.get("therapists", {}) is not None and _has_sessions(config)
+
+
+def row_filters(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The row filters of ``eligibility.filters`` (empty list when none)."""
+    return list((config.get("eligibility") or {}).get("filters") or [])
+
+
+def _filter_values(spec: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    kind = "keep" if "keep" in spec else "drop"
+    return kind, list(spec[kind])
+
+
+def filter_reason(spec: Mapping[str, Any]) -> str:
+    """Exclusion reason of a row filter, naming its column and values."""
+    kind, values = _filter_values(spec)
+    shown = ", ".join(str(v) for v in values)
+    if kind == "keep":
+        return f"filter: {spec['column']} not in [{shown}]"
+    return f"filter: {spec['column']} in [{shown}]"
+
+
+def target_trial_rule_enabled(config: Mapping[str, Any]) -> bool:
+    """Whether the target trial's trained-therapist rule (rule 7) is applied in this run."""
+    target = config.get("target_trial") or {}
+    rule = (target.get("eligibility") or {}).get("therapist_trained_before_time_zero", True)
+    observational = (config.get("study") or {}).get("design", "observational") != "randomised"
+    return (target.get("population", "reproduction") == "target_trial" and bool(rule)
+            and observational and _has_therapists(config))
+
+
 def eligibility_reasons(config: Mapping[str, Any]) -> list[str]:
     """The exclusion reasons of the enabled rules, in the order the rules are applied.
 
     A rule is enabled when its configuration asks for it: the window when a bound is set,
     the age rule unless ``min_age`` is null, the diagnosis and first-episode rules by their
-    flags, and the session rule when the study has a sessions table.
+    flags, the session rule when the study has a sessions table, one rule per row filter, and
+    the target trial's rule as :func:`target_trial_rule_enabled` says.
     """
     elig = config.get("eligibility", {})
     reasons = []
@@ -166,6 +212,9 @@ def eligibility_reasons(config: Mapping[str, Any]) -> list[str]:
         reasons.append(REASON_REPEAT)
     if _has_sessions(config):
         reasons.append(REASON_NO_SESSION)
+    reasons += [filter_reason(spec) for spec in row_filters(config)]
+    if target_trial_rule_enabled(config):
+        reasons.append(REASON_UNTRAINED)
     return reasons
 
 
@@ -185,13 +234,6 @@ def _anniversary(birth: pd.Series, year: pd.Series) -> pd.Series:
     day = np.where(shift, 1, day)
     parts = pd.DataFrame({"year": year, "month": month, "day": day}, index=birth.index)
     return pd.to_datetime(parts)
-
-
-def completed_years(birth: pd.Series, at: pd.Series) -> pd.Series:
-    """Completed calendar years between ``birth`` and ``at`` (the birthday itself counts)."""
-    years = at.dt.year - birth.dt.year
-    before_birthday = (at.dt.month * 100 + at.dt.day) < (birth.dt.month * 100 + birth.dt.day)
-    return (years - before_birthday.astype(int)).astype("int64")
 
 
 def age_in_years(birth: pd.Series, at: pd.Series) -> pd.Series:
@@ -325,7 +367,8 @@ def _columns_for_rules(config: Mapping[str, Any], patients: pd.DataFrame) -> lis
 
 
 def _first_failing_rule(
-    config: Mapping[str, Any], patients: pd.DataFrame, sessions: pd.DataFrame
+    config: Mapping[str, Any], patients: pd.DataFrame, sessions: pd.DataFrame,
+    therapists: pd.DataFrame | None, sources: Mapping[str, str],
 ) -> np.ndarray:
     """Per episode, 0 if every rule passes, else 1 + the index of the first failing rule in
     :func:`eligibility_reasons`."""
@@ -377,7 +420,96 @@ def _first_failing_rule(
         attended = is_member(patients["episode_id"], pd.unique(
             sessions["episode_id"].astype("str").to_numpy(dtype=object)))
         fail(~attended, REASON_NO_SESSION)
+    for spec in row_filters(config):
+        fail(~_passes_filter(patients, spec, sources["patients"]), filter_reason(spec))
+    if target_trial_rule_enabled(config):
+        fail(~_trained_at_time_zero(patients, sessions, therapists, sources), REASON_UNTRAINED)
     return rule
+
+
+def _passes_filter(patients: pd.DataFrame, spec: Mapping[str, Any], source: str) -> np.ndarray:
+    """Per episode: does it pass the row filter ``spec`` (``column`` with ``keep``/``drop``).
+
+    Values are compared as numbers when the column is numeric, else as text. A value the
+    filter names that no episode has is a mistake (a misspelt arm, a code of another file),
+    so it stops the run rather than filtering nothing.
+    """
+    column = str(spec["column"])
+    kind, wanted = _filter_values(spec)
+    if column not in patients.columns:
+        close = difflib.get_close_matches(column, [str(c) for c in patients.columns], n=1)
+        raise DataError(
+            source, f"eligibility.filters names a column the cleaned patients table lacks "
+            f"(filter {kind})", column=column,
+            hint=f"Did you mean '{close[0]}'?" if close else
+            "Columns present: " + ", ".join(map(str, patients.columns)))
+    values = patients[column]
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numbers = pd.to_numeric(pd.Series(wanted, dtype="object"), errors="coerce")
+        if numbers.isna().any():
+            raise DataError(
+                source, f"eligibility.filters {kind}: the column is numeric but the filter "
+                f"gives {[w for w, n in zip(wanted, numbers, strict=True) if pd.isna(n)]}",
+                column=column)
+        present = values.to_numpy(dtype="float64", na_value=np.nan)
+        targets = numbers.to_numpy(dtype="float64")
+        hit = np.isin(present, targets)
+        found = np.isin(targets, present)
+    else:
+        text = values.astype("str")
+        targets_text = [str(w) for w in wanted]
+        hit = text.isin(targets_text).fillna(False).to_numpy(dtype=bool) & values.notna(
+            ).to_numpy(dtype=bool)
+        found = np.isin(targets_text, text.dropna().unique())
+    if not found.all():
+        distinct = sorted(map(str, pd.unique(values.dropna())))
+        raise DataError(
+            source, f"eligibility.filters {kind}: value(s) "
+            f"{[w for w, f in zip(wanted, found, strict=True) if not f]} never occur",
+            column=column,
+            hint="Values present: " + ", ".join(distinct[:20])
+            + (" ..." if len(distinct) > 20 else ""))
+    return hit if kind == "keep" else ~hit
+
+
+def _trained_at_time_zero(
+    patients: pd.DataFrame, sessions: pd.DataFrame, therapists: pd.DataFrame | None,
+    sources: Mapping[str, str],
+) -> np.ndarray:
+    """Per episode: was the therapist of its first session trained on or before that day.
+
+    Time zero is the first session, the point at which a trial would have enrolled and
+    assigned the patient; the therapist is the one who saw the patient then, known at time
+    zero (the primary therapist is only known once the episode ends). Ties on the first date
+    go to the smallest ``therapist_id``. Episodes without a session fail (rule 5 has already
+    excluded them when the study has sessions).
+    """
+    if therapists is None:
+        raise DataError(sources["therapists"], "cleaned table not given (the target trial's "
+                        "trained-therapist rule needs the therapists' training dates)")
+    require_columns(therapists, ("therapist_id", "etmi_training_date"), sources["therapists"])
+    require_columns(sessions, ("episode_id", "therapist_id", "session_date"),
+                    sources["sessions"])
+    episode = key_positions(sessions["episode_id"], patients["episode_id"])
+    mine = episode >= 0
+    first = pd.DataFrame({
+        "episode": episode[mine],
+        "date": pd.to_datetime(sessions.loc[mine, "session_date"]).to_numpy(),
+        "therapist": sessions.loc[mine, "therapist_id"].astype("str").to_numpy(dtype=object),
+    }).sort_values(["episode", "date", "therapist"], kind="mergesort").drop_duplicates(
+        "episode", keep="first")
+    ids = therapists["therapist_id"].astype("str")
+    where = key_positions(first["therapist"], ids)
+    if (where < 0).any():
+        raise DataError(
+            sources["sessions"], "session therapist not in the therapists table",
+            column="therapist_id", rows=first.loc[where < 0, "therapist"].head(5).tolist(),
+            hint="The cleaning step should have dropped these sessions; rerun `clean`.")
+    trained_on = pd.to_datetime(therapists["etmi_training_date"]).to_numpy()[where]
+    ok = np.zeros(len(patients), dtype=bool)
+    # NaT (never trained) compares False: such episodes fail.
+    ok[first["episode"].to_numpy()] = trained_on <= first["date"].to_numpy()
+    return ok
 
 
 def _excluded_records(
@@ -425,18 +557,69 @@ def _final_ledger(
     return ledger
 
 
+# Cleaning reasons that name one record's row or value, and the aggregate a reader is shown.
+AGGREGATE_REASONS = (
+    (r"^exact duplicate of row \d+$", "exact duplicate of another record"),
+    (r"^(.*) as row \d+$", r"\1 as another record"),
+    (r"^score -?[\d.]+ outside .*$", "score outside the instrument's range"),
+    (r"^(\w+)_id '[^']*' not in the (\w+) table$", r"\1 ID not in the \2 table"),
+    (r"^(\w+) '[^']*' not in the (\w+) table$", r"\1 not in the \2 table"),
+)
+# Record-level fates of the other tables, as the flow describes them (patients' are boxes).
+RECORD_FATES = {"dropped": "records dropped", "value_set_missing": "values set missing",
+                "repaired": "records repaired"}
+
+
 def _generic_reason(reasons: pd.Series) -> pd.Series:
-    """Group cleaning reasons that differ only in row numbers or quoted values."""
-    generic = reasons.astype("str").str.replace(r"\d+", "N", regex=True)
-    return generic.str.replace(r"'[^']*'", "'...'", regex=True)
+    """Group cleaning reasons that differ only in row numbers or quoted values.
+
+    Known per-record reasons get a readable aggregate ("exact duplicate of another record");
+    any other reason has its numbers and quoted values generalised.
+    """
+    generic = reasons.astype("str")
+    known = pd.Series(False, index=generic.index)
+    for pattern, text in AGGREGATE_REASONS:
+        hit = generic.str.match(pattern) & ~known
+        generic = generic.where(~hit, generic.str.replace(pattern, text, regex=True))
+        known |= hit
+    numbered = generic.str.replace(r"\d+", "N", regex=True).str.replace(
+        r"'[^']*'", "'...'", regex=True)
+    return generic.where(known, numbered)
+
+
+def record_cleaning_rows(ledger: pd.DataFrame) -> list[dict[str, Any]]:
+    """Flow rows (step ``records``) for cleaning below the patient level, from the ledger.
+
+    One row per table, fate (dropped, values set missing, repaired; for ``patients`` only the
+    last two: a dropped patient record is counted in the patient flow) and aggregate reason,
+    most frequent first: ``n`` is the table's records in the extract, ``n_excluded`` the
+    records affected. Records of excluded patients are not counted here:
+    the patient's exclusion accounts for them.
+    """
+    rows: list[dict[str, Any]] = []
+    for table in sorted(set(ledger["table"].astype("str"))):
+        records = ledger.loc[ledger["table"] == table]
+        for fate, text in RECORD_FATES.items():
+            if table == "patients" and fate == "dropped":
+                continue  # a dropped patient record is a box of the patient flow
+            reasons = _generic_reason(records.loc[records["fate"] == fate, "reason"].fillna(""))
+            counts = reasons.value_counts().rename_axis("reason").reset_index(name="count")
+            counts = counts.sort_values(["count", "reason"], ascending=[False, True])
+            for reason, count in zip(counts["reason"], counts["count"], strict=True):
+                rows.append({"step": "records",
+                             "description": f"{table.removesuffix('s')} {text}",
+                             "n": len(records), "n_excluded": int(count),
+                             "reason": reason or "no reason given"})
+    return rows
 
 
 def flow_from_ledger(ledger: pd.DataFrame, reasons: Sequence[str]) -> pd.DataFrame:
     """Patient-episode flow up to eligibility, counted from the ledger's ``patients`` rows.
 
     Rows, in order: the extract; one row per cleaning reason (most frequent first); the
-    cleaned episodes; one row per eligibility rule in rule order (zero counts included, so
-    every rule appears in the diagram); the eligible patients. ``n`` is the number of
+    cleaned episodes; the record-level cleaning of the other tables (step ``records``, see
+    :func:`record_cleaning_rows`); one row per eligibility rule in rule order (zero counts
+    included, so every rule appears in the diagram); the eligible patients. ``n`` is the number of
     episodes remaining after the row, ``n_excluded`` the number the row removed.
     """
     patients = ledger.loc[ledger["table"] == "patients"]
@@ -455,6 +638,7 @@ def flow_from_ledger(ledger: pd.DataFrame, reasons: Sequence[str]) -> pd.DataFra
                      "n_excluded": int(count), "reason": reason or "no reason given"})
     rows.append({"step": "clean", "description": "patient episodes after cleaning",
                  "n": remaining, "n_excluded": pd.NA, "reason": pd.NA})
+    rows += record_cleaning_rows(ledger)
 
     excluded = patients.loc[patients["fate"] == "excluded", "reason"].astype("str")
     excluded = excluded.str.removeprefix(EXCLUDED_PREFIX).value_counts()
@@ -545,7 +729,8 @@ def apply_eligibility(
     else:
         age = pd.Series(np.nan, index=patients.index, dtype="float64")
     patients["age"] = age
-    rule = _first_failing_rule(config, patients, tables["sessions"])
+    rule = _first_failing_rule(config, patients, tables["sessions"], tables.get("therapists"),
+                               sources)
     eligible = pd.Series(rule == 0, index=patients.index)
     reason = pd.Series(np.array([None, *reasons], dtype=object)[rule], index=patients.index,
                        dtype="str")
@@ -604,7 +789,10 @@ def run_eligibility(
 
     Nothing is written unless every check passes.
     """
-    tables, sources = read_clean_tables(clean, ("patients", "sessions", "outcomes"))
+    names = ("patients", "sessions", "outcomes")
+    if target_trial_rule_enabled(config):
+        names = ("therapists", *names)
+    tables, sources = read_clean_tables(clean, names)
     sources["ledger"] = str(clean_ledger)
     ledger_frame = read_parquet_input(clean_ledger, "cleaning ledger, written by `clean`")
     result = apply_eligibility(config, tables, ledger_frame, sources=sources)

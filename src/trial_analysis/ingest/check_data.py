@@ -20,7 +20,10 @@ column specifications (:func:`trial_analysis.ingest.schemas.table_specs`,
 * **warnings**, which the pipeline handles by itself and records in the ledger: rows it would
   drop (unparsable dates, missing required values, references to unknown episodes or
   therapists, exact duplicates) and values it would set missing (numbers that do not parse,
-  scores outside their instrument's range).
+  scores outside their instrument's range), and every violation of a plausibility rule
+  (``plausibility``: missing-value codes, values outside their plausible range, dates outside
+  the study window or their episode, follow-ups dated before baseline); a rule whose action is
+  ``stop`` lists its violations as an error.
 * **notes**: repairs (stray whitespace or case) and columns the pipeline ignores.
 
 Each problem names the file, the column (as the file names it), the first rows (1-based data
@@ -44,6 +47,7 @@ from trial_analysis.columns import analysis_columns
 from trial_analysis.errors import DataError, bounded, closest_match, excerpt
 from trial_analysis.ingest.clean import (
     FateEvent,
+    _check_dates,
     _check_invalid_share,
     _clean_long_outcomes,
     _clean_simple,
@@ -216,6 +220,16 @@ def _event_advice(event: FateEvent, config: Mapping[str, Any]) -> str | None:
         return "Numbers need a point as decimal mark and no units or text"
     if kind.endswith("out of range"):
         return "Check the values, or the valid range in the config (outcomes[].min/max)"
+    if kind.endswith("missing-value code"):
+        return ("Declared missing-value codes (plausibility.variables.<name>.sentinels) are "
+                "read as missing")
+    if kind.endswith("outside plausible range") or kind.endswith("implausible age"):
+        return ("Check the values, or declare the plausible range and the action in "
+                "plausibility.variables (set_missing, drop or stop)")
+    if kind.endswith("study window") or kind.endswith("its episode") or kind.startswith(
+            "follow-up dated"):
+        return ("Check the dates and the date format, or the limits and the action in "
+                "plausibility.dates")
     if " not in the " in kind:
         return "Check that the ids are written the same way in both files"
     if kind.startswith("missing "):
@@ -452,6 +466,8 @@ def check_data(config: Mapping[str, Any], raw_dir: str | Path) -> DataCheck:
                         problems.append(_unchecked(file, name, column, target))
         if name == "outcomes" and patients is None:
             problems.append(_unchecked(file, name, "episode_id", "patients"))
+        if name in ("sessions", "outcomes"):
+            _check_dates(cleaner, patients)
         _check_invalid_share(cleaner)
         cleaners[name] = cleaner
         problems += _mapping_problems(file, name, mapping, columns)

@@ -12,8 +12,14 @@ The rules are those of ``docs/data-contracts.md`` ("Cleaning"):
   missing key or required value, an unparsable date, a reference to an episode or therapist
   that is not in (or was dropped from) its table. More than ``input.max_invalid_fraction`` of a
   table dropped this way stops the run.
-* Out-of-range values (scores outside their instrument's range, ``ses_score`` outside 1-10)
-  and numbers that do not parse are set missing (fate ``value_set_missing``), never clipped.
+* Out-of-range scores (outside their instrument's range) and numbers that do not parse are
+  set missing (fate ``value_set_missing``), never clipped.
+* Implausible values (config ``plausibility``, rules found by
+  :mod:`trial_analysis.ingest.plausibility`): a missing-value code (sentinel) is set missing;
+  a number outside its variable's plausible range, a birth date giving an age outside the
+  age range, a session or assessment date outside the study window or its episode, and a
+  follow-up dated before its baseline are set missing, dropped (counted as invalid rows) or
+  stop the run, as the rule's ``action`` says; every ledger reason names the rule.
 
 Choices the contract leaves open, documented here: ids are compared ignoring case and
 surrounding whitespace and are written upper-case; a long-layout outcome row whose score is
@@ -24,9 +30,10 @@ first; an ``n_sessions`` column in patients is optional, and a negative or fract
 a structural error (it means the column is not a count).
 
 Each table goes through the same stages, in this order (one section of this module each):
-reading and column mapping, parsing by kind, the structural schema, row checks (exact
-duplicates, invalid rows, keys, references, repeated assessments), range checks, and the limit
-on invalid rows; :class:`_TableCleaner` holds the state they share.
+reading and column mapping, parsing by kind (missing-value codes included), the structural
+schema, row checks (exact duplicates, invalid rows, keys, references, repeated assessments),
+range and plausibility checks (dates across tables after the references), and the limit on
+invalid rows; :class:`_TableCleaner` holds the state they share.
 
 Everything is vectorised: columns are parsed once per distinct value where values repeat
 (dates, code lists), and reasons are built with array operations, so a registry extract of
@@ -50,6 +57,17 @@ import pyarrow.compute as pc
 
 from trial_analysis.config import outcome_names
 from trial_analysis.errors import DataError, closest_match
+from trial_analysis.ingest.plausibility import (
+    Violation,
+    birth_date_violation,
+    episode_violation,
+    followup_violation,
+    range_violation,
+    rule_name,
+    sentinel_violation,
+    variable_rule,
+    window_violation,
+)
 from trial_analysis.ingest.readers import mark_missing
 from trial_analysis.ingest.schemas import (
     CODE,
@@ -299,7 +317,8 @@ class _TableCleaner:
     (:func:`_clean_simple`, :func:`_clean_long_outcomes`, :func:`_clean_wide_outcomes`) call
     them: :func:`_parse_columns`, :func:`_check_structure`, :func:`_drop_exact_duplicates`,
     :func:`_apply_pending_row_drops`, :func:`_check_key_conflicts`, references and repeated
-    assessments, :func:`_set_out_of_range`; the callers end with :func:`_check_invalid_share`.
+    assessments, :func:`_set_out_of_range` and :func:`_check_plausible_values`, then (sessions,
+    outcomes) :func:`_check_dates`; the callers end with :func:`_check_invalid_share`.
 
     A structural problem raises a :class:`DataError` at once, unless ``collect`` is a list:
     then every problem is appended to it and cleaning goes on as far as it can (what
@@ -523,11 +542,31 @@ def _parse_columns(cleaner: _TableCleaner) -> None:
     for spec in cleaner.columns:
         series = cleaner.raw[spec.name]
         cleaner.values[spec.name] = _PARSERS[spec.kind](cleaner, spec, series)
+        _set_sentinels_missing(cleaner, spec)
         if spec.required:
             # Unparsable dates were queued first, so they keep that more precise reason.
             missing = cleaner.values[spec.name].isna().to_numpy()
             reason = f"missing {spec.name}"
             cleaner.pending_row_drops.append((missing, reason, reason, spec.name))
+
+
+def _set_sentinels_missing(cleaner: _TableCleaner, spec: ColumnSpec) -> None:
+    """A declared missing-value code (e.g. -999) of a numeric column is a missing value.
+
+    Fate ``value_set_missing``, the reason naming the code; before the structural checks, so
+    a code in a count is not mistaken for a negative count. The code stays comparable as
+    written for the exact-duplicate check.
+    """
+    rule = variable_rule(cleaner.config, cleaner.table, spec.name) if spec.kind in (
+        NUMBER, INTEGER, COUNT) else None
+    if rule is None:
+        return
+    violation = sentinel_violation(cleaner.values[spec.name], spec.name, rule,
+                                   rule_name(cleaner.table, spec.name))
+    if violation is not None:
+        if spec.name not in cleaner.unparsed:
+            cleaner.unparsed[spec.name] = _stripped(cleaner.raw[spec.name])[1]
+        _apply_violation(cleaner, violation)
 
 
 def _stripped(series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -947,9 +986,9 @@ def _set_out_of_range(cleaner: _TableCleaner, column: str, low: pd.Series | floa
                       high: pd.Series | float, label: str) -> None:
     """Values outside ``[low, high]`` become missing (fate ``value_set_missing``); never clipped.
 
-    The bounds are an instrument's configured score range (``outcomes[].min/max``) or a
-    column's fixed range from its specification (``ses_score`` 1-10); the reason quotes value
-    and range.
+    The bounds are an instrument's configured score range (``outcomes[].min/max``); the
+    reason quotes value and range. (Other numeric columns are ranged by their plausibility
+    rule: :func:`_check_plausible_values`.)
     """
     if not cleaner.has(column):
         return
@@ -967,6 +1006,151 @@ def _set_out_of_range(cleaner: _TableCleaner, column: str, low: pd.Series | floa
         column=column,
     )
     cleaner.set_values(column, values.where(~outside))
+
+
+# ---- stage 5b: plausibility (config ``plausibility``) ---------------------------------------
+
+
+def _apply_violation(cleaner: _TableCleaner, violation: Violation) -> None:
+    """Turn a plausibility violation into ledger fates, or stop, as its rule's action says.
+
+    Only rows not dropped yet count. ``set_missing`` sets the rule's columns missing (fate
+    ``value_set_missing``), unless one of them is required in its table (a session date, the
+    birth date the age comes from): the row is then dropped, as any row without a required
+    value is. ``drop`` drops the rows (fate ``dropped``, counted as invalid rows). ``stop``
+    is a :class:`DataError` naming file, column, rows and rule.
+    """
+    mask = violation.mask & ~cleaner.fates.dropped
+    if not mask.any():
+        return
+    positions = np.flatnonzero(mask)
+    if violation.action == "stop":
+        # The rule is named once, not in every example.
+        examples = list(dict.fromkeys(str(t).removesuffix(f" ({violation.rule})")
+                                      for t in violation.reasons(positions[:50])))[:3]
+        cleaner.fail(cleaner.error(
+            f"{len(positions)} value(s) break the plausibility rule {violation.rule}: "
+            + "; ".join(examples),
+            column=violation.column,
+            rows=[int(r) for r in cleaner.fates.record_id[positions]],
+            hint=f"Correct the values, or set {violation.config_key()}.action to set_missing "
+            "or drop to have them recorded in the ledger instead",
+        ))
+        return
+    needed = [c for c in violation.clear
+              if any(spec.name == c and spec.required for spec in cleaner.columns)]
+    if violation.action == "drop" or needed:
+        reasons = violation.reasons
+        if violation.action != "drop":
+            def reasons(pos: np.ndarray, given=violation.reasons, what=needed[0]) -> pd.Series:
+                return pd.Series(list(given(pos)), dtype=object) + (
+                    f"; the row cannot be used without {what}")
+        cleaner.fates.drop(mask, reasons, violation.kind, row_level=True,
+                           column=violation.column)
+        return
+    cleaner.fates.set_missing(mask, violation.reasons, violation.kind, column=violation.column)
+    for column in violation.clear:
+        if cleaner.has(column):
+            cleaner.set_values(column, cleaner.values[column].where(~mask))
+
+
+def _check_plausible_values(cleaner: _TableCleaner) -> None:
+    """Numbers outside their variable's plausible range; birth dates giving an impossible age.
+
+    Ranges come from ``plausibility.variables`` (built-in ones for the default study's
+    columns); the rule's action decides the fate (:func:`_apply_violation`).
+    """
+    for spec in cleaner.columns:
+        if spec.kind not in (NUMBER, INTEGER, COUNT) or not cleaner.has(spec.name):
+            continue
+        rule = variable_rule(cleaner.config, cleaner.table, spec.name)
+        if rule is not None and (violation := range_violation(
+                cleaner.values[spec.name], spec.name, rule,
+                rule_name(cleaner.table, spec.name))) is not None:
+            _apply_violation(cleaner, violation)
+    if cleaner.table == "patients" and cleaner.has("birth_date", "referral_date"):
+        violation = birth_date_violation(cleaner.values["birth_date"],
+                                         cleaner.values["referral_date"], cleaner.config)
+        if violation is not None:
+            _apply_violation(cleaner, violation)
+
+
+def _referral_dates(cleaner: _TableCleaner, patients: _TableCleaner | None) -> pd.Series | None:
+    """Per row of ``cleaner``, the referral date of its episode (missing when unknown)."""
+    if patients is None or not patients.has("episode_id", "referral_date") or not cleaner.has(
+            "episode_id"):
+        return None
+    alive = ~patients.fates.dropped
+    dates = patients.values.loc[alive, "referral_date"]
+    by_episode = pd.Series(dates.to_numpy(), index=pd.Index(patients.values.loc[alive,
+                                                                                 "episode_id"]))
+    by_episode = by_episode[~by_episode.index.duplicated()]
+    position = by_episode.index.get_indexer(cleaner.values["episode_id"])
+    table = np.append(by_episode.to_numpy(), np.array(["NaT"], dtype=by_episode.dtype))
+    return pd.Series(table[position], index=cleaner.values.index)  # -1 (unknown): NaT
+
+
+def _dated_columns(cleaner: _TableCleaner) -> dict[str, tuple[str, ...]]:
+    """The date columns checked, each with the columns a ``set_missing`` clears with it."""
+    if cleaner.table == "sessions":
+        return {"session_date": ("session_date",)}
+    if cleaner.has("instrument"):  # long outcomes: an assessment's date and its score
+        return {"assessment_date": ("assessment_date", "score")}
+    instruments = outcome_names(cleaner.config)
+    return {wide_date_column(t): (wide_date_column(t),
+                                  *(wide_score_column(i, t) for i in instruments))
+            for t in timepoint_labels(cleaner.config)}
+
+
+def _check_dates(cleaner: _TableCleaner, patients: _TableCleaner | None) -> None:
+    """Session and assessment dates: within the study window and their episode; follow-ups
+    not before the baseline.
+
+    Run after the references are checked (rows of unknown episodes are gone). The rules are
+    ``plausibility.dates.study_window``, ``.episode`` and ``.followup_order``.
+    """
+    config = cleaner.config
+    referral = _referral_dates(cleaner, patients)
+    for column, clear in _dated_columns(cleaner).items():
+        if not cleaner.has(column):
+            continue
+        violation = window_violation(cleaner.values[column], column, config, clear)
+        if violation is not None:
+            _apply_violation(cleaner, violation)
+        if referral is not None and (violation := episode_violation(
+                cleaner.values[column], referral, column, config, clear)) is not None:
+            _apply_violation(cleaner, violation)
+    if cleaner.table == "outcomes":
+        _check_followup_order(cleaner)
+
+
+def _check_followup_order(cleaner: _TableCleaner) -> None:
+    """A follow-up assessment dated before the baseline of its episode (and instrument)."""
+    config = cleaner.config
+    baseline_label, *followups = timepoint_labels(config)
+    values = cleaner.values
+    if not cleaner.has("instrument"):  # wide: one date column per time point
+        base = wide_date_column(baseline_label)
+        for label in followups:
+            column = wide_date_column(label)
+            if cleaner.has(base, column) and (violation := followup_violation(
+                    values[column], values[base], label, baseline_label, column, config,
+                    _dated_columns(cleaner)[column])) is not None:
+                _apply_violation(cleaner, violation)
+        return
+    if not cleaner.has("episode_id", "timepoint", "assessment_date"):
+        return
+    groups = _row_groups([pd.factorize(values["episode_id"])[0],
+                          pd.factorize(values["instrument"])[0]])
+    is_base = (values["timepoint"] == baseline_label).to_numpy(dtype=bool) & ~cleaner.fates.dropped
+    baseline = values["assessment_date"].where(is_base).groupby(groups).transform("min")
+    for label in followups:
+        dates = cleaner.values["assessment_date"]
+        followup = dates.where((values["timepoint"] == label).to_numpy(dtype=bool))
+        violation = followup_violation(followup, baseline, label, baseline_label,
+                                       "assessment_date", config, ("assessment_date", "score"))
+        if violation is not None:
+            _apply_violation(cleaner, violation)
 
 
 # ---- stage 6: the limit on invalid rows ------------------------------------------------------
@@ -1018,9 +1202,7 @@ def _clean_simple(cleaner: _TableCleaner, spec: TableSpec) -> None:
     _apply_pending_row_drops(cleaner)
     _check_key_conflicts(cleaner, [spec.key], spec.key)
     cleaner.release_codes()
-    for column in cleaner.columns:
-        if column.value_range is not None:
-            _set_out_of_range(cleaner, column.name, *column.value_range, label=column.name)
+    _check_plausible_values(cleaner)
 
 
 def _clean_long_outcomes(
@@ -1181,6 +1363,7 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
         _reference(sessions, "episode_id", patients, "episode_id")
         if "therapists" in cleaners:
             _reference(sessions, "therapist_id", cleaners["therapists"], "therapist_id")
+        _check_dates(sessions, patients)
         _check_invalid_share(sessions)
         cleaners["sessions"] = sessions
 
@@ -1198,6 +1381,7 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
         _clean_long_outcomes(outcomes, config, patients)
     if wide:
         _reference(outcomes, "episode_id", patients, "episode_id")
+    _check_dates(outcomes, patients)
     _check_invalid_share(outcomes)
     cleaners["outcomes"] = outcomes
 

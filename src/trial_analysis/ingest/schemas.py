@@ -30,6 +30,7 @@ from trial_analysis.config import (
     has_table,
     outcome_names,
 )
+from trial_analysis.ingest.plausibility import variable_rule
 
 TABLES: tuple[str, ...] = ("therapists", "patients", "sessions", "outcomes")
 
@@ -61,7 +62,8 @@ class ColumnSpec:
         Allowed values of a ``code`` column, or of each code in a ``codes`` column, in their
         canonical spelling.
     value_range : tuple of float, optional
-        Valid range; values outside are set missing (never clipped).
+        Valid range (inclusive). Outcome scores outside are set missing (never clipped);
+        other columns take it from their plausibility rule, whose action decides.
     optional_column : bool
         The column may be absent from the file.
     """
@@ -125,7 +127,7 @@ _BUILTIN_PATIENT_COLUMNS: dict[str, ColumnSpec] = {
     "depression": ColumnSpec("depression", FLAG),
     "anxiety": ColumnSpec("anxiety", FLAG),
     "bmi": ColumnSpec("bmi", NUMBER),
-    "ses_score": ColumnSpec("ses_score", NUMBER, value_range=(1.0, 10.0)),
+    "ses_score": ColumnSpec("ses_score", NUMBER),
 }
 
 
@@ -145,7 +147,14 @@ def used_patient_variables(config: Mapping[str, Any]) -> set[str]:
         used |= set(sensitivity.get("propensity", {}).get("covariates", []))
     if analyses & {"multiple_imputation", "tipping_point"}:
         used |= set(sensitivity.get("multiple_imputation", {}).get("auxiliary", []))
+    used |= set(_filter_columns(config))
     return used - {"patient", "therapist", "clinic", "n_sessions"}
+
+
+def _filter_columns(config: Mapping[str, Any]) -> list[str]:
+    """Patient columns the row filters (``eligibility.filters``) read."""
+    filters = (config.get("eligibility") or {}).get("filters") or []
+    return list(dict.fromkeys(str(f["column"]) for f in filters))
 
 
 def _patient_columns(config: Mapping[str, Any]) -> list[ColumnSpec]:
@@ -193,7 +202,8 @@ def table_specs(config: Mapping[str, Any]) -> dict[str, TableSpec]:
     ``therapists`` and ``sessions`` are left out when ``input.tables`` sets them to null. The
     patients table may carry an optional ``n_sessions`` column (a whole, non-negative count
     of attended sessions, when the extract reports one) and the arm column named by
-    ``allocation.column`` (kept as text) when ``allocation.rule`` is ``column``.
+    ``allocation.column`` (kept as text) when ``allocation.rule`` is ``column``; the column
+    of each row filter (``eligibility.filters``) must be there, kept as text unless declared.
     """
     codes = config.get("codes", {})
     treatments = tuple(str(c).strip().upper() for c in codes.get("treatments", []))
@@ -215,6 +225,13 @@ def table_specs(config: Mapping[str, Any]) -> dict[str, TableSpec]:
     arm_column = config.get("allocation", {}).get("column")
     if arm_column and arm_column not in {c.name for c in patient_columns}:
         patient_columns.append(ColumnSpec(arm_column, TEXT, optional_column=True))
+    # A row filter's column is read even when it is not declared, and must be in the file.
+    for name in _filter_columns(config):
+        if name not in {c.name for c in patient_columns}:
+            patient_columns.append(ColumnSpec(name, TEXT))
+        elif name == arm_column:
+            patient_columns = [dataclasses.replace(c, optional_column=False)
+                               if c.name == name else c for c in patient_columns]
     specs.append(TableSpec("patients", tuple(patient_columns), key="episode_id"))
     if has_table(config, "sessions"):
         specs.append(TableSpec(
@@ -242,7 +259,22 @@ def table_specs(config: Mapping[str, Any]) -> dict[str, TableSpec]:
         key="outcome_id",
         references={"episode_id": "patients"},
     ))
-    return {t.name: t for t in specs}
+    return {t.name: _with_plausible_ranges(t, config) for t in specs}
+
+
+def _with_plausible_ranges(spec: TableSpec, config: Mapping[str, Any]) -> TableSpec:
+    """Numeric columns get the range of their plausibility rule (``plausibility.variables``).
+
+    The cleaned table's contract then checks that no value outside it survives cleaning.
+    """
+    columns = []
+    for col in spec.columns:
+        rule = variable_rule(config, spec.name, col.name) if col.kind in (
+            NUMBER, INTEGER, COUNT) else None
+        if rule is not None:
+            col = dataclasses.replace(col, value_range=tuple(rule["range"]))
+        columns.append(col)
+    return dataclasses.replace(spec, columns=tuple(columns))
 
 
 def wide_outcome_columns(config: Mapping[str, Any]) -> list[ColumnSpec]:

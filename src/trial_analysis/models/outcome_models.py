@@ -44,6 +44,14 @@ and tested with the fit's Satterthwaite t, as lmerTest's ``contest``):
   ``arm:time [overall]``, the equal-weight average over the follow-ups.
 
 With one follow-up the ``effect`` row repeats the ``lmm`` row ``arm:time``.
+
+A constant effect (``analysis.effect: constant``) fits one arm effect over every follow-up,
+time still a factor or a continuous term: under ANCOVA ``score ~ arm + time + baseline + ...``
+(the effect is ``arm``); with the baseline as a time point ``score ~ arm + time + arm:post +
+...``, ``post`` = 1 at every follow-up (the effect is ``arm:post``; ``arm`` is the baseline
+difference). The ``effect`` rows are then the single ``arm:time`` row, the effect at every
+follow-up. With two time points (or one follow-up under ANCOVA) both settings fit the same
+model.
 :attr:`OutcomeModelResult.effect` is the primary row. Marginal means are per arm and model time
 point (ANCOVA: the follow-ups, baseline score at its mean). Subgroup models interact arm x time
 with the subgroup; the effect within each level is the primary contrast plus its subgroup
@@ -142,6 +150,10 @@ NESTING = ("clinic", "therapist", "patient")
 TIDY_COLUMNS = ESTIMATE_COLUMNS
 MARGINAL_COLUMNS = ["arm", "time", "estimate", "std_error", "ci_low", "ci_high"]
 EFFECT_TERM = "arm:time"
+# analysis.effect: constant with the baseline as a time point: 1 at every follow-up, 0 at the
+# baseline; the arm effect is arm x this indicator (lme4 name arm:post).
+POST_COLUMN = "post"
+POST_TERM = f"arm:{POST_COLUMN}"
 # Rows of the estimand (difference between arms in mean change to each follow-up) carry this
 # ``model`` value in every estimate file; the row with term EFFECT_TERM is the primary one.
 EFFECT_MODEL = "effect"
@@ -190,6 +202,7 @@ class ModelSpec:
     primary: str = "followup"
     time: str = "categorical"
     baseline: str = "timepoint"
+    effect: str = "by_time"
     time_values: tuple[float, ...] = (0.0, 1.0)
     score_columns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
@@ -228,6 +241,30 @@ class ModelSpec:
         return [f"time{label}" for label in times[1:]]
 
     @property
+    def constant_effect(self) -> bool:
+        """One arm effect over every follow-up (``analysis.effect: constant``).
+
+        Only a different model where the effect could vary: with two time points and the
+        baseline as a time point, or a single follow-up under ANCOVA, both settings fit the
+        same model.
+        """
+        return self.effect == "constant" and (
+            len(self.model_times) > 2 or self.time == "continuous"
+            or (self.ancova and len(self.model_times) > 1))
+
+    @property
+    def effect_terms(self) -> list[str]:
+        """The fixed-effect columns, beyond ``arm``, that carry the arm effect.
+
+        By time: ``arm:<time term>`` for each time term. Constant: none under ANCOVA (the
+        ``arm`` main effect is the effect at every follow-up); with the baseline as a time
+        point, ``arm:post``, the arm difference at every follow-up beyond the baseline one.
+        """
+        if not self.constant_effect:
+            return [f"arm:{term}" for term in self.time_terms]
+        return [] if self.ancova else [POST_TERM]
+
+    @property
     def random_components(self) -> list[str]:
         """Variance component names, outermost level first, each followed by its x time term."""
         names = []
@@ -243,8 +280,14 @@ class ModelSpec:
         ``time`` is a factor under categorical time with several follow-ups (or with the
         baseline as covariate), numeric otherwise; ``baseline`` is the baseline score.
         """
-        fixed = "score ~ arm" + (" * time" if self.time_terms else "")
-        fixed += f" * {self.subgroup}" if self.subgroup else ""
+        if self.constant_effect:
+            fixed = "score ~ arm + time" + ("" if self.ancova else f" + arm:{POST_COLUMN}")
+            if self.subgroup:
+                fixed += (f" + arm * {self.subgroup} + time:{self.subgroup}"
+                          + ("" if self.ancova else f" + arm:{POST_COLUMN}:{self.subgroup}"))
+        else:
+            fixed = "score ~ arm" + (" * time" if self.time_terms else "")
+            fixed += f" * {self.subgroup}" if self.subgroup else ""
         if self.ancova:
             fixed += f" + {BASELINE_COVARIATE}"
         if self.covariates:
@@ -275,6 +318,7 @@ def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings.setdefault("reference_grid", "emmeans")
     settings.setdefault("time", "categorical")
     settings.setdefault("baseline", "timepoint")
+    settings.setdefault("effect", "by_time")
     return settings
 
 
@@ -335,7 +379,7 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
                      reference_grid=str(settings["reference_grid"]),
                      baseline_label=str(config["timepoints"]["baseline"]), followups=followups,
                      primary=primary_followup(config), time=str(settings["time"]),
-                     baseline=str(settings["baseline"]),
+                     baseline=str(settings["baseline"]), effect=str(settings["effect"]),
                      time_values=tuple(values[label] for label in
                                        [str(config["timepoints"]["baseline"]), *followups]),
                      score_columns=tuple(score_columns(config, outcome)[f] for f in followups)
@@ -510,6 +554,13 @@ def time_coding(spec: ModelSpec, label: str) -> dict[str, float]:
     return {term: float(term == f"time{label}") for term in terms}
 
 
+def effect_coding(spec: ModelSpec, label: str) -> dict[str, float]:
+    """Values, for an intervention patient, of :attr:`ModelSpec.effect_terms` at ``label``."""
+    if spec.constant_effect:
+        return {POST_TERM: float(label != spec.baseline_label)} if not spec.ancova else {}
+    return {f"arm:{term}": value for term, value in time_coding(spec, label).items()}
+
+
 def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
     """Build X: intercept, arm, time, [subgroup], [baseline], covariates, then interactions.
 
@@ -548,8 +599,10 @@ def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
         else:
             cols[cov] = pd.to_numeric(long[cov]).to_numpy(float)
             numeric.append(cov)
-    for term in time_terms:
-        cols[f"arm:{term}"] = cols["arm"] * cols[term]
+    effect_values = {label: effect_coding(spec, label) for label in spec.model_times}
+    for term in spec.effect_terms:
+        cols[term] = cols["arm"] * long["time_label"].map(
+            {lb: c[term] for lb, c in effect_values.items()}).to_numpy(float)
     if spec.covariates_by_time:
         # Covariates adjust the change as well as the level: a prognostic factor of change
         # that differs between arms (age here) would otherwise bias the arm x time contrast,
@@ -563,8 +616,8 @@ def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
         for term in time_terms:
             cols[f"{term}:{name}"] = cols[term] * cols[name]
     for name in sub_dummies:
-        for term in time_terms:
-            cols[f"arm:{term}:{name}"] = cols[f"arm:{term}"] * cols[name]
+        for term in spec.effect_terms:
+            cols[f"{term}:{name}"] = cols[term] * cols[name]
     X = pd.DataFrame(cols, index=long.index)
     rank = np.linalg.matrix_rank(X.to_numpy())
     if rank < X.shape[1]:
@@ -1099,16 +1152,15 @@ def effect_contrasts(spec: ModelSpec, names: list[str],
     follow-up order, ``L`` indexed by ``names``.
     """
     out = {}
+    at_baseline = {} if spec.ancova else effect_coding(spec, spec.baseline_label)
     for label in spec.followups:
         weights: dict[str, float] = {}
-        coding = time_coding(spec, label)
         if spec.ancova:
             weights["arm"] = 1.0
-        for term, value in coding.items():
-            if spec.time == "continuous" and not spec.ancova:
-                value = value - spec.time_value_of[spec.baseline_label]
+        for term, value in effect_coding(spec, label).items():
+            value = value - at_baseline.get(term, 0.0)
             if value:
-                weights[f"arm:{term}"] = value
+                weights[term] = value
         L = pd.Series(0.0, index=names)
         for term, weight in weights.items():
             L[term] += weight
@@ -1124,7 +1176,8 @@ def _effect_rows(fit: _Fit, spec: ModelSpec, names: list[str], level: float) -> 
     (``arm:time [overall]``)."""
     contrasts = effect_contrasts(spec, names)
     rows = [{"term": EFFECT_TERM, **_contrast(fit, contrasts[spec.primary].to_numpy(), level)}]
-    if len(spec.followups) > 1:
+    # A constant effect is the same at every follow-up: one row.
+    if len(spec.followups) > 1 and not spec.constant_effect:
         for label, L in contrasts.items():
             rows.append({"term": f"{EFFECT_TERM} [{label}]", **_contrast(fit, L.to_numpy(),
                                                                          level)})
@@ -1173,7 +1226,9 @@ def _marginal_means(fit: _Fit, fixed: FixedDesign, long: pd.DataFrame, config: d
             L["(Intercept)"] = 1.0
             L["arm"] = arm
             for term, value in time_coding(spec, label).items():
-                L[term], L[f"arm:{term}"] = value, arm * value
+                L[term] = value
+            for term, value in effect_coding(spec, label).items():
+                L[term] = arm * value
             for cov, value in grid.items():
                 L[cov] = value
             # Factors: equal weight to every level (the reference level contributes zeros).
@@ -1591,7 +1646,8 @@ def run_fit_models(config: dict[str, Any], analysis: str | Path, out_dir: str | 
         raise ConfigError("command line", [f"outcome '{o}' is not one of {known}"
                                            for o in unknown])
     shared = (read_analysis_table(analysis), config, str(analysis))
-    fitted = map_shared(_fit_outcome_task, shared, outcomes, jobs)
+    fitted = map_shared(_fit_outcome_task, shared, outcomes, jobs,
+                        progress="model fits (one task per outcome, all its models)")
     results = {stem: result for models in fitted for stem, result in models.items()}
     for outcome in outcomes:
         for stem, (out_json, out_csv) in estimate_files(out_dir, outcome, config).items():

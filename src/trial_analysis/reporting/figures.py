@@ -24,6 +24,7 @@ from trial_analysis.config import (
     time_values,
 )
 from trial_analysis.errors import DataError
+from trial_analysis.labels import label, readable, sentence_label
 from trial_analysis.plotting import (
     CONTROL_COLOUR,
     INTERVENTION_COLOUR,
@@ -68,79 +69,151 @@ def _count(value: Any) -> int | str | None:
     return None if pd.isna(number) else int(number)
 
 
+RECORD_STEP = "records"
+
+
 def flow_layout(flow: pd.DataFrame) -> list[dict[str, Any]]:
     """Group ``flow.csv`` into diagram levels: the boxes of each step and its exclusions.
 
     Within a step, rows without ``n_excluded`` are boxes and rows with it are exclusions listed
     beside the step (e.g. one row per eligibility reason). A step whose rows all carry
     ``n_excluded`` (e.g. complete cases overall and by arm) is drawn as boxes, each noting its
-    own exclusions.
+    own exclusions. The rows of the ``analysis`` step form one level per population (its
+    description before the comma: overall, then per arm). Record-level cleaning (step
+    ``records``) is a note beside the diagram: those are records, not patients.
     """
     levels = []
     for step in dict.fromkeys(flow["step"].astype(str)):
         rows = flow[flow["step"].astype(str) == step].to_dict("records")
-        boxes = [r for r in rows if _count(r.get("n_excluded")) is None]
-        exclusions = [r for r in rows if _count(r.get("n_excluded")) is not None]
-        inline = not boxes
-        if inline:
-            boxes, exclusions = exclusions, []
-        levels.append({"step": step, "boxes": boxes, "exclusions": exclusions,
-                       "inline": inline})
+        if step == RECORD_STEP:
+            levels.append({"step": step, "boxes": [], "exclusions": [], "inline": False,
+                           "note": rows})
+            continue
+        groups = [rows]
+        if step == "analysis":
+            by_population: dict[str, list[dict[str, Any]]] = {}
+            for row in rows:
+                by_population.setdefault(str(row["description"]).split(",")[0], []).append(row)
+            groups = list(by_population.values())
+        for group in groups:
+            boxes = [r for r in group if _count(r.get("n_excluded")) is None]
+            exclusions = [r for r in group if _count(r.get("n_excluded")) is not None]
+            inline = not boxes
+            if inline:
+                boxes, exclusions = exclusions, []
+            levels.append({"step": step, "boxes": boxes, "exclusions": exclusions,
+                           "inline": inline, "note": []})
     return levels
 
 
-def _reason(row: Mapping[str, Any]) -> str:
+def _reason(row: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
     reason = row.get("reason")
-    return "" if reason is None or pd.isna(reason) else str(reason)
+    return "" if reason is None or pd.isna(reason) else readable(config, str(reason))
 
 
-def flow_figure(flow: pd.DataFrame) -> Figure:
-    """STROBE flow diagram drawn from ``flow.csv`` (see :func:`flow_layout`)."""
+def _record_note(rows: list[dict[str, Any]], config: Mapping[str, Any] | None) -> str:
+    lines = ["Record-level cleaning (records, not patients)"]
+    lines += [_wrap(f"{readable(config, r['description'])}: {_count(r['n_excluded'])} of "
+                    f"{_count(r['n'])} ({_reason(r, config)})", 56) for r in rows]
+    return "\n".join(lines)
+
+
+def _box_labels(level: dict[str, Any], config: Mapping[str, Any] | None) -> None:
+    """Size, font and text of one level's boxes (``width``, ``fontsize``, ``labels``)."""
+    k = max(len(level["boxes"]), 1)  # a note level has no boxes
+    level["width"] = min(5.2, (6.8 - 0.25 * (k - 1)) / k)
+    level["fontsize"] = 8 if k < 3 else 7
+    chars = int(level["width"] * (11 if k < 3 else 13))
+    level["labels"] = []
+    for row in level["boxes"]:
+        description = readable(config, row["description"])
+        description = description[:1].upper() + description[1:]
+        label_text = f"{_wrap(description, chars)}\n" \
+                     f"(n = {_count(row['n'])})"
+        excluded = _count(row.get("n_excluded"))
+        if level["inline"] and excluded:
+            label_text += f"\nexcluded {excluded}:\n{_wrap(_reason(row, config), chars)}"
+        level["labels"].append(label_text)
+    line = 0.17
+    level["excluded_text"] = ""
+    if level["exclusions"]:
+        counts = [_count(r["n_excluded"]) or 0 for r in level["exclusions"]]
+        # a suppressed count ("<5") stays text: the total would reveal it
+        excluded: int | str = (sum(c for c in counts if isinstance(c, int))
+                               if all(isinstance(c, int) for c in counts)
+                               else next(c for c in counts if isinstance(c, str)))
+        lines = [f"Excluded (n = {excluded})"]
+        if len(level["exclusions"]) == 1:
+            lines.append(_wrap(_reason(level["exclusions"][0], config), 36))
+        else:
+            lines += [_wrap(f"{_reason(r, config)} ({_count(r['n_excluded'])})", 36)
+                      for r in level["exclusions"]]
+        level["excluded_text"] = "\n".join(lines)
+    # Room above the level for its exclusions box, which sits beside the arrow into it.
+    exclusion_lines = level["excluded_text"].count("\n") + 1
+    level["gap_above"] = max(0.75, exclusion_lines * 0.19 + 0.45) if level["exclusions"] \
+        else 0.75
+    if level["note"]:
+        level["text"] = _record_note(level["note"], config)
+        level["height"] = (level["text"].count("\n") + 1) * 0.15 + 0.35
+    else:
+        level["height"] = max(lab.count("\n") + 1 for lab in level["labels"]) * line + 0.3
+
+
+def flow_figure(flow: pd.DataFrame, config: Mapping[str, Any] | None = None) -> Figure:
+    """Flow diagram drawn from ``flow.csv`` (see :func:`flow_layout`).
+
+    STROBE for an observational study, CONSORT for a randomised one (``study.design``): the
+    title names the guideline; the wording of the boxes comes from ``flow.csv``.
+    """
     from matplotlib.patches import FancyBboxPatch
 
     levels = flow_layout(flow)
-    line, gap = 0.17, 0.75  # data units per text line; vertical space between levels
     for level in levels:
-        k = len(level["boxes"])
-        level["width"] = min(5.2, (6.8 - 0.25 * (k - 1)) / k)
-        level["fontsize"] = 8 if k < 3 else 7
-        chars = int(level["width"] * (11 if k < 3 else 13))
-        level["labels"] = []
-        for row in level["boxes"]:
-            label = f"{_wrap(row['description'], chars)}\n(n = {_count(row['n'])})"
-            excluded = _count(row.get("n_excluded"))
-            if level["inline"] and excluded:
-                label += f"\nexcluded {excluded}:\n{_wrap(_reason(row), chars)}"
-            level["labels"].append(label)
-        level["height"] = max(lab.count("\n") + 1 for lab in level["labels"]) * line + 0.3
-    total = sum(level["height"] for level in levels) + gap * (len(levels) - 1) + 0.5
+        _box_labels(level, config)
+    total = sum(level["height"] + level["gap_above"] for level in levels) + 0.5
+    total -= levels[0]["gap_above"] if levels else 0.0
     figure, ax = new_figure(figsize=(8.5, 0.8 * total + 0.3))
     ax.set_xlim(0, 10)
     ax.set_ylim(0, total)
     ax.axis("off")
     top_edge = total - 0.3
     previous: list[float] = []
+    previous_total_first = False
     previous_bottom = top_edge
-    for level in levels:
-        k, width, height = len(level["boxes"]), level["width"], level["height"]
+    note_bottom: float | None = None
+    for index, level in enumerate(levels):
+        if index:
+            top_edge -= level["gap_above"]
+        k, height = len(level["boxes"]), level["height"]
         y = top_edge - height / 2
+        if level["note"]:
+            # Beside the diagram; the arrows between patient boxes pass by it.
+            ax.text(8.6, y, level["text"], ha="center", va="center", fontsize=6.5,
+                    bbox={"boxstyle": "round,pad=0.3", "fc": "#F4F4F4", "ec": "#777777",
+                          "lw": 0.8})
+            note_bottom = y - height / 2
+            top_edge = note_bottom
+            continue
+        width = level["width"]
         centres = [3.5] if k == 1 else list(np.linspace(0.1 + width / 2, 6.9 - width / 2, k))
-        # One more box than above: the first is a total (complete cases overall, then by
-        # arm). Draw it in the middle so arrows from the arms to it and to their own boxes
-        # do not cross.
-        total_first = len(previous) > 1 and len(previous) == k - 1
+        # One more box than above: the first is a total (a population overall, then by arm).
+        # Draw it in the middle so arrows from the arms to it and to their own boxes do not
+        # cross; a level below with as many boxes keeps that order.
+        total_first = (len(previous) > 1 and len(previous) == k - 1) or (
+            previous_total_first and len(previous) == k)
         slots = list(range(k))
         if total_first:
             slots.insert(k // 2, slots.pop(0))
-        for position, (slot, label) in enumerate(zip(slots, level["labels"], strict=True)):
-            centre = centres[slot]
+        placed = [centres[slot] for slot in slots]
+        for position, (centre, text) in enumerate(zip(placed, level["labels"], strict=True)):
             ax.add_patch(FancyBboxPatch((centre - width / 2, y - height / 2), width, height,
                                         boxstyle="round,pad=0.02", fc="white",
                                         ec=OKABE_ITO["black"], lw=0.9))
-            ax.text(centre, y, label, ha="center", va="center", fontsize=level["fontsize"])
+            ax.text(centre, y, text, ha="center", va="center", fontsize=level["fontsize"])
             # Arrows from the box(es) above: all from one box, pairs for equal counts; one
-            # extra box in front (a total, e.g. complete cases overall then by arm) takes
-            # arrows from every box above and the rest pair up; otherwise the nearest box.
+            # extra box in front (a total) takes arrows from every box above and the rest
+            # pair up; otherwise the nearest box.
             if len(previous) == 1 or k == 1:
                 sources = previous
             elif len(previous) == k:
@@ -154,27 +227,20 @@ def flow_figure(flow: pd.DataFrame) -> Figure:
                             xytext=(source, previous_bottom - 0.03),
                             arrowprops={"arrowstyle": "-|>", "lw": 0.8, "color": "#444444"})
         if level["exclusions"]:
-            counts = [_count(r["n_excluded"]) or 0 for r in level["exclusions"]]
-            # a suppressed count ("<5") stays text: the total would reveal it
-            excluded: int | str = (sum(c for c in counts if isinstance(c, int))
-                                   if all(isinstance(c, int) for c in counts)
-                                   else next(c for c in counts if isinstance(c, str)))
-            lines = [f"Excluded (n = {excluded})"]
-            if len(level["exclusions"]) == 1:
-                lines.append(_wrap(_reason(level["exclusions"][0]), 36))
-            else:
-                lines += [_wrap(f"{_reason(r)} ({_count(r['n_excluded'])})", 36)
-                          for r in level["exclusions"]]
-            mid = (previous_bottom + top_edge) / 2 if previous else y
-            ax.text(8.6, mid, "\n".join(lines), ha="center", va="center", fontsize=7,
+            upper = previous_bottom if note_bottom is None else note_bottom
+            mid = (upper + top_edge) / 2 if previous else y
+            ax.text(8.6, mid, level["excluded_text"], ha="center", va="center", fontsize=7,
                     bbox={"boxstyle": "round,pad=0.3", "fc": "#F4F4F4",
                           "ec": OKABE_ITO["vermillion"], "lw": 0.8})
             ax.annotate("", xy=(7.1, mid), xytext=(3.5, mid),
                         arrowprops={"arrowstyle": "-|>", "lw": 0.8,
                                     "color": OKABE_ITO["vermillion"]})
-        previous, previous_bottom = centres, y - height / 2
-        top_edge = previous_bottom - gap
-    ax.set_title("Flow of patients through the study", loc="left")
+        previous, previous_bottom = placed, y - height / 2
+        previous_total_first, note_bottom = total_first, None
+        top_edge = previous_bottom
+    randomised = (config or {}).get("study", {}).get("design") == "randomised"
+    ax.set_title("CONSORT flow diagram: participants through the trial" if randomised
+                 else "STROBE flow diagram: patients through the cohort study", loc="left")
     return figure
 
 
@@ -286,22 +352,20 @@ def trajectories_over_time(
 # --------------------------------------------------------------------------------------------
 # Forest plot
 # --------------------------------------------------------------------------------------------
-POPULATION_NAMES = {"complete_case": "Complete cases", "all_available": "All with a baseline"}
-
-
 def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome: str
                 ) -> list[dict[str, Any]]:
     """Rows of the forest plot for one outcome: populations, then subgroup levels."""
     rows = []
     for population in config["analysis"]["populations"]:
         row = effect_row(estimates["primary"][(outcome, population)])
-        rows.append({"label": POPULATION_NAMES.get(population, population), "header": False,
+        rows.append({"label": sentence_label(config, population), "header": False,
+                     "population": True,
                      **{k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}})
     for subgroup in config["analysis"].get("subgroups", []):
         doc = estimates["subgroups"].get((outcome, subgroup))
         if doc is None:
             continue
-        name = subgroup.replace('_', ' ').capitalize()
+        name = sentence_label(config, subgroup)
         if doc.get("not_reported"):
             # a level below report.min_cell_count: named, without estimates
             rows.append({"label": f"{name}: not reported (a level is too small)",
@@ -313,7 +377,8 @@ def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome
         rows.append({"label": f"{name} (heterogeneity p {p_text})", "header": True})
         for row in levels:
             level = str(row["level"])
-            name = {"0": f"no {subgroup}", "1": subgroup}.get(level, level)
+            name = {"0": f"no {label(config, subgroup)}", "1": label(config, subgroup)}.get(
+                level, f"{label(config, subgroup)}: {label(config, level)}")
             rows.append({"label": f"   {name}", "header": False,
                          **{k: float(row[k]) for k in ("estimate", "ci_low", "ci_high")}})
     return rows
@@ -326,15 +391,16 @@ def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Fi
     n_rows = max(len(r) for r in all_rows.values())
     figure, axes = new_figure(1, len(outcomes), figsize=(3.6 * len(outcomes),
                                                           0.32 * n_rows + 1.6),
-                              squeeze=False, sharey=True)
+                              squeeze=False)
+    # Each panel keeps its own y axis: a shared one carries a single set of tick labels, so
+    # the last panel's (its own heterogeneity p-values) would be shown on every panel.
     for ax, outcome in zip(axes[0], outcomes, strict=True):
         rows = all_rows[outcome["name"]]
         y = np.arange(len(rows))[::-1]
         for yi, row in zip(y, rows, strict=True):
             if row["header"]:
                 continue
-            colour = OKABE_ITO["black"] if row["label"] in POPULATION_NAMES.values() \
-                else OKABE_ITO["blue"]
+            colour = OKABE_ITO["black"] if row.get("population") else OKABE_ITO["blue"]
             ax.plot([row["ci_low"], row["ci_high"]], [yi, yi], color=colour, lw=1.3)
             ax.plot(row["estimate"], yi, marker="D" if colour == OKABE_ITO["black"] else "o",
                     color=colour, ms=5)
@@ -343,7 +409,7 @@ def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Fi
         ax.set_yticklabels([r["label"] for r in rows], fontsize=8)
         better = "right" if outcome.get("higher_is_better", True) else "left"
         ax.set_xlabel(f"Difference in mean change ({outcome.get('units', 'score')})\n"
-                      f"{better} of 0 favours intervention", fontsize=8)
+                      f"{better} of 0 favours {arm_labels(config)[0]}", fontsize=8)
         ax.set_title(_wrap(outcome_label(config, outcome["name"]), 32), loc="left")
         ax.set_ylim(-0.7, len(rows) - 0.3)
     figure.tight_layout()
@@ -402,12 +468,9 @@ def sessions_figure(analysis: pd.DataFrame, config: Mapping[str, Any]) -> Figure
     return figure
 
 
-def implementation_figure(implementation: pd.DataFrame) -> Figure:
+def implementation_figure(implementation: pd.DataFrame,
+                          config: Mapping[str, Any] | None = None) -> Figure:
     """Implementation outcomes (reach, adoption, fidelity) as percentages with counts."""
-    names = {"reach": "Reach (therapists trained)",
-             "therapist_adoption": "Adoption (therapists delivering)",
-             "patient_adoption": "Adoption (patients receiving)",
-             "fidelity": "Fidelity (episodes without\nforbidden treatments)"}
     frame = implementation.copy()
     percent = 100 * pd.to_numeric(frame["numerator"], errors="coerce") / pd.to_numeric(
         frame["denominator"], errors="coerce")
@@ -422,7 +485,8 @@ def implementation_figure(implementation: pd.DataFrame) -> Figure:
         ax.text(min(p, 100) + 1.0 if np.isfinite(p) else 1.0, yi, text, va="center",
                 fontsize=8)
     ax.set_yticks(y)
-    ax.set_yticklabels([names.get(m, m) for m in frame["measure"]], fontsize=8)
+    ax.set_yticklabels([_wrap(sentence_label(config, m), 34) for m in frame["measure"]],
+                       fontsize=8)
     ax.set_xlim(0, 125)
     ax.set_xticks([0, 20, 40, 60, 80, 100])
     ax.set_xlabel("Percent (%)")
@@ -478,7 +542,7 @@ def run_figures(
     with matplotlib.rc_context(STYLE):
         # Draw everything first, then save: a failing figure leaves no partial set behind.
         figures = {
-            "flow": flow_figure(flow),
+            "flow": flow_figure(flow, config),
             "trajectories": trajectories_figure(loaded, config, population),
             "forest": forest_figure(loaded, config),
         }
@@ -486,7 +550,7 @@ def run_figures(
             implementation = _read_table(tables / "implementation.csv",
                                          ["measure", "numerator", "denominator"])
             figures["sessions"] = sessions_figure(frame, config)
-            figures["implementation"] = implementation_figure(implementation)
+            figures["implementation"] = implementation_figure(implementation, config)
         for name in names:
             written += save_figure(figures[name], out, name)
     return written

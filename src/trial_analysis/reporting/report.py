@@ -6,23 +6,24 @@ CONSORT for randomised), the flow diagram, Table 1, implementation outcomes, est
 subgroups, trajectories, sessions, responders, variance components, model specifications and
 warnings, the reproduction check, the simulation assumptions and the provenance of the run.
 
-Privacy: the report reads only aggregate tables, estimate files and figures, never the analysis
-table, so no identifier or patient row can reach it; Table 1 arrives with small cells already
-suppressed by the ``tables`` step.
+Privacy: the report reads only aggregate tables, estimate files and figures; of the analysis
+table and the raw files it computes digests of the bytes, never reading a row, so no
+identifier or patient row can reach it; Table 1 arrives with small cells already suppressed
+by the ``tables`` step.
 
 Determinism: everything except the provenance facts that describe the run itself (date, rule
-run times, git commit) is a function of the inputs. Set ``SOURCE_DATE_EPOCH`` to fix the date.
+run times, git state, Python, OS, command lines, package versions; see
+:mod:`trial_analysis.reporting.provenance`) is a function of the inputs. Set
+``SOURCE_DATE_EPOCH`` to fix the date.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
-import importlib.metadata
 import json
 import os
-import subprocess
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,26 +39,33 @@ from trial_analysis.config import (
     followup_labels,
     has_table,
     primary_followup,
+    time_values,
 )
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
+from trial_analysis.labels import label, readable, sentence_label
+from trial_analysis.reporting.analyst_text import analyst_text
+from trial_analysis.reporting.diagnostics_appendix import diagnostics_section
 from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names
+from trial_analysis.reporting.provenance import provenance_facts, source_notes
 from trial_analysis.reporting.tables import (
     TABLE_NAMES,
     fmt_ci,
     fmt_number,
     fmt_p,
+    fmt_sig,
     load_estimates,
     load_truth,
     outcome_label,
+    slug,
 )
+from trial_analysis.reporting.target_trial import target_trial_table
 
-PACKAGES = ["pandas", "numpy", "scipy", "statsmodels", "matplotlib", "snakemake", "pandera",
-            "tableone", "jinja2", "trial-analysis"]
-POPULATION_NAMES = {"complete_case": "complete cases", "all_available": "all with a baseline"}
 FIGURE_CAPTIONS = {
-    "flow": "Flow of referral episodes and patients through cleaning, eligibility, allocation "
-            "and complete-case selection, computed from the record ledger.",
+    "flow": "Flow of referral episodes and patients through cleaning, eligibility, the two "
+            "groups and each analysed population (overall and per group), computed from the "
+            "record ledger; record-level cleaning of the other tables (rows dropped, values "
+            "set missing) is noted beside the diagram.",
     "trajectories": "Adjusted mean score by arm at baseline and follow-up (95% CI), from the "
                     "primary mixed model in complete cases.",
     "forest": "Difference between arms in mean change, baseline to follow-up (95% CI), by "
@@ -72,55 +80,8 @@ FIGURE_CAPTIONS = {
 
 
 # --------------------------------------------------------------------------------------------
-# Provenance
+# Provenance (run facts: trial_analysis.reporting.provenance)
 # --------------------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_checksums(folder: str | Path) -> pd.DataFrame:
-    """SHA-256 and size of every file under ``folder`` (recursively), sorted by path."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(str(folder), "the raw extract folder does not exist")
-    rows = [
-        {"file": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
-         "sha256": sha256_file(path)}
-        for path in sorted(p for p in folder.rglob("*") if p.is_file())
-    ]
-    return pd.DataFrame(rows, columns=["file", "bytes", "sha256"])
-
-
-def package_versions(names: list[str] | None = None) -> pd.DataFrame:
-    """Installed versions of the packages the analysis depends on."""
-    rows = []
-    for name in names or PACKAGES:
-        try:
-            version = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            version = "not installed"
-        rows.append({"package": name, "version": version})
-    return pd.DataFrame(rows)
-
-
-def git_commit(where: str | Path | None = None) -> str:
-    """The git commit of the working directory, or ``"not a git checkout"``."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where or Path.cwd(), capture_output=True,
-            text=True, timeout=10, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout"
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else "not a git checkout"
-
-
 def benchmark_times(folder: str | Path | None) -> pd.DataFrame:
     """Run time and peak memory of each rule from Snakemake benchmark files.
 
@@ -186,15 +147,26 @@ def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
 def study_schedule(config: Mapping[str, Any]) -> dict[str, Any]:
     """Time points and estimand of the study, as the report's design text names them."""
     followups, primary = followup_labels(config), primary_followup(config)
-    several = len(followups) > 1
     ancova = config["analysis"].get("baseline") == "covariate"
+    continuous = config["analysis"].get("time") == "continuous"
+    # With one effect over several follow-ups there is no per-follow-up table.
+    constant = config["analysis"].get("effect") == "constant" and len(followups) > 1
+    several = len(followups) > 1 and not constant
+    if constant:
+        estimand = ("mean score at every follow-up adjusted for the baseline score" if ancova
+                    else "mean change from baseline at every follow-up")
+        estimand += f", one effect assumed constant over {', '.join(followups)}"
+    else:
+        estimand = (f"mean score at {primary} adjusted for the baseline score" if ancova
+                    else "mean change from baseline to " + (primary if several else "follow-up"))
+        if continuous:
+            value = time_values(config).get(primary)
+            estimand += (f", read off the linear time trend at {primary}"
+                         + (f" (time {value:g})" if value is not None else ""))
     return {
         "baseline": config["timepoints"]["baseline"], "followups": followups,
-        "primary": primary, "several": several,
-        "continuous": config["analysis"].get("time") == "continuous", "ancova": ancova,
-        "estimand": (f"mean score at {primary} adjusted for the baseline score" if ancova
-                     else "mean change from baseline to "
-                     + (primary if several else "follow-up")),
+        "primary": primary, "several": several, "constant": constant,
+        "continuous": continuous, "ancova": ancova, "estimand": estimand,
         "estimand_each": ("mean score at each follow-up adjusted for the baseline score"
                           if ancova else "mean change from baseline to each follow-up"),
     }
@@ -222,7 +194,106 @@ SENSITIVITY_METHODS = {
     "ancova_same_sample": "ANCOVA, therapists treating both arms",
     "therapist_fixed_effects": "Therapist fixed effects, therapists treating both arms",
     "delta_adjusted_mi": None,
+    "augmented_overlap": "Augmented overlap weighting (doubly robust, ATO)",
+    "aipw": "Augmented inverse probability weighting (doubly robust, ATE)",
+    # the bracketing's two fits are the covariate-adjusted rows; shown once
+    "change_score": "Change score, covariates",
+    "ancova": "ANCOVA, baseline and covariates",
+    # change-score form of the analyses (sensitivity.model_forms)
+    "unadjusted_change": "Change score, no covariates",
+    "covariate_adjusted_change": "Change score, covariates",
+    "overlap_weighted_change": "Overlap-weighted change score (propensity score)",
+    "iptw_weighted_change": "Stabilised, trimmed IPTW change score (propensity score)",
+    "complete_case_change": None,
+    "multiple_imputation_change": "Multiple imputation (chained equations), change score",
+    "change_all_therapists": None,
+    "change_same_sample": "Change score, therapists treating both arms",
+    "therapist_fixed_effects_change": "Therapist fixed effects, therapists treating both "
+                                      "arms",
+    "delta_adjusted_mi_change": None,
 }
+
+# Model form of a sensitivity row, so the table separates the adjustment from the form.
+FORM_LABELS = {"ancova": "lagged outcome (ANCOVA)", "change": "change score",
+               "doubly_robust": "doubly robust (baseline in both models)"}
+
+
+def method_form(method: str) -> str:
+    """The model form of a sensitivity method name (the word ``change``: change score)."""
+    if method in ("augmented_overlap", "aipw"):
+        return FORM_LABELS["doubly_robust"]
+    if "change" in method.split("_"):
+        return FORM_LABELS["change"]
+    return FORM_LABELS["ancova"]
+
+
+def bracketing_rows(document: Mapping[str, Any], config: Mapping[str, Any],
+                    primary: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, str]]:
+    """The bracketing table of the ``doubly_robust`` step: change score, ANCOVA, interval.
+
+    ``mixed`` is the primary mixed model's complete-case estimate when it was fitted on as many
+    patients as the bracketing (the same population), else empty.
+    """
+    rows = []
+    for r in document.get("tables", {}).get("bracketing", []):
+        lower_is_ancova = r["lower"] == r["ancova"]
+        label = outcome_label(config, r["outcome"])
+        mixed = [p for p in primary if p.get("outcome") == label
+                 and p.get("key") == "complete_case"
+                 and str(p.get("n")) == str(r.get("n_patients"))]  # the tables are text
+        rows.append({
+            "outcome": label,
+            "mixed": mixed[0]["estimate"] if mixed else "",
+            "mixed_interval": fmt_ci(*sorted([mixed[0]["value"], r["ancova"]])) if mixed else "",
+            "change": fmt_number(r["change_score"]), "ancova": fmt_number(r["ancova"]),
+            "interval": fmt_ci(r["lower"], r["upper"]),
+            "slope": fmt_number(r["baseline_coefficient"]),
+            "difference": fmt_number(r["adjusted_baseline_difference"]),
+            "upper": "change score" if lower_is_ancova else "ANCOVA",
+            "holds": "yes" if r["stationarity_holds"] else "no",
+        })
+    return rows
+
+
+def _tipping_entry(points: Mapping[str, Any], row: Mapping[str, Any]
+                   ) -> Mapping[str, Any] | None:
+    """The ``details.tipping_points`` entry of an estimate row: same outcome and method
+    (each model form has its own), else the one keyed by the outcome (older files)."""
+    for entry in points.values():
+        if entry.get("outcome") == row["outcome"] and entry.get("method") == row["method"]:
+            return entry
+    return points.get(row["outcome"])
+
+
+def tipping_sentence(found: Mapping[str, Any] | None, row: Mapping[str, Any],
+                     config: Mapping[str, Any]) -> str:
+    """The tipping point of one outcome as a full sentence.
+
+    ``found`` is the outcome's entry of ``details.tipping_points`` (status, delta in points
+    and in units of the MCID or control SD); without it the row's estimate stands alone.
+    """
+    intervention, _ = arm_labels(config)
+    spec = next((o for o in config["outcomes"] if o["name"] == row["outcome"]), {})
+    direction = "down" if spec.get("higher_is_better", True) else "up"
+    confidence = int(round(100 * confidence_level(config)))
+    found = dict(found or {})
+    status = str(found.get("status") or ("reached" if row.get("estimate") is not None
+                                           else "not reached"))
+    delta = found.get("tipping_delta", row.get("estimate"))
+    if status != "reached" or delta is None or _float(str(delta)) != _float(str(delta)):
+        return (f"No tipping point: {status.rstrip('.')}. Imputed {intervention} follow-up "
+                f"scores were shifted {direction} (missing not at random).")
+    units = found.get("tipping_delta_units")
+    in_units = ""
+    if units is not None and found.get("unit"):
+        name = found.get("unit_name", "units")
+        in_units = (f" ({fmt_number(units)} {name}, where 1 {name} is "
+                    f"{fmt_number(found['unit'], 3).rstrip('0').rstrip('.')} points)")
+    return (f"The {confidence}% confidence interval of the effect first includes 0 when the "
+            f"imputed {intervention} follow-up scores are shifted {direction}, in the "
+            f"unfavourable direction, by {fmt_number(delta)} points{in_units}; patients "
+            "without a follow-up score would have to fare that much worse than similar "
+            "patients with one (missing not at random) for the effect to lose significance.")
 
 
 def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, Any]],
@@ -237,16 +308,20 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
             for path in sorted(estimates.glob("sensitivity.*.json"))}
     effects: list[dict[str, str]] = []
     for row in primary:
-        effects.append({**row, "method": f"Mixed model ({row['population'].lower()})"})
-    seen: set[tuple[str, str]] = set()
-    for name in ("propensity", "multiple_imputation", "therapist_fixed_effects"):
+        effects.append({**row, "method": f"Mixed model ({row['population'].lower()})",
+                        "form": "change score (mixed model)"})
+    seen: set[tuple[str, str, str]] = set()
+    for name in ("propensity", "doubly_robust", "multiple_imputation",
+                 "therapist_fixed_effects"):
         for r in docs.get(name, {}).get("estimates", []):
-            label = SENSITIVITY_METHODS.get(r["method"], r["method"])
-            if r["term"] != "arm_intervention" or label is None or (r["outcome"], label) in seen:
+            method = SENSITIVITY_METHODS.get(r["method"], label(config, r["method"]))
+            form = method_form(r["method"])
+            if r["term"] != "arm_intervention" or method is None \
+                    or (r["outcome"], method, form) in seen:
                 continue
-            seen.add((r["outcome"], label))
+            seen.add((r["outcome"], method, form))
             effects.append({
-                "outcome": outcome_label(config, r["outcome"]), "method": label,
+                "outcome": outcome_label(config, r["outcome"]), "method": method, "form": form,
                 "n": r["n_patients"], "estimate": fmt_number(r["estimate"]),
                 "ci": fmt_ci(r["ci_low"], r["ci_high"]), "p": fmt_p(r["p_value"]),
                 "truth": truth_by_outcome.get(r["outcome"], ""),
@@ -259,11 +334,13 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
         key = (r["outcome"], population)
         entry = evalues.setdefault(key, {
             "outcome": outcome_label(config, r["outcome"]),
-            "population": POPULATION_NAMES.get(population, population), "n": r["n_patients"]})
+            "population": label(config, population), "n": r["n_patients"]})
         entry[r["term"]] = fmt_number(r["estimate"])
+    points = (docs.get("tipping_point", {}).get("details") or {}).get("tipping_points") or {}
     tipping = [
-        {"outcome": outcome_label(config, r["outcome"]), "delta": fmt_number(r["estimate"]),
-         "notes": r.get("notes") or ""}
+        {"outcome": outcome_label(config, r["outcome"]),
+         "sentence": tipping_sentence(_tipping_entry(points, r), r, config),
+         "form": method_form(r["method"])}
         for r in docs.get("tipping_point", {}).get("estimates", [])
         if r["term"] == "tipping_delta"
     ]
@@ -285,9 +362,32 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
         )
         images.append({"uri": "data:image/png;base64,"
                        + base64.b64encode(path.read_bytes()).decode(), "caption": caption,
-                       "alt": caption.split(":")[0]})
+                       "alt": caption.split(":")[0], "source": path.as_posix()})
     return {"ran": bool(docs), "effects": effects, "evalues": list(evalues.values()),
-            "tipping": tipping, "images": images}
+            "tipping": tipping, "images": images,
+            "imputation": imputation_text(docs.get("multiple_imputation", {})),
+            "bracketing": bracketing_rows(docs.get("doubly_robust", {}), config, primary)}
+
+
+def imputation_text(doc: Mapping[str, Any]) -> str:
+    """How the imputations were made, how many, and what their MAR assumption conditions on."""
+    details = doc.get("details") or {}
+    if not details:
+        return ""
+    parts = [f"Multiple imputation: {details.get('imputation_model', '')}."]
+    choice = details.get("m_choice")
+    if choice:
+        largest = max(choice["pilot_fmi"].values()) if choice["pilot_fmi"] else 0.0
+        parts.append(f"{choice['m']} imputations, chosen as at least 100 times the largest "
+                     f"fraction of missing information ({largest:.2f}) of a "
+                     f"{choice['pilot_m']}-imputation pilot"
+                     + (f", capped at {choice['max_m']}" if choice["capped"] else "") + ".")
+    else:
+        settings = details.get("settings") or {}
+        parts.append(f"{settings.get('m', '?')} imputations (fixed in the configuration).")
+    if details.get("missingness_predictors"):
+        parts.append(details["missingness_predictors"])
+    return " ".join(parts)
 
 
 def _float(text: str) -> float:
@@ -322,20 +422,147 @@ def _warnings_text(text: str) -> str:
     return text.strip("[]\"' ") if text else ""
 
 
+def _warning_list(notes: list[str]) -> str:
+    return "; ".join(f"{w} (×{notes.count(w)})" if notes.count(w) > 1 else w
+                     for w in dict.fromkeys(notes))
+
+
+def _doc_title(doc: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """What a model file fits, in words: outcome and population, or subgroup, or its name."""
+    stem = Path(doc["_file"]).stem
+    outcome, _, rest = stem.partition(".")
+    if not rest:
+        return sentence_label(config, outcome)
+    if rest.startswith("subgroup_"):
+        return (f"{label(config, outcome)}, subgroup "
+                f"{label(config, rest.removeprefix('subgroup_'))}")
+    return f"{label(config, outcome)}, {label(config, rest)}"
+
+
+def _level_of_term(term: str) -> str | None:
+    """The level in a within-level term (``arm:time [depression=1]`` -> ``1``)."""
+    match = re.search(r"=\s*([^\]\s]+)\s*\]", term)
+    return match.group(1) if match else None
+
+
+def code_segments(text: str) -> list[tuple[str, bool]]:
+    """Split prose into ``(text, is_code)`` parts: dotted module paths (``a.b.c``) are code."""
+    parts: list[tuple[str, bool]] = []
+    position = 0
+    for match in re.finditer(r"\b[a-z_]+(?:\.[a-z_]+)+\b", text):
+        parts += [(text[position:match.start()], False), (match.group(0), True)]
+        position = match.end()
+    return [*parts, (text[position:], False)]
+
+
+def formula_notes(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Each distinct formula and random-effects structure once, rows referring to it (F1, ...).
+
+    Two dozen models share a handful of formulas; printed in every row they made Table 8 run
+    to pages.
+    """
+    notes: list[dict[str, str]] = []
+    keys: list[tuple[str, str]] = []
+    marked = []
+    for row in rows:
+        key = (row["formula"], row["random_effects"])
+        if not any(key):
+            marked.append({**row, "formula_mark": ""})
+            continue
+        if key not in keys:
+            keys.append(key)
+            notes.append({"mark": f"F{len(keys)}", "formula": key[0], "random_effects": key[1]})
+        marked.append({**row, "formula_mark": f"F{keys.index(key) + 1}"})
+    return marked, notes
+
+
+def model_specifications(docs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
+                         ) -> tuple[list[dict[str, str]], list[str]]:
+    """Table 8: one row per fitted model, each with only the warnings that model raised.
+
+    A subgroup file holds the interaction model (its ``model`` block) and one stratified fit
+    per level (``stratified_models``); the rows of model ``stratified`` belong to the fit of
+    their level, every other row to the interaction model. The estimation methods are listed
+    once (the second value returned) and rows refer to them by letter.
+    """
+    rows: list[dict[str, str]] = []
+    methods: list[str] = []
+
+    def method_mark(text: Any) -> str:
+        if not text:
+            return ""
+        if str(text) not in methods:
+            methods.append(str(text))
+        return "abcdefghijklmnopqrstuvwxyz"[methods.index(str(text)) % 26]
+
+    def add(title: str, file: str, model: Mapping[str, Any], notes: list[str]) -> None:
+        fit_path = model.get("fit_path", "")
+        rows.append({
+            "model": title, "file": file, "formula": model.get("formula", ""),
+            "random_effects": describe_random_effects(model.get("random_effects", "")),
+            "method": method_mark(model.get("method", "")),
+            "fit_path": label(config, fit_path) if fit_path else "",
+            "converged": {"True": "yes", "False": "no"}.get(
+                str(model.get("converged", "")), str(model.get("converged", ""))),
+            # The model step names variance components by their keys ("therapist:time").
+            "warnings": re.sub(r"\bthe ([\w:]+) variance",
+                               lambda m: f"the {label(config, m.group(1))} variance",
+                               _warning_list(notes)),
+        })
+
+    for doc in docs:
+        model = doc.get("model", {})
+        strata = doc.get("stratified_models") or {}
+        own = as_list(model.get("warnings"))
+        if doc.get("not_reported"):
+            own.append(str(doc["not_reported"]))
+        by_level: dict[str, list[str]] = {str(k): as_list(v.get("warnings"))
+                                          for k, v in strata.items()}
+        for row in doc["estimates"]:
+            # Rows repeat their model's warnings; count each message once per model.
+            level = _level_of_term(str(row["term"]))
+            if str(row.get("model", "")) == "stratified" and level in by_level:
+                target = by_level[level]
+            else:
+                target = own
+            target += [w for w in as_list(row.get("warnings")) if w not in target]
+        file = Path(doc["_file"]).name
+        title = _doc_title(doc, config)
+        subgroup = str(doc.get("subgroup") or "")
+        add(f"{title}: interaction model" if strata else title, file, model, own)
+        for level, block in strata.items():
+            name = {"0": f"no {label(config, subgroup)}", "1": label(config, subgroup)}.get(
+                str(level), f"{label(config, subgroup)} = {level}")
+            add(f"{title}: stratified fit, {name}", file, block, by_level[str(level)])
+    return rows, methods
+
+
 def design_text(config: Mapping[str, Any]) -> dict[str, str]:
     """Design wording: STROBE for observational studies, CONSORT for randomised ones."""
     intervention, control = arm_labels(config)
     if config["study"].get("design", "observational") == "randomised":
         return {
+            "key": "randomised", "randomised": True,
             "design": "Randomised controlled trial",
             "guideline": "CONSORT",
+            "sensitivity_heading": "Sensitivity analyses",
+            "defaults": ("no eligibility rules of the default study (minimum age, CLBP "
+                         "diagnosis code, first episode only: off), no cluster x time random "
+                         "intercepts, the missing-data sensitivity analyses (multiple "
+                         "imputation, tipping point), no target-trial eligibility rule"),
             "statement": (
                 f"Patients were randomly allocated to {intervention} or {control}; differences "
                 "between arms estimate the effect of allocation."),
         }
     return {
+        "key": "observational", "randomised": False,
         "design": "Observational cohort study (not randomised)",
         "guideline": "STROBE",
+        "sensitivity_heading": "Sensitivity analyses of the observational comparison",
+        "defaults": ("the eligibility rules of the schema (minimum age 18, diagnosis code, first "
+                     "episode), therapist x time random intercepts, every sensitivity "
+                     "analysis (confounding and missing data), the target trial's "
+                     "trained-therapist rule available"),
         "statement": (
             f"Patients received {intervention} or {control} as part of routine care; nobody "
             "was randomised. Who received which care depended on the treating therapist and "
@@ -345,9 +572,144 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def level_label(config: Mapping[str, Any], subgroup: str, level: str) -> str:
+    """A subgroup level in words: ``0``/``1`` of a flag as "no depression"/"depression"."""
+    name = label(config, subgroup)
+    return {"0": f"no {name}", "1": name, "heterogeneity": "difference between levels"}.get(
+        str(level), f"{name}: {label(config, level)}")
+
+
+def variance_tables(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Table 7 wide, one table per outcome: a row per component, variance and ICC per population.
+
+    Values to 3 significant digits (a variance of 160 and one of 0.19 are equally precise).
+    """
+    tables = []
+    for outcome, part in frame.groupby("outcome", sort=False):
+        populations = list(dict.fromkeys(part["population"]))
+        rows = []
+        for component in dict.fromkeys(part["component"]):
+            cells = []
+            for population in populations:
+                for quantity in ("variance", "icc"):
+                    match = part[(part["component"] == component)
+                                 & (part["population"] == population)
+                                 & (part["quantity"] == quantity)]
+                    cells.append(fmt_sig(_float(match["value"].iloc[0])) if len(match)
+                                 else "–")
+            rows.append({"component": sentence_label(config, component), "cells": cells})
+        tables.append({"outcome": outcome_label(config, outcome),
+                       "populations": [label(config, p) for p in populations], "rows": rows})
+    return tables
+
+
+def _count_label(config: Mapping[str, Any], key: str) -> str:
+    """A published count's key in words (``complete_cases_etmi`` -> "complete cases, ETMI")."""
+    by_slug = {slug(arm): arm for arm in arm_labels(config)}
+    for arm_slug, arm in by_slug.items():
+        if key == f"{arm_slug}_patients":
+            return f"{arm} patients"
+        if key.endswith(f"_{arm_slug}"):
+            return f"{label(config, key.removesuffix(f'_{arm_slug}'))}, {arm}"
+    return label(config, key)
+
+
+def direction_label(config: Mapping[str, Any], value: str) -> str:
+    """A direction of effect in words, naming the arms."""
+    intervention, control = arm_labels(config)
+    return {"favours_intervention": f"favours {intervention}",
+            "favours_control": f"favours {control}", "no_difference": "no difference",
+            "fewer_in_intervention": f"fewer with {intervention}",
+            "more_in_intervention": f"more with {intervention}"}.get(value, label(config, value))
+
+
+def reproduction_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Table 9 for people: labelled rows, what each match shows (lettered notes) and a summary.
+
+    The summary says plainly what was compared, how many of the matches hold by construction
+    (counts the simulated cohort was built to have) and what could not be compared.
+    """
+    evidence: list[str] = []
+    rows = []
+    for r in frame.to_dict("records"):
+        text = r.get("evidence", "")
+        if text and text not in evidence:
+            evidence.append(text)
+        kind = r["kind"]
+        if kind == "count":
+            item = _count_label(config, r["item"])
+        elif kind == "direction":
+            item = ("treatment sessions" if r["item"] == "sessions"
+                    else outcome_label(config, r["item"]))
+        elif kind == "estimate":
+            outcome, _, population = r["item"].partition(" (")
+            item = f"{outcome_label(config, outcome)} ({label(config, population.rstrip(')'))})"
+        else:
+            item = label(config, r["item"])
+        direction = kind == "direction"
+        rows.append({
+            **r, "kind": label(config, kind), "item": sentence_label(config, item),
+            "published": direction_label(config, r["published"]) if direction
+            else r["published"],
+            "reproduced": direction_label(config, r["reproduced"]) if direction and
+            r["reproduced"] else r["reproduced"],
+            "evidence": "abcdefghijklmnopqrstuvwxyz"[evidence.index(text) % 26] if text else "",
+        })
+    kinds = list(frame["kind"])
+    by_construction = int(sum(1 for r in frame.to_dict("records")
+                              if r["kind"] == "count" and r.get("evidence", "").startswith(
+                                  "by construction")))
+    compared = []
+    if kinds.count("count"):
+        compared.append(f"{kinds.count('count')} published counts"
+                        + (f" ({by_construction} of them built into the simulated cohort, so "
+                           "they match by construction)" if by_construction else ""))
+    if kinds.count("direction"):
+        compared.append(f"{kinds.count('direction')} directions of effect (not their size)")
+    if kinds.count("estimate"):
+        compared.append(f"{kinds.count('estimate')} published effect estimates")
+    not_compared = [r.get("evidence", "") for r in frame.to_dict("records")
+                    if r["kind"] == "not_compared"]
+    return {"rows": rows, "evidence": [t[:1].upper() + t[1:] for t in evidence],
+            "compared": compared,
+            "not_compared": not_compared}
+
+
+def flow_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The counts behind the flow diagram, each step and reason in words."""
+    randomised = config["study"].get("design") == "randomised"
+    steps = {"extract": "Extract", "clean": "Cleaning (patients)",
+             "records": "Cleaning (records, not patients)", "eligibility": "Eligibility",
+             "allocation": "Allocation" if randomised else "Exposure groups",
+             "analysis": "Analysed"}
+    rows = []
+    for r in frame.to_dict("records"):
+        description = readable(config, r["description"])
+        rows.append({**r, "step": steps.get(r["step"], sentence_label(config, r["step"])),
+                     "description": description[:1].upper() + description[1:],
+                     "reason": readable(config, r["reason"])})
+    return rows
+
+
+def primary_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the primary results table (Table 3), formatted, from ``primary_estimates.csv``
+    read as strings (``value`` and ``key``: the estimate as a number and the population key,
+    for the bracketing table)."""
+    return [{
+        "outcome": outcome_label(config, row["outcome"]),
+        "population": label(config, row["population"]),
+        "n": row["n_patients"], "clusters": row["n_clusters"],
+        "estimate": fmt_number(_float(row["estimate"])),
+        "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
+        "p": fmt_p(_float(row["p_value"])),
+        "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
+        "value": _float(row["estimate"]), "key": row["population"],
+    } for row in frame.to_dict("records")]
+
+
 def build_context(
     config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
-    benchmarks: Path | None,
+    benchmarks: Path | None, analysis: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, formatted for people."""
     intervention, control = arm_labels(config)
@@ -356,24 +718,14 @@ def build_context(
     truth = load_truth(raw)
     simulated = truth is not None
 
-    primary = []
-    for row in frames["primary_estimates"].to_dict("records"):
-        primary.append({
-            "outcome": outcome_label(config, row["outcome"]),
-            "population": POPULATION_NAMES.get(row["population"], row["population"]),
-            "n": row["n_patients"], "clusters": row["n_clusters"],
-            "estimate": fmt_number(_float(row["estimate"])),
-            "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
-            "p": fmt_p(_float(row["p_value"])),
-            "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
-        })
+    primary = primary_rows(frames["primary_estimates"], config)
     # Shown only with several follow-ups; with one it repeats the primary table.
     by_followup = []
     if len(followup_labels(config)) > 1:
         for row in frames["effects_by_followup"].to_dict("records"):
             by_followup.append({
                 "outcome": outcome_label(config, row["outcome"]),
-                "population": POPULATION_NAMES.get(row["population"], row["population"]),
+                "population": label(config, row["population"]),
                 "followup": ("average over follow-ups" if row["followup"] == "overall"
                              else row["followup"]) + (" (primary)" if row["primary"] == "True"
                                                       else ""),
@@ -384,11 +736,10 @@ def build_context(
     subgroups = []
     for row in frames["subgroup_estimates"].to_dict("records"):
         subgroups.append({
-            "outcome": outcome_label(config, row["outcome"]), "subgroup": row["subgroup"],
-            "level": {"0": f"no {row['subgroup']}", "1": row["subgroup"],
-                      "heterogeneity": "difference between levels",
-                      "not reported": _warnings_text(row["warnings"])}.get(
-                row["level"], row["level"]),
+            "outcome": outcome_label(config, row["outcome"]),
+            "subgroup": sentence_label(config, row["subgroup"]),
+            "level": (_warnings_text(row["warnings"]) if row["level"] == "not reported"
+                      else level_label(config, row["subgroup"], row["level"])),
             "n": row["n_patients"], "estimate": fmt_number(_float(row["estimate"])),
             "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
             "p": fmt_p(_float(row["p_value"])),
@@ -398,8 +749,10 @@ def build_context(
 
     def tidy(frame: pd.DataFrame, digits: int = 2) -> list[dict[str, str]]:
         return [{
-            "outcome": r["outcome"], "population": r["population"], "model": r["model"],
-            "term": r["term"], "estimate": fmt_number(_float(r["estimate"]), digits),
+            "outcome": sentence_label(config, r["outcome"]),
+            "population": label(config, r["population"]),
+            "model": sentence_label(config, r["model"]),
+            "term": label(config, r["term"]), "estimate": fmt_number(_float(r["estimate"]), digits),
             "ci": fmt_ci(_float(r["ci_low"]), _float(r["ci_high"]), digits),
             "p": fmt_p(_float(r["p_value"])), "n": r["n_patients"],
             "truth": fmt_number(_float(r.get("true_value", "")), digits)
@@ -407,37 +760,12 @@ def build_context(
             "warnings": _warnings_text(r["warnings"]),
         } for r in frame.to_dict("records")]
 
-    variance = []
-    for row in frames["variance_components"].to_dict("records"):
-        variance.append({
-            "outcome": outcome_label(config, row["outcome"]),
-            "population": POPULATION_NAMES.get(row["population"], row["population"]),
-            "component": row["component"], "quantity": row["quantity"],
-            "value": fmt_number(_float(row["value"]), 3 if row["quantity"] == "icc" else 2),
-        })
-    models = []
+    variance = variance_tables(frames["variance_components"], config)
     docs = [*loaded["primary"].values(), *loaded["subgroups"].values()]
     docs += [d for d in (loaded["sessions"], loaded["responders"]) if d is not None]
-    for doc in docs:
-        model = doc.get("model", {})
-        notes = as_list(model.get("warnings"))
-        if doc.get("not_reported"):
-            notes.append(str(doc["not_reported"]))
-        seen = set(notes)
-        for row in doc["estimates"]:
-            # Rows repeat their model's warnings; count each message once per model.
-            extra = [w for w in as_list(row.get("warnings")) if w not in seen]
-            notes += extra
-            seen.update(extra)
-        models.append({
-            "file": Path(doc["_file"]).name, "formula": model.get("formula", ""),
-            "random_effects": describe_random_effects(model.get("random_effects", "")),
-            "method": model.get("method", ""), "fit_path": model.get("fit_path", ""),
-            "converged": model.get("converged", ""),
-            "warnings": "; ".join(
-                f"{w} (×{notes.count(w)})" if notes.count(w) > 1 else w
-                for w in dict.fromkeys(notes)),
-        })
+    models, methods = model_specifications(docs, config)
+    methods = [code_segments(text) for text in methods]
+    models, formulas = formula_notes(models)
 
     table1 = {}
     for population, part in frames["table1"].groupby("population", sort=False):
@@ -450,10 +778,11 @@ def build_context(
     sensitivity = sensitivity_section(Path(estimates), Path(figures), primary,
                                       truth_by_outcome, config)
     assumptions = flatten(config.get("simulation", {}).get("assumptions", {}) or {})
-    reproduction = frames["reproduction"].to_dict("records")
+    reproduction = reproduction_rows(frames["reproduction"], config)
     return {
         "title": config.get("report", {}).get("title", "Trial analysis report"),
         "study": config["study"], "design": design_text(config),
+        "target_trial": target_trial_table(config, frames["flow"]).to_dict("records"),
         "intervention": intervention, "control": control,
         "outcomes": [
             {"label": o.get("label", o["name"]), "units": o.get("units", "score"),
@@ -462,25 +791,32 @@ def build_context(
              "primary": o["name"] == config.get("primary_outcome")}
             for o in config["outcomes"]
         ],
+        "named": {key: [label(config, name) for name in config["analysis"].get(key) or []]
+                  for key in ("covariates", "populations", "subgroups")},
         "analysis": config["analysis"], "min_cell_count": config["report"]["min_cell_count"],
         "continuous_summary": config["report"]["continuous_summary"],
         "confidence": int(round(100 * confidence_level(config))),
         "simulated": simulated,
-        "table1": table1, "implementation": frames["implementation"].to_dict("records"),
-        "flow": frames["flow"].to_dict("records"),
+        "table1": table1,
+        "implementation": [{**r, "measure": sentence_label(config, r["measure"])}
+                           for r in frames["implementation"].to_dict("records")],
+        "flow": flow_rows(frames["flow"], config),
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
         "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
-        "variance": variance, "models": models, "reproduction": reproduction,
-        "reproduction_mismatches": sum(1 for r in reproduction if r["match"] == "no"),
+        "variance": variance, "models": models, "methods": methods, "formulas": formulas,
+        "reproduction": reproduction,
+        "reproduction_mismatches": sum(1 for r in reproduction["rows"] if r["match"] == "no"),
         "assumptions": assumptions, "figures": embed_figures(figures, figure_names(config)),
         "has_sessions": has_table(config, "sessions"),
         "schedule": study_schedule(config),
         "figure_captions": FIGURE_CAPTIONS,
+        "sources": source_notes(tables, figures, estimates, analysis),
+        "analyst": analyst_text(config),
+        "diagnostics": diagnostics_section(Path(tables), Path(figures), config),
         "provenance": {
-            "checksums": file_checksums(raw).to_dict("records"),
-            "versions": package_versions().to_dict("records"),
-            "commit": git_commit(), "seed": config.get("seed", ""), "date": report_date(),
+            **provenance_facts(config, raw, analysis),
+            "seed": config.get("seed", ""), "date": report_date(),
             "config_yaml": yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True),
             "benchmarks": [
                 {"job": r["job"], "seconds": fmt_number(r["seconds"], 1),
@@ -505,6 +841,7 @@ def render_report(context: Mapping[str, Any]) -> str:
 def run_report(
     config: dict[str, Any], raw: str | Path, estimates: str | Path, tables: str | Path,
     figures: str | Path, benchmarks: str | Path | None, out: str | Path,
+    analysis: str | Path | None = None,
 ) -> Path:
     """Assemble the self-contained HTML report (step ``report``).
 
@@ -513,14 +850,16 @@ def run_report(
     config : dict
         Validated study configuration (shown in full, as run, under provenance).
     raw : path
-        Raw extract folder: every file is checksummed; ``truth.json`` (simulated data) adds
-        true values beside the estimates.
+        Raw extract folder: the files the run read are checksummed; ``truth.json``
+        (simulated data) adds true values beside the estimates.
     estimates, tables, figures : path
         Folders written by the model steps, ``tables`` and ``figures``.
     benchmarks : path or None
         Folder of Snakemake benchmark files (rule run times); may be missing or empty.
     out : path
         HTML file to write.
+    analysis : path or None
+        The analysis table, checksummed for provenance (the report never reads its rows).
 
     Returns
     -------
@@ -529,7 +868,7 @@ def run_report(
     """
     context = build_context(
         config, Path(raw), Path(estimates), Path(tables), Path(figures),
-        Path(benchmarks) if benchmarks else None,
+        Path(benchmarks) if benchmarks else None, Path(analysis) if analysis else None,
     )
     html = render_report(context)
     with atomic_path(out) as tmp:

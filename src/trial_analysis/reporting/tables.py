@@ -37,6 +37,8 @@ import pandas as pd
 from trial_analysis.config import arm_labels, followup_labels, primary_followup, time_values
 from trial_analysis.errors import DataError
 from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv
+from trial_analysis.labels import label as readable_label
+from trial_analysis.labels import sentence_label
 
 TIDY_COLUMNS = ESTIMATE_COLUMNS
 ESTIMATE_REQUIRED = ["term", "estimate", "ci_low", "ci_high"]
@@ -54,7 +56,21 @@ TABLE1_COLUMNS = [
 ]
 REPRODUCTION_COLUMNS = [
     "kind", "item", "published", "reproduced", "match", "true_value", "criterion", "source",
+    "evidence",
 ]
+# What a match in the reproduction table shows, by kind of row and data.
+EVIDENCE = {
+    "target": "by construction: the simulated cohort was generated to have this count, so a "
+              "match checks the pipeline's counting, not the study",
+    "recount": "independent recount from the raw extract",
+    "planted": "direction only, and planted: the simulation's true effect sets it",
+    "direction": "direction only: which side of no difference the confidence interval lies on",
+    "estimate": "published estimate inside the reproduced confidence interval",
+    "not_public": "not compared: the published study's effect sizes and confidence intervals "
+                  "are not public (none entered in published.estimates), so only the "
+                  "directions above could be checked",
+    "not_computed": "not compared: this pipeline does not compute it",
+}
 SUPPRESSED = "suppressed"
 
 
@@ -90,6 +106,26 @@ def fmt_number(value: Any, digits: int = 2) -> str:
     text = f"{number:.{digits}f}"
     # "-0.00" reads as a sign the data do not have.
     return text[1:] if re.fullmatch(r"-0\.?0*", text) else text
+
+
+def fmt_sig(value: Any, digits: int = 3) -> str:
+    """Format a number to ``digits`` significant digits, keeping trailing zeros (0.190).
+
+    Missing values become an en dash; large values are rounded, not put in exponent form.
+    """
+    if value is None:
+        return "–"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number):
+        return "–"
+    if number == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(number)))
+    decimals = max(digits - 1 - magnitude, 0)
+    return fmt_number(round(number, digits - 1 - magnitude), decimals)
 
 
 def fmt_ci(low: Any, high: Any, digits: int = 2) -> str:
@@ -435,12 +471,13 @@ def _table1_frame(
     for name, kind in declared.items():
         if name in builtin or name in levels:
             continue
+        readable = sentence_label(config, name)
         if kind == "flag":
-            spec.append((name, name, "categorical", yes_no))
+            spec.append((name, readable, "categorical", yes_no))
         elif kind == "category":
-            spec.append((name, name, "categorical", {}))
+            spec.append((name, readable, "categorical", {}))
         else:
-            spec.append((name, name, "continuous", None))
+            spec.append((name, readable, "continuous", None))
     for outcome in config["outcomes"]:
         units = outcome.get("units", "score")
         label = f"{outcome.get('label', outcome['name'])} at baseline, {units}"
@@ -685,6 +722,10 @@ def subgroup_estimates(
     return pd.DataFrame(rows, columns=columns)
 
 
+# The follow-up label of the effect under analysis.effect: constant.
+CONSTANT_LABEL = "all follow-ups"
+
+
 def effects_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> pd.DataFrame:
     """The effect at every follow-up and their average, per outcome and population.
 
@@ -703,6 +744,9 @@ def effects_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any])
                        if str(r.get("model")) == "effect"}
         if len(followups) == 1:
             wanted = [(followups[0], "arm:time")]
+        elif config.get("analysis", {}).get("effect") == "constant":
+            # one effect assumed the same at every follow-up: a single row
+            wanted = [(CONSTANT_LABEL, "arm:time")]
         else:
             wanted = [(label, f"arm:time [{label}]") for label in [*followups, "overall"]]
         for label, term in wanted:
@@ -789,7 +833,8 @@ def reproduced_counts(
         ):
             value = get(measure, field)
             if value is not None:
-                counts[key] = (value, f"implementation.csv: {measure} {field}")
+                counts[key] = (value, "implementation.csv: "
+                                      f"{readable_label(config, measure)}, {field}")
     counts.setdefault("eligible_patients", (len(analysis), "analysis table rows"))
     is_int = pd.to_numeric(analysis["arm_intervention"], errors="coerce") == 1
     counts.setdefault(f"{slug(intervention)}_patients", (int(is_int.sum()), "analysis table"))
@@ -797,11 +842,11 @@ def reproduced_counts(
         counts["clinics"] = (int(analysis["clinic_id"].nunique()),
                              "analysis table: distinct clinics")
     complete = pd.to_numeric(analysis["complete_case"], errors="coerce") == 1
-    counts["complete_cases"] = (int(complete.sum()), "analysis table: complete_case")
+    counts["complete_cases"] = (int(complete.sum()), "analysis table: complete cases")
     counts[f"complete_cases_{slug(intervention)}"] = (
-        int((complete & is_int).sum()), "analysis table: complete_case by arm")
+        int((complete & is_int).sum()), "analysis table: complete cases by arm")
     counts[f"complete_cases_{slug(control)}"] = (
-        int((complete & ~is_int).sum()), "analysis table: complete_case by arm")
+        int((complete & ~is_int).sum()), "analysis table: complete cases by arm")
     return counts
 
 
@@ -883,6 +928,8 @@ def reproduction_table(
             "match": "" if reproduced is None else ("yes" if reproduced == value else "no"),
             "true_value": "" if target is None else fmt_number(target, 0),
             "criterion": "equal", "source": source,
+            "evidence": EVIDENCE["not_computed"] if reproduced is None else
+            EVIDENCE["target"] if target is not None else EVIDENCE["recount"],
         })
     populations = config["analysis"]["populations"]
     population = "complete_case" if "complete_case" in populations else populations[0]
@@ -893,7 +940,8 @@ def reproduction_table(
             row = sessions_ratio_row(estimates["sessions"]) if estimates.get("sessions") else None
             if row is not None and _interval(row) is not None:
                 reproduced = ratio_direction(*_interval(row))
-                source = f"sessions.json: {row['term']} {fmt_number(row['estimate'])} " \
+                source = f"sessions.json: {readable_label(config, row['term'])} " \
+                         f"{fmt_number(row['estimate'])} " \
                          f"({fmt_ci(row['ci_low'], row['ci_high'])})"
             true_ratio = true_sessions_ratio(truth)
             if true_ratio is not None:
@@ -903,7 +951,7 @@ def reproduction_table(
             interval = _interval(row)  # none when the model gave no interval
             reproduced = None if interval is None else effect_direction(
                 *interval, better.get(item, True))
-            source = f"{item}.{population}.json: arm:time {fmt_number(row['estimate'])} " \
+            source = f"{item}.{population}.json: difference {fmt_number(row['estimate'])} " \
                      f"({fmt_ci(row['ci_low'], row['ci_high'])})"
             effect = true_effect(truth, item)
             if effect is not None:
@@ -914,6 +962,8 @@ def reproduction_table(
             "match": "" if reproduced is None else ("yes" if reproduced == claim else "no"),
             "criterion": "CI vs 1 (ratio)" if item == "sessions" else "CI vs 0",
             "source": source or "not computed by this pipeline",
+            "evidence": EVIDENCE["not_computed"] if reproduced is None else
+            EVIDENCE["planted"] if truth_dir else EVIDENCE["direction"],
         })
     for entry in published.get("estimates") or []:
         key = (entry["outcome"], entry["population"])
@@ -934,6 +984,13 @@ def reproduction_table(
             "published": shown, "reproduced": reproduced, "match": match,
             "true_value": "" if effect is None else fmt_number(effect),
             "criterion": "inside reproduced CI", "source": source,
+            "evidence": EVIDENCE["estimate"] if reproduced else EVIDENCE["not_computed"],
+        })
+    if not published.get("estimates"):
+        rows.append({
+            "kind": "not_compared", "item": "effect sizes", "published": "not public",
+            "reproduced": "", "match": "", "true_value": "", "criterion": "",
+            "source": "published.estimates", "evidence": EVIDENCE["not_public"],
         })
     return pd.DataFrame(rows, columns=REPRODUCTION_COLUMNS)
 
