@@ -149,7 +149,7 @@ def test_provenance_panel_in_the_report(run, html):
     assert sha256_file(run.analysis) in section
     assert "configuration as run" in section
     for package in ("pyarrow", "jsonschema", "python-docx"):
-        assert f"<td>{package}</td>" in section, package
+        assert f"<td><code>{package}</code></td>" in section, package
     assert re.search(r"Version of every installed Python distribution \(\d+\)", section)
 
 

@@ -270,6 +270,7 @@ def source_notes(tables: str | Path, figures: str | Path, estimates: str | Path,
         "subgroup_estimates", "sessions", "responders", "variance_components", "reproduction")}
     notes.update({
         "outcomes": "the configuration as run (outcomes, timepoints, analysis)",
+        "target_trial": f"the configuration as run (target_trial, eligibility) and {t}/flow.csv",
         "models": f"{e}/*.json (the model block of each estimate file)",
         "sensitivity": f"{e}/sensitivity.*.json and {t}/primary_estimates.csv",
         "evalues": f"{e}/sensitivity.evalue.json",
