@@ -44,7 +44,7 @@ import pandas as pd
 
 from trial_analysis import io
 from trial_analysis.columns import analysis_columns
-from trial_analysis.errors import DataError, closest_match
+from trial_analysis.errors import DataError, bounded, closest_match, excerpt
 from trial_analysis.ingest.clean import (
     FateEvent,
     _check_dates,
@@ -103,6 +103,14 @@ class Problem:
     rows: list[int] = field(default_factory=list)
     n_rows: int | None = None
     suggestion: str | None = None
+
+    def __post_init__(self) -> None:
+        # A quoted value is shown as an excerpt: a cell may be megabytes long.
+        object.__setattr__(self, "message", bounded(self.message))
+        if self.suggestion is not None:
+            object.__setattr__(self, "suggestion", bounded(self.suggestion))
+        if self.column is not None:
+            object.__setattr__(self, "column", excerpt(self.column))
 
     def describe(self) -> str:
         """The problem as one entry of the printed report."""
