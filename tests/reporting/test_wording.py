@@ -190,6 +190,7 @@ def test_ancova_report_never_says_mean_change(run, tmp_path):
     for phrase in BANNED["ancova"]:
         assert phrase not in text, phrase
     assert "adjusted for the baseline score" in text
+    assert "associations between exposure and the follow-up outcome" in text
     assert "Clusters (therapist)" in text  # clustered: the column names its level
 
 
@@ -211,6 +212,7 @@ def test_unclustered_report_has_no_cluster_column(run, tmp_path):
     for phrase in BANNED["unclustered"]:
         assert phrase not in text, phrase
     assert CHANGE in text
+    assert "a random intercept per patient" in text and "nested random" not in text
 
 
 def test_sections_without_content_are_left_out(run, tmp_path):

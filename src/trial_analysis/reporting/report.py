@@ -612,8 +612,9 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
             f"Patients received {intervention} or {control} as part of routine care; nobody "
             "was randomised. Who received which care depended on the treating therapist and "
             "the patient, so the comparison is open to confounding. Estimates are adjusted "
-            "associations between exposure and change in outcome, not proof of a causal "
-            "effect."),
+            "associations between exposure and "
+            + ("the follow-up outcome" if design_wording(config)["ancova"]
+               else "change in outcome") + ", not proof of a causal effect."),
     }
 
 
