@@ -212,7 +212,7 @@ def test_unclustered_report_has_no_cluster_column(run, tmp_path):
     for phrase in BANNED["unclustered"]:
         assert phrase not in text, phrase
     assert CHANGE in text
-    assert "a random intercept per patient" in text and "nested random" not in text
+    assert "a random intercept per patient" in text and "nested random intercepts" not in text
 
 
 def test_sections_without_content_are_left_out(run, tmp_path):
