@@ -5,6 +5,8 @@
 # subgroups), not by new rules. Run `snakemake -c2` for the default study, `snakemake -n` to
 # see the whole plan without running it, `snakemake --configfile my_study.yaml -c2` for yours.
 
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -75,6 +77,7 @@ HAS_SESSIONS = config["input"]["tables"].get("sessions") is not None
 SIMULATED = "simulation" in config
 SENSITIVITY = config.get("sensitivity", {}).get("analyses", [])
 SENSITIVITY_OUTCOMES = config.get("sensitivity", {}).get("outcomes", OUTCOMES)
+ANALYST_TEXT = (config.get("report") or {}).get("text")
 
 REPORT_TABLES = [
     "table1",
@@ -118,6 +121,12 @@ shell.prefix(
 )
 ENV = "workflow/envs/trial-analysis.yaml"
 
+# The report's provenance panel shows the command that ran the pipeline. An environment
+# variable, not a param: the jobs inherit it and it is no part of any rule's code or params,
+# so another command line reruns nothing. A job that runs the Snakefile again (a cluster job)
+# keeps the outer command.
+os.environ.setdefault("TRIAL_ANALYSIS_INVOCATION", shlex.join(["snakemake", *sys.argv[1:]]))
+
 
 include: "workflow/common.smk"
 
@@ -129,6 +138,7 @@ wildcard_constraints:
 rule all:
     input:
         f"{REPORTS}/report.html",
+        f"{REPORTS}/tables/table1.docx",
 
 
 if SIMULATED:
@@ -491,6 +501,12 @@ rule report:
         tables=rules.tables.output,
         figures=rules.figures.output.png,
         raw=list(RAW_FILES.values()),
+        analysis=rules.allocate.output.analysis,  # digested for provenance, no row is read
+        # the diagnostics appendix (rule diagnostics, defined below)
+        diagnostics=[f"{REPORTS}/tables/diagnostics.csv"]
+        + expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.png", outcome=OUTCOMES),
+        # the analyst's own Markdown (report.text): the report reruns when it is edited
+        text=[ANALYST_TEXT] if ANALYST_TEXT else [],
         config=CONFIG_AS_RUN,
     output:
         f"{REPORTS}/report.html",
@@ -514,7 +530,67 @@ rule report:
         " --estimates {params.estimates} --tables {params.tables}"
         # BENCH in the command, not in params: a param that is a plain value makes Snakemake
         # import pandas at every start to compare it with the last run's (about 0.9 s).
-        f" --figures {{params.figures}} --benchmarks {BENCH} --out {{output}} > {{log}} 2>&1 || step_failed {{log}}"
+        f" --figures {{params.figures}} --benchmarks {BENCH} --analysis {{input.analysis}}"
+        " --out {output} > {log} 2>&1 || step_failed {log}"
+
+
+EXPORTS = ["table1", "primary_estimates"] + (["sensitivity"] if SENSITIVITY else [])
+
+
+rule diagnostics:
+    """Diagnostics appendix: residuals, random-effect QQ plots, leave-one-cluster-out."""
+    input:
+        analysis=rules.allocate.output.analysis,
+        config=CONFIG_AS_RUN,
+    output:
+        png=expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.png", outcome=OUTCOMES),
+        svg=expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.svg", outcome=OUTCOMES),
+        table=f"{REPORTS}/tables/diagnostics.csv",
+    params:
+        figures=lambda wildcards, output: Path(output.png[0]).parent,
+        tables=lambda wildcards, output: Path(output.table).parent,
+    log:
+        f"{LOGS}/diagnostics.log",
+    benchmark:
+        f"{BENCH}/diagnostics.tsv"
+    conda:
+        ENV
+    threads: 1
+    priority: 6
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "python -m trial_analysis diagnostics --config {input.config} --analysis {input.analysis}"
+        " --figures {params.figures} --tables {params.tables} > {log} 2>&1 || step_failed {log}"
+
+
+rule exports:
+    """Manuscript tables as Word and LaTeX beside the CSVs: Table 1, primary, sensitivity."""
+    input:
+        tables=rules.tables.output,
+        sensitivity=SENSITIVITY_OUTPUTS,
+        config=CONFIG_AS_RUN,
+    output:
+        docx=expand(f"{REPORTS}/tables/{{name}}.docx", name=EXPORTS),
+        tex=expand(f"{REPORTS}/tables/{{name}}.tex", name=EXPORTS),
+        csv=[f"{REPORTS}/tables/sensitivity.csv"] if SENSITIVITY else [],
+    params:
+        estimates=lambda wildcards, input: f"{REPORTS}/estimates",  # input: a derived param
+        tables=lambda wildcards, input: Path(input.tables[0]).parent,
+    log:
+        f"{LOGS}/exports.log",
+    benchmark:
+        f"{BENCH}/exports.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m trial_analysis exports --config {input.config} --estimates {params.estimates}"
+        " --tables {params.tables} > {log} 2>&1 || step_failed {log}"
 
 
 # Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.

@@ -420,7 +420,8 @@ def build_outputs(root: Path, n_patients: int = 240, seed: int = 7) -> FixtureRu
     run_figures(config=run.config, analysis=run.analysis, estimates=run.estimates,
                 tables=run.tables, out=run.figures)
     run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
-               figures=run.figures, benchmarks=run.benchmarks, out=run.report)
+               figures=run.figures, benchmarks=run.benchmarks, out=run.report,
+               analysis=run.analysis)
     return run
 
 
@@ -455,7 +456,8 @@ def shared_outputs(base: Path) -> FixtureRun:
         run_figures(config=run.config, analysis=run.analysis, estimates=run.estimates,
                     tables=run.tables, out=run.figures)
         run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
-                   figures=run.figures, benchmarks=run.benchmarks, out=run.report)
+                   figures=run.figures, benchmarks=run.benchmarks, out=run.report,
+                   analysis=run.analysis)
         _SHARED[key] = run
     return _SHARED[key]
 

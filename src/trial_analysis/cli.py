@@ -270,11 +270,27 @@ STEPS: dict[str, Step] = {
                "to --out.",
         args=(CONFIG, ANALYSIS, ESTIMATES, TABLES, _file("--out", "folder for the figures")),
     ),
+    "diagnostics": Step(
+        "trial_analysis.reporting.diagnostics_appendix", "run_diagnostics",
+        "diagnose the primary models: residuals, random effects, cluster influence",
+        reads="the analysis table (the primary model of each outcome is refitted).",
+        writes="diagnostics_<outcome>.png/.svg to --figures and diagnostics.csv to --tables.",
+        args=(CONFIG, ANALYSIS, _file("--figures", "folder for the figures"),
+              _file("--tables", "folder for diagnostics.csv")),
+    ),
+    "exports": Step(
+        "trial_analysis.reporting.exports", "run_exports",
+        "write Table 1, the primary results and the sensitivity table as .docx and LaTeX",
+        reads="the tables folder's CSVs and the sensitivity estimate files.",
+        writes="<table>.docx and <table>.tex beside the CSVs in --tables (and "
+               "sensitivity.csv).",
+        args=(CONFIG, ESTIMATES, TABLES),
+    ),
     "report": Step(
         "trial_analysis.reporting.report", "run_report",
         "assemble the self-contained HTML report",
-        reads="tables, figures, estimates, the raw extract (for checksums) and rule "
-              "benchmarks.",
+        reads="tables, figures, estimates, the raw files read and the analysis table (for "
+              "digests) and rule benchmarks.",
         writes="one self-contained HTML file (images embedded).",
         args=(
             CONFIG,
@@ -283,6 +299,7 @@ STEPS: dict[str, Step] = {
             _file("--figures", "folder of figures"),
             _optional_file("--benchmarks", "folder of Snakemake benchmark files (run times)"),
             _file("--out", "report to write (HTML)"),
+            _optional_file("--analysis", "analysis table (its digest is shown; no row is read)"),
         ),
     ),
     "simulate-study": Step(

@@ -7,7 +7,7 @@ worker once, when it starts, instead of with every task.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 Shared = TypeVar("Shared")
@@ -30,16 +30,23 @@ def _run_in_worker(task: Any) -> Any:
 
 
 def map_shared(function: Callable[[Shared, Task], Result], shared: Shared,
-               tasks: Sequence[Task], jobs: int) -> list[Result]:
+               tasks: Sequence[Task], jobs: int, progress: str | None = None) -> list[Result]:
     """``[function(shared, task) for task in tasks]``, in up to ``jobs`` processes.
 
     With ``jobs <= 1`` or a single task, in this process. Otherwise fork shares ``shared``
     without copying it (where the platform has fork); elsewhere each worker receives it once,
     pickled. ``function`` must be a module-level function. Results come in ``tasks`` order; an
     exception raised by a task is raised here (the project's errors survive pickling).
+    With ``progress`` (what the tasks are, e.g. "imputation chains") finished tasks are
+    counted, with an ETA, in the log (:mod:`trial_analysis.progress`); results are the same.
     """
+    from trial_analysis.progress import track
+
+    def counted(items: Iterable[Result] | Sequence[Task]) -> Iterable[Any]:
+        return items if progress is None else track(items, progress, total=len(tasks))
+
     if jobs <= 1 or len(tasks) <= 1:
-        return [function(shared, task) for task in tasks]
+        return [function(shared, task) for task in counted(tasks)]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -47,4 +54,4 @@ def map_shared(function: Callable[[Shared, Task], Result], shared: Shared,
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)),
                              mp_context=multiprocessing.get_context(method),
                              initializer=_start_worker, initargs=(function, shared)) as pool:
-        return list(pool.map(_run_in_worker, tasks))
+        return list(counted(pool.map(_run_in_worker, tasks)))

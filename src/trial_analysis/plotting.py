@@ -36,7 +36,7 @@ STYLE = {
     "axes.titleweight": "bold",
     "figure.dpi": 100,
 }
-PNG_DPI = 130
+PNG_DPI = 300  # manuscript resolution; the report embeds these same files
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float],

@@ -426,6 +426,40 @@ def test_run_eligibility_returns_result(tmp_path, config):
     assert result.to_frame()["eligible"].tolist() == [True, False]
 
 
+def test_record_level_cleaning_is_in_the_flow_with_aggregate_reasons():
+    """Cleaning below the patient level (rows dropped, scores set missing) is counted in the
+    flow by table, fate and aggregate reason, never by a single record's row number."""
+    from trial_analysis.cohort.eligibility import flow_from_ledger
+
+    ledger = pd.DataFrame({
+        "table": ["patients"] * 4 + ["outcomes"] * 5 + ["sessions"] * 2,
+        "record_id": range(11),
+        "fate": ["kept", "value_set_missing", "dropped", "kept",
+                 "dropped", "dropped", "value_set_missing", "value_set_missing", "kept",
+                 "dropped", "kept"],
+        "reason": ["", "birth_date gives an implausible age", "exact duplicate of row 1", "",
+                   "exact duplicate of row 3", "exact duplicate of row 4",
+                   "same episode, instrument, time point and score as row 7",
+                   "score -1 outside 0-10", "",
+                   "episode_id 'E9' not in the patients table", ""],
+        "step": "clean",
+    })
+    flow = flow_from_ledger(ledger, [])
+    records = flow[flow["step"] == "records"]
+    # The dropped patient record is in the patient flow (clean), not among the records.
+    assert records[["description", "n", "n_excluded", "reason"]].values.tolist() == [
+        ["outcome records dropped", 5, 2, "exact duplicate of another record"],
+        ["outcome values set missing", 5, 1,
+         "same episode, instrument, time point and score as another record"],
+        ["outcome values set missing", 5, 1, "score outside the instrument's range"],
+        ["patient values set missing", 4, 1, "birth_date gives an implausible age"],
+        ["session records dropped", 2, 1, "episode ID not in the patients table"],
+    ]
+    assert flow.loc[flow["step"] == "clean", "reason"].dropna().tolist() == [
+        "exact duplicate of another record"]
+    assert not flow["reason"].dropna().str.contains(r"\d").any()
+
+
 # --------------------------------------------------------------------------------------------
 # The target trial's rule: therapist trained at time zero (the first session)
 # --------------------------------------------------------------------------------------------
@@ -558,31 +592,3 @@ def test_run_eligibility_reads_the_therapists_for_the_target_trial(tmp_path, con
     with pytest.raises(DataError, match="therapists.parquet"):
         run_eligibility(config, tmp_path / "clean", tmp_path / "clean_ledger.parquet",
                         out / "cohort.parquet", out / "ledger.parquet", out / "flow.csv")
-
-
-def test_record_level_cleaning_is_in_the_flow_with_aggregate_reasons():
-    """Cleaning below the patient level (rows dropped, scores set missing) is counted in the
-    flow by table, fate and aggregate reason, never by a single record's row number."""
-    from trial_analysis.cohort.eligibility import flow_from_ledger
-
-    ledger = pd.DataFrame({
-        "table": ["patients"] * 3 + ["outcomes"] * 5 + ["sessions"] * 2,
-        "record_id": range(10),
-        "fate": ["kept", "kept", "dropped", "dropped", "dropped", "value_set_missing",
-                 "value_set_missing", "kept", "dropped", "kept"],
-        "reason": ["", "", "exact duplicate of row 1", "exact duplicate of row 3",
-                   "exact duplicate of row 4", "score 130 outside 0-100",
-                   "score -1 outside 0-10", "", "episode_id 'E9' not in the patients table",
-                   ""],
-        "step": "clean",
-    })
-    flow = flow_from_ledger(ledger, [])
-    records = flow[flow["step"] == "records"]
-    assert records[["description", "n", "n_excluded", "reason"]].values.tolist() == [
-        ["outcome records dropped", 5, 2, "exact duplicate of another record"],
-        ["outcome values set missing", 5, 2, "score outside the instrument's range"],
-        ["session records dropped", 2, 1, "episode ID not in the patients table"],
-    ]
-    assert flow.loc[flow["step"] == "clean", "reason"].dropna().tolist() == [
-        "exact duplicate of another record"]
-    assert not flow["reason"].dropna().str.contains(r"\d").any()

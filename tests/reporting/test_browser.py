@@ -39,12 +39,8 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def run(tmp_path_factory):
-    return shared_outputs(tmp_path_factory.getbasetemp())
-
-
-def test_report_renders_in_chromium(run, tmp_path):
+def browser_or_skip():
+    """(Chromium's path, playwright's ``sync_playwright``), or skip (fail in CI) without."""
     executable = chromium_path()
     if executable is None:
         unavailable("Chromium not found")
@@ -52,6 +48,16 @@ def test_report_renders_in_chromium(run, tmp_path):
         from playwright.sync_api import sync_playwright
     except ImportError:
         unavailable("the playwright package is not installed")
+    return executable, sync_playwright
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    return shared_outputs(tmp_path_factory.getbasetemp())
+
+
+def test_report_renders_in_chromium(run, tmp_path):
+    executable, sync_playwright = browser_or_skip()
 
     console: list[str] = []
     failed_requests: list[str] = []

@@ -112,23 +112,6 @@ def test_figures_read_only_the_models_estimates(drawn, tmp_path):
         assert (out / f"{name}.png").read_bytes() == (first / f"{name}.png").read_bytes()
 
 
-def test_the_flow_diagram_draws_suppressed_counts():
-    """Counts below report.min_cell_count reach flow.csv as "<5" (cohort.disclosure)."""
-    from trial_analysis.reporting.figures import flow_figure
-
-    flow = pd.DataFrame({
-        "step": ["extract", "clean", "clean", "eligibility", "eligibility", "eligibility"],
-        "description": ["episodes", "dropped in cleaning", "after cleaning",
-                        "excluded as ineligible", "excluded as ineligible", "eligible"],
-        "n": ["500", "498", "498", "440", "400", "400"],
-        "n_excluded": ["", "<5", "", "58", "40", ""],
-        "reason": ["", "exact duplicate", "", "window; or age", "no code", ""],
-    })
-    figure = flow_figure(flow)
-    texts = [t.get_text() for t in figure.axes[0].texts]
-    assert any("<5" in t for t in texts)
-
-
 def _drawn_figures(run):
     """The report figures as matplotlib objects, drawn from the fixture's inputs."""
     import matplotlib
@@ -229,3 +212,20 @@ def test_flow_diagram_follows_the_design_and_shows_every_population(drawn):
     config = copy.deepcopy(run.config)
     config["study"]["design"] = "randomised"
     assert flow_figure(flow, config).axes[0].get_title(loc="left").startswith("CONSORT")
+
+
+def test_the_flow_diagram_draws_suppressed_counts():
+    """Counts below report.min_cell_count reach flow.csv as "<5" (cohort.disclosure)."""
+    from trial_analysis.reporting.figures import flow_figure
+
+    flow = pd.DataFrame({
+        "step": ["extract", "clean", "clean", "eligibility", "eligibility", "eligibility"],
+        "description": ["episodes", "dropped in cleaning", "after cleaning",
+                        "excluded as ineligible", "excluded as ineligible", "eligible"],
+        "n": ["500", "498", "498", "440", "400", "400"],
+        "n_excluded": ["", "<5", "", "58", "40", ""],
+        "reason": ["", "exact duplicate", "", "window; or age", "no code", ""],
+    })
+    figure = flow_figure(flow)
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert any("<5" in t for t in texts)

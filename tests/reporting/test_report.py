@@ -73,7 +73,7 @@ def test_provenance_section(run, html):
         assert hashlib.sha256(path.read_bytes()).hexdigest() in html, path.name
     for package in ("pandas", "numpy", "scipy", "statsmodels", "matplotlib", "snakemake",
                     "pandera", "tableone"):
-        assert f"<td>{package}</td>" in html
+        assert f"<td><code>{package}</code></td>" in html
     assert str(run.config["seed"]) in html
     assert "sensitivity.propensity" in html and "5.9" in html
     assert "min_cell_count: 5" in html  # the config as run, as YAML

@@ -283,19 +283,6 @@ def test_tables_are_deterministic(run, tmp_path):
         assert (out / f"{name}.csv").read_bytes() == (run.tables / f"{name}.csv").read_bytes()
 
 
-def test_a_subgroup_not_reported_gives_one_row_saying_so(config):
-    from trial_analysis.reporting.tables import subgroup_estimates
-
-    doc = {"outcome": "function", "population": "complete_case", "subgroup": "rare",
-           "not_reported": "not reported: a level of subgroup 'rare' has fewer than 5 patients",
-           "estimates": [], "model": {}, "marginal_means": []}
-    table = subgroup_estimates({"subgroups": {("function", "rare"): doc}}, config, None)
-    assert len(table) == 1
-    row = table.iloc[0]
-    assert row["level"] == "not reported" and "fewer than 5" in row["warnings"]
-    assert pd.isna(row["estimate"]) and pd.isna(row["n_patients"])
-
-
 def test_reproduction_says_what_was_and_was_not_compared(run):
     """Counts built into the simulated cohort match by construction; effect sizes that are not
     public get a row saying they were not compared, and why."""
@@ -326,3 +313,16 @@ def test_fmt_sig_gives_three_significant_digits():
     assert [fmt_sig(v) for v in (160.17, 0.19, 7.6, 1234.5, 0.006981, -2.345, 0)] == [
         "160", "0.190", "7.60", "1230", "0.00698", "-2.35", "0"]
     assert fmt_sig(float("nan")) == "–" and fmt_sig(None) == "–"
+
+
+def test_a_subgroup_not_reported_gives_one_row_saying_so(config):
+    from trial_analysis.reporting.tables import subgroup_estimates
+
+    doc = {"outcome": "function", "population": "complete_case", "subgroup": "rare",
+           "not_reported": "not reported: a level of subgroup 'rare' has fewer than 5 patients",
+           "estimates": [], "model": {}, "marginal_means": []}
+    table = subgroup_estimates({"subgroups": {("function", "rare"): doc}}, config, None)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["level"] == "not reported" and "fewer than 5" in row["warnings"]
+    assert pd.isna(row["estimate"]) and pd.isna(row["n_patients"])

@@ -484,7 +484,7 @@ def _run_chains(prepared: _Prepared, inputs: _ChainInputs, imputations: range,
                 jobs: int) -> np.ndarray:
     """The imputed cells of ``imputations`` (one row each, row-major over the missing mask)."""
     tasks = [(i, g) for i in imputations for g in range(len(prepared.groups))]
-    results = map_shared(_chain_task, inputs, tasks, jobs)
+    results = map_shared(_chain_task, inputs, tasks, jobs, progress="imputation chains")
     # Cell k of the table (row-major over the missing mask) is cell k_g of its group's chain.
     mask = np.isnan(prepared.values)
     cell_number = np.full(mask.shape, -1, dtype=np.int64)

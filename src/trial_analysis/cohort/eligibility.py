@@ -560,6 +560,7 @@ def _final_ledger(
 # Cleaning reasons that name one record's row or value, and the aggregate a reader is shown.
 AGGREGATE_REASONS = (
     (r"^exact duplicate of row \d+$", "exact duplicate of another record"),
+    (r"^(.*) as row \d+$", r"\1 as another record"),
     (r"^score -?[\d.]+ outside .*$", "score outside the instrument's range"),
     (r"^(\w+)_id '[^']*' not in the (\w+) table$", r"\1 ID not in the \2 table"),
     (r"^(\w+) '[^']*' not in the (\w+) table$", r"\1 not in the \2 table"),
@@ -589,15 +590,18 @@ def _generic_reason(reasons: pd.Series) -> pd.Series:
 def record_cleaning_rows(ledger: pd.DataFrame) -> list[dict[str, Any]]:
     """Flow rows (step ``records``) for cleaning below the patient level, from the ledger.
 
-    One row per table other than ``patients``, fate (dropped, values set missing, repaired)
-    and aggregate reason, most frequent first: ``n`` is the table's records in the extract,
-    ``n_excluded`` the records affected. Records of excluded patients are not counted here:
+    One row per table, fate (dropped, values set missing, repaired; for ``patients`` only the
+    last two: a dropped patient record is counted in the patient flow) and aggregate reason,
+    most frequent first: ``n`` is the table's records in the extract, ``n_excluded`` the
+    records affected. Records of excluded patients are not counted here:
     the patient's exclusion accounts for them.
     """
     rows: list[dict[str, Any]] = []
-    for table in sorted(set(ledger["table"].astype("str")) - {"patients"}):
+    for table in sorted(set(ledger["table"].astype("str"))):
         records = ledger.loc[ledger["table"] == table]
         for fate, text in RECORD_FATES.items():
+            if table == "patients" and fate == "dropped":
+                continue  # a dropped patient record is a box of the patient flow
             reasons = _generic_reason(records.loc[records["fate"] == fate, "reason"].fillna(""))
             counts = reasons.value_counts().rename_axis("reason").reset_index(name="count")
             counts = counts.sort_values(["count", "reason"], ascending=[False, True])

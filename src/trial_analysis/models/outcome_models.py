@@ -1646,7 +1646,8 @@ def run_fit_models(config: dict[str, Any], analysis: str | Path, out_dir: str | 
         raise ConfigError("command line", [f"outcome '{o}' is not one of {known}"
                                            for o in unknown])
     shared = (read_analysis_table(analysis), config, str(analysis))
-    fitted = map_shared(_fit_outcome_task, shared, outcomes, jobs)
+    fitted = map_shared(_fit_outcome_task, shared, outcomes, jobs,
+                        progress="model fits (one task per outcome, all its models)")
     results = {stem: result for models in fitted for stem, result in models.items()}
     for outcome in outcomes:
         for stem, (out_json, out_csv) in estimate_files(out_dir, outcome, config).items():

@@ -366,7 +366,7 @@ def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome
         doc = estimates["subgroups"].get((outcome, subgroup))
         if doc is None:
             continue
-        name = subgroup.replace('_', ' ').capitalize()
+        name = sentence_label(config, subgroup)
         if doc.get("not_reported"):
             # a level below report.min_cell_count: named, without estimates
             rows.append({"label": f"{name}: not reported (a level is too small)",
@@ -375,8 +375,7 @@ def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome
         levels, p_het = subgroup_rows(doc, subgroup)
         p_text = fmt_p(p_het)
         p_text = p_text if p_text.startswith("<") else f"= {p_text}"
-        rows.append({"label": f"{sentence_label(config, subgroup)} "
-                              f"(heterogeneity p {p_text})", "header": True})
+        rows.append({"label": f"{name} (heterogeneity p {p_text})", "header": True})
         for row in levels:
             level = str(row["level"])
             name = {"0": f"no {label(config, subgroup)}", "1": label(config, subgroup)}.get(

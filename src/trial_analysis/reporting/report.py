@@ -6,24 +6,24 @@ CONSORT for randomised), the flow diagram, Table 1, implementation outcomes, est
 subgroups, trajectories, sessions, responders, variance components, model specifications and
 warnings, the reproduction check, the simulation assumptions and the provenance of the run.
 
-Privacy: the report reads only aggregate tables, estimate files and figures, never the analysis
-table, so no identifier or patient row can reach it; Table 1 arrives with small cells already
-suppressed by the ``tables`` step.
+Privacy: the report reads only aggregate tables, estimate files and figures; of the analysis
+table and the raw files it computes digests of the bytes, never reading a row, so no
+identifier or patient row can reach it; Table 1 arrives with small cells already suppressed
+by the ``tables`` step.
 
 Determinism: everything except the provenance facts that describe the run itself (date, rule
-run times, git commit) is a function of the inputs. Set ``SOURCE_DATE_EPOCH`` to fix the date.
+run times, git state, Python, OS, command lines, package versions; see
+:mod:`trial_analysis.reporting.provenance`) is a function of the inputs. Set
+``SOURCE_DATE_EPOCH`` to fix the date.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
-import importlib.metadata
 import json
 import os
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,10 @@ from trial_analysis.config import (
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
 from trial_analysis.labels import label, readable, sentence_label
+from trial_analysis.reporting.analyst_text import analyst_text
+from trial_analysis.reporting.diagnostics_appendix import diagnostics_section
 from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names
+from trial_analysis.reporting.provenance import provenance_facts, source_notes
 from trial_analysis.reporting.tables import (
     TABLE_NAMES,
     fmt_ci,
@@ -59,8 +62,6 @@ from trial_analysis.reporting.tables import (
 from trial_analysis.reporting.target_trial import target_trial_table
 from trial_analysis.reporting.wording import design_wording, effect_term_label, figure_captions
 
-PACKAGES = ["pandas", "numpy", "scipy", "statsmodels", "matplotlib", "snakemake", "pandera",
-            "tableone", "jinja2", "trial-analysis"]
 # Captions that do not depend on the design; trajectories and forest: wording.figure_captions.
 FIGURE_CAPTIONS = {
     "flow": "Flow of referral episodes and patients through cleaning, eligibility, the two "
@@ -76,55 +77,8 @@ FIGURE_CAPTIONS = {
 
 
 # --------------------------------------------------------------------------------------------
-# Provenance
+# Provenance (run facts: trial_analysis.reporting.provenance)
 # --------------------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_checksums(folder: str | Path) -> pd.DataFrame:
-    """SHA-256 and size of every file under ``folder`` (recursively), sorted by path."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(str(folder), "the raw extract folder does not exist")
-    rows = [
-        {"file": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
-         "sha256": sha256_file(path)}
-        for path in sorted(p for p in folder.rglob("*") if p.is_file())
-    ]
-    return pd.DataFrame(rows, columns=["file", "bytes", "sha256"])
-
-
-def package_versions(names: list[str] | None = None) -> pd.DataFrame:
-    """Installed versions of the packages the analysis depends on."""
-    rows = []
-    for name in names or PACKAGES:
-        try:
-            version = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            version = "not installed"
-        rows.append({"package": name, "version": version})
-    return pd.DataFrame(rows)
-
-
-def git_commit(where: str | Path | None = None) -> str:
-    """The git commit of the working directory, or ``"not a git checkout"``."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where or Path.cwd(), capture_output=True,
-            text=True, timeout=10, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout"
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else "not a git checkout"
-
-
 def benchmark_times(folder: str | Path | None) -> pd.DataFrame:
     """Run time and peak memory of each rule from Snakemake benchmark files.
 
@@ -407,7 +361,7 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
         )
         images.append({"uri": "data:image/png;base64,"
                        + base64.b64encode(path.read_bytes()).decode(), "caption": caption,
-                       "alt": caption.split(":")[0]})
+                       "alt": caption.split(":")[0], "source": path.as_posix()})
     return {"ran": bool(docs), "effects": effects, "evalues": list(evalues.values()),
             "tipping": tipping, "images": images,
             "imputation": imputation_text(docs.get("multiple_imputation", {})),
@@ -591,8 +545,8 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
             "design": "Randomised controlled trial",
             "guideline": "CONSORT",
             "sensitivity_heading": "Sensitivity analyses",
-            "defaults": ("no eligibility rules of the default study (min_age, "
-                         "require_clbp_code, first_episode_only off), no cluster x time random "
+            "defaults": ("no eligibility rules of the default study (minimum age, CLBP "
+                         "diagnosis code, first episode only: off), no cluster x time random "
                          "intercepts, the missing-data sensitivity analyses (multiple "
                          "imputation, tipping point), no target-trial eligibility rule"),
             "statement": (
@@ -740,9 +694,25 @@ def flow_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[str, 
     return rows
 
 
+def primary_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the primary results table (Table 3), formatted, from ``primary_estimates.csv``
+    read as strings (``value`` and ``key``: the estimate as a number and the population key,
+    for the bracketing table)."""
+    return [{
+        "outcome": outcome_label(config, row["outcome"]),
+        "population": label(config, row["population"]),
+        "n": row["n_patients"], "clusters": row["n_clusters"],
+        "estimate": fmt_number(_float(row["estimate"])),
+        "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
+        "p": fmt_p(_float(row["p_value"])),
+        "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
+        "value": _float(row["estimate"]), "key": row["population"],
+    } for row in frame.to_dict("records")]
+
+
 def build_context(
     config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
-    benchmarks: Path | None,
+    benchmarks: Path | None, analysis: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, formatted for people."""
     intervention, control = arm_labels(config)
@@ -751,18 +721,7 @@ def build_context(
     truth = load_truth(raw)
     simulated = truth is not None
 
-    primary = []
-    for row in frames["primary_estimates"].to_dict("records"):
-        primary.append({
-            "outcome": outcome_label(config, row["outcome"]),
-            "population": label(config, row["population"]),
-            "n": row["n_patients"], "clusters": row["n_clusters"],
-            "estimate": fmt_number(_float(row["estimate"])),
-            "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
-            "p": fmt_p(_float(row["p_value"])),
-            "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
-            "value": _float(row["estimate"]), "key": row["population"],
-        })
+    primary = primary_rows(frames["primary_estimates"], config)
     # Shown only with several follow-ups; with one it repeats the primary table.
     by_followup = []
     if len(followup_labels(config)) > 1:
@@ -857,10 +816,12 @@ def build_context(
         "schedule": study_schedule(config),
         "figure_captions": figure_captions(config, FIGURE_CAPTIONS),
         "wording": design_wording(config),
+        "sources": source_notes(tables, figures, estimates, analysis),
+        "analyst": analyst_text(config),
+        "diagnostics": diagnostics_section(Path(tables), Path(figures), config),
         "provenance": {
-            "checksums": file_checksums(raw).to_dict("records"),
-            "versions": package_versions().to_dict("records"),
-            "commit": git_commit(), "seed": config.get("seed", ""), "date": report_date(),
+            **provenance_facts(config, raw, analysis),
+            "seed": config.get("seed", ""), "date": report_date(),
             "config_yaml": yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True),
             "benchmarks": [
                 {"job": r["job"], "seconds": fmt_number(r["seconds"], 1),
@@ -885,6 +846,7 @@ def render_report(context: Mapping[str, Any]) -> str:
 def run_report(
     config: dict[str, Any], raw: str | Path, estimates: str | Path, tables: str | Path,
     figures: str | Path, benchmarks: str | Path | None, out: str | Path,
+    analysis: str | Path | None = None,
 ) -> Path:
     """Assemble the self-contained HTML report (step ``report``).
 
@@ -893,14 +855,16 @@ def run_report(
     config : dict
         Validated study configuration (shown in full, as run, under provenance).
     raw : path
-        Raw extract folder: every file is checksummed; ``truth.json`` (simulated data) adds
-        true values beside the estimates.
+        Raw extract folder: the files the run read are checksummed; ``truth.json``
+        (simulated data) adds true values beside the estimates.
     estimates, tables, figures : path
         Folders written by the model steps, ``tables`` and ``figures``.
     benchmarks : path or None
         Folder of Snakemake benchmark files (rule run times); may be missing or empty.
     out : path
         HTML file to write.
+    analysis : path or None
+        The analysis table, checksummed for provenance (the report never reads its rows).
 
     Returns
     -------
@@ -909,7 +873,7 @@ def run_report(
     """
     context = build_context(
         config, Path(raw), Path(estimates), Path(tables), Path(figures),
-        Path(benchmarks) if benchmarks else None,
+        Path(benchmarks) if benchmarks else None, Path(analysis) if analysis else None,
     )
     html = render_report(context)
     with atomic_path(out) as tmp:

@@ -103,7 +103,7 @@ def target_trial_table(config: Mapping[str, Any],
     strategies = target.get("treatment_strategies") or {}
     followup = primary_followup(config)
     baseline = config["timepoints"]["baseline"]
-    primary = config.get("primary_outcome", "")
+    primary = label(config, config.get("primary_outcome", ""))
     analysis = config.get("analysis", {})
     ancova = analysis.get("baseline") == "covariate"
     estimand = target.get("estimand", "ATE")

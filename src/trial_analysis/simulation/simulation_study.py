@@ -74,6 +74,7 @@ from trial_analysis.models.outcome_models import (
     POPULATIONS,
     fit_outcome_model,
 )
+from trial_analysis.progress import track
 from trial_analysis.simulation.simulate import SimulatedExtract, simulate_extract
 
 log = logging.getLogger(__name__)
@@ -447,10 +448,11 @@ def run_chunk(config: Mapping[str, Any], study: SimulationStudy, scenario: str,
     """Run replicates of one scenario in turn; rows ordered by replicate, outcome, population."""
     spec = study.scenario(scenario)
     frames = []
-    for replicate in replicates:
+    for replicate in track(replicates, f"simulation study, scenario {scenario}, replicates",
+                           total=len(replicates)):
         started = time.perf_counter()
         frames.append(run_replicate(config, study, spec, replicate))
-        log.info("%s replicate %d: %.2f s", scenario, replicate, time.perf_counter() - started)
+        log.debug("%s replicate %d: %.2f s", scenario, replicate, time.perf_counter() - started)
     return pd.concat(frames, ignore_index=True)
 
 
