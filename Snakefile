@@ -28,16 +28,6 @@ from trial_analysis.config import (
 from trial_analysis.errors import ConfigError
 
 
-def config_source(workflow):
-    """The config files, as messages name them."""
-    return " + ".join(map(str, workflow.configfiles)) or "config"
-
-
-def override_error(error, workflow):
-    """A problem in a --config override names the command line, not the config file."""
-    return command_line_source(error, dict(workflow.config_settings.config or {}))
-
-
 # The default study, unless a study's own config is given (`--configfile my_study.yaml`):
 # Snakemake would otherwise merge the two, and a new study would inherit the default's keys.
 if "study" not in config:
@@ -46,9 +36,11 @@ if "study" not in config:
 
 
 try:
-    validate_config(config, source=config_source(workflow))
+    validate_config(config, source=" + ".join(map(str, workflow.configfiles)) or "config")
 except ConfigError as error:
-    raise WorkflowError(str(override_error(error, workflow))) from None
+    # a problem in a --config override names the command line, not the config file
+    overrides = dict(workflow.config_settings.config or {})
+    raise WorkflowError(str(command_line_source(error, overrides))) from None
 
 RAW = config["paths"]["raw"]
 INTERIM = config["paths"]["interim"]
@@ -115,7 +107,7 @@ shell.prefix(
     '${{PYTHONPATH:+:$PYTHONPATH}}"; '
     "export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1; "
     "step_failed() {{ status=$?; "
-    "msg=$(sed -n '/^trial-analysis [a-z-]*: error: /,$p' \"$1\" | head -n 20 || true); "
+    "msg=$(sed -n '\\%^trial-analysis [a-z-]*: error: %,$p' \"$1\" | head -n 20 || true); "
     "if [ -n \"$msg\" ]; then printf '%s\\n' \"$msg\" >&2; else tail -n 5 \"$1\" >&2; fi; "
     "exit \"$status\"; }}; "
 )
@@ -507,6 +499,7 @@ rule report:
         + expand(f"{REPORTS}/figures/diagnostics_{{outcome}}.png", outcome=OUTCOMES),
         # the analyst's own Markdown (report.text): the report reruns when it is edited
         text=[ANALYST_TEXT] if ANALYST_TEXT else [],
+        ledger=rules.clean.output.ledger,  # the queries and their row counts, for provenance
         config=CONFIG_AS_RUN,
     output:
         f"{REPORTS}/report.html",
@@ -531,7 +524,7 @@ rule report:
         # BENCH in the command, not in params: a param that is a plain value makes Snakemake
         # import pandas at every start to compare it with the last run's (about 0.9 s).
         f" --figures {{params.figures}} --benchmarks {BENCH} --analysis {{input.analysis}}"
-        " --out {output} > {log} 2>&1 || step_failed {log}"
+        " --ledger {input.ledger} --out {output} > {log} 2>&1 || step_failed {log}"
 
 
 EXPORTS = ["table1", "primary_estimates"] + (["sensitivity"] if SENSITIVITY else [])

@@ -682,3 +682,154 @@ def test_the_pipeline_command_clears_the_locks_of_a_killed_run(tmp_path: Path) -
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(["pipeline", "--directory", str(tmp_path), "--version"]) == 2
     assert (locks / "0.input.lock").exists()
+
+
+# ---- bounded messages, encodings, operating-system errors -------------------------------------
+
+
+def _run_clean(setup: Setup, tmp_path: Path) -> tuple[int, str]:
+    write_extract(setup.tables, setup.raw, setup.file_format, setup.layout)
+    for step in setup.after_write:
+        step(setup.raw)
+    config_file = write_config(setup.config, tmp_path / "config.yaml")
+    status = main(["-q", "clean", "--config", str(config_file), "--raw", str(setup.raw),
+                   "--out", str(tmp_path / "clean"), "--ledger", str(tmp_path / "l.parquet")])
+    return status, ""
+
+
+def test_a_huge_cell_is_quoted_as_an_excerpt(tmp_path: Path, capsys: pytest.CaptureFixture
+                                             ) -> None:
+    """Issue 19: a 50 MB cell was echoed whole into the log (5 MB here: the same code path)."""
+    setup = Setup(tables=raw_extract(), config=fixture_config(), raw=tmp_path / "raw")
+    setup.tables["sessions"].loc[2, "treatment_codes"] = "X" * 5_000_000
+    status, _ = _run_clean(setup, tmp_path)
+    err = capsys.readouterr().err
+    assert status == 2 and len(err) < 800
+    assert "(5,000,000 characters)" in err
+    quoted = err.split("found '", 1)[1].split("'", 1)[0]
+    assert len(quoted) <= 80
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_files_are_read_with_or_without_a_byte_order_mark(
+        encoding: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 19: `input.encoding: utf-16` with a file without a BOM ended in a traceback."""
+    setup = Setup(tables=raw_extract(), config=fixture_config(encoding="utf-16"),
+                  raw=tmp_path / "raw")
+
+    def recode(raw: Path) -> None:
+        for path in raw.glob("*.csv"):
+            path.write_bytes(path.read_text(encoding="utf-8").encode(encoding))
+
+    setup.after_write.append(recode)
+    status, _ = _run_clean(setup, tmp_path)
+    assert status == 0, capsys.readouterr().err
+    therapists = pd.read_parquet(tmp_path / "clean" / "therapists.parquet")
+    assert therapists["therapist_id"].tolist() == ["T001", "T002", "T003", "T004"]
+
+
+def test_a_utf16_file_read_as_utf8_is_refused_with_the_right_hint(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    setup = Setup(tables=raw_extract(), config=fixture_config(), raw=tmp_path / "raw")
+    setup.after_write.append(lambda raw: (raw / "therapists.csv").write_bytes(
+        (raw / "therapists.csv").read_text().encode("utf-16-le")))
+    status, _ = _run_clean(setup, tmp_path)
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert "therapists.csv: the file is UTF-16 text (little-endian, no byte-order mark)" in err
+    assert "Set input.encoding to utf-16-le" in err
+
+
+def test_a_full_disk_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19: a full disk during `figures` ended in a traceback. Any step's writes go
+    through io.atomic_path; ENOSPC there (or anywhere) is one line naming the cause."""
+    import errno
+    import os
+
+    from trial_analysis import io
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+
+    monkeypatch.setattr(io.os, "replace", full)
+    setup = Setup(tables=raw_extract(), config=fixture_config(), raw=tmp_path / "raw")
+    status, _ = _run_clean(setup, tmp_path)
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert "No space left on device; the disk is full" in err
+
+
+def test_a_file_where_the_output_folder_should_be_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    raw = write_extract(raw_extract(), tmp_path / "raw")
+    config_file = write_config(fixture_config(), tmp_path / "config.yaml")
+    (tmp_path / "occupied").write_text("")
+    status = main(["-q", "clean", "--config", str(config_file), "--raw", str(raw),
+                   "--out", str(tmp_path / "occupied" / "clean"),
+                   "--ledger", str(tmp_path / "occupied" / "l.parquet")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "Not a directory; a file stands where a folder is needed" in err
+
+
+# ---- the other cases of issue 19 ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hostile", ['=HYPERLINK("http://x","y")', "@SUM(1+1)", "+1+2", "-3+4"])
+def test_a_formula_in_an_id_never_reaches_a_csv_as_a_formula(
+        hostile: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 19: an id such as =HYPERLINK(...) reached the CSV outputs unescaped. Through
+    clean, eligibility and allocate: the therapists table under reports/ shows codes, and
+    no CSV cell written begins with a formula character."""
+    import csv
+
+    tables = raw_extract()
+    for name in ("therapists", "sessions"):
+        frame = tables[name]
+        frame.loc[frame["therapist_id"] == "T001", "therapist_id"] = hostile
+    raw = write_extract(tables, tmp_path / "raw")
+    config = write_config(fixture_config(), tmp_path / "config.yaml")
+    i, out = tmp_path / "interim", tmp_path / "reports"
+    c = ["--config", str(config)]
+    for step in (
+        ["clean", *c, "--raw", str(raw), "--out", str(i / "clean"),
+         "--ledger", str(i / "clean_ledger.parquet")],
+        ["eligibility", *c, "--clean", str(i / "clean"),
+         "--clean-ledger", str(i / "clean_ledger.parquet"), "--cohort", str(i / "cohort.parquet"),
+         "--ledger", str(i / "ledger.parquet"), "--flow", str(i / "flow.csv")],
+        ["allocate", *c, "--cohort", str(i / "cohort.parquet"), "--clean", str(i / "clean"),
+         "--flow-in", str(i / "flow.csv"), "--analysis", str(i / "analysis.parquet"),
+         "--flow", str(out / "flow.csv"), "--implementation", str(out / "implementation.csv"),
+         "--fidelity", str(out / "therapist_fidelity.csv")],
+    ):
+        assert main(["-q", *step]) == 0, capsys.readouterr().err
+    cleaned = pd.read_parquet(i / "clean" / "therapists.parquet")
+    assert hostile.upper() in set(cleaned["therapist_id"])  # the data keep the id as written
+    for path in [*out.glob("*.csv"), i / "flow.csv"]:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.reader(handle):
+                for cell in row:
+                    number = cell.lstrip("+-").replace(".", "", 1).isdigit()
+                    assert number or not cell.startswith(("=", "+", "-", "@", "\t", "\r")), \
+                        (path.name, cell)
+    text = (out / "therapist_fidelity.csv").read_text()
+    assert hostile.upper() not in text and "HYPERLINK" not in text
+
+
+def test_a_negligible_smd_in_table_one_is_not_a_crash() -> None:
+    """Issue 19: removing the sessions of three episodes made tableone print an SMD as
+    "<0.001" and the `tables` rule died converting it (ValueError). Same arms, same ages."""
+    import copy
+
+    from raw_fixtures import CONFIG_FILE
+
+    from trial_analysis.config import load_config
+    from trial_analysis.reporting.tables import table_one
+
+    config = copy.deepcopy(load_config(CONFIG_FILE))
+    intervention, control = config["allocation"]["intervention"], config["allocation"]["control"]
+    frame = pd.DataFrame({"arm": [intervention] * 10 + [control] * 10,
+                          "age": [30, 40, 50, 60, 70] * 4, "sex": ["F", "M"] * 10})
+    table = table_one(frame, config)
+    assert table.loc[table["variable"] == "Age, years", "smd"].item() == "<0.001"

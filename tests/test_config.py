@@ -139,6 +139,10 @@ def test_schema_and_cross_field_problems_are_listed_together(default_config: dic
         (lambda c: c["analysis"].update(populations=["complete_case"]),
          "sensitivity/evalue/populations: 'all_available' is not in analysis/populations"),
         (lambda c: c["outcomes"][1].pop("mcid"), "'pain' has no mcid"),
+        (lambda c: c["analysis"].update(covariance="unstructured"),
+         "analysis/covariance: an MMRM is a marginal model without random effects"),
+        (lambda c: c["analysis"].update(ddf="kenward_roger", reml=False),
+         "analysis/ddf: Kenward-Roger df need a REML fit"),
         (lambda c: c["published"]["directions"].update(fear_avoidence="favours_intervention"),
          "did you mean 'fear_avoidance'?"),
         (lambda c: c["published"].update(estimates=[

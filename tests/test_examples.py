@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -68,6 +69,11 @@ def randomised_wide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
 @pytest.fixture(scope="module")
 def multisite_long(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return _example_run(tmp_path_factory, "multisite_long")
+
+
+@pytest.fixture(scope="module")
+def randomised_mmrm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    return _example_run(tmp_path_factory, "randomised_mmrm")
 
 
 def _flow(workdir: Path, config: dict) -> pd.DataFrame:
@@ -208,7 +214,53 @@ def test_multisite_long_clusters_by_site_and_recovers_the_truth(multisite_long):
     assert model["random_effects"]["levels"] == ["site", "patient"]
 
 
-@pytest.mark.parametrize("example", ["randomised_wide", "multisite_long"])
+# --------------------------------------------------------------------------------------------
+# randomised_mmrm: four follow-up visits, MMRM with unstructured covariance, Kenward-Roger df
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_randomised_mmrm_report_flow_and_ledger(randomised_mmrm):
+    workdir, config = randomised_mmrm
+    html = (workdir / config["paths"]["reports"] / "report.html").read_text()
+    assert "graded activity" in html and "GA0001" not in html and "GA0360" not in html
+    assert "MMRM, UN covariance over 4 time points" in html
+    assert "Kenward-Roger df" in html
+    flow = _flow(workdir, config).set_index("description")
+    assert flow.loc["patient episodes in the extract", "n"] == 361
+    assert flow.loc["patient episodes after cleaning", "n"] == 360   # the exact duplicate
+    assert flow.loc["eligible patients", "n"] == 360                 # no eligibility rules
+    assert flow.loc["allocated to graded activity", "n"] == 180
+    _ledger_matches_raw(workdir, config, {"patients": 361, "outcomes": 360})
+    ledger = pd.read_parquet(workdir / config["paths"]["interim"] / "ledger.parquet")
+    assert (ledger["fate"] == "value_set_missing").sum() == 1       # the out-of-range score
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_randomised_mmrm_model_and_truth(randomised_mmrm):
+    workdir, config = randomised_mmrm
+    truth = json.loads((workdir / config["paths"]["raw"] / "example_truth.json").read_text())
+    for population in ("all_available", "complete_case"):
+        estimates = _estimates(workdir, config, "rmdq", population)
+        _recovers_truth(estimates, truth["effects"]["rmdq"]["w24"])
+        effects = estimates[estimates["model"] == "effect"].set_index("term")
+        for visit, true_value in truth["effects"]["rmdq"].items():
+            row = effects.loc[f"arm:time [{visit}]"]
+            assert abs(row["estimate"] - true_value) < 3 * row["std_error"], (visit, row)
+        assert (estimates["model"] != "lmm").all()
+        assert set(estimates.loc[estimates["model"] != "effect", "model"]) == {"mmrm"}
+        model = json.loads((workdir / config["paths"]["reports"] / "estimates"
+                            / f"rmdq.{population}.json").read_text())["model"]
+        assert model["inference"] == "kenward_roger" and model["fit_path"] == "mmrm"
+        assert model["random_effects"]["levels"] == []
+        cov = model["covariance"]
+        assert cov["sas_name"] == "UN" and cov["time_points"] == ["w4", "w8", "w12", "w24"]
+        # The estimated covariance is near the generator's (360 participants: within 35 %).
+        np.testing.assert_allclose(cov["matrix"], truth["covariance"], rtol=0.35)
+
+
+@pytest.mark.parametrize("example", ["randomised_wide", "multisite_long", "randomised_mmrm"])
 def test_example_reports_show_no_raw_identifier(example, request):
     """Each example's report names terms, populations and methods by their labels."""
     from report_fixtures import raw_identifiers, visible_text
@@ -219,7 +271,8 @@ def test_example_reports_show_no_raw_identifier(example, request):
     assert not found, f"raw identifiers a reader would see: {found}"
 
 
-@pytest.mark.parametrize("name", ["randomised_wide", "multisite_long"])
+@pytest.mark.parametrize("name", ["randomised_wide", "multisite_long", "adam_adqs",
+                                  "randomised_mmrm"])
 def test_check_data_passes_each_example_with_its_planted_problems_as_warnings(
         name, tmp_path, capsys):
     from trial_analysis.cli import main
@@ -233,4 +286,63 @@ def test_check_data_passes_each_example_with_its_planted_problems_as_warnings(
     out = capsys.readouterr().out
     assert "nothing would stop the pipeline" in out
     assert "warning" in out  # the planted records cleaning will handle
+    if name == "adam_adqs":
+        truth = json.loads((raw / "example_truth.json").read_text())
+        assert (f"(outcomes, {truth['selected_records']} of {truth['adqs_records']} BDS "
+                "records selected)") in out
     assert config["input"]["tables"]["sessions"] is None
+
+
+# --------------------------------------------------------------------------------------------
+# adam_adqs: CDISC ADaM (ADSL + ADQS) as SAS transport files, selected by PARAMCD, flag, visit
+
+
+@pytest.fixture(scope="module")
+def adam_adqs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    return _example_run(tmp_path_factory, "adam_adqs")
+
+
+def test_adam_adqs_report_flow_and_selection(adam_adqs):
+    workdir, config = adam_adqs
+    truth = json.loads((workdir / config["paths"]["raw"] / "example_truth.json").read_text())
+    html = (workdir / config["paths"]["reports"] / "report.html").read_text()
+    assert "Drug A" in html and "Placebo" in html
+    assert "XYZ-301-" not in html  # no subject identifiers
+    flow = _flow(workdir, config).set_index("description")
+    assert flow.loc["patient episodes in the extract", "n"] == truth["subjects"]
+    assert flow.loc["eligible patients", "n"] == truth["subjects"] - 1  # the minor
+    # Only the selected BDS records are raw records: HAMA, Week 12, the screening visit, the
+    # retest and the unscheduled visit (ANL01FL not Y) never reach the pipeline.
+    _ledger_matches_raw(workdir, config, {"patients": truth["subjects"],
+                                          "outcomes": truth["selected_records"]})
+    ledger = pd.read_parquet(workdir / config["paths"]["interim"] / "clean_ledger.parquet")
+    outcomes = ledger[ledger["table"] == "outcomes"]
+    assert (outcomes["fate"] == "value_set_missing").sum() == truth["out_of_range"]
+    (source,) = ledger.attrs["sources"]
+    assert source["engine"] == "adam" and source["database"] == "adqs.xpt"
+    assert source["rows"] == truth["selected_records"]
+    assert source["rows_in_source"] == truth["adqs_records"]
+    assert "PARAMCD in ('HAMD17', 'SDS')" in source["query"]
+    # Declared variables without a config label take ADSL's SAS variable labels in Table 1.
+    table1 = pd.read_csv(workdir / config["paths"]["reports"] / "tables" / "table1.csv")
+    assert {"Duration of Current Episode (Months)", "Study Site Identifier"} <= set(
+        table1["variable"])
+    assert "durdis" not in set(table1["variable"])
+    # The report's provenance records the selection and its row counts.
+    provenance = html.split('id="provenance"')[1]
+    assert f"{truth['selected_records']} of {truth['adqs_records']}" in provenance
+    assert "ANL01FL = &#39;Y&#39;" in provenance
+
+
+def test_adam_adqs_analysis_table_and_truth(adam_adqs):
+    workdir, config = adam_adqs
+    truth = json.loads((workdir / config["paths"]["raw"] / "example_truth.json").read_text())
+    analysis = pd.read_parquet(workdir / config["paths"]["processed"] / "analysis.parquet")
+    for visit in ("Week 2", "Week 4", "Week 8"):
+        assert f"hamd__{visit}" in analysis.columns and f"sds__{visit}" in analysis.columns
+    assert analysis["hamd_baseline"].notna().all()  # the ABLFL record of every subject
+    assert analysis["hamd_followup"].equals(analysis["hamd__Week 8"])
+    assert set(analysis["arm"].unique()) == {"Drug A", "Placebo"}
+    for outcome in ("hamd", "sds"):
+        estimates = _estimates(workdir, config, outcome, "all_available")
+        _recovers_truth(estimates, truth["effects"][outcome]["Week 8"])

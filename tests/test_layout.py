@@ -132,3 +132,15 @@ def test_no_function_over_200_lines_and_no_class_over_400() -> None:
 def test_each_stage_has_a_test_folder(stage: str) -> None:
     assert (PACKAGE / stage / "__init__.py").is_file()
     assert list((REPO / "tests" / stage).glob("test_*.py")), f"tests/{stage}/ has no tests"
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    # The test folders are not packages (rootdir imports): two test_x.py files in different
+    # folders stop pytest from collecting the suite at all.
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(REPO)} and {path.relative_to(REPO)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, clashes

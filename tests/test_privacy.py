@@ -11,6 +11,7 @@ from trial_analysis.privacy import (
     min_cell_count,
     rank_codes,
     suppress_json_counts,
+    suppress_text_counts,
 )
 
 
@@ -38,3 +39,13 @@ def test_json_counts_of_people_are_suppressed_and_other_counts_kept() -> None:
                                            "converged": True}
     assert out["rows"][0]["n_patients"] == 812
     assert isinstance(pd.DataFrame(out["rows"]), pd.DataFrame)
+
+
+def test_counts_of_people_in_notes_are_suppressed_but_not_thresholds() -> None:
+    text = ("3 patients in one arm; 12 patients with propensity < 0.01; therapists with >= 1 "
+            "patient(s) in each arm; 2 patient(s) left out")
+    assert suppress_text_counts(text, 5) == (
+        "<5 patients in one arm; 12 patients with propensity < 0.01; therapists with >= 1 "
+        "patient(s) in each arm; <5 patient(s) left out")
+    assert suppress_json_counts({"notes": ["4 episodes dropped"]}, 5) == {
+        "notes": ["<5 episodes dropped"]}

@@ -89,10 +89,35 @@ def test_duckdb_run_is_byte_identical_to_csv(csv_run: Path, tmp_path: Path) -> N
 @pytest.mark.postgres
 @pytest.mark.skipif(not os.environ.get("TRIAL_PG_DSN"),
                     reason="no PostgreSQL server configured (TRIAL_PG_DSN; ci/postgres/setup.sh)")
-def test_postgres_run_is_byte_identical_to_csv(csv_run: Path, tmp_path: Path) -> None:
-    """ci/postgres/setup.sh loaded the default extract as text into schema ``extract``."""
+def test_postgres_run_is_byte_identical_to_csv(csv_run: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """ci/postgres/setup.sh loaded the default extract as text into schema ``extract``.
+
+    The run goes on to the report, whose provenance lists each query and its rows; the
+    connection string (here with a password, which the trusting throwaway server ignores) and
+    the password reach no file under reports/ or logs/.
+    """
+    password = "NeverInAReport-7c1f"
+    dsn = f"{os.environ['TRIAL_PG_DSN']} password={password}"
+    monkeypatch.setenv("TRIAL_PG_DSN", dsn)
+    monkeypatch.setenv("PGPASSWORD", password)
     _query_study(tmp_path, {"engine": "postgresql", "dsn_env": "TRIAL_PG_DSN"}, "extract")
-    result = run_snakemake(tmp_path, *TARGETS)
+    result = run_snakemake(tmp_path, *TARGETS, "reports/report.html")
     if result.returncode != 0:
         _fail_with_logs(tmp_path, result)
     _assert_identical(csv_run, tmp_path)
+    html = (tmp_path / "reports" / "report.html").read_text(encoding="utf-8")
+    provenance = html.split('id="provenance"')[1]
+    for table in TABLES:
+        rows = len(pd.read_csv(csv_run / "data" / "raw" / f"{table}.csv", dtype=str))
+        assert f"SELECT * FROM extract.{table} ORDER BY row_no" in provenance
+        assert f">{rows}<" in provenance
+    assert "$TRIAL_PG_DSN" in provenance
+    assert "No raw files: every table was read by a database query." in provenance
+    written = [p for folder in ("reports", "logs", "data/interim")
+               for p in (tmp_path / folder).rglob("*") if p.is_file()]
+    assert len(written) > 20
+    for path in written:
+        data = path.read_bytes()
+        assert password.encode() not in data, path
+        assert dsn.encode() not in data and os.environ["TRIAL_PG_DSN"].encode() not in data, path

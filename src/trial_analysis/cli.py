@@ -9,6 +9,7 @@ atomically, so a failed step leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import gc
 import importlib
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from trial_analysis.errors import ConfigError, TrialAnalysisError
+from trial_analysis.errors import ConfigError, TrialAnalysisError, bounded
 
 log = logging.getLogger("trial_analysis")
 
@@ -290,7 +291,7 @@ STEPS: dict[str, Step] = {
         "trial_analysis.reporting.report", "run_report",
         "assemble the self-contained HTML report",
         reads="tables, figures, estimates, the raw files read and the analysis table (for "
-              "digests) and rule benchmarks.",
+              "digests), the cleaning ledger (queries and row counts) and rule benchmarks.",
         writes="one self-contained HTML file (images embedded).",
         args=(
             CONFIG,
@@ -300,6 +301,8 @@ STEPS: dict[str, Step] = {
             _optional_file("--benchmarks", "folder of Snakemake benchmark files (run times)"),
             _file("--out", "report to write (HTML)"),
             _optional_file("--analysis", "analysis table (its digest is shown; no row is read)"),
+            _optional_file("--ledger", "cleaning ledger (its queries and row counts are listed "
+                           "under provenance)"),
         ),
     ),
     "simulate-study": Step(
@@ -519,6 +522,31 @@ def _run_step(args: argparse.Namespace) -> int:
     return 0
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space (or set paths.* to another disk) and rerun",
+    errno.EDQUOT: "the disk quota is exceeded: free some space and rerun",
+    errno.EACCES: "permission denied: check who may write to this folder",
+    errno.EPERM: "operation not permitted: check the file's owner and permissions",
+    errno.EROFS: "the file system is read-only: write the outputs elsewhere (paths.*)",
+    errno.ENOTDIR: "a file stands where a folder is needed",
+    errno.EISDIR: "a folder stands where a file is needed",
+}
+
+
+def os_error_text(error: OSError) -> str:
+    """An operating-system error in one line: the file, the cause and what to do."""
+    name = error.filename if error.filename is not None else "writing or reading a file"
+    cause = error.strerror or str(error)
+    hint = _OS_HINTS.get(error.errno or -1)
+    return bounded(f"{name}: {cause}" + (f"; {hint}" if hint else ""))
+
+
+def _bounded_record(record: logging.LogRecord) -> bool:
+    """Log lines quote values as excerpts (a header cell can be megabytes long)."""
+    record.msg, record.args = bounded(record.getMessage()), None
+    return True
+
+
 # Environment variables that set the thread count of numpy's BLAS; read once, when numpy loads.
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -551,12 +579,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_bounded_record)
     try:
         handler = getattr(args, "handler", None)
         return handler(args) if handler else _run_step(args)
     except TrialAnalysisError as error:
         print(f"trial-analysis {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:
+        # A full disk, a folder without write permission, a file where a folder should be:
+        # one line naming the file and the cause, not a traceback.
+        print(f"trial-analysis {args.command}: error: {os_error_text(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

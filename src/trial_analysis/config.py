@@ -656,7 +656,10 @@ def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:
                             "patient nor a variable declared in input/tables/patients/variables")
     one_row_per_patient = analysis.get("baseline") == "covariate" and len(followups) == 1
     problems += random_effects_problems(levels, list(analysis.get("random_time_effects", [])),
-                                        one_row_per_patient)
+                                        one_row_per_patient,
+                                        marginal=analysis.get("covariance") is not None)
+    if analysis.get("ddf") == "kenward_roger" and analysis.get("reml") is False:
+        problems.append("analysis/ddf: Kenward-Roger df need a REML fit (analysis/reml: true)")
     if analysis.get("time") == "continuous" and len(followups) < 2 and \
             analysis.get("baseline") == "covariate":
         problems.append("analysis/time: continuous time needs at least two follow-ups when the "
@@ -687,13 +690,21 @@ def _study_structure_problems(config: Mapping[str, Any]) -> list[str]:
 
 
 def random_effects_problems(levels: list[str], time_levels: list[str],
-                             one_row_per_patient: bool) -> list[str]:
+                             one_row_per_patient: bool, marginal: bool = False) -> list[str]:
     """Problems with a random-effects structure, in plain words.
 
     Shared by the config check and ``models.model_spec`` (models are also fitted from
     configurations edited after validation: sensitivity analyses, tests), so both word a
-    problem the same way.
+    problem the same way. ``marginal``: an MMRM (``analysis.covariance`` set), whose
+    within-patient dependence is the covariance matrix, so it takes no random effects.
     """
+    if marginal:
+        if levels or time_levels:
+            return ["analysis/covariance: an MMRM is a marginal model without random effects "
+                    "(the visits' covariance matrix models the within-patient dependence); set "
+                    "analysis/random_effects: [] and analysis/random_time_effects: [], got "
+                    f"{levels} and {time_levels}"]
+        return []
     problems = []
     if len(set(levels)) != len(levels):
         problems.append(f"analysis/random_effects: list each level once, got {levels}")

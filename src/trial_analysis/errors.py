@@ -12,6 +12,38 @@ import difflib
 import re
 from collections.abc import Iterable, Sequence
 
+# A message shows at most this much of any one value: a cell can be megabytes long, and
+# messages reach terminals, logs and people who must not see whole records.
+EXCERPT_CHARS = 80
+# ... and at most this much in all (a list of problems stays readable).
+MESSAGE_CHARS = 4000
+# A quoted value: the opening quote after a non-word character, the closing one before one
+# (so that the text between two quoted values is not taken for one).
+_QUOTED = re.compile(f"(?<!\\w)'[^'\\n]{{{EXCERPT_CHARS + 1},}}'(?!\\w)"
+                     f"|(?<!\\w)\"[^\"\\n]{{{EXCERPT_CHARS + 1},}}\"(?!\\w)")
+_LONG_WORD = re.compile(f"[^\\s/]{{{4 * EXCERPT_CHARS},}}")
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """``value`` as text of at most ``limit`` characters (``...`` and the length when cut)."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    note = f"... ({len(text):,} characters)"
+    return text[: max(1, limit - len(note))] + note
+
+
+def bounded(message: str) -> str:
+    """``message`` with every quoted value longer than :data:`EXCERPT_CHARS`, and any word
+    of over four times that without a path separator, cut to an excerpt; at most
+    :data:`MESSAGE_CHARS` characters in all. Linear in the message's length."""
+    if len(message) <= EXCERPT_CHARS:
+        return message
+    message = _QUOTED.sub(lambda m: m.group(0)[0] + excerpt(m.group(0)[1:-1])
+                          + m.group(0)[0], message)
+    message = _LONG_WORD.sub(lambda m: excerpt(m.group(0)), message)
+    return excerpt(message, MESSAGE_CHARS)
+
 
 class TrialAnalysisError(Exception):
     """Base class for errors that are reported to the user in plain words."""
@@ -26,8 +58,8 @@ class ConfigError(TrialAnalysisError):
         self.source = source
         self.problems = list(problems)
         lines = [f"{source}: {len(self.problems)} configuration problem(s):"]
-        lines += [f"  - {p}" for p in self.problems]
-        super().__init__("\n".join(lines))
+        lines += [f"  - {bounded(p)}" for p in self.problems]
+        super().__init__(bounded("\n".join(lines)))
 
     def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:
         # Rebuilt from its own arguments when it crosses processes (a fit or imputation worker
@@ -55,7 +87,10 @@ def closest_match(word: object, candidates: Iterable[object], cutoff: float = 0.
     >>> closest_match("Dischrage", ["intake", "discharge"])
     'discharge'
     """
-    spellings = list(dict.fromkeys(str(c) for c in candidates))
+    spellings = [c for c in dict.fromkeys(str(c) for c in candidates)
+                 if len(c) <= 4 * EXCERPT_CHARS]
+    if len(str(word)) > 4 * EXCERPT_CHARS:
+        return None  # not a misspelt name; difflib would take minutes over a huge cell
     target = _normalised(word)
     if target:
         for candidate in spellings:
@@ -76,7 +111,7 @@ def did_you_mean(word: object, candidates: Iterable[object]) -> str:
 
 def _format_rows(rows: Iterable[object], limit: int = 5) -> str:
     rows = list(rows)
-    shown = ", ".join(str(r) for r in rows[:limit])
+    shown = ", ".join(excerpt(r) for r in rows[:limit])
     more = f" (and {len(rows) - limit} more)" if len(rows) > limit else ""
     return f"{shown}{more}"
 
@@ -108,13 +143,15 @@ class DataError(TrialAnalysisError):
         hint: str | None = None,
     ):
         self.file = str(file)
-        self.rule = rule
-        self.column = column
+        # Values quoted in the rule or hint (and a column name) are cut to an excerpt.
+        self.rule = bounded(str(rule))
+        self.column = None if column is None else excerpt(column)
         self.rows = list(rows) if rows is not None else []
-        self.hint = hint
+        self.hint = None if hint is None else bounded(str(hint))
+        rule, hint = self.rule, self.hint
         parts = [f"{self.file}"]
         if column is not None:
-            parts.append(f"column '{column}'")
+            parts.append(f"column '{self.column}'")
         if self.rows:
             parts.append(f"rows {_format_rows(self.rows)}")
         message = ", ".join(parts) + f": {rule}"

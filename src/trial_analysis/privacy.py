@@ -18,6 +18,7 @@ large by construction once subgroup levels below k are not reported (see
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -129,9 +130,20 @@ NOT_PEOPLE_COUNTS = frozenset({"n_clusters", "n_observations", "n_imputations", 
                                "n_covariates", "n_bootstrap"})
 
 
+# "3 patients", "2 patient(s)", "4 episodes" in a note; not a rule's threshold (">= 1 patient").
+_PEOPLE_IN_TEXT = re.compile(r"(?<![\w.<>=] )(?<![\w.<>=])(\d+)(?= (?:patients?|patient\(s\)|"
+                             r"episodes?|episode\(s\)|therapists?)\b)")
+
+
+def suppress_text_counts(text: str, k: int) -> str:
+    """``text`` with every count of people from 1 to k - 1 ("3 patients ...") as ``<k``."""
+    return _PEOPLE_IN_TEXT.sub(lambda m: count_text(m.group(1), k), text)
+
+
 def suppress_json_counts(node: Any, k: int) -> Any:
     """A JSON document with every count of people (a key ``n_...`` not in
-    :data:`NOT_PEOPLE_COUNTS`) from 1 to k - 1 written as ``"<k"``."""
+    :data:`NOT_PEOPLE_COUNTS`, or a number of patients in a text) from 1 to k - 1 written
+    as ``"<k"``."""
     if isinstance(node, dict):
         return {key: (count_text(value, k)
                       if isinstance(key, str) and key.startswith("n_")
@@ -140,4 +152,6 @@ def suppress_json_counts(node: Any, k: int) -> Any:
                 for key, value in node.items()}
     if isinstance(node, list):
         return [suppress_json_counts(value, k) for value in node]
+    if isinstance(node, str):
+        return suppress_text_counts(node, k)
     return node

@@ -367,8 +367,9 @@ multi_cases <- list(
 
 dir.create("tests/golden/reference", showWarnings = FALSE, recursive = TRUE)
 # Rscript tests/golden/make_golden_models.R name1 name2 ...: only those cases.
+# make_golden_kr.R sources this file for its helpers only.
 only <- commandArgs(trailingOnly = TRUE)
-for (case in c(cases, multi_cases)) {
+if (!exists("golden_helpers_only")) for (case in c(cases, multi_cases)) {
   if (length(only) && !(case$name %in% only)) next
   out <- if (is.null(case$followups)) fit_case(case) else fit_case_multi(case)
   out$r_versions <- list(R = R.version.string, lme4 = as.character(packageVersion("lme4")),

@@ -258,6 +258,30 @@ def test_closest_match(word, candidates, expected):
     assert closest_match(word, candidates) == expected
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("table", "column"), [("sessions", "treatment_codes"),
+                                               ("patients", "bmi")])
+def test_a_50_mb_cell_is_checked_in_linear_time(table, column, tmp_path, capsys):
+    """Issue 19: check-data ran for over 3 minutes on a 50 MB cell (difflib and textwrap over
+    the whole value) and echoed it whole. Now: under 10 s, an excerpt of at most 80
+    characters."""
+    import time
+
+    from raw_fixtures import fixture_config, raw_extract, write_config
+    from raw_fixtures import write_extract as write_fixture
+
+    tables = raw_extract()
+    tables[table].loc[2, column] = "9" * 50_000_000
+    raw = write_fixture(tables, tmp_path / "raw")
+    config_file = write_config(fixture_config(), tmp_path / "config.yaml")
+    start = time.perf_counter()
+    main(["check-data", str(config_file), "--raw", str(raw)])
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    assert elapsed < 10, elapsed
+    assert len(out) < 3000 and "(50,000,000" in out
+
+
 def _single_rows(frame: pd.DataFrame, key: str, n: int) -> list[int]:
     """Positions of the first ``n`` rows whose key appears once (no planted duplicate)."""
     once = ~frame.duplicated(key, keep=False)

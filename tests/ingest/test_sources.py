@@ -113,6 +113,24 @@ def test_value_labels_are_categories_codes_kept_on_request(tmp_path) -> None:
     assert labelled.attrs["variable_labels"]["ses_score"] == "Ses score (label)"
 
 
+def test_variable_labels_reach_the_cleaned_patients_under_canonical_names(tmp_path) -> None:
+    folder = _write_stat(tmp_path / "sav", "sav")
+    # The file names ses_score SES: the label is kept under the canonical name.
+    typed = _typed(raw_extract()["patients"]).rename(columns={"ses_score": "SES"})
+    labels = {c: f"{c.replace('_', ' ').capitalize()} (label)" for c in typed.columns}
+    labels["SES"] = "Socioeconomic status (file label)"
+    pyreadstat.write_sav(typed, folder / "patients.sav", column_labels=labels)
+    config = _config_for("sav")
+    config["input"]["tables"]["patients"]["columns"] = {"ses_score": "SES"}
+    result = clean_tables(config, folder)
+    attrs = result.tables["patients"].attrs["variable_labels"]
+    assert attrs["ses_score"] == "Socioeconomic status (file label)"
+    assert attrs["episode_id"] == "Episode id (label)"
+    # A CSV extract has no labels: its cleaned table carries none (outputs as before).
+    csv = clean_tables(fixture_config(), write_extract(raw_extract(), tmp_path / "csv"))
+    assert "variable_labels" not in csv.tables["patients"].attrs
+
+
 def test_user_defined_missing_values_are_missing(tmp_path) -> None:
     folder = _write_stat(tmp_path / "sav", "sav")
     frame = read_table(folder / "patients.sav", "sav")
@@ -350,3 +368,31 @@ def test_postgres_cleans_like_csv(tmp_path, reference) -> None:
     config["input"]["tables"]["patients"]["query"] = "SELECT * FROM fixture_text.patient"
     with pytest.raises(DataError, match="the query failed: .*does not exist"):
         clean_tables(config, tmp_path)
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get("TRIAL_PG_DSN"),
+                    reason="no PostgreSQL server configured (TRIAL_PG_DSN; ci/postgres/setup.sh)")
+def test_postgres_column_types_survive_the_copy_path() -> None:
+    """COPY's text typed back by the result columns: what the driver's own values would be."""
+    from trial_analysis.ingest.sources import read_query
+
+    config = _query_config({"engine": "postgresql", "dsn_env": "TRIAL_PG_DSN"})
+    config["input"]["tables"]["patients"]["query"] = (
+        "SELECT * FROM (VALUES (1, true, 2.5::numeric, DATE '2022-03-30', "
+        "TIMESTAMPTZ '2022-03-30 10:00:00+02', 'NA', ''), "
+        "(NULL, false, NULL, NULL, NULL, NULL, 'x, \"y\"')) "
+        "AS t(i, b, n, d, z, s, e) ORDER BY i NULLS LAST")
+    frame = read_query(config, "patients", ".")
+    assert frame["i"].dtype == "Int64" and frame["i"].isna().tolist() == [False, True]
+    assert frame["b"].tolist() == [True, False]
+    assert frame["n"].iloc[0] == pytest.approx(2.5) and np.isnan(frame["n"].iloc[1])
+    assert frame["d"].dtype == "datetime64[us]"
+    assert frame["d"].iloc[0] == pd.Timestamp("2022-03-30")
+    assert frame["z"].iloc[0] == pd.Timestamp("2022-03-30 08:00:00")  # UTC
+    assert frame["s"].iloc[0] == "NA"  # text 'NA' is a value, not missing
+    assert frame["e"].iloc[1] == 'x, "y"'
+    # A value the copy path cannot convert goes to the driver, whose word stands (as before).
+    config["input"]["tables"]["patients"]["query"] = "SELECT DATE 'infinity' AS d, 1 AS k"
+    with pytest.raises(DataError, match="the query failed: date too large"):
+        read_query(config, "patients", ".")

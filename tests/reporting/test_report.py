@@ -338,3 +338,49 @@ def test_each_model_form_gets_its_own_tipping_point():
     assert _tipping_entry(points, {**row, "method": "delta_adjusted_mi"})["tipping_delta"] == 4.05
     # a file written before the entries named their method: keyed by the outcome
     assert _tipping_entry({"function": {"tipping_delta": 1.0}}, row)["tipping_delta"] == 1.0
+
+
+def test_provenance_lists_each_query_and_its_rows(run, tmp_path):
+    ledger = pd.DataFrame({"table": ["patients"], "record_id": [1], "fate": ["kept"],
+                           "reason": [""], "step": ["clean"]})
+    ledger.attrs["sources"] = [
+        {"table": "patients", "engine": "postgresql", "database": "$STUDY_PG_DSN",
+         "query": "SELECT *\n  FROM registry.patients ORDER BY episode_id", "rows": 4193},
+        {"table": "outcomes", "engine": "adam", "database": "adqs.xpt",
+         "query": "PARAMCD in ('HAMD17') and ANL01FL = 'Y'", "rows": 2316,
+         "rows_in_source": 5152},
+    ]
+    ledger.to_parquet(tmp_path / "ledger.parquet", index=False)
+    out = tmp_path / "report.html"
+    run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
+               figures=run.figures, benchmarks=None, out=out, ledger=tmp_path / "ledger.parquet")
+    section = out.read_text(encoding="utf-8").split('id="provenance"')[1]
+    assert "Table P1b." in section
+    assert "SELECT * FROM registry.patients ORDER BY episode_id" in section
+    assert "$STUDY_PG_DSN" in section and ">4193<" in section
+    assert "2316 of 5152" in section and "PARAMCD in (&#39;HAMD17&#39;)" in section
+    # A study of files only (no sources in the ledger) shows no such table.
+    plain = tmp_path / "plain.parquet"
+    ledger.attrs = {}
+    ledger.to_parquet(plain, index=False)
+    run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
+               figures=run.figures, benchmarks=None, out=out, ledger=plain)
+    assert "Table P1b." not in out.read_text(encoding="utf-8")
+
+
+def test_a_study_of_queries_needs_no_raw_folder(run, tmp_path):
+    config = copy.deepcopy(run.config)
+    config["input"]["database"] = {"engine": "postgresql", "dsn_env": "STUDY_PG_DSN"}
+    for table, entry in config["input"]["tables"].items():
+        if entry is not None:
+            config["input"]["tables"][table] = {"query": f"SELECT * FROM {table}"}
+    out = tmp_path / "report.html"
+    run_report(config=config, raw=tmp_path / "absent", estimates=run.estimates,
+               tables=run.tables, figures=run.figures, benchmarks=None, out=out)
+    # Table P1 lists each query table as read from the server, with no file or digest.
+    section = out.read_text(encoding="utf-8").split('id="provenance"')[1]
+    assert section.count("server query, no file") == sum(
+        1 for entry in config["input"]["tables"].values() if entry is not None)
+    with pytest.raises(DataError, match="raw .*(folder does not exist|is missing)"):
+        run_report(config=run.config, raw=tmp_path / "absent", estimates=run.estimates,
+                   tables=run.tables, figures=run.figures, benchmarks=None, out=out)

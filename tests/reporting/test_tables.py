@@ -89,6 +89,28 @@ def test_table_one_with_a_negligible_smd_does_not_crash(config):
     assert cell(table, "Symptom duration, weeks", "smd") == ""
 
 
+def test_table_one_labels_declared_variables_by_the_files_variable_labels(config):
+    frame = small_frame(config).assign(durdis=[float(i % 7) for i in range(20)],
+                                       smoker=[0, 1] * 10,
+                                       region=["N", "S"] * 10)
+    config["input"]["tables"]["patients"]["variables"] = {
+        "durdis": "number", "smoker": "flag", "region": "category"}
+    # What clean keeps from a SAS/Stata/SPSS patients file; bmi is built in (own label), and
+    # a file label equal to another row's label is not taken twice.
+    frame.attrs["variable_labels"] = {"durdis": "Duration of episode (months)",
+                                      "smoker": "Current smoker", "bmi": "BMI (kg/m2)",
+                                      "region": "Current smoker"}
+    table = table_one(frame, config)
+    variables = list(dict.fromkeys(table["variable"]))
+    assert "Duration of episode (months)" in variables and "durdis" not in variables
+    assert cell(table, "Current smoker", "overall", "yes") == "10 (50.0)"
+    assert "Region" in variables  # its file label is already taken
+    assert "Body-mass index, kg/m²" in variables and "BMI (kg/m2)" not in variables
+    # Without file labels a declared variable is shown by its readable label (its name).
+    frame.attrs = {}
+    assert "Durdis" in set(table_one(frame, config)["variable"])
+
+
 def test_table_one_suppresses_small_cells_and_their_complements(config):
     table = table_one(small_frame(config), config)
     # Two depressed patients in the intervention arm: shown as <5, never as a number.

@@ -81,6 +81,13 @@ def test_least_squares_fit_is_a_linear_regression_without_a_time_term():
     assert effect_term_label(config, "risk_difference") == "risk difference"
 
 
+def test_mmrm_example_is_named_an_mmrm_not_a_linear_regression():
+    words = design_wording(example("randomised_mmrm"))
+    assert words["mmrm"] and not words["mixed"] and not words["clustered"]
+    assert words["model"] == "mixed model for repeated measures (MMRM, unstructured covariance)"
+    assert words["form"] == "lagged outcome (ANCOVA, MMRM)"
+
+
 def test_constant_change_score_effect_is_the_post_baseline_difference():
     config = copy.deepcopy(example("randomised_wide"))
     config["analysis"]["effect"] = "constant"

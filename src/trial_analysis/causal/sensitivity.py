@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from trial_analysis.causal.common import ANALYSES, SensitivityResult
 from trial_analysis.errors import ConfigError
 from trial_analysis.io import read_analysis_table, write_csv, write_json
-from trial_analysis.privacy import min_cell_count, suppress_json_counts
+from trial_analysis.privacy import min_cell_count, suppress_json_counts, suppress_text_counts
 
 
 def run_sensitivity(
@@ -98,5 +100,10 @@ def run_sensitivity(
         result = fit_therapist_fixed_effects(frame, config, source=source)
     # reports/ are read by people: counts of patients below report.min_cell_count as "<k"
     write_json(suppress_json_counts(result.to_json(), min_cell_count(config)), out_json)
-    write_csv(result.to_frame(), out_csv)
+    frame = result.to_frame()
+    for column in frame.columns:
+        if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == "object":
+            frame[column] = [suppress_text_counts(v, min_cell_count(config))
+                             if isinstance(v, str) else v for v in frame[column]]
+    write_csv(frame, out_csv)
     return result

@@ -604,6 +604,8 @@ def run_allocate(
     cohort_frame = read_parquet_input(cohort, "eligible cohort, written by `eligibility`")
     flow_before = _read_flow(flow_in)
     result = allocate_arms(config, cohort_frame, tables, sources=sources)
+    if "variable_labels" in cohort_frame.attrs:  # the patients file's labels, for Table 1
+        result.analysis.attrs["variable_labels"] = cohort_frame.attrs["variable_labels"]
     full_flow = make_flow_frame(
         pd.concat([flow_before, result.flow], ignore_index=True).to_dict("records"))
     io.write_parquet(result.analysis, analysis)

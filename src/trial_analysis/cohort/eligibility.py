@@ -796,6 +796,9 @@ def run_eligibility(
     sources["ledger"] = str(clean_ledger)
     ledger_frame = read_parquet_input(clean_ledger, "cleaning ledger, written by `clean`")
     result = apply_eligibility(config, tables, ledger_frame, sources=sources)
+    # The file's variable labels (a SAS, Stata or SPSS file) travel on to Table 1.
+    if "variable_labels" in tables["patients"].attrs:
+        result.cohort.attrs["variable_labels"] = tables["patients"].attrs["variable_labels"]
     io.write_parquet(result.cohort, cohort)
     io.write_parquet(result.ledger, ledger)
     io.write_csv(result.flow, flow)

@@ -44,7 +44,7 @@ import pandas as pd
 
 from trial_analysis import io
 from trial_analysis.columns import analysis_columns
-from trial_analysis.errors import DataError, closest_match
+from trial_analysis.errors import DataError, bounded, closest_match, excerpt
 from trial_analysis.ingest.clean import (
     FateEvent,
     _check_dates,
@@ -103,6 +103,14 @@ class Problem:
     rows: list[int] = field(default_factory=list)
     n_rows: int | None = None
     suggestion: str | None = None
+
+    def __post_init__(self) -> None:
+        # A quoted value is shown as an excerpt: a cell may be megabytes long.
+        object.__setattr__(self, "message", bounded(self.message))
+        if self.suggestion is not None:
+            object.__setattr__(self, "suggestion", bounded(self.suggestion))
+        if self.column is not None:
+            object.__setattr__(self, "column", excerpt(self.column))
 
     def describe(self) -> str:
         """The problem as one entry of the printed report."""
@@ -171,12 +179,15 @@ class DataCheck:
     def summary(self) -> str:
         """The report for people: problems grouped per file, then the verdict."""
         lines = [f"Data check of {self.raw}"]
-        groups = [(f["file"], f["table"], f["rows"]) for f in self.files]
+        groups = [(f["file"], f["table"], f["rows"], f.get("rows_in_source"))
+                  for f in self.files]
         if any(p.file == CONFIG_SOURCE for p in self.problems):
-            groups.append((CONFIG_SOURCE, None, None))
-        for file, table, n_rows in groups:
+            groups.append((CONFIG_SOURCE, None, None, None))
+        for file, table, n_rows, of in groups:
             found = [p for p in self.problems if p.file == file]
             size = f"{table}, {n_rows} rows" if n_rows is not None else table
+            if of is not None:
+                size = f"{table}, {n_rows} of {of} BDS records selected"
             heading = f"{file}" + (f" ({size})" if size else "") + ": "
             counts = [f"{n} {s}{'s' if n > 1 else ''}"
                       for s in SEVERITIES if (n := sum(p.severity == s for p in found))]
@@ -436,6 +447,8 @@ def check_data(config: Mapping[str, Any], raw_dir: str | Path) -> DataCheck:
             problems.append(_from_error(error, name))
             continue
         files.append({"table": name, "file": file, "rows": len(frame)})
+        if "selection" in frame.attrs:  # an ADaM BDS dataset: the records selected of all
+            files[-1]["rows_in_source"] = frame.attrs["selection"]["rows_in_source"]
         headers[name] = [str(c) for c in frame.columns]
         mapping = entry.get("columns") or {}
         collected: list[DataError] = []

@@ -345,6 +345,8 @@ class _TableCleaner:
         self.config = config
         self.input_cfg = config["input"]
         self.separator = config.get("codes", {}).get("separator", ";")
+        # What the reader knows about the source (variable labels, an ADaM selection).
+        self.source_attrs = dict(raw.attrs)
         self.raw, self.file_names = _map_columns(table, file, raw, columns, mapping, self.fail)
         # Only the columns found go on; a missing one was reported (or is optional).
         self.columns = [c for c in columns if c.name in self.file_names]
@@ -1397,6 +1399,8 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
     for name, frame in tables.items():
         _validate_output(name, frame, specs[name], config, cleaners[name].file,
                          unique_record_id=not (wide and name == "outcomes"))
+    if labels := _variable_labels(patients):
+        tables["patients"].attrs["variable_labels"] = labels
     # A table the study does not have is written empty (its columns, no rows), so every
     # later step reads the same four files; the ledger has no records for it.
     for name in TABLES:
@@ -1406,12 +1410,25 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
     ledger = pd.concat([cleaners[t].fates.frame() for t in TABLES if t in cleaners],
                        ignore_index=True)
     # Queries (never connection settings) and their row counts travel with the ledger.
-    if sources := describe_sources(config, {t: c.n for t, c in cleaners.items()}):
+    selections = {t: c.source_attrs["selection"] for t, c in cleaners.items()
+                  if "selection" in c.source_attrs}
+    if sources := describe_sources(config, {t: c.n for t, c in cleaners.items()}, selections):
         ledger.attrs["sources"] = sources
     for name in TABLES:
         if name in cleaners:
             cleaners[name].fates.log_counts()
     return CleanResult(tables=tables, ledger=ledger)
+
+
+def _variable_labels(cleaner: _TableCleaner) -> dict[str, str]:
+    """The file's variable labels (SAS, Stata, SPSS) under the canonical column names.
+
+    Kept in the cleaned table's Parquet metadata for Table 1; empty for a file without
+    labels, so such a study's outputs are the same as before.
+    """
+    labels = cleaner.source_attrs.get("variable_labels") or {}
+    return {canonical: str(labels[file]) for canonical, file in cleaner.file_names.items()
+            if str(labels.get(file, "")).strip()}
 
 
 def empty_table(name: str) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import io
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -140,18 +141,73 @@ def _check_header(path: Path, encoding: str, delimiter: str, file_format: str) -
     return names
 
 
+def _utf16_order(head: bytes) -> str | None:
+    """``utf-16`` (a byte-order mark), ``utf-16-le``/``-be`` (no mark, text whose every other
+    byte is zero, as ASCII in UTF-16 is), or None when the bytes do not look like UTF-16."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    pairs = head[: len(head) // 2 * 2]
+    if len(pairs) < 4:
+        return None
+    even, odd = pairs[0::2], pairs[1::2]
+    if odd.count(0) >= 0.9 * len(odd) and even.count(0) == 0:
+        return "utf-16-le"
+    if even.count(0) >= 0.9 * len(even) and odd.count(0) == 0:
+        return "utf-16-be"
+    return None
+
+
+def _text_encoding(path: Path, encoding: str) -> str:
+    """The codec to read ``path`` with: a configured UTF-16 takes its byte order from the
+    file (a mark, or none); another encoding for a file that is UTF-16 is refused with a hint."""
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    found = _utf16_order(head)
+    configured = codecs.lookup(encoding).name if _known(encoding) else encoding
+    if configured.startswith("utf-16"):
+        if found is None:
+            raise DataError(str(path), f"not {encoding} text (input.encoding): the file does "
+                            "not look like UTF-16", hint="Set input.encoding to the file's "
+                            "encoding (e.g. utf-8)")
+        return found if configured == "utf-16" else configured
+    if found is not None:
+        order = {"utf-16": "with a byte-order mark", "utf-16-le": "little-endian, no "
+                 "byte-order mark", "utf-16-be": "big-endian, no byte-order mark"}[found]
+        raise DataError(str(path), f"the file is UTF-16 text ({order}), not {encoding}",
+                        hint=f"Set input.encoding to {found}, or save the file as UTF-8")
+    return _python_encoding(encoding)
+
+
+def _known(encoding: str) -> bool:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return False
+    return True
+
+
 def _read_text(path: Path, encoding: str, delimiter: str, file_format: str) -> pd.DataFrame:
-    py_encoding = _python_encoding(encoding)
+    if not _known(encoding):
+        raise DataError(str(path), f"unknown text encoding '{encoding}' (input.encoding)")
+    py_encoding = _text_encoding(path, encoding)
+    # pandas reads UTF-16 in chunks and fails on the byte-order mark: decode it here.
+    source: Any = path
+    if py_encoding.startswith("utf-16"):
+        try:
+            source = io.StringIO(path.read_bytes().decode(py_encoding))
+        except UnicodeDecodeError as exc:
+            raise DataError(str(path), f"not valid {py_encoding} text: {exc.reason} at byte "
+                            f"{exc.start}", hint="Save the file as UTF-8") from None
     try:
         names = _check_header(path, py_encoding, delimiter, file_format)
         frame = pd.read_csv(
-            path,
+            source,
             sep=delimiter,
             dtype=str,
             # only an empty cell is missing here; mark_missing decides the rest per column
             keep_default_na=False,
             na_values=[""],
-            encoding=py_encoding,
+            encoding=None if isinstance(source, io.StringIO) else py_encoding,
             skipinitialspace=False,
             skip_blank_lines=True,
         )

@@ -303,8 +303,17 @@ class SatterthwaiteInference:
                 "p_value": float(f_sf(F, q, den))}
 
 
+class _TInterval:
+    """The t(df) confidence interval shared by the inference classes."""
+
+    def ci(self, contrast: dict[str, float], level: float) -> tuple[float, float]:
+        """Confidence interval for a :meth:`contrast` result on the t(df) distribution."""
+        half = t_ppf(0.5 + level / 2, contrast["df"]) * contrast["std_error"]
+        return contrast["estimate"] - half, contrast["estimate"] + half
+
+
 @dataclass
-class FixedDfInference:
+class FixedDfInference(_TInterval):
     """t and F tests of ``L beta`` on a fixed residual df: a model without random effects.
 
     Same methods as :class:`SatterthwaiteInference` (``contrast``, ``ci``, ``f_test``), so a
@@ -326,11 +335,6 @@ class FixedDfInference:
         return {"estimate": estimate, "std_error": se, "df": float(self.df),
                 "statistic": float(t), "p_value": float(2 * t_sf(abs(t), self.df))}
 
-    def ci(self, contrast: dict[str, float], level: float) -> tuple[float, float]:
-        """Confidence interval for a :meth:`contrast` result on the t(df) distribution."""
-        half = t_ppf(0.5 + level / 2, contrast["df"]) * contrast["std_error"]
-        return contrast["estimate"] - half, contrast["estimate"] + half
-
     def f_test(self, L: np.ndarray) -> dict[str, float]:
         """Wald F test of ``L beta = 0`` (rows of ``L`` linearly independent)."""
         L = np.atleast_2d(np.asarray(L, dtype=float))
@@ -339,3 +343,189 @@ class FixedDfInference:
         F = float(b @ np.linalg.solve(L @ self.cov_beta @ L.T, b)) / q
         return {"F": F, "num_df": float(q), "den_df": float(self.df),
                 "p_value": float(f_sf(F, q, self.df))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Kenward-Roger
+
+
+@dataclass
+class KenwardRogerPieces:
+    """What Kenward-Roger inference needs: ``P_k``, ``W`` and the adjusted ``cov(beta)``."""
+
+    P: list[np.ndarray]
+    W: np.ndarray
+    cov_adjusted: np.ndarray
+    notes: list[str]
+
+
+def kenward_roger_pieces(blocks, Phi: np.ndarray, n_params: int) -> KenwardRogerPieces:
+    """Kenward and Roger's (1997) adjusted covariance of the fixed effects, as pbkrtest.
+
+    ``blocks`` yields, per block of the block-diagonal marginal covariance ``V`` (a cluster,
+    or every patient with one pattern of visits), ``(X, V_inv, D, H)``: ``X`` of shape
+    ``(n_units, m, p)`` (units sharing the same ``m x m`` matrices), ``V_inv`` ``(m, m)``,
+    ``D = dV/dtheta`` ``(k, m, m)`` and ``H = d2V/dtheta2`` ``(k, k, m, m)`` or ``None`` when
+    ``V`` is linear in ``theta`` (variance components: pbkrtest's case). With ``Phi =
+    (X' V^-1 X)^-1``:
+
+    - ``P_i = -X' V^-1 D_i V^-1 X``, ``Q_ij = X' V^-1 D_i V^-1 D_j V^-1 X``,
+      ``R_ij = X' V^-1 H_ij V^-1 X``;
+    - ``W = 2 I^-1`` with ``I_ij = tr(Pr D_i Pr D_j)`` (``Pr`` the REML projection; the
+      expected information times two, as pbkrtest's ``IE2``; generalised inverse when
+      nearly singular);
+    - ``Phi_A = Phi + 2 Phi [sum_ij W_ij (Q_ij - P_i Phi P_j - R_ij / 4)] Phi``.
+    """
+    p = Phi.shape[0]
+    k = n_params
+    P = [np.zeros((p, p)) for _ in range(k)]
+    Q = [[np.zeros((p, p)) for _ in range(k)] for _ in range(k)]
+    R = np.zeros((k, k, p, p))
+    traces = np.zeros((k, k))
+    any_second = False
+    for X, Vi, D, H in blocks:
+        m = X.shape[0]
+        n_units = X.shape[1]
+        # Visit-major layout: one m x m product covers every unit of the block.
+        C = Vi @ X.reshape(m, -1)
+        E = [D[i] @ C for i in range(k)]
+        F = [(Vi @ E[i]).reshape(-1, p) for i in range(k)]
+        VD = [Vi @ D[i] for i in range(k)]
+        flatC = C.reshape(-1, p)
+        for i in range(k):
+            flatE = E[i].reshape(-1, p)
+            P[i] -= flatE.T @ flatC
+            for j in range(k):
+                Q[i][j] += flatE.T @ F[j]
+                traces[i, j] += n_units * float(np.sum(VD[i] * VD[j].T))
+        if H is not None:
+            any_second = True
+            for i in range(k):
+                for j in range(i, k):
+                    Rij = flatC.T @ (H[i, j] @ C).reshape(-1, p)
+                    R[i, j] += Rij
+                    if j != i:
+                        R[j, i] += Rij
+    IE2 = np.zeros((k, k))
+    PhiP = [Phi @ Pk for Pk in P]
+    for i in range(k):
+        for j in range(k):
+            IE2[i, j] = (float(np.sum(PhiP[i] * PhiP[j].T))
+                         - 2 * float(np.trace(Phi @ Q[i][j])) + traces[i, j])
+    IE2 = (IE2 + IE2.T) / 2
+    notes = []
+    if np.min(np.abs(np.linalg.eigvalsh(IE2))) > 1e-10:
+        W = 2 * np.linalg.inv(IE2)
+    else:
+        W = 2 * np.linalg.pinv(IE2)
+        notes.append("Kenward-Roger: information of the covariance parameters is singular "
+                     "(a parameter at its boundary); generalised inverse used")
+    U = np.zeros((p, p))
+    for i in range(k):
+        for j in range(k):
+            U += W[i, j] * (Q[i][j] - P[i] @ Phi @ P[j]
+                            - (R[i, j] / 4 if any_second else 0.0))
+    cov_adjusted = Phi + 2 * Phi @ U @ Phi
+    return KenwardRogerPieces(P=P, W=W, cov_adjusted=(cov_adjusted + cov_adjusted.T) / 2,
+                              notes=notes)
+
+
+def _kr_scaling(L: np.ndarray, Phi: np.ndarray, P: list[np.ndarray], W: np.ndarray
+                ) -> tuple[float, float]:
+    """Denominator df and F scaling of Kenward-Roger's test of ``L beta`` (pbkrtest's
+    ``.KR_adjust``; ``Lb_ddf`` is its df)."""
+    q = int(np.linalg.matrix_rank(L))
+    Theta = L.T @ np.linalg.solve(L @ Phi @ L.T, L)
+    A1 = A2 = 0.0
+    u = [Theta @ Phi @ Pk @ Phi for Pk in P]
+    for i in range(len(P)):
+        for j in range(i, len(P)):
+            e = 1.0 if i == j else 2.0
+            A1 += e * W[i, j] * float(np.trace(u[i])) * float(np.trace(u[j]))
+            A2 += e * W[i, j] * float(np.sum(u[i] * u[j].T))
+    B = (A1 + 6 * A2) / (2 * q)
+    g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
+    denom = 3 * q + 2 * (1 - g)
+    c1, c2, c3 = g / denom, (q - g) / denom, (q + 2 - g) / denom
+    V0 = 1 + c1 * B
+    V1 = 1 - c2 * B
+    V2 = 1 - c3 * B
+    V0 = 0.0 if abs(V0) < 1e-10 else V0
+    ratio = 0.0 if V1 == 0 else (1 - A2 / q) / V1
+    rho = ratio**2 * V0 / V2 / q
+    df2 = 4 + (q + 2) / (q * rho - 1)
+    scaling = 1.0 if abs(df2 - 2) < 1e-2 else df2 * (1 - A2 / q) / (df2 - 2)
+    return float(df2), float(scaling)
+
+
+@dataclass
+class KenwardRogerInference(_TInterval):
+    """Kenward-Roger t and F tests of ``L beta`` (lmerTest ``ddf = "Kenward-Roger"``).
+
+    Same methods as :class:`SatterthwaiteInference`. Standard errors come from the adjusted
+    covariance ``cov_adjusted``; ``cov_beta`` is the unadjusted one.
+    """
+
+    beta: np.ndarray
+    cov_beta: np.ndarray
+    cov_adjusted: np.ndarray
+    P: list[np.ndarray]
+    W: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_pieces(cls, beta: np.ndarray, Phi: np.ndarray, pieces: KenwardRogerPieces
+                    ) -> KenwardRogerInference:
+        """Wrap :func:`kenward_roger_pieces` output."""
+        return cls(beta=np.asarray(beta), cov_beta=Phi, cov_adjusted=pieces.cov_adjusted,
+                   P=pieces.P, W=pieces.W, notes=list(pieces.notes))
+
+    def contrast(self, L: np.ndarray) -> dict[str, float]:
+        """t test of one linear combination ``L beta``: estimate, adjusted SE, KR df, t, p."""
+        L = np.asarray(L, dtype=float).ravel()
+        estimate = float(L @ self.beta)
+        se = float(np.sqrt(L @ self.cov_adjusted @ L))
+        df, _ = _kr_scaling(L[None, :], self.cov_beta, self.P, self.W)
+        t = estimate / se
+        return {"estimate": estimate, "std_error": se, "df": df, "statistic": float(t),
+                "p_value": float(2 * t_sf(abs(t), df))}
+
+    def f_test(self, L: np.ndarray) -> dict[str, float]:
+        """Kenward-Roger F test of ``L beta = 0``: the scaled Wald F on (q, df) (pbkrtest)."""
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        b = L @ self.beta
+        q = int(np.linalg.matrix_rank(L))
+        wald = float(b @ np.linalg.solve(L @ self.cov_adjusted @ L.T, b)) / q
+        df2, scaling = _kr_scaling(L, self.cov_beta, self.P, self.W)
+        F = scaling * wald
+        return {"F": F, "num_df": float(q), "den_df": df2, "p_value": float(f_sf(F, q, df2))}
+
+
+def kenward_roger_lmm(X: np.ndarray, unit_codes: list[np.ndarray], variances: np.ndarray,
+                      residual: float, beta: np.ndarray, cov_beta: np.ndarray
+                      ) -> KenwardRogerInference:
+    """Kenward-Roger inference for a nested random-intercept model, as pbkrtest/lmerTest.
+
+    ``unit_codes`` holds, per variance component (outermost first), the integer unit of each
+    row; ``variances`` their variances and ``residual`` the residual variance. The covariance
+    parameters are the variances themselves (pbkrtest's ``ggamma``), in which ``V`` is linear:
+    ``V = sum_k s2_k Z_k Z_k' + s2_e I``. ``V`` is block diagonal by the outermost unit, so
+    the sums run block by block.
+    """
+    X = np.asarray(X, dtype=float)
+    outer = np.asarray(unit_codes[0])
+    order = np.argsort(outer, kind="mergesort")
+    bounds = np.flatnonzero(np.diff(outer[order])) + 1
+    variances = np.asarray(variances, dtype=float)
+
+    def blocks():
+        for rows in np.split(order, bounds):
+            m = len(rows)
+            D = [np.equal.outer(c[rows], c[rows]).astype(float) for c in unit_codes]
+            D.append(np.eye(m))
+            D_arr = np.stack(D)
+            V = np.tensordot(np.append(variances, residual), D_arr, axes=1)
+            yield X[rows][:, None, :], np.linalg.inv(V), D_arr, None
+
+    pieces = kenward_roger_pieces(blocks(), cov_beta, len(unit_codes) + 1)
+    return KenwardRogerInference.from_pieces(beta, cov_beta, pieces)

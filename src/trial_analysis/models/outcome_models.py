@@ -28,6 +28,16 @@ Other study structures (configuration only)
   site, say); crossed or re-used ids are a DataError. ``[]``: no random effects, allowed only
   with one row per patient (one follow-up, baseline as covariate): ordinary least squares
   with t tests on n - p df (``model`` ``lm``, ``fit_path`` ``ols``).
+- **MMRM** (``analysis.covariance``: ``unstructured``, ``compound_symmetry``, ``ar1``,
+  ``toeplitz``; ``random_effects: []``): the same fixed effects, no random effects, and a
+  covariance matrix over the model time points within each patient
+  (:mod:`trial_analysis.models.mmrm`; ``model`` ``mmrm``, ``fit_path`` ``mmrm``, written in
+  R mmrm's syntax as ``+ us(time | patient)``). The effect rows and marginal means are built
+  exactly as for the mixed models.
+- **Kenward-Roger df** (``analysis.ddf: kenward_roger``, REML only): for the random-intercept
+  models as pbkrtest and lmerTest compute them (the covariance parameters are the variances,
+  in which ``V`` is linear), for the MMRM as :mod:`trial_analysis.models.mmrm` says; SEs are
+  then the adjusted ones.
 
 The estimand rows
 -----------------
@@ -71,9 +81,10 @@ How the numbers are obtained, and why
   ``cov(beta) = sigma^2 (X' V0^-1 X)^-1`` -- what lme4's ``vcov`` gives. MixedLM's own
   ``bse_fe`` come from the joint Hessian and differ from lme4 by ~0.5 % under REML, so they are
   not used.
-- **Inference.** t tests with Satterthwaite denominator df computed as lmerTest does (see
-  :mod:`trial_analysis.models.lmm_inference`). Verified against lmerTest on committed datasets
-  (``tests/models/test_golden_models.py``). Should that computation fail, inference falls back
+- **Inference.** t tests with Satterthwaite (default) or Kenward-Roger (``analysis.ddf``)
+  denominator df, computed as lmerTest does (see :mod:`trial_analysis.models.lmm_inference`).
+  Verified against lmerTest on committed datasets (``tests/models/test_golden_models.py``,
+  ``tests/models/test_golden_kr.py``). Should that computation fail, inference falls back
   to the normal (z) distribution and every row says so in ``warnings``; ``df`` is then empty.
 - **Marginal means** follow emmeans' default reference grid (``analysis.reference_grid:
   emmeans``): numeric covariates at their mean over the model's rows (observations, as
@@ -134,9 +145,12 @@ from trial_analysis.models.distributions import chi2_sf, norm_ppf, norm_sf
 from trial_analysis.models.fast_lmm import fit_nested_lmm
 from trial_analysis.models.lmm_inference import (
     FixedDfInference,
+    KenwardRogerInference,
     MixedDesign,
     SatterthwaiteInference,
+    kenward_roger_lmm,
 )
+from trial_analysis.models.mmrm import MMRMFit, fit_mmrm
 from trial_analysis.parallel import map_shared
 from trial_analysis.privacy import DEFAULT_MIN_CELL_COUNT, count_text, min_cell_count
 
@@ -170,6 +184,7 @@ FIT_MAXITER = 2000
 FIT_PATH = "statsmodels"
 FAST_PATH = "fast_nested"
 OLS_PATH = "ols"
+MMRM_PATH = "mmrm"
 _ANALYSIS_FILE = "analysis table"
 
 
@@ -208,6 +223,14 @@ class ModelSpec:
     notes: tuple[str, ...] = ()
     # report.min_cell_count: counts of patients in the model's notes below it show as "<k"
     min_cell_count: int = DEFAULT_MIN_CELL_COUNT
+    covariance: str | None = None
+    heterogeneous_variances: bool = True
+    ddf: str = "satterthwaite"
+
+    @property
+    def mmrm(self) -> bool:
+        """A marginal model over the visits (``analysis.covariance`` set), no random effects."""
+        return self.covariance is not None
 
     @property
     def ancova(self) -> bool:
@@ -294,6 +317,13 @@ class ModelSpec:
             joined = " + ".join(self.covariates)
             by_time = self.covariates_by_time and self.time_terms
             fixed += f" + ({joined}) * time" if by_time else f" + {joined}"
+        if self.mmrm:
+            # R mmrm's syntax for the within-patient covariance.
+            het = self.heterogeneous_variances
+            code = {"unstructured": "us", "compound_symmetry": "csh" if het else "cs",
+                    "ar1": "ar1h" if het else "ar1", "toeplitz": "toeph" if het else "toep"
+                    }[str(self.covariance)]
+            return fixed + f" + {code}(time | patient)"
         terms = []
         for i, level in enumerate(self.random_effects):
             path = ":".join(self.random_effects[: i + 1])
@@ -319,6 +349,9 @@ def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings.setdefault("time", "categorical")
     settings.setdefault("baseline", "timepoint")
     settings.setdefault("effect", "by_time")
+    settings.setdefault("covariance", None)
+    settings.setdefault("heterogeneous_variances", True)
+    settings.setdefault("ddf", "satterthwaite")
     return settings
 
 
@@ -346,8 +379,12 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
     ancova = settings["baseline"] == "covariate"
     levels = list(settings["random_effects"])
     time_levels = list(settings["random_time_effects"])
+    covariance = settings["covariance"]
     problems += random_effects_problems(levels, time_levels,
-                                         one_row_per_patient=ancova and len(followups) == 1)
+                                         one_row_per_patient=ancova and len(followups) == 1,
+                                         marginal=covariance is not None)
+    if settings["ddf"] == "kenward_roger" and not settings["reml"]:
+        problems.append("analysis/ddf: Kenward-Roger df need a REML fit (analysis/reml: true)")
     if ancova and BASELINE_COVARIATE in settings["covariates"]:
         problems.append(f"analysis/covariates: '{BASELINE_COVARIATE}' is the name of the "
                         "baseline score under analysis/baseline: covariate; rename the column")
@@ -366,7 +403,9 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
     # Every structure admitted above (nested random intercepts, optional level x time
     # intercepts) is one the fast exact path handles; statsmodels stays selectable as the
     # general path and cross-check. Without random effects the fit is least squares.
-    if not levels:
+    if covariance is not None:
+        fit_path = MMRM_PATH
+    elif not levels:
         fit_path = OLS_PATH
     else:
         fit_path = "statsmodels" if settings["fit_path"] == "statsmodels" else FAST_PATH
@@ -384,7 +423,11 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
                                        [str(config["timepoints"]["baseline"]), *followups]),
                      score_columns=tuple(score_columns(config, outcome)[f] for f in followups)
                      if outcome in outcomes else (), notes=tuple(notes),
-                     min_cell_count=min_cell_count(config))
+                     min_cell_count=min_cell_count(config),
+
+                     covariance=covariance,
+                     heterogeneous_variances=bool(settings["heterogeneous_variances"]),
+                     ddf=str(settings["ddf"]))
 
 
 # How the outcome models word missing columns of the analysis table: all of them at once.
@@ -760,6 +803,7 @@ class _Fit:
     refinement: float
     singular: list[str]
     method: str
+    mmrm: MMRMFit | None = None
 
 
 def _describe_warning(w: warnings.WarningMessage, final_converged: bool) -> str:
@@ -828,6 +872,8 @@ def _refine_optimum(criterion, theta0: np.ndarray, start_value: float) -> np.nda
 
 def _fit(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign, rand: RandomDesign) -> _Fit:
     """Fit by the path the spec names; both give lme4's REML/ML optimum (golden-tested)."""
+    if spec.mmrm:
+        return _fit_mmrm(long, spec, fixed)
     if not spec.random_effects:
         return _fit_ols(long, spec, fixed)
     if spec.fit_path == FAST_PATH:
@@ -867,16 +913,56 @@ def _fit_ols(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign) -> _Fit:
                 singular=[], method=method)
 
 
-def _satterthwaite(design, theta: np.ndarray, sigma: float, beta: np.ndarray, reml: bool,
-                   messages: list[str]) -> SatterthwaiteInference | None:
+_DDF_NAMES = {"satterthwaite": "Satterthwaite", "kenward_roger": "Kenward-Roger"}
+_DDF_TEXT = {"satterthwaite": "Satterthwaite df (lmerTest method)",
+             "kenward_roger": "Kenward-Roger df (pbkrtest method, as lmerTest ddf = "
+                              "\"Kenward-Roger\")"}
+
+
+def _df_inference(design, theta: np.ndarray, sigma: float, beta: np.ndarray, spec: ModelSpec,
+                  messages: list[str], long: pd.DataFrame, X: np.ndarray, cov_beta: np.ndarray
+                  ) -> SatterthwaiteInference | KenwardRogerInference | None:
+    """Satterthwaite (lmerTest's computation) or Kenward-Roger (pbkrtest's) df, by
+    ``analysis.ddf``; on failure the normal distribution, said in ``messages``."""
+    name = "Kenward-Roger" if spec.ddf == "kenward_roger" else "Satterthwaite"
     try:
-        inference = SatterthwaiteInference.from_fit(design, theta, sigma, beta=beta, reml=reml)
+        if spec.ddf == "kenward_roger":
+            codes = unit_codes(long, spec)
+            components = spec.random_components
+            inference: SatterthwaiteInference | KenwardRogerInference = kenward_roger_lmm(
+                X, [codes[c] for c in components],
+                (np.asarray(theta, float) * sigma) ** 2, sigma**2, beta, cov_beta)
+        else:
+            inference = SatterthwaiteInference.from_fit(design, theta, sigma, beta=beta,
+                                                        reml=spec.reml)
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
-        messages.append(f"Satterthwaite df could not be computed ({exc}); inference uses the "
+        messages.append(f"{name} df could not be computed ({exc}); inference uses the "
                         "normal (z) distribution")
         return None
     messages += inference.notes
     return inference
+
+
+def _fit_mmrm(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign) -> _Fit:
+    """MMRM: marginal model over the model time points (models.mmrm), no random effects."""
+    times = spec.model_times
+    visit = long["time_label"].map({label: i for i, label in enumerate(times)}).to_numpy()
+    fit = fit_mmrm(long["score"].to_numpy(float), fixed.X.to_numpy(float),
+                   long["patient_id"].to_numpy(), visit, len(times),
+                   covariance=str(spec.covariance), heterogeneous=spec.heterogeneous_variances,
+                   reml=spec.reml, ddf=spec.ddf, column_names=list(fixed.X.columns),
+                   source=_ANALYSIS_FILE)
+    ddf = "Kenward-Roger" if spec.ddf == "kenward_roger" else "Satterthwaite"
+    method = (("REML" if spec.reml else "ML") + f"; MMRM, {fit.structure.sas_name} covariance "
+              f"over {len(times)} time points, no random effects (trial_analysis.models.mmrm); "
+              f"{ddf} df")
+    messages = list(fit.warnings)
+    # cov_beta is the model-based one (the fallback's); the Kenward-Roger SEs come from the
+    # inference object's adjusted covariance.
+    return _Fit(theta=fit.theta, sigma=float(np.sqrt(np.mean(np.diag(fit.sigma)))),
+                beta=fit.beta, cov_beta=fit.cov_beta, inference=fit.inference,
+                converged=fit.converged, warnings=messages, criterion=fit.deviance,
+                refinement=0.0, singular=[], method=method, mmrm=fit)
 
 
 def _fit_fast(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign,
@@ -902,10 +988,11 @@ def _fit_fast(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign,
         messages.append(f"singular fit: the {name} variance is estimated at the boundary "
                         "(zero)")
     beta = res.fixed_effects.to_numpy(float)
-    inference = _satterthwaite(res.design, res.theta, res.sigma, beta, spec.reml, messages)
+    inference = _df_inference(res.design, res.theta, res.sigma, beta, spec, messages, long,
+                              fixed.X.to_numpy(float), res.cov_fixed.to_numpy(float))
     method = (("REML" if spec.reml else "ML") + "; exact nested random-intercept fit "
               "(trial_analysis.models.fast_lmm: closed-form per-patient inverses, Woodbury "
-              "updates per cluster); Satterthwaite df (lmerTest method)")
+              "updates per cluster); " + _DDF_TEXT[spec.ddf])
     return _Fit(theta=np.asarray(res.theta, float), sigma=float(res.sigma), beta=beta,
                 cov_beta=res.cov_fixed.to_numpy(float), inference=inference,
                 converged=bool(res.converged), warnings=messages,
@@ -943,10 +1030,10 @@ def _fit_statsmodels(long: pd.DataFrame, spec: ModelSpec, fixed: FixedDesign,
     for name in singular:
         messages.append(f"singular fit: the {name} variance is estimated at the boundary "
                         "(zero)")
-    inference = _satterthwaite(design, theta, sigma, beta, spec.reml, messages)
+    inference = _df_inference(design, theta, sigma, beta, spec, messages, long,
+                              fixed.X.to_numpy(float), cov_beta)
     method = (("REML" if spec.reml else "ML") + f"; statsmodels MixedLM ({', '.join(FIT_METHODS)}"
-              "), optimum refined on the exact lme4 profiled criterion; Satterthwaite df "
-              "(lmerTest method)")
+              "), optimum refined on the exact lme4 profiled criterion; " + _DDF_TEXT[spec.ddf])
     return _Fit(theta=theta, sigma=sigma, beta=beta, cov_beta=cov_beta, inference=inference,
                 converged=converged, warnings=messages, criterion=final_value,
                 refinement=float(start_value - final_value), singular=singular, method=method)
@@ -1015,6 +1102,7 @@ class OutcomeModelResult:
     extra_rows: pd.DataFrame | None = None
     effects: pd.DataFrame | None = None
     primary_followup: str | None = None
+    covariance: dict[str, Any] | None = None
 
     @property
     def effect(self) -> pd.Series:
@@ -1064,7 +1152,8 @@ class OutcomeModelResult:
                 "icc": self.icc, "n_clusters": self.n_clusters, "singular": self.singular,
                 "inference": self.inference, "reml_criterion": self.reml_criterion,
                 "optimum_refinement": self.optimum_refinement,
-                "confidence_level": self.confidence_level}
+                "confidence_level": self.confidence_level,
+                **({"covariance": self.covariance} if self.covariance is not None else {})}
 
     def to_json_dict(self) -> dict[str, Any]:
         """The estimate file content (docs/data-contracts.md, "Estimates")."""
@@ -1079,9 +1168,12 @@ class OutcomeModelResult:
         pct = f"{self.confidence_level:.0%}"
         e = self.effect
         df_text = {"z": "z", "t": f"t, {e['df']:.0f} df"}.get(
-            self.inference, f"t, Satterthwaite df {e['df']:.1f}")
+            self.inference, f"t, {_DDF_NAMES.get(self.inference, 'Satterthwaite')} df "
+                            f"{e['df']:.1f}")
+        kind = ("MMRM" if self.covariance is not None else "Linear mixed model"
+                if self.random_effects["levels"] else "Linear model")
         lines = [
-            f"{'Linear mixed model' if self.random_effects['levels'] else 'Linear model'}: "
+            f"{kind}: "
             f"{self.outcome}, {self.population} ({self.method})",
             f"  {self.formula}",
             f"  {self.n_patients} patients, {self.n_observations} observations, clusters: "
@@ -1103,10 +1195,12 @@ class OutcomeModelResult:
             "Fixed effects:",
             self.fixed_effects.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
             "",
-            "Variance components (ICC):",
+            "Variances per time point (MMRM):" if self.covariance is not None
+            else "Variance components (ICC):",
         ]
         for name, var in self.variance_components.items():
-            lines.append(f"  {name:<18} {var:10.4f}  ({self.icc[name]:.3f})")
+            share = f"  ({self.icc[name]:.3f})" if name in self.icc else ""
+            lines.append(f"  {name:<18} {var:10.4f}{share}")
         if not self.marginal_means.empty:
             lines += ["", "Adjusted marginal means:",
                       self.marginal_means.to_string(index=False,
@@ -1117,11 +1211,35 @@ class OutcomeModelResult:
 
 
 def _variance_summary(fit: _Fit, rand: RandomDesign) -> tuple[dict[str, float], dict[str, float]]:
+    if fit.mmrm is not None:
+        # An MMRM has no components to share the variance: its variance at each time point
+        # (the correlations are in the model block's ``covariance``); no ICC.
+        times = rand.spec.model_times
+        return ({f"variance [{label}]": float(fit.mmrm.sigma[i, i])
+                 for i, label in enumerate(times)}, {})
     variances = {name: float((t * fit.sigma) ** 2)
                  for name, t in zip(rand.components, fit.theta, strict=True)}
     variances["residual"] = fit.sigma**2
     total = sum(variances.values())
     return variances, {name: v / total for name, v in variances.items()}
+
+
+def _covariance_block(fit: _Fit, spec: ModelSpec) -> dict[str, Any] | None:
+    """The MMRM's estimated covariance over the model time points (None for other models):
+    structure, the matrix, its correlations and the natural parameters."""
+    if fit.mmrm is None:
+        return None
+    S = fit.mmrm.sigma
+    sd = np.sqrt(np.diag(S))
+    times = spec.model_times
+    return {"structure": fit.mmrm.structure.name,
+            "sas_name": fit.mmrm.structure.sas_name,
+            "heterogeneous_variances": spec.heterogeneous_variances,
+            "time_points": list(times),
+            "matrix": [[float(v) for v in row] for row in S],
+            "correlation": [[float(v) for v in row] for row in S / np.outer(sd, sd)],
+            "parameters": dict(zip(fit.mmrm.structure.theta_names(times),
+                                   (float(t) for t in fit.mmrm.theta), strict=True))}
 
 
 def _fixed_rows(fit: _Fit, names: list[str], level: float) -> pd.DataFrame:
@@ -1265,25 +1383,33 @@ def _fit_prepared(long: pd.DataFrame, spec: ModelSpec, config: dict[str, Any],
     else:
         marginal, effects = pd.DataFrame(columns=MARGINAL_COLUMNS), None
     n_clusters = {lv: rand.n_units[lv] for lv in spec.random_effects}
-    if not spec.random_effects and model_name == "lmm":
+    if spec.mmrm and model_name == "lmm":
+        model_name = "mmrm"
+    elif not spec.random_effects and model_name == "lmm":
         model_name = "lm"
     if isinstance(fit.inference, FixedDfInference):
         inference = "t"
+    elif fit.inference is None:
+        inference = "z"
     else:
-        inference = "satterthwaite" if fit.inference is not None else "z"
+        inference = spec.ddf
     result = OutcomeModelResult(
         outcome=spec.outcome, population=spec.population, model_name=model_name,
         formula=spec.lme4_formula(),
         random_effects={"levels": list(spec.random_effects),
                         "time_levels": list(spec.random_time_effects),
-                        "components": list(rand.components)},
+                        "components": list(rand.components),
+                        **({"covariance": f"{fit.mmrm.structure.name} "
+                                          f"({fit.mmrm.structure.sas_name})"}
+                           if fit.mmrm is not None else {})},
         method=fit.method, fit_path=spec.fit_path, converged=fit.converged,
         warnings=notes + fit.warnings, fixed_effects=fixed_rows, marginal_means=marginal,
         variance_components=variances, icc=icc,
         n_patients=int(long["patient_id"].nunique()), n_observations=len(long),
         n_clusters=n_clusters, confidence_level=level, reml_criterion=fit.criterion,
         optimum_refinement=fit.refinement, singular=bool(fit.singular),
-        inference=inference, effects=effects, primary_followup=spec.primary)
+        inference=inference, effects=effects, primary_followup=spec.primary,
+        covariance=_covariance_block(fit, spec))
     return result, fit, fixed
 
 

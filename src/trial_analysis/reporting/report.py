@@ -399,6 +399,8 @@ def _float(text: str) -> float:
 def describe_random_effects(value: Any) -> str:
     """Random-effects structure in words: ``components`` of a mapping, or the text as given."""
     if isinstance(value, Mapping):
+        if value.get("covariance"):
+            return f"none (MMRM; within-patient covariance {value['covariance']})"
         components = value.get("components") or value.get("levels")
         if components:
             return " + ".join(f"(1 | {c})" for c in components)
@@ -710,9 +712,27 @@ def primary_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[st
     } for row in frame.to_dict("records")]
 
 
+def ledger_sources(ledger: Path | None) -> list[dict[str, str]]:
+    """The tables read by a query or selected from an ADaM dataset, as the ledger records them.
+
+    From the cleaning ledger's Parquet metadata (``attrs["sources"]``, written by ``clean``):
+    table, engine, database (a file, or the *name* of an environment variable), the query or
+    selection and the rows it gave; never connection settings, which the ledger never holds.
+    Empty without a ledger or when every table is a plain file.
+    """
+    if ledger is None or not Path(ledger).is_file():
+        return []
+    sources = pd.read_parquet(ledger, columns=["table"]).attrs.get("sources") or []
+    return [{
+        "table": str(s["table"]), "engine": str(s["engine"]), "database": str(s["database"]),
+        "query": " ".join(str(s["query"]).split()), "rows": str(s["rows"]),
+        "of": str(s["rows_in_source"]) if "rows_in_source" in s else "",
+    } for s in sources]
+
+
 def build_context(
     config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
-    benchmarks: Path | None, analysis: Path | None = None,
+    benchmarks: Path | None, analysis: Path | None = None, ledger: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, formatted for people."""
     intervention, control = arm_labels(config)
@@ -821,6 +841,7 @@ def build_context(
         "diagnostics": diagnostics_section(Path(tables), Path(figures), config),
         "provenance": {
             **provenance_facts(config, raw, analysis),
+            "sources": ledger_sources(ledger),
             "seed": config.get("seed", ""), "date": report_date(),
             "config_yaml": yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True),
             "benchmarks": [
@@ -847,6 +868,7 @@ def run_report(
     config: dict[str, Any], raw: str | Path, estimates: str | Path, tables: str | Path,
     figures: str | Path, benchmarks: str | Path | None, out: str | Path,
     analysis: str | Path | None = None,
+    ledger: str | Path | None = None,
 ) -> Path:
     """Assemble the self-contained HTML report (step ``report``).
 
@@ -865,6 +887,9 @@ def run_report(
         HTML file to write.
     analysis : path or None
         The analysis table, checksummed for provenance (the report never reads its rows).
+    ledger : path, optional
+        The cleaning ledger: the queries (and ADaM selections) it records, with their row
+        counts, are listed under provenance.
 
     Returns
     -------
@@ -874,6 +899,7 @@ def run_report(
     context = build_context(
         config, Path(raw), Path(estimates), Path(tables), Path(figures),
         Path(benchmarks) if benchmarks else None, Path(analysis) if analysis else None,
+        Path(ledger) if ledger else None,
     )
     html = render_report(context)
     with atomic_path(out) as tmp:

@@ -497,12 +497,20 @@ def _table1_frame(
     builtin = {column: entry for column, *entry in builtin_spec}
     kinds = patient_variables(config)
     spec: list[tuple[str, str, str, dict[Any, str] | None]] = []
+    file_labels = analysis.attrs.get("variable_labels") or {}
+    taken = {entry[0] for entry in builtin.values()}
     for name in table1_variables(config):
         if name in builtin:
             spec.append((name, *builtin[name]))
             continue
         kind = kinds[name]
-        readable = sentence_label(config, name)
+        # a label in the config first, else the file's own variable label (SAS/Stata/SPSS)
+        configured = name in ((config.get("report") or {}).get("labels") or {})
+        readable = (sentence_label(config, name) if configured or not file_labels.get(name)
+                    else str(file_labels[name]))
+        if readable in taken:  # two rows never share a label: the file's is already used
+            readable = sentence_label(config, name)
+        taken.add(readable)
         if kind == "flag":
             spec.append((name, readable, "categorical", yes_no))
         elif kind == "category":
@@ -924,6 +932,15 @@ def ratio_direction(low: float, high: float) -> str:
     return "no_difference"
 
 
+def _interval(row: Mapping[str, Any]) -> tuple[float, float] | None:
+    """A row's confidence interval as numbers; None when either end is missing (e.g. a
+    clustered interval with a single cluster), which is then "not estimable", not a crash."""
+    low, high = _number(row.get("ci_low")), _number(row.get("ci_high"))
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    return low, high
+
+
 def reproduction_table(
     analysis: pd.DataFrame, estimates: Mapping[str, Any], config: Mapping[str, Any],
     tables_folder: Path, truth: Mapping[str, Any] | None,
@@ -960,8 +977,8 @@ def reproduction_table(
         reproduced, truth_dir, source = None, "", ""
         if item == "sessions":
             row = sessions_ratio_row(estimates["sessions"]) if estimates.get("sessions") else None
-            if row is not None:
-                reproduced = ratio_direction(float(row["ci_low"]), float(row["ci_high"]))
+            if row is not None and _interval(row) is not None:
+                reproduced = ratio_direction(*_interval(row))
                 source = f"sessions.json: {readable_label(config, row['term'])} " \
                          f"{fmt_number(row['estimate'])} " \
                          f"({fmt_ci(row['ci_low'], row['ci_high'])})"
@@ -970,8 +987,9 @@ def reproduction_table(
                 truth_dir = f"ratio {fmt_number(true_ratio)}"
         elif (item, population) in estimates["primary"]:
             row = effect_row(estimates["primary"][(item, population)])
-            reproduced = effect_direction(float(row["ci_low"]), float(row["ci_high"]),
-                                          better.get(item, True))
+            interval = _interval(row)  # none when the model gave no interval
+            reproduced = None if interval is None else effect_direction(
+                *interval, better.get(item, True))
             source = f"{item}.{population}.json: difference {fmt_number(row['estimate'])} " \
                      f"({fmt_ci(row['ci_low'], row['ci_high'])})"
             effect = true_effect(truth, item)
@@ -992,8 +1010,9 @@ def reproduction_table(
         if key in estimates["primary"]:
             row = effect_row(estimates["primary"][key])
             reproduced = f"{fmt_number(row['estimate'])} ({fmt_ci(row['ci_low'], row['ci_high'])})"
-            inside = float(row["ci_low"]) <= float(entry["estimate"]) <= float(row["ci_high"])
-            match = "yes" if inside else "no"
+            interval = _interval(row)
+            match = "" if interval is None else (
+                "yes" if interval[0] <= float(entry["estimate"]) <= interval[1] else "no")
             source = f"{key[0]}.{key[1]}.json"
         shown = fmt_number(entry["estimate"])
         if "ci_low" in entry and "ci_high" in entry:

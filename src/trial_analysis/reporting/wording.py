@@ -8,8 +8,9 @@ label and heading that names the estimand or the model takes its words from
 
 - the estimated quantity: "difference in mean change" (change-score model) or "adjusted
   difference in follow-up score" (``analysis.baseline: covariate``);
-- the model: "linear mixed model" with random effects, "linear regression" (ordinary least
-  squares) without;
+- the model: "linear mixed model" with random effects, an MMRM with ``analysis.covariance``
+  (a marginal model: no random effects, no ICC), "linear regression" (ordinary least squares)
+  otherwise;
 - whether there is clustering (a random-effect level other than ``patient``): without it there
   is no cluster column;
 - whether the model has an arm x time interaction, so that the effect row named ``arm:time``
@@ -58,27 +59,34 @@ def effect_term_label(config: Mapping[str, Any], term: Any) -> str:
 def design_wording(config: Mapping[str, Any]) -> dict[str, Any]:
     """The words for the configured design's estimand and model (see the module docstring).
 
-    Keys: ``ancova``, ``mixed`` (random effects), ``clustered`` (a level other than patient),
-    ``cluster_level`` (the outermost such level's label, or ""), ``interaction`` (arm x time
-    term), ``quantity`` (lower case, as in "the {quantity}"), ``axis`` (capitalised, for an
-    axis label), ``model`` ("linear mixed model" / "linear regression"), ``model_short``
-    ("mixed model" / "linear model"), ``form`` (the primary model's form for Table S1),
-    ``interaction_term`` (the subgroup interaction in words).
+    Keys: ``ancova``, ``mixed`` (random effects), ``mmrm``, ``clustered`` (a level other
+    than patient), ``cluster_level`` (the outermost such level's label, or ""),
+    ``interaction`` (arm x time term), ``quantity`` (lower case, as in "the {quantity}"),
+    ``axis`` (capitalised, for an axis label), ``model`` ("linear mixed model", an MMRM or
+    "linear regression"), ``model_short`` ("mixed model", "MMRM", "linear model"), ``form``
+    (the primary model's form for Table S1), ``interaction_term`` (the subgroup interaction
+    in words).
     """
     analysis = config.get("analysis", {})
     ancova = analysis.get("baseline") == "covariate"
     levels = [str(level) for level in analysis.get("random_effects") or []]
     clusters = [level for level in levels if level != "patient"]
     mixed = bool(levels)
+    covariance = analysis.get("covariance")
     interaction = _has_arm_time_interaction(config)
     quantity = ADJUSTED if ancova else CHANGE
-    model = "linear mixed model" if mixed else "linear regression"
-    model_short = "mixed model" if mixed else "linear model"
+    if covariance:
+        model = (f"mixed model for repeated measures (MMRM, "
+                 f"{str(covariance).replace('_', ' ')} covariance)")
+        model_short = "MMRM"
+    else:
+        model = "linear mixed model" if mixed else "linear regression"
+        model_short = "mixed model" if mixed else "linear model"
     form = (f"lagged outcome (ANCOVA, {model_short})" if ancova
             else f"change score ({model_short})")
     arm = label(config, "arm")
     return {
-        "ancova": ancova, "mixed": mixed, "clustered": bool(clusters),
+        "ancova": ancova, "mixed": mixed, "mmrm": bool(covariance), "clustered": bool(clusters),
         "cluster_level": label(config, clusters[0]) if clusters else "",
         "interaction": interaction, "quantity": quantity,
         "axis": quantity[:1].upper() + quantity[1:], "model": model,

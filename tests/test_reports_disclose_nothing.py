@@ -21,8 +21,9 @@ from conftest import _fail_with_logs, run_snakemake
 
 pytestmark = pytest.mark.e2e
 
-ID_COLUMNS = ("therapist_id", "clinic_id", "episode_id", "patient_id", "session_id",
-              "outcome_id")
+# The ids of people and their records. Clinics are sites, not people: the propensity balance
+# table names its clinic indicators (clinic_C02) by design; the therapist table codes them.
+ID_COLUMNS = ("therapist_id", "episode_id", "patient_id", "session_id", "outcome_id")
 # Counts of units that are not people (therapists as clusters) or not counts of people alone.
 NOT_PEOPLE = {"n_clusters", "n_observations", "num_df", "n_imputations", "n_iterations"}
 _PEOPLE_IN_TEXT = re.compile(r"(?<![\w.<])(\d+) (?:patient|patients|patient\(s\)|episode|"
@@ -84,7 +85,9 @@ def disclosures(reports: Path, raw: Path, k: int) -> list[str]:
     found: list[str] = []
     for path, text in _texts(reports):
         name = str(path.relative_to(reports))
-        tokens = set(re.findall(r"[A-Za-z0-9_]+", text))
+        # words, and their parts between underscores (an id inside "therapist_T001")
+        tokens = set(re.findall(r"[A-Za-z0-9_]+", text)) | set(re.findall(r"[A-Za-z0-9]+",
+                                                                            text))
         found += [f"{name}: raw id {token!r}" for token in sorted(tokens & ids)[:5]]
         found += [f"{name}: {m.group(0)!r}" for m in _PEOPLE_IN_TEXT.finditer(text)
                   if _small(m.group(1), k) and not _a_threshold(text, m.start())][:5]
@@ -109,13 +112,13 @@ def test_the_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
     raw, reports = tmp_path / "raw", tmp_path / "reports"
     raw.mkdir()
     reports.mkdir()
-    (raw / "therapists.csv").write_text("therapist_id,clinic_id\nt017,C03\n")
+    (raw / "therapists.csv").write_text("therapist_id,clinic_id\nt017,C03\nT020,C04\n")
     (reports / "a.csv").write_text("therapist,n_patients,cell\nx,3,12 (4.0)\ny,7,2 (1.0)\n")
     (reports / "b.json").write_text(json.dumps({"rows": [{"n_patients": 2, "n_clusters": 1}]}))
     (reports / "c.html").write_text("<p>T017 had 4 patients</p><img src='data:image/png;"
-                                    "base64,C03/C03+'>")
+                                    "base64,C03/T020+'><!-- therapist_T020 -->")
     found = disclosures(reports, raw, 5)
-    assert "c.html: raw id 'T017'" in found
+    assert "c.html: raw id 'T017'" in found and "c.html: raw id 'T020'" in found
     assert "a.csv: n_patients = 3" in found
     assert "a.csv: cell = '2 (1.0)'" in found
     assert "b.json: .rows[0].n_patients = 2" in found
