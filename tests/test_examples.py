@@ -115,6 +115,15 @@ def test_randomised_wide_report_and_flow(randomised_wide):
     assert "Not applicable: this study has no sessions table" in html
     assert "at baseline (baseline) and at m2, m4, m6, m8" in html
     assert "Simulated cohort" not in html  # the example's own data, not the simulator's
+    # Wording of the design: a change-score mixed model without clustering.
+    from report_fixtures import visible_text
+
+    text = visible_text(html.split('<section id="design">', 1)[1])
+    assert "Clusters" not in text  # a patient random intercept is not clustering
+    assert "difference in mean change" in text and "primary linear mixed model" in text
+    table1 = html.split('id="baseline"', 1)[1].split("</section>", 1)[0]
+    assert "Body-mass index" not in table1  # mapped in the file, never declared
+    assert table1.index("Age, years") < table1.index("Sex") < table1.index("Smoker")
     flow = _flow(workdir, config).set_index("description")
     assert flow.loc["patient episodes in the extract", "n"] == 401
     assert flow.loc["patient episodes after cleaning", "n"] == 400  # the exact duplicate
@@ -162,6 +171,14 @@ def test_multisite_long_report_and_flow(multisite_long):
     assert "programme" in html and "P00001" not in html
     assert "adjusted for the baseline score (ANCOVA)" in html
     assert "Difference between groups in mean score at 12m adjusted for the baseline score" in html
+    # Wording of the design: ANCOVA in a mixed model clustered by site, never "mean change".
+    from report_fixtures import visible_text
+
+    text = visible_text(html.split('<section id="design">', 1)[1])
+    for phrase in ("mean change", "change score (mixed model)", "residual ICC"):
+        assert phrase not in text, phrase
+    assert "adjusted difference in follow-up score" in text
+    assert "Clusters (site)" in text and "lagged outcome (ANCOVA, mixed model)" in text
     # The difference between sexes is that of the two within-level effects at 12 months.
     subgroups = pd.read_csv(workdir / config["paths"]["reports"] / "tables"
                             / "subgroup_estimates.csv")

@@ -9,8 +9,8 @@ A label comes from, in order:
 2. the study's own names: an outcome's ``label``;
 3. the built-in :data:`BUILTIN_LABELS`;
 4. a pattern: a method key ``a:b`` is ``label(a) + ", " + label(b)``; ``<outcome>_baseline``,
-   ``<x>_missing``, ``complete_<outcome>``, a dummy ``clinic_C02`` or ``sexM`` (variable name
-   followed by its level);
+   ``<x>_missing``, ``<level>_clustered_se``, ``complete_<outcome>``, a dummy ``clinic_C02``
+   or ``sexM`` (variable name followed by its level);
 5. otherwise the identifier with its underscores read as spaces.
 
 Lives at the top level, below every stage: the causal stage labels its love plots with it and
@@ -101,6 +101,9 @@ def label(config: Mapping[str, Any] | None, key: Any) -> str:
             return f"{text} at baseline"
         if key == f"complete_{outcome}":
             return "complete cases"
+    match = re.fullmatch(r"([a-z][a-z0-9_]*)_clustered_se", key)
+    if match:  # the responder SEs are clustered by the outermost level, whichever it is
+        return f"{label(config, match.group(1))}-clustered SE"
     if key.endswith("_missing") and len(key) > len("_missing"):
         return f"{label(config, key.removesuffix('_missing'))} missing"
     match = re.fullmatch(r"(clinic|therapist)_([A-Za-z0-9-]+)", key)

@@ -55,8 +55,8 @@ def test_primary_table_in_word_matches_the_csv(run, folders):
     assert "sensitivity" not in written  # no sensitivity analysis in the fixture
     rows, notes = _cells(written["primary_estimates"]["docx"])
     csv = pd.read_csv(tables / "primary_estimates.csv")
-    assert rows[0][:7] == ["Outcome", "Population", "Patients", "Clusters", "Difference",
-                           "95% CI", "p"]
+    assert rows[0][:7] == ["Outcome", "Population", "Patients", "Clusters (therapist)",
+                           "Difference", "95% CI", "p"]
     assert rows[0][-1] == "True value"
     assert len(rows) == 1 + len(csv)
     for cells, (_, expected) in zip(rows[1:], csv.iterrows(), strict=True):
@@ -124,3 +124,20 @@ def test_latex_escape():
 def test_missing_table_is_a_data_error(run, tmp_path):
     with pytest.raises(DataError, match="primary_estimates.csv"):
         run_exports(config=run.config, estimates=run.estimates, tables=tmp_path)
+
+
+def test_primary_table_has_no_cluster_column_without_clustering(run, folders):
+    """A patient random intercept is not clustering: no Clusters column repeating Patients."""
+    import copy
+
+    from trial_analysis.reporting.exports import primary_export
+    from trial_analysis.reporting.report import primary_rows
+
+    tables, _ = folders
+    config = copy.deepcopy(run.config)
+    config["analysis"]["random_effects"] = ["patient"]
+    frame = pd.read_csv(tables / "primary_estimates.csv", dtype=str, keep_default_na=False)
+    table = primary_export(primary_rows(frame, config), config, simulated=False)
+    assert table.header == ["Outcome", "Population", "Patients", "Difference", "95% CI", "p"]
+    assert all(len(row) == len(table.header) for row in table.rows)
+    assert not any("Clusters" in note for note in table.footnotes)

@@ -31,6 +31,7 @@ from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path, write_csv
 from trial_analysis.reporting.report import primary_rows, sensitivity_section, study_schedule
 from trial_analysis.reporting.tables import fmt_number
+from trial_analysis.reporting.wording import design_wording
 
 EXPORT_NAMES = ("table1", "primary_estimates", "sensitivity")
 _FIXED_DATE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -92,11 +93,15 @@ def primary_export(rows: Sequence[Mapping[str, str]], config: Mapping[str, Any],
     intervention, control = arm_labels(config)
     level = int(round(100 * confidence_level(config)))
     schedule = study_schedule(config)
-    header = ["Outcome", "Population", "Patients", "Clusters", "Difference", f"{level}% CI", "p"]
-    body = [[r["outcome"], r["population"], str(r["n"]), str(r["clusters"]), r["estimate"],
-             r["ci"], r["p"]] + ([r["truth"]] if simulated else []) for r in rows]
-    model = ("linear mixed model" if config["analysis"].get("random_effects")
-             else "linear regression")
+    words = design_wording(config)
+    clustered = words["clustered"]  # no Clusters column when it would repeat Patients
+    header = ["Outcome", "Population", "Patients",
+              *([f"Clusters ({words['cluster_level']})"] if clustered else []),
+              "Difference", f"{level}% CI", "p"]
+    body = [[r["outcome"], r["population"], str(r["n"]),
+             *([str(r["clusters"])] if clustered else []), r["estimate"], r["ci"], r["p"]]
+            + ([r["truth"]] if simulated else []) for r in rows]
+    model = words["model"]
     return ExportTable(
         title=f"Table 2. Difference between groups in {schedule['estimand']} "
               f"({intervention} minus {control}), adjusted, with {level}% CI.",
@@ -106,7 +111,7 @@ def primary_export(rows: Sequence[Mapping[str, str]], config: Mapping[str, Any],
             f"Estimated by a {model} per outcome, adjusted for "
             + (", ".join(config["analysis"].get("covariates") or []) or "no covariates")
             + "; CI: confidence interval.",
-            "Clusters: units of the outermost random effect (e.g. therapists).",
+            *(["Clusters: units of the outermost random effect."] if clustered else []),
             *_truth_note(simulated),
         ],
     )
@@ -120,9 +125,13 @@ def sensitivity_export(section: Mapping[str, Any], config: Mapping[str, Any],
     header = ["Outcome", "Method", "Model form", "Patients", "Difference", f"{level}% CI", "p"]
     body = [[r["outcome"], r["method"], r.get("form", ""), str(r["n"]), r["estimate"], r["ci"],
              r["p"]] + ([r.get("truth", "")] if simulated else []) for r in section["effects"]]
+    words = design_wording(config)
+    primary = (f"{words['model_short'].capitalize()}: {words['quantity']}"
+               + (", adjusted for the observed baseline score and the covariates."
+                  if words["ancova"] else
+                  ", adjusted for the covariates' effects on level and change."))
     notes = [
-        "Mixed model: difference in mean change, adjusted for the covariates' effects on level "
-        "and change. Lagged-outcome (ANCOVA) rows: follow-up score adjusted for the observed "
+        primary + " Lagged-outcome (ANCOVA) rows: follow-up score adjusted for the observed "
         "baseline score; change-score rows: change from baseline; doubly robust rows: "
         "propensity and outcome models, both with the baseline score.",
     ]

@@ -41,6 +41,7 @@ from trial_analysis.reporting.tables import (
     read_analysis,
     subgroup_rows,
 )
+from trial_analysis.reporting.wording import design_wording
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -385,8 +386,9 @@ def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome
 
 
 def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Figure:
-    """Arm x time effect by population and subgroup level, one panel per outcome."""
+    """The primary effect by population and subgroup level, one panel per outcome."""
     outcomes = config["outcomes"]
+    axis = design_wording(config)["axis"]  # change score or ANCOVA: what was estimated
     all_rows = {o["name"]: forest_rows(estimates, config, o["name"]) for o in outcomes}
     n_rows = max(len(r) for r in all_rows.values())
     figure, axes = new_figure(1, len(outcomes), figsize=(3.6 * len(outcomes),
@@ -408,7 +410,7 @@ def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Fi
         ax.set_yticks(y)
         ax.set_yticklabels([r["label"] for r in rows], fontsize=8)
         better = "right" if outcome.get("higher_is_better", True) else "left"
-        ax.set_xlabel(f"Difference in mean change ({outcome.get('units', 'score')})\n"
+        ax.set_xlabel(f"{axis} ({outcome.get('units', 'score')})\n"
                       f"{better} of 0 favours {arm_labels(config)[0]}", fontsize=8)
         ax.set_title(_wrap(outcome_label(config, outcome["name"]), 32), loc="left")
         ax.set_ylim(-0.7, len(rows) - 0.3)

@@ -60,17 +60,14 @@ from trial_analysis.reporting.tables import (
     slug,
 )
 from trial_analysis.reporting.target_trial import target_trial_table
+from trial_analysis.reporting.wording import design_wording, effect_term_label, figure_captions
 
+# Captions that do not depend on the design; trajectories and forest: wording.figure_captions.
 FIGURE_CAPTIONS = {
     "flow": "Flow of referral episodes and patients through cleaning, eligibility, the two "
             "groups and each analysed population (overall and per group), computed from the "
             "record ledger; record-level cleaning of the other tables (rows dropped, values "
             "set missing) is noted beside the diagram.",
-    "trajectories": "Adjusted mean score by arm at baseline and follow-up (95% CI), from the "
-                    "primary mixed model in complete cases.",
-    "forest": "Difference between arms in mean change, baseline to follow-up (95% CI), by "
-              "analysis population and within subgroup levels, with p-values of the test of "
-              "heterogeneity.",
     "sessions": "Distribution of the number of treatment sessions by arm (percentage of the "
                 "arm). The upper tail is pooled and bars with fewer patients than the minimum "
                 "cell count are not drawn.",
@@ -307,9 +304,11 @@ def sensitivity_section(estimates: Path, figures: Path, primary: list[dict[str, 
     docs = {path.name.split(".")[1]: json.loads(path.read_text(encoding="utf-8"))
             for path in sorted(estimates.glob("sensitivity.*.json"))}
     effects: list[dict[str, str]] = []
+    words = design_wording(config)
     for row in primary:
-        effects.append({**row, "method": f"Mixed model ({row['population'].lower()})",
-                        "form": "change score (mixed model)"})
+        effects.append({**row, "method": f"{words['model_short'].capitalize()} "
+                                         f"({row['population'].lower()})",
+                        "form": words["form"]})
     seen: set[tuple[str, str, str]] = set()
     for name in ("propensity", "doubly_robust", "multiple_imputation",
                  "therapist_fixed_effects"):
@@ -569,8 +568,9 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
             f"Patients received {intervention} or {control} as part of routine care; nobody "
             "was randomised. Who received which care depended on the treating therapist and "
             "the patient, so the comparison is open to confounding. Estimates are adjusted "
-            "associations between exposure and change in outcome, not proof of a causal "
-            "effect."),
+            "associations between exposure and "
+            + ("the follow-up outcome" if design_wording(config)["ancova"]
+               else "change in outcome") + ", not proof of a causal effect."),
     }
 
 
@@ -585,7 +585,10 @@ def variance_tables(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict
     """Table 7 wide, one table per outcome: a row per component, variance and ICC per population.
 
     Values to 3 significant digits (a variance of 160 and one of 0.19 are equally precise).
+    Without random effects (least squares) there is only the residual variance, whose "ICC"
+    would be 1: no ICC column then.
     """
+    quantities = ("variance", "icc") if design_wording(config)["mixed"] else ("variance",)
     tables = []
     for outcome, part in frame.groupby("outcome", sort=False):
         populations = list(dict.fromkeys(part["population"]))
@@ -593,14 +596,14 @@ def variance_tables(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict
         for component in dict.fromkeys(part["component"]):
             cells = []
             for population in populations:
-                for quantity in ("variance", "icc"):
+                for quantity in quantities:
                     match = part[(part["component"] == component)
                                  & (part["population"] == population)
                                  & (part["quantity"] == quantity)]
                     cells.append(fmt_sig(_float(match["value"].iloc[0])) if len(match)
                                  else "–")
             rows.append({"component": sentence_label(config, component), "cells": cells})
-        tables.append({"outcome": outcome_label(config, outcome),
+        tables.append({"outcome": outcome_label(config, outcome), "quantities": quantities,
                        "populations": [label(config, p) for p in populations], "rows": rows})
     return tables
 
@@ -772,7 +775,8 @@ def build_context(
             "outcome": sentence_label(config, r["outcome"]),
             "population": label(config, r["population"]),
             "model": sentence_label(config, r["model"]),
-            "term": label(config, r["term"]), "estimate": fmt_number(_float(r["estimate"]), digits),
+            "term": effect_term_label(config, r["term"]),
+            "estimate": fmt_number(_float(r["estimate"]), digits),
             "ci": fmt_ci(_float(r["ci_low"]), _float(r["ci_high"]), digits),
             "p": fmt_p(_float(r["p_value"])), "n": r["n_patients"],
             "truth": fmt_number(_float(r.get("true_value", "")), digits)
@@ -830,7 +834,8 @@ def build_context(
         "assumptions": assumptions, "figures": embed_figures(figures, figure_names(config)),
         "has_sessions": has_table(config, "sessions"),
         "schedule": study_schedule(config),
-        "figure_captions": FIGURE_CAPTIONS,
+        "figure_captions": figure_captions(config, FIGURE_CAPTIONS),
+        "wording": design_wording(config),
         "sources": source_notes(tables, figures, estimates, analysis),
         "analyst": analyst_text(config),
         "diagnostics": diagnostics_section(Path(tables), Path(figures), config),

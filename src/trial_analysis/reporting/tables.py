@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trial_analysis.config import arm_labels, followup_labels, primary_followup, time_values
+from trial_analysis.config import (
+    arm_labels,
+    followup_labels,
+    patient_variables,
+    primary_followup,
+    time_values,
+)
 from trial_analysis.errors import DataError
 from trial_analysis.io import ESTIMATE_COLUMNS, read_analysis_table, write_csv
 from trial_analysis.labels import label as readable_label
@@ -450,12 +456,36 @@ def _labelled(values: pd.Series, mapping: Mapping[Any, str]) -> pd.Series:
     return pd.Series(labels[codes], index=values.index, dtype=object)  # code -1: missing
 
 
+def table1_variables(config: Mapping[str, Any]) -> list[str]:
+    """The patient characteristics of Table 1: those the config names, in its order.
+
+    Named as analysis covariates or subgroups, declared in ``input.tables.patients.variables``,
+    or covariates of a sessions or propensity model that runs; a column that is merely in the
+    file (a BMI nobody asked for) is not described. Never the arm (nor its allocation column)
+    or a cluster id (a random-effect level).
+    """
+    analysis = config.get("analysis", {})
+    sensitivity = config.get("sensitivity") or {}
+    named = [*(analysis.get("covariates") or []), *(analysis.get("subgroups") or []),
+             *(config["input"]["tables"]["patients"].get("variables") or {})]
+    # The schema fills these lists with defaults: they name variables only where they are used.
+    if config["input"]["tables"].get("sessions") is not None:
+        named += (analysis.get("sessions") or {}).get("covariates") or []
+    if {"propensity", "doubly_robust"} & set(sensitivity.get("analyses") or []):
+        named += (sensitivity.get("propensity") or {}).get("covariates") or []
+    excluded = {"arm", "arm_intervention", str((config.get("allocation") or {}).get("column")),
+                *map(str, analysis.get("random_effects") or [])}
+    known = patient_variables(config)
+    return [name for name in dict.fromkeys(map(str, named))
+            if name in known and name not in excluded]
+
+
 def _table1_frame(
     analysis: pd.DataFrame, config: Mapping[str, Any]
 ) -> tuple[pd.DataFrame, list[str], list[str], list[str]]:
     """Readable-label copy of the Table 1 columns: (frame, continuous, categorical, order)."""
     yes_no = {0: "no", 1: "yes"}
-    spec: list[tuple[str, str, str, dict[Any, str] | None]] = [
+    builtin_spec: list[tuple[str, str, str, dict[Any, str] | None]] = [
         ("age", "Age, years", "continuous", None),
         ("sex", "Sex", "categorical", {"F": "female", "M": "male"}),
         ("bmi", "Body-mass index, kg/m²", "continuous", None),
@@ -464,17 +494,16 @@ def _table1_frame(
         ("anxiety", "Anxiety", "categorical", yes_no),
         ("ses_score", "Socioeconomic score (1-10)", "continuous", None),
     ]
-    # Variables a study declares (input.tables.patients.variables), except cluster ids. The
-    # config gives them no label: the patients file's own variable label (SAS, Stata, SPSS),
-    # else the name.
-    declared = config["input"]["tables"]["patients"].get("variables") or {}
+    builtin = {column: entry for column, *entry in builtin_spec}
+    kinds = patient_variables(config)
+    spec: list[tuple[str, str, str, dict[Any, str] | None]] = []
     file_labels = analysis.attrs.get("variable_labels") or {}
-    levels = set(config.get("analysis", {}).get("random_effects", []))
-    builtin = {column for column, *_ in spec}
-    taken = {label for _, label, *_ in spec}
-    for name, kind in declared.items():
-        if name in builtin or name in levels:
+    taken = {entry[0] for entry in builtin.values()}
+    for name in table1_variables(config):
+        if name in builtin:
+            spec.append((name, *builtin[name]))
             continue
+        kind = kinds[name]
         # a label in the config first, else the file's own variable label (SAS/Stata/SPSS)
         configured = name in ((config.get("report") or {}).get("labels") or {})
         readable = (sentence_label(config, name) if configured or not file_labels.get(name)
