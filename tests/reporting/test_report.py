@@ -338,3 +338,14 @@ def test_each_model_form_gets_its_own_tipping_point():
     assert _tipping_entry(points, {**row, "method": "delta_adjusted_mi"})["tipping_delta"] == 4.05
     # a file written before the entries named their method: keyed by the outcome
     assert _tipping_entry({"function": {"tipping_delta": 1.0}}, row)["tipping_delta"] == 1.0
+
+
+def test_subgroups_are_exploratory_with_their_number_of_tests(run, html):
+    table = pd.read_csv(run.tables / "subgroup_estimates.csv")
+    n_tests = len(table.dropna(subset=["p_heterogeneity"])
+                  .drop_duplicates(["outcome", "subgroup"]))
+    assert n_tests > 0
+    assert "Subgroups (exploratory)" in html
+    assert f"{n_tests} heterogeneity tests" in html
+    assert "p heterogeneity (Holm)" in html
+    assert "The secondary outcomes" in html and "not adjusted for multiplicity" in html

@@ -51,6 +51,7 @@ from trial_analysis.reporting.tables import (
     fmt_number,
     fmt_p,
     fmt_sig,
+    heterogeneity_tests,
     load_estimates,
     load_truth,
     outcome_label,
@@ -785,6 +786,7 @@ def build_context(
             "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
             "p": fmt_p(_float(row["p_value"])),
             "p_het": fmt_p(_float(row["p_heterogeneity"])),
+            "p_het_holm": fmt_p(_float(row["p_heterogeneity_holm"])),
             "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
         })
 
@@ -843,6 +845,7 @@ def build_context(
                            for r in frames["implementation"].to_dict("records")],
         "flow": flow_rows(frames["flow"], config),
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
+        "multiplicity": multiplicity_text(frames["subgroup_estimates"], config),
         "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
         "variance": variance, "models": models, "methods": methods, "formulas": formulas,
@@ -864,6 +867,25 @@ def build_context(
             ],
             "raw": str(raw), "version": __version__,
         },
+    }
+
+
+def multiplicity_text(subgroup_table: pd.DataFrame, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The multiplicity plan in words: one primary outcome, secondaries and subgroups exploratory.
+
+    The number of subgroup tests is counted from the heterogeneity tests actually reported
+    (outcomes x subgroups with a p-value), so it never disagrees with Table 4.
+    """
+    primary_name = config.get("primary_outcome")
+    secondary = [outcome_label(config, o["name"]) for o in config["outcomes"]
+                 if o["name"] != primary_name]
+    n_outcomes = subgroup_table["outcome"].nunique() if len(subgroup_table) else 0
+    n_subgroups = subgroup_table["subgroup"].nunique() if len(subgroup_table) else 0
+    return {
+        "primary": outcome_label(config, primary_name) if primary_name else "",
+        "secondary": secondary,
+        "n_tests": len(heterogeneity_tests(subgroup_table)),
+        "n_outcomes": int(n_outcomes), "n_subgroups": int(n_subgroups),
     }
 
 
