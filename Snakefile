@@ -519,3 +519,5 @@ rule report:
 
 # Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.
 include: "workflow/simulation_study.smk"
+# Design stress study (which estimator holds under which mechanism): `snakemake -c2 stress_study`.
+include: "workflow/stress_study.smk"
