@@ -483,9 +483,16 @@ rule figures:
         " --out {params.figures} > {log} 2>&1 || step_failed {log}"
 
 
+# The design stress study's summary joins the report when it has been run
+# (`snakemake stress_study`); it is then an input, so a new summary rebuilds the report.
+STRESS_SUMMARY = f"{REPORTS}/stress_study/summary.json"
+STRESS_INPUT = [STRESS_SUMMARY] if Path(STRESS_SUMMARY).exists() else []
+
+
 rule report:
     """One self-contained HTML report with provenance: what a reviewer reads."""
     input:
+        stress=STRESS_INPUT,
         estimates=ESTIMATES,
         sensitivity=SENSITIVITY_OUTPUTS,
         tables=rules.tables.output,
@@ -514,7 +521,9 @@ rule report:
         " --estimates {params.estimates} --tables {params.tables}"
         # BENCH in the command, not in params: a param that is a plain value makes Snakemake
         # import pandas at every start to compare it with the last run's (about 0.9 s).
-        f" --figures {{params.figures}} --benchmarks {BENCH} --out {{output}} > {{log}} 2>&1 || step_failed {{log}}"
+        f" --figures {{params.figures}} --benchmarks {BENCH} --out {{output}}"
+        + (f" --stress-summary {STRESS_SUMMARY}" if STRESS_INPUT else "")
+        + " > {log} 2>&1 || step_failed {log}"
 
 
 # Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.

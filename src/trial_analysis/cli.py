@@ -283,6 +283,8 @@ STEPS: dict[str, Step] = {
             _file("--figures", "folder of figures"),
             _optional_file("--benchmarks", "folder of Snakemake benchmark files (run times)"),
             _file("--out", "report to write (HTML)"),
+            _optional_file("--stress-summary",
+                           "summary.json of the design stress study (adds its table)"),
         ),
     ),
     "simulate-study": Step(

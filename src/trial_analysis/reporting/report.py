@@ -740,7 +740,7 @@ def flow_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[str, 
 
 def build_context(
     config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
-    benchmarks: Path | None,
+    benchmarks: Path | None, stress: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, formatted for people."""
     intervention, control = arm_labels(config)
@@ -846,6 +846,7 @@ def build_context(
         "flow": flow_rows(frames["flow"], config),
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
         "multiplicity": multiplicity_text(frames["subgroup_estimates"], config),
+        "stress": stress_section(stress),
         "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
         "variance": variance, "models": models, "methods": methods, "formulas": formulas,
@@ -867,6 +868,47 @@ def build_context(
             ],
             "raw": str(raw), "version": __version__,
         },
+    }
+
+
+STRESS_MEASURES = ("bias", "bias_mcse", "bias_realised", "empirical_se", "mean_model_se",
+                   "coverage", "coverage_mcse", "power", "power_mcse")
+
+
+def stress_section(summary: Path | None) -> dict[str, Any] | None:
+    """The design stress study's table and figure, when its summary was given and exists.
+
+    ``summary`` is ``summary.json`` of ``snakemake stress_study``; its figure
+    (``stress_study.png``) sits beside it. Aggregates over simulated replicates only.
+    """
+    if summary is None or not Path(summary).is_file():
+        return None
+    document = json.loads(Path(summary).read_text(encoding="utf-8"))
+    labels = document.get("estimators", {})
+    rows = []
+    for r in document["summary"]:
+        rows.append({
+            "scenario": str(r["scenario"]).replace("_", " "),
+            "estimator": labels.get(r["estimator"], r["estimator"]),
+            "n": r["n_ok"], "true": fmt_number(_float(r["true_value"])),
+            "bias": f"{_float(r['bias']):.2f} ({_float(r['bias_mcse']):.2f})",
+            "bias_realised": f"{_float(r['bias_realised']):.2f}",
+            "empirical_se": f"{_float(r['empirical_se']):.2f}",
+            "model_se": f"{_float(r['mean_model_se']):.2f}",
+            "coverage": f"{_float(r['coverage']):.3f} ({_float(r['coverage_mcse']):.3f})",
+            "power": f"{_float(r['power']):.3f} ({_float(r['power_mcse']):.3f})",
+            "holds": "yes" if r["holds"] else "no",
+        })
+    holding = {m: [labels.get(e, e) for e, ok in by.items() if ok]
+               for m, by in document.get("holds", {}).items()}
+    figure = Path(summary).with_name("stress_study.png")
+    return {
+        "rows": rows, "target": document.get("target", ""),
+        "replicates": sorted({int(s["n_replicates"]) for s in document["study"]["scenarios"]}),
+        "holding": [{"mechanism": m.replace("_", " "), "estimators": ", ".join(e) or "none"}
+                    for m, e in holding.items()],
+        "figure": ("data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode()
+                   if figure.is_file() else ""),
     }
 
 
@@ -902,6 +944,7 @@ def render_report(context: Mapping[str, Any]) -> str:
 def run_report(
     config: dict[str, Any], raw: str | Path, estimates: str | Path, tables: str | Path,
     figures: str | Path, benchmarks: str | Path | None, out: str | Path,
+    stress_summary: str | Path | None = None,
 ) -> Path:
     """Assemble the self-contained HTML report (step ``report``).
 
@@ -918,6 +961,8 @@ def run_report(
         Folder of Snakemake benchmark files (rule run times); may be missing or empty.
     out : path
         HTML file to write.
+    stress_summary : path or None
+        ``summary.json`` of the design stress study; its table and figure are shown when given.
 
     Returns
     -------
@@ -927,6 +972,7 @@ def run_report(
     context = build_context(
         config, Path(raw), Path(estimates), Path(tables), Path(figures),
         Path(benchmarks) if benchmarks else None,
+        Path(stress_summary) if stress_summary else None,
     )
     html = render_report(context)
     with atomic_path(out) as tmp:
