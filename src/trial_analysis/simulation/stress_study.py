@@ -55,6 +55,7 @@ from trial_analysis.simulation.simulation_study import (
     load_study,
     parse_replicates,
     performance,
+    read_chunks,
     replicate_seed,
     scenario_config,
 )
@@ -260,21 +261,7 @@ def summary_markdown(summary: pd.DataFrame, study: SimulationStudy) -> str:
 
 def read_stress_chunks(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Concatenate chunk CSVs (sorted by path, so the summary does not depend on the order)."""
-    frames = []
-    for path in sorted(Path(p) for p in paths):
-        try:
-            frame = pd.read_csv(path, dtype={"seed": str, "error": str},
-                                keep_default_na=False, na_values=[""])
-        except (OSError, pd.errors.ParserError) as error:
-            raise DataError(str(path), "a readable chunk CSV", hint=str(error)) from None
-        missing = [c for c in REPLICATE_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataError(str(path), "the columns of a stress study chunk",
-                            column=", ".join(missing))
-        frames.append(frame[REPLICATE_COLUMNS])
-    if not frames:
-        raise DataError("stress study chunks", "at least one chunk file")
-    return pd.concat(frames, ignore_index=True)
+    return read_chunks(paths, REPLICATE_COLUMNS)
 
 
 def stress_figure(summary: pd.DataFrame, out: Path) -> Path:
