@@ -485,9 +485,16 @@ rule figures:
         " --out {params.figures} > {log} 2>&1 || step_failed {log}"
 
 
+# The design stress study's summary joins the report when it has been run
+# (`snakemake stress_study`); it is then an input, so a new summary rebuilds the report.
+STRESS_SUMMARY = f"{REPORTS}/stress_study/summary.json"
+STRESS_INPUT = [STRESS_SUMMARY] if Path(STRESS_SUMMARY).exists() else []
+
+
 rule report:
     """One self-contained HTML report with provenance: what a reviewer reads."""
     input:
+        stress=STRESS_INPUT,
         estimates=ESTIMATES,
         sensitivity=SENSITIVITY_OUTPUTS,
         tables=rules.tables.output,
@@ -524,7 +531,8 @@ rule report:
         # BENCH in the command, not in params: a param that is a plain value makes Snakemake
         # import pandas at every start to compare it with the last run's (about 0.9 s).
         f" --figures {{params.figures}} --benchmarks {BENCH} --analysis {{input.analysis}}"
-        " --ledger {input.ledger} --out {output} > {log} 2>&1 || step_failed {log}"
+        + (f" --stress-summary {STRESS_SUMMARY}" if STRESS_INPUT else "")
+        + " --ledger {input.ledger} --out {output} > {log} 2>&1 || step_failed {log}"
 
 
 EXPORTS = ["table1", "primary_estimates"] + (["sensitivity"] if SENSITIVITY else [])
@@ -588,3 +596,5 @@ rule exports:
 
 # Simulation studies (bias, coverage, power over replicates): `snakemake -c2 simulation_study`.
 include: "workflow/simulation_study.smk"
+# Design stress study (which estimator holds under which mechanism): `snakemake -c2 stress_study`.
+include: "workflow/stress_study.smk"

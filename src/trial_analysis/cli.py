@@ -303,6 +303,8 @@ STEPS: dict[str, Step] = {
             _optional_file("--analysis", "analysis table (its digest is shown; no row is read)"),
             _optional_file("--ledger", "cleaning ledger (its queries and row counts are listed "
                            "under provenance)"),
+            _optional_file("--stress-summary",
+                           "summary.json of the design stress study (adds its table)"),
         ),
     ),
     "simulate-study": Step(
@@ -330,6 +332,34 @@ STEPS: dict[str, Step] = {
             _file("--study", "simulation study file"),
             _file("--chunks", "chunk CSVs written by simulate-study", nargs="+"),
             OUT_CSV, OUT_JSON,
+        ),
+    ),
+    "stress-study": Step(
+        "trial_analysis.simulation.stress_study", "run_stress_study",
+        "design stress study: one chunk of replicates of one mechanism, every estimator",
+        reads="the config (its simulation section) and the stress study file.",
+        writes="one CSV row per replicate x estimator (estimate, SE, CI, p, status) to --out.",
+        args=(
+            CONFIG,
+            _file("--study", "stress study file (e.g. config/stress_study.yaml)"),
+            _name("--scenario", "scenario name from the study file"),
+            (("--replicates",), {"default": None, "metavar": "A:B",
+                                 "help": "replicates A..B-1 (0-based; default: all)"}),
+            _file("--out", "chunk CSV to write"),
+        ),
+    ),
+    "stress-study-summary": Step(
+        "trial_analysis.simulation.stress_study", "run_stress_study_summary",
+        "design stress study: bias, SEs, coverage, power per mechanism and estimator",
+        reads="the config, the stress study file and every chunk CSV.",
+        writes="one row per scenario x estimator as CSV, JSON and a markdown table.",
+        args=(
+            CONFIG,
+            _file("--study", "stress study file"),
+            _file("--chunks", "chunk CSVs written by stress-study", nargs="+"),
+            OUT_CSV, OUT_JSON,
+            _file("--out-md", "markdown table to write"),
+            _file("--out-figure", "figure to write (PNG): which estimator holds where"),
         ),
     ),
 }

@@ -384,3 +384,62 @@ def test_a_study_of_queries_needs_no_raw_folder(run, tmp_path):
     with pytest.raises(DataError, match="raw .*(folder does not exist|is missing)"):
         run_report(config=run.config, raw=tmp_path / "absent", estimates=run.estimates,
                    tables=run.tables, figures=run.figures, benchmarks=None, out=out)
+
+
+def test_subgroups_are_exploratory_with_their_number_of_tests(run, html):
+    table = pd.read_csv(run.tables / "subgroup_estimates.csv")
+    n_tests = len(table.dropna(subset=["p_heterogeneity"])
+                  .drop_duplicates(["outcome", "subgroup"]))
+    assert n_tests > 0
+    assert "Subgroups (exploratory)" in html
+    assert f"{n_tests} heterogeneity tests" in html
+    assert "p heterogeneity (Holm)" in html
+    assert "The secondary outcomes" in html and "not adjusted for multiplicity" in html
+
+
+def test_stress_study_table_joins_the_report_when_its_summary_exists(run, tmp_path):
+    """A summary from hand-made replicate rows (3 per scenario, every estimator): the report
+    shows its rows, which estimator meets the target, and says where none does."""
+    import yaml
+
+    from trial_analysis.simulation import stress_study as st
+
+    study = tmp_path / "stress.yaml"
+    study.write_text(yaml.safe_dump({
+        "seed": 1, "outcomes": ["function"], "chunk_size": 3,
+        "defaults": {"n_replicates": 3, "n_patients": 500},
+        "scenarios": [{"name": "b_observed_intake", "effect": 4.0},
+                      {"name": "b_observed_intake_null", "effect": 0.0}]}))
+    rows = []
+    for scenario, truth in (("b_observed_intake", 4.0), ("b_observed_intake_null", 0.0)):
+        for replicate in range(3):
+            for k, estimator in enumerate(st.ESTIMATORS):
+                # ANCOVA unbiased and covering; the others 2 points off.
+                shift = 0.0 if estimator == "ancova" else -2.0
+                estimate = truth + shift + (replicate - 1) * 0.1
+                rows.append({"scenario": scenario, "replicate": replicate, "seed": "1",
+                             "outcome": "function", "population": "complete_case",
+                             "true_effect": truth, "realised_ate": truth - 0.05,
+                             "estimate": estimate, "std_error": 0.5,
+                             "ci_low": estimate - 1, "ci_high": estimate + 1,
+                             "p_value": 0.01 + 0.001 * k, "df": 100, "n_patients": 400,
+                             "status": "ok", "error": "", "estimator": estimator})
+    chunk = tmp_path / "chunk.csv"
+    pd.DataFrame(rows).to_csv(chunk, index=False)
+    summary = tmp_path / "summary.json"
+    st.run_stress_study_summary(run.config, study, [chunk], tmp_path / "summary.csv", summary,
+                                tmp_path / "summary.md", tmp_path / "stress_study.png")
+    out = tmp_path / "report.html"
+    run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
+               figures=run.figures, benchmarks=run.benchmarks, out=out,
+               stress_summary=summary)
+    html = out.read_text(encoding="utf-8")
+    section = html[html.index('id="stress-study"'):html.index('id="provenance"')]
+    assert "b observed intake: ANCOVA (lagged outcome)" in section
+    assert section.count("<tr><td>b observed intake") == 2 * len(st.ESTIMATORS)
+    assert "-2.00 (0.06)" in section and "0.00 (0.06)" in section
+    assert "data:image/png;base64," in section
+    without = tmp_path / "plain.html"
+    run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
+               figures=run.figures, benchmarks=run.benchmarks, out=without)
+    assert 'id="stress-study"' not in without.read_text(encoding="utf-8")

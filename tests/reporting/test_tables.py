@@ -348,3 +348,30 @@ def test_a_subgroup_not_reported_gives_one_row_saying_so(config):
     row = table.iloc[0]
     assert row["level"] == "not reported" and "fewer than 5" in row["warnings"]
     assert pd.isna(row["estimate"]) and pd.isna(row["n_patients"])
+
+
+def test_holm_adjusts_over_every_outcome_by_subgroup_test_once():
+    """Three tests (two outcomes x subgroups, levels repeated): Holm by hand is
+    0.01*3 = 0.03, max(0.03*2, 0.03) = 0.06, max(0.04*1, 0.06) = 0.06; a missing p stays
+    missing and is not counted as a test."""
+    from trial_analysis.reporting.tables import heterogeneity_tests, holm_heterogeneity
+
+    table = pd.DataFrame({
+        "outcome": ["function"] * 4 + ["pain"] * 3,
+        "subgroup": ["depression", "depression", "anxiety", "anxiety", "depression",
+                     "depression", "rare"],
+        "p_heterogeneity": [0.01, 0.01, 0.04, 0.04, 0.03, 0.03, np.nan],
+    })
+    assert len(heterogeneity_tests(table)) == 3
+    adjusted = holm_heterogeneity(table)
+    np.testing.assert_allclose(adjusted.iloc[:6], [0.03, 0.03, 0.06, 0.06, 0.06, 0.06],
+                               rtol=1e-12)
+    assert np.isnan(adjusted.iloc[6])
+
+
+def test_subgroup_table_has_a_holm_column_no_smaller_than_the_raw_p(run):
+    table = pd.read_csv(run.tables / "subgroup_estimates.csv")
+    finite = table.dropna(subset=["p_heterogeneity"])
+    assert len(finite) > 0
+    assert (finite["p_heterogeneity_holm"] >= finite["p_heterogeneity"] - 1e-12).all()
+    assert (finite["p_heterogeneity_holm"] <= 1.0).all()

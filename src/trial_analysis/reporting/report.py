@@ -54,6 +54,7 @@ from trial_analysis.reporting.tables import (
     fmt_number,
     fmt_p,
     fmt_sig,
+    heterogeneity_tests,
     load_estimates,
     load_truth,
     outcome_label,
@@ -733,6 +734,7 @@ def ledger_sources(ledger: Path | None) -> list[dict[str, str]]:
 def build_context(
     config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
     benchmarks: Path | None, analysis: Path | None = None, ledger: Path | None = None,
+    stress: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, formatted for people."""
     intervention, control = arm_labels(config)
@@ -767,6 +769,7 @@ def build_context(
             "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
             "p": fmt_p(_float(row["p_value"])),
             "p_het": fmt_p(_float(row["p_heterogeneity"])),
+            "p_het_holm": fmt_p(_float(row["p_heterogeneity_holm"])),
             "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
         })
 
@@ -826,6 +829,8 @@ def build_context(
                            for r in frames["implementation"].to_dict("records")],
         "flow": flow_rows(frames["flow"], config),
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
+        "multiplicity": multiplicity_text(frames["subgroup_estimates"], config),
+        "stress": stress_section(stress),
         "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
         "variance": variance, "models": models, "methods": methods, "formulas": formulas,
@@ -854,6 +859,66 @@ def build_context(
     }
 
 
+STRESS_MEASURES = ("bias", "bias_mcse", "bias_realised", "empirical_se", "mean_model_se",
+                   "coverage", "coverage_mcse", "power", "power_mcse")
+
+
+def stress_section(summary: Path | None) -> dict[str, Any] | None:
+    """The design stress study's table and figure, when its summary was given and exists.
+
+    ``summary`` is ``summary.json`` of ``snakemake stress_study``; its figure
+    (``stress_study.png``) sits beside it. Aggregates over simulated replicates only.
+    """
+    if summary is None or not Path(summary).is_file():
+        return None
+    document = json.loads(Path(summary).read_text(encoding="utf-8"))
+    labels = document.get("estimators", {})
+    rows = []
+    for r in document["summary"]:
+        rows.append({
+            "scenario": str(r["scenario"]).replace("_", " "),
+            "estimator": labels.get(r["estimator"], r["estimator"]),
+            "n": r["n_ok"], "true": fmt_number(_float(r["true_value"])),
+            "bias": f"{_float(r['bias']):.2f} ({_float(r['bias_mcse']):.2f})",
+            "bias_realised": f"{_float(r['bias_realised']):.2f}",
+            "empirical_se": f"{_float(r['empirical_se']):.2f}",
+            "model_se": f"{_float(r['mean_model_se']):.2f}",
+            "coverage": f"{_float(r['coverage']):.3f} ({_float(r['coverage_mcse']):.3f})",
+            "power": f"{_float(r['power']):.3f} ({_float(r['power_mcse']):.3f})",
+            "holds": "yes" if r["holds"] else "no",
+        })
+    holding = {m: [labels.get(e, e) for e, ok in by.items() if ok]
+               for m, by in document.get("holds", {}).items()}
+    figure = Path(summary).with_name("stress_study.png")
+    return {
+        "rows": rows, "target": document.get("target", ""),
+        "replicates": sorted({int(s["n_replicates"]) for s in document["study"]["scenarios"]}),
+        "holding": [{"mechanism": m.replace("_", " "), "estimators": ", ".join(e) or "none"}
+                    for m, e in holding.items()],
+        "figure": ("data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode()
+                   if figure.is_file() else ""),
+    }
+
+
+def multiplicity_text(subgroup_table: pd.DataFrame, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The multiplicity plan in words: one primary outcome, secondaries and subgroups exploratory.
+
+    The number of subgroup tests is counted from the heterogeneity tests actually reported
+    (outcomes x subgroups with a p-value), so it never disagrees with Table 4.
+    """
+    primary_name = config.get("primary_outcome")
+    secondary = [outcome_label(config, o["name"]) for o in config["outcomes"]
+                 if o["name"] != primary_name]
+    n_outcomes = subgroup_table["outcome"].nunique() if len(subgroup_table) else 0
+    n_subgroups = subgroup_table["subgroup"].nunique() if len(subgroup_table) else 0
+    return {
+        "primary": outcome_label(config, primary_name) if primary_name else "",
+        "secondary": secondary,
+        "n_tests": len(heterogeneity_tests(subgroup_table)),
+        "n_outcomes": int(n_outcomes), "n_subgroups": int(n_subgroups),
+    }
+
+
 def render_report(context: Mapping[str, Any]) -> str:
     """Render the report template with ``context``."""
     environment = jinja2.Environment(
@@ -869,6 +934,7 @@ def run_report(
     figures: str | Path, benchmarks: str | Path | None, out: str | Path,
     analysis: str | Path | None = None,
     ledger: str | Path | None = None,
+    stress_summary: str | Path | None = None,
 ) -> Path:
     """Assemble the self-contained HTML report (step ``report``).
 
@@ -890,6 +956,8 @@ def run_report(
     ledger : path, optional
         The cleaning ledger: the queries (and ADaM selections) it records, with their row
         counts, are listed under provenance.
+    stress_summary : path or None
+        ``summary.json`` of the design stress study; its table and figure are shown when given.
 
     Returns
     -------
@@ -900,6 +968,7 @@ def run_report(
         config, Path(raw), Path(estimates), Path(tables), Path(figures),
         Path(benchmarks) if benchmarks else None, Path(analysis) if analysis else None,
         Path(ledger) if ledger else None,
+        Path(stress_summary) if stress_summary else None,
     )
     html = render_report(context)
     with atomic_path(out) as tmp:

@@ -756,9 +756,43 @@ def subgroup_estimates(
                 "outcome_label": outcome_label(config, outcome),
                 "true_value": true_effect(truth, outcome, subgroup, "heterogeneity"),
             })
-    columns = [*TIDY_COLUMNS, "subgroup", "level", "p_heterogeneity", "outcome_label",
-               "true_value"]
-    return pd.DataFrame(rows, columns=columns)
+    columns = [*TIDY_COLUMNS, "subgroup", "level", "p_heterogeneity", "p_heterogeneity_holm",
+               "outcome_label", "true_value"]
+    table = pd.DataFrame(rows, columns=[c for c in columns if c != "p_heterogeneity_holm"])
+    table.insert(columns.index("p_heterogeneity_holm"), "p_heterogeneity_holm",
+                 holm_heterogeneity(table))
+    return table
+
+
+def heterogeneity_tests(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (outcome, subgroup) heterogeneity test with a p-value: the family of tests.
+
+    Subgroup analyses are exploratory; their number (outcomes x subgroups that were tested)
+    is what a reader needs to judge a small p-value, so it is counted from the table itself.
+    """
+    tests = table[["outcome", "subgroup", "p_heterogeneity"]].drop_duplicates(
+        ["outcome", "subgroup"])
+    return tests[np.isfinite(pd.to_numeric(tests["p_heterogeneity"], errors="coerce"))]
+
+
+def holm_heterogeneity(table: pd.DataFrame) -> pd.Series:
+    """Holm-adjusted heterogeneity p-values over all outcomes x subgroups tested.
+
+    Holm controls the family-wise error rate without assuming independence: the tests share
+    patients (every subgroup test of one outcome uses the same model data).
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    tests = heterogeneity_tests(table)
+    adjusted: dict[tuple[str, str], float] = {}
+    if len(tests):
+        p_adj = multipletests(tests["p_heterogeneity"].astype(float).to_numpy(),
+                              method="holm")[1]
+        keys = zip(tests["outcome"], tests["subgroup"], strict=True)
+        adjusted = dict(zip(keys, p_adj, strict=True))
+    return pd.Series([adjusted.get((o, s), np.nan)
+                      for o, s in zip(table["outcome"], table["subgroup"], strict=True)],
+                     index=table.index, dtype=float)
 
 
 # The follow-up label of the effect under analysis.effect: constant.

@@ -660,6 +660,22 @@ class _Ids:
     therapist_width: int
 
 
+# The design stress study's options (simulation.assumptions.stress) and their neutral values:
+# with every option neutral the extract is the default one, byte for byte.
+STRESS_DEFAULTS: dict[str, Any] = {
+    "selection_on": "stable_level", "adopter_change": 0.0, "calendar_trend_per_year": 0.0,
+}
+
+
+def stress_options(assumptions: Mapping[str, Any]) -> dict[str, Any]:
+    """``simulation.assumptions.stress`` with its neutral defaults filled in."""
+    given = assumptions.get("stress") or {}
+    out = {**STRESS_DEFAULTS, **given}
+    out["adopter_change"] = float(out["adopter_change"])
+    out["calendar_trend_per_year"] = float(out["calendar_trend_per_year"])
+    return out
+
+
 def _settings(config: Mapping[str, Any], n_patients: int | None) -> _Settings:
     """Counts, outcome parameters and design constants; ConfigError if the section is unusable."""
     if "simulation" not in config:
@@ -854,6 +870,11 @@ def _draw_latent_outcomes(
             common + d_c[all_clinic, 1] + w_t[all_therapist, 1] + e_i[:, 1]
             + change + p["change_usual_care"]
         )
+        if name == s.primary:
+            # Stress option: adopting therapists achieve more change whatever the arm
+            # (therapist-level confounding of change; no draws, so other streams are unchanged).
+            latent1_base[name] = latent1_base[name] + stress_options(s.assumptions)[
+                "adopter_change"] * therapists.adopter[all_therapist]
     return _Latent(design_eligible=X_e, intake=latent0, discharge_usual_care=latent1_base,
                    stable=stable)
 
@@ -875,10 +896,13 @@ def _allocate_etmi(
     # noise of one intake questionnaire: selecting on the noisy observed intake score would
     # build regression to the mean into the arm comparison of change (Lord's paradox), and the
     # change-score analysis the study reports would then be biased by construction.
-    stable_primary = latent.stable[primary][:N]
+    # The stress study's option `stress.selection_on: observed_intake` does exactly that, to
+    # measure what it does to each estimator.
+    on_observed = stress_options(A)["selection_on"] == "observed_intake"
+    selected_on = (latent.intake if on_observed else latent.stable)[primary][:N]
     etmi_logw = (
         conf["age_per_10y"] * latent.design_eligible["age_per_10y"]
-        + conf["function_intake_per_10"] * (stable_primary - s.params[primary]["mu_intake"]) / 10
+        + conf["function_intake_per_10"] * (selected_on - s.params[primary]["mu_intake"]) / 10
     )
     candidates = np.flatnonzero(therapists.adopter[e_therapist])
     e_arm = np.zeros(N, dtype=bool)
@@ -1125,7 +1149,9 @@ def _recorded_scores(
         effect_i = (p["effect"] + p["effect_modification"]["depression"] * dep_all
                     + p["effect_modification"]["anxiety"] * anx_all)
         y1_control = episodes.discharge_usual_care[name]
-        y1_treated = episodes.discharge_usual_care[name] + effect_i
+        if name == s.primary:
+            y1_control = y1_control + _calendar_trend(s, episodes)
+        y1_treated = y1_control + effect_i
         latent1 = np.where(arm, y1_treated, y1_control)
         if name == s.primary:
             latent_change_primary = latent1 - latent0
@@ -1134,6 +1160,17 @@ def _recorded_scores(
             p, effect_i, y1_treated, y1_control, episodes.eligible, arm, dep_all, anx_all
         )
     return recorded, effects_truth, latent_change_primary
+
+
+def _calendar_trend(s: _Settings, episodes: _Episodes) -> np.ndarray:
+    """Stress option: discharge scores drift by ``calendar_trend_per_year`` per year of referral.
+
+    Centred at the eligibility window's start; both potential outcomes move together (the
+    effect is unchanged), but ETMI episodes all come after their therapist's training, so
+    they are later on average: a comparison that ignores time confounds trend and arm.
+    """
+    per_year = stress_options(s.assumptions)["calendar_trend_per_year"]
+    return per_year * (episodes.referral - s.window_start) / 365.25
 
 
 def _draw_missingness(
@@ -1549,7 +1586,7 @@ def _truth(
         },
         "fidelity": {"breach_fraction": float(A.get("fidelity_breach_fraction", 0.0)),
                      "true_fidelity": 1 - n_breach / counts["etmi_patients"]},
-    }
+    } | ({"stress": stress_options(A)} if A.get("stress") else {})
 
 
 def _expected_ledger(
@@ -1819,6 +1856,6 @@ def _layout_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__: Sequence[str] = (
-    "SimulatedExtract", "outcomes_wide", "run_simulate", "scaled_counts", "simulate_extract",
-    "write_extract",
+    "STRESS_DEFAULTS", "SimulatedExtract", "outcomes_wide", "run_simulate", "scaled_counts",
+    "simulate_extract", "stress_options", "write_extract",
 )

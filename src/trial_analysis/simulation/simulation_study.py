@@ -579,8 +579,9 @@ def summarise(results: pd.DataFrame, study: SimulationStudy,
     return pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
 
 
-def read_chunks(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Concatenate chunk CSVs, checking their columns."""
+def read_chunks(paths: Sequence[str | Path],
+                columns: Sequence[str] = tuple(REPLICATE_COLUMNS)) -> pd.DataFrame:
+    """Concatenate chunk CSVs (in path order), checking that they have ``columns``."""
     frames = []
     for path in sorted(Path(p) for p in paths):
         try:
@@ -588,11 +589,11 @@ def read_chunks(paths: Sequence[str | Path]) -> pd.DataFrame:
                                 keep_default_na=False, na_values=[""])
         except (OSError, pd.errors.ParserError) as error:
             raise DataError(str(path), "a readable chunk CSV", hint=str(error)) from None
-        missing = [c for c in REPLICATE_COLUMNS if c not in frame.columns]
+        missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise DataError(str(path), "the columns of a simulation study chunk",
                             column=", ".join(missing))
-        frames.append(frame[REPLICATE_COLUMNS])
+        frames.append(frame[list(columns)])
     if not frames:
         raise DataError("simulation study chunks", "at least one chunk file")
     return pd.concat(frames, ignore_index=True)
