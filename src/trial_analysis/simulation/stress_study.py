@@ -47,6 +47,7 @@ from trial_analysis import io
 from trial_analysis.causal.doubly_robust import run_doubly_robust
 from trial_analysis.errors import DataError
 from trial_analysis.models.outcome_models import EFFECT_MODEL, EFFECT_TERM, fit_outcome_model
+from trial_analysis.progress import track
 from trial_analysis.simulation.simulate import simulate_extract
 from trial_analysis.simulation.simulation_study import (
     Scenario,
@@ -152,10 +153,12 @@ def run_stress_study(config: dict[str, Any], study: Path, scenario: str,
     plan = load_study(study, config)
     spec = plan.scenario(scenario)
     frames = []
-    for replicate in parse_replicates(replicates, spec.n_replicates):
+    chunk = list(parse_replicates(replicates, spec.n_replicates))
+    # counts and an ETA in the log (a bar on an interactive terminal), as the simulation study
+    for replicate in track(chunk, f"stress study, scenario {scenario}, replicates"):
         started = time.perf_counter()
         frames.append(run_stress_replicate(config, plan, spec, replicate))
-        log.info("%s replicate %d: %.2f s", scenario, replicate, time.perf_counter() - started)
+        log.debug("%s replicate %d: %.2f s", scenario, replicate, time.perf_counter() - started)
     results = pd.concat(frames, ignore_index=True)
     io.write_csv(results, out)
     return results
