@@ -59,6 +59,9 @@ CONFIG: _Arg = _file("--config", "study configuration (YAML), validated against 
 ANALYSIS: _Arg = _file("--analysis", "analysis table (Parquet), written by `allocate`")
 OUT_JSON: _Arg = _file("--out-json", "estimate file to write (JSON)")
 OUT_CSV: _Arg = _file("--out-csv", "the same estimates as a tidy CSV")
+# A chunk of replicates (simulation and stress studies).
+REPLICATES: _Arg = (("--replicates",), {"default": None, "metavar": "A:B",
+                                  "help": "replicates A..B-1 (0-based; default: all)"})
 CLEAN: _Arg = _file("--clean", "folder of cleaned tables")
 ESTIMATES: _Arg = _file("--estimates", "folder of estimate files")
 TABLES: _Arg = _file("--tables", "folder of tables")
@@ -317,8 +320,7 @@ STEPS: dict[str, Step] = {
             CONFIG,
             _file("--study", "simulation study file (e.g. config/simulation_study.yaml)"),
             _name("--scenario", "scenario name from the study file"),
-            (("--replicates",), {"default": None, "metavar": "A:B",
-                                 "help": "replicates A..B-1 (0-based; default: all)"}),
+            REPLICATES,
             _file("--out", "chunk CSV to write"),
         ),
     ),
@@ -343,8 +345,7 @@ STEPS: dict[str, Step] = {
             CONFIG,
             _file("--study", "stress study file (e.g. config/stress_study.yaml)"),
             _name("--scenario", "scenario name from the study file"),
-            (("--replicates",), {"default": None, "metavar": "A:B",
-                                 "help": "replicates A..B-1 (0-based; default: all)"}),
+            REPLICATES,
             _file("--out", "chunk CSV to write"),
         ),
     ),
