@@ -61,7 +61,7 @@ OUT_JSON: _Arg = _file("--out-json", "estimate file to write (JSON)")
 OUT_CSV: _Arg = _file("--out-csv", "the same estimates as a tidy CSV")
 # A chunk of replicates (simulation and stress studies).
 REPLICATES: _Arg = (("--replicates",), {"default": None, "metavar": "A:B",
-                                  "help": "replicates A..B-1 (0-based; default: all)"})
+                                        "help": "replicates A..B-1 (0-based; default: all)"})
 CLEAN: _Arg = _file("--clean", "folder of cleaned tables")
 ESTIMATES: _Arg = _file("--estimates", "folder of estimate files")
 TABLES: _Arg = _file("--tables", "folder of tables")
