@@ -443,3 +443,15 @@ def test_stress_study_table_joins_the_report_when_its_summary_exists(run, tmp_pa
     run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
                figures=run.figures, benchmarks=run.benchmarks, out=without)
     assert 'id="stress-study"' not in without.read_text(encoding="utf-8")
+
+
+def test_per_visit_variances_follow_the_time_points():
+    # An MMRM's estimate file sorts its keys (w12 < w24 < w4 < w8); the table shows time order.
+    from trial_analysis.reporting.report import _time_ordered
+
+    config = {"timepoints": {"baseline": "w0", "followups": ["w4", "w8", "w12", "w24"]}}
+    names = ["variance [w12]", "variance [w24]", "variance [w4]", "variance [w8]"]
+    assert _time_ordered(names, config) == ["variance [w4]", "variance [w8]",
+                                            "variance [w12]", "variance [w24]"]
+    others = ["therapist", "therapist:time", "residual"]
+    assert _time_ordered(others, config) == others

@@ -24,7 +24,7 @@ import datetime as dt
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import yaml
 
 from trial_analysis import __version__
 from trial_analysis.config import (
+    all_timepoint_labels,
     arm_labels,
     confidence_level,
     followup_labels,
@@ -582,6 +583,22 @@ def level_label(config: Mapping[str, Any], subgroup: str, level: str) -> str:
         str(level), f"{name}: {label(config, level)}")
 
 
+def _time_ordered(components: Iterable[str], config: Mapping[str, Any]) -> list[str]:
+    """Components in their file order, except that per-visit ones (an MMRM's
+    ``variance [w4]``) follow the config's time points rather than the file's sorted keys."""
+    times = {label: i for i, label in enumerate(all_timepoint_labels(config))}
+    names = list(components)
+
+    def visit(name: str) -> int | None:
+        match = re.fullmatch(r"variance \[(.+)\]", name)
+        return times.get(match.group(1)) if match else None
+
+    slots = [i for i, name in enumerate(names) if visit(name) is not None]
+    for slot, name in zip(slots, sorted((names[i] for i in slots), key=visit), strict=True):
+        names[slot] = name
+    return names
+
+
 def variance_tables(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Table 7 wide, one table per outcome: a row per component, variance and ICC per population.
 
@@ -594,7 +611,7 @@ def variance_tables(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict
     for outcome, part in frame.groupby("outcome", sort=False):
         populations = list(dict.fromkeys(part["population"]))
         rows = []
-        for component in dict.fromkeys(part["component"]):
+        for component in _time_ordered(dict.fromkeys(part["component"]), config):
             cells = []
             for population in populations:
                 for quantity in quantities:
