@@ -54,19 +54,6 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def file_checksums(folder: str | Path) -> pd.DataFrame:
-    """SHA-256 and size of every file under ``folder`` (recursively), sorted by path."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(str(folder), "the raw extract folder does not exist")
-    rows = [
-        {"file": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
-         "sha256": sha256_file(path)}
-        for path in sorted(p for p in folder.rglob("*") if p.is_file())
-    ]
-    return pd.DataFrame(rows, columns=["file", "bytes", "sha256"])
-
-
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
