@@ -80,3 +80,12 @@ def test_texts_left_out_come_from_the_config(base_config):
     assert rows["Population analysed"].emulation == "The trial's participants."
     assert "Function (FOTO lumbar CAT): change from intake to discharge" in \
         rows["Outcome"].specification
+
+
+def test_a_suppressed_eligible_count_is_not_quoted(base_config):
+    # flow.csv as written for a tiny study: every count below min_cell_count is text ("<5")
+    flow = pd.DataFrame([{"step": "eligibility", "description": "eligible patients",
+                          "n": "<5", "n_excluded": "", "reason": ""}])
+    rows = _rows(target_trial_table(base_config, flow))
+    assert rows["Eligibility"].emulation.startswith("Applied from the data")
+    assert "<5" not in rows["Eligibility"].emulation

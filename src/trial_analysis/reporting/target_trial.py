@@ -42,14 +42,18 @@ def _flow_count(flow: pd.DataFrame | None, reason: str) -> int | None:
     if flow is None or flow.empty:
         return None
     rows = flow.loc[flow["reason"].astype("str") == reason, "n_excluded"]
-    return None if rows.empty else int(pd.to_numeric(rows, errors="coerce").fillna(0).iloc[0])
+    # a suppressed count ("<5") is not a number to quote, and certainly not 0
+    value = pd.to_numeric(rows, errors="coerce").iloc[0] if not rows.empty else float("nan")
+    return None if pd.isna(value) else int(value)
 
 
 def _eligible_count(flow: pd.DataFrame | None) -> int | None:
     if flow is None or flow.empty:
         return None
     rows = flow.loc[flow["description"].astype("str") == "eligible patients", "n"]
-    return None if rows.empty else int(rows.iloc[-1])
+    # a count below report.min_cell_count reaches flow.csv as text ("<5"): no number then
+    value = pd.to_numeric(rows, errors="coerce").iloc[-1] if not rows.empty else float("nan")
+    return None if pd.isna(value) else int(value)
 
 
 def _rules_in_words(config: Mapping[str, Any]) -> str:
