@@ -46,6 +46,74 @@ def test_a_sole_small_exclusion_and_small_boxes_are_shown_as_below_k() -> None:
     out = reported_flow(flow, 5)
     assert out["n_excluded"].tolist() == ["", "<5", "", "10"]
     assert out["n"].tolist()[-1] == "<5"
+    # no later step to merge with: the box before the small count is suppressed, so 500 - 498
+    # cannot be read off the diagram
+    assert out["n"].tolist()[:3] == ["suppressed", "498", "498"]
+
+
+def _counts(out: pd.DataFrame, column: str) -> list[int]:
+    return [int(v) for v in out[column] if str(v).isdigit()]
+
+
+def test_a_sole_small_cleaning_exclusion_joins_the_eligibility_exclusions() -> None:
+    flow = _flow([
+        ("extract", "patient episodes in the extract", 503, None, None),
+        ("clean", "dropped in cleaning", 500, 3, "exact duplicate of another record"),
+        ("clean", "patient episodes after cleaning", 500, None, None),
+        ("records", "outcome records dropped", 1990, 10, "exact duplicate of another record"),
+        ("eligibility", "excluded as ineligible", 440, 60, "referral outside study window"),
+        ("eligibility", "excluded as ineligible", 400, 40, "no CLBP diagnosis code"),
+        ("eligibility", "eligible patients", 400, None, None),
+        ("allocation", "ETMI group", 100, None, None),
+        ("allocation", "usual care group", 300, None, None),
+    ])
+    out = reported_flow(flow, 5)
+    assert "clean" not in set(out["step"])  # the box after cleaning (500) is left out
+    assert "500" not in set(out["n"]) and "3" not in set(out["n_excluded"])
+    merged = out[out["reason"].astype(str).str.startswith("exact duplicate of another record;")]
+    assert merged["step"].tolist() == ["eligibility"]
+    assert merged["n_excluded"].tolist() == ["63"] and merged["n"].tolist() == ["440"]
+    assert merged["description"].tolist() == ["dropped in cleaning or excluded as ineligible"]
+    # the totals stay exact and consistent: 503 - 63 - 40 = 400, and the reported boxes stay
+    assert out["n"].tolist()[0] == "503"
+    assert sum(_counts(out[out["step"] == "eligibility"], "n_excluded")) == 503 - 400
+    assert out.loc[out["description"] == "eligible patients", "n"].tolist() == ["400"]
+    assert out.loc[out["step"] == "allocation", "n"].tolist() == ["100", "300"]
+    # record-level cleaning is neither merged nor a partner
+    assert out.loc[out["step"] == "records", "n_excluded"].tolist() == ["10"]
+
+
+def test_a_sole_small_eligibility_exclusion_joins_the_cleaning_exclusions() -> None:
+    flow = _flow([
+        ("extract", "patient episodes in the extract", 520, None, None),
+        ("clean", "dropped in cleaning", 500, 20, "exact duplicate of another record"),
+        ("clean", "patient episodes after cleaning", 500, None, None),
+        ("eligibility", "excluded as ineligible", 498, 2, "age under 18"),
+        ("eligibility", "eligible patients", 498, None, None),
+    ])
+    out = reported_flow(flow, 5)
+    assert out["n"].tolist() == ["520", "498", "498"]
+    assert out["n_excluded"].tolist() == ["", "22", ""]
+    assert out["step"].tolist() == ["extract", "eligibility", "eligibility"]
+
+
+def test_no_small_count_is_the_difference_of_two_shown_boxes() -> None:
+    """Whatever is merged, every shown exclusion is exact and none is small."""
+    for small in (1, 2, 4):
+        flow = _flow([
+            ("extract", "patient episodes in the extract", 400 + small, None, None),
+            ("clean", "dropped in cleaning", 400, small, "exact duplicate of another record"),
+            ("clean", "patient episodes after cleaning", 400, None, None),
+            ("eligibility", "excluded as ineligible", 400, 0, "age under 18"),
+            ("eligibility", "excluded as ineligible", 390, 10, "no CLBP diagnosis code"),
+            ("eligibility", "eligible patients", 390, None, None),
+        ])
+        out = reported_flow(flow, 5)
+        boxes = [int(v) for v, e in zip(out["n"], out["n_excluded"], strict=True)
+                 if e == "" and str(v).isdigit()]
+        differences = {a - b for a in boxes for b in boxes if a > b}
+        assert not any(0 < d < 5 for d in differences), (small, out)
+        assert not any(0 < c < 5 for c in _counts(out, "n_excluded")), (small, out)
 
 
 def test_implementation_hides_small_numerators_and_complements() -> None:

@@ -229,3 +229,19 @@ def test_the_flow_diagram_draws_suppressed_counts():
     figure = flow_figure(flow)
     texts = [t.get_text() for t in figure.axes[0].texts]
     assert any("<5" in t for t in texts)
+
+
+def test_the_flow_diagram_draws_a_secondarily_suppressed_box():
+    """A box suppressed so that a small exclusion cannot be read off by subtraction."""
+    from trial_analysis.reporting.figures import flow_figure
+
+    flow = pd.DataFrame({
+        "step": ["extract", "clean", "clean"],
+        "description": ["episodes", "dropped in cleaning", "after cleaning"],
+        "n": ["suppressed", "498", "498"],
+        "n_excluded": ["", "<5", ""],
+        "reason": ["", "exact duplicate", ""],
+    })
+    texts = [t.get_text() for t in flow_figure(flow).axes[0].texts]
+    assert any("suppressed" in t for t in texts)
+    assert not any("None" in t for t in texts)

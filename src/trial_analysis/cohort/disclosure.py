@@ -7,8 +7,17 @@ writes for people to read goes through these functions first (rules in
 * **flow** (``flow.csv``): an exclusion count from 1 to k - 1 is merged with a neighbouring
   exclusion of the same step (the reasons joined with "; or "), so the diagram's totals stay
   exact and consistent and no small count can be read off by subtraction. A small count that
-  has no neighbour to merge with (the only exclusion of its step) and a small box count are
-  shown as ``<k``.
+  is the only exclusion of its step would still be the difference of the exact boxes before
+  and after it, so the two steps are merged: the box between them is left out and the
+  exclusions of both are listed (and merged) together under the later step, e.g. a few
+  duplicates dropped in cleaning join the eligibility exclusions. Where no adjacent step has
+  exclusions to merge with, the box before the small count is suppressed instead (secondary
+  suppression), so that neither the count nor its complement is shown. A small box count is
+  shown as ``<k``. The boxes of the later steps (eligible, allocated and analysed patients)
+  are never merged away: they are the study's reported numbers. The complete-case boxes per
+  arm note their own exclusions; such an exclusion equals the arm's allocated minus analysed
+  patients, both of which a CONSORT or STROBE flow must show, so it is shown as ``<k`` but is
+  derivable by design (a small *analysed* group is itself suppressed as a box).
 * **implementation** (``implementation.csv``): a small numerator, or a small difference
   between numerator and denominator, is shown as ``<k`` or suppressed, with its percent.
 * **therapists** (``therapist_fidelity.csv``): therapists and clinics by pseudonymous codes
@@ -36,7 +45,9 @@ def _merge(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
     """Two consecutive exclusions as one: the later remaining count, the counts summed."""
     reasons = [str(r) for r in (first.get("reason"), second.get("reason"))
                if r is not None and not pd.isna(r) and str(r)]
-    return {**second, "reason": "; or ".join(reasons),
+    descriptions = list(dict.fromkeys(str(r["description"]) for r in (first, second)))
+    # exclusions of two steps (dropped in cleaning, ineligible) keep both descriptions
+    return {**second, "reason": "; or ".join(reasons), "description": " or ".join(descriptions),
             "n_excluded": int(first["n_excluded"]) + int(second["n_excluded"])}
 
 
@@ -58,31 +69,90 @@ def _merged_exclusions(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any
     return rows
 
 
+def _is_exclusion(row: dict[str, Any]) -> bool:
+    return bool(pd.notna(row["n_excluded"]))
+
+
+def _within_step(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """One step's rows with each run of small exclusions merged within the run."""
+    out: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    for row in rows:
+        if _is_exclusion(row):
+            pending.append(row)
+            continue
+        out += _merged_exclusions(pending, k)
+        pending = []
+        out.append(row)
+    return out + _merged_exclusions(pending, k)
+
+
+def _sole_small_exclusion(rows: list[dict[str, Any]], k: int) -> bool:
+    """Whether a step is one small exclusion followed by its box (e.g. cleaning)."""
+    return (len(rows) == 2 and _is_exclusion(rows[0]) and not _is_exclusion(rows[1])
+            and is_small(rows[0]["n_excluded"], k))
+
+
+def _merge_steps(earlier: list[dict[str, Any]], later: list[dict[str, Any]],
+                 k: int) -> list[dict[str, Any]] | None:
+    """Two adjacent steps as one: the earlier step's closing box left out, its exclusions
+    listed first under the later step; None when the steps do not have that shape."""
+    if (len(earlier) < 2 or _is_exclusion(earlier[-1]) or not _is_exclusion(earlier[-2])
+            or not later or not _is_exclusion(later[0])):
+        return None
+    step = later[0]["step"]
+    moved = [{**r, "step": step} for r in earlier[:-1] if _is_exclusion(r)]
+    if len(moved) != len(earlier) - 1:
+        return None  # a box inside the earlier step: it stays where it is
+    return _within_step(moved + later, k)
+
+
+def _across_steps(steps: list[list[dict[str, Any]]], k: int) -> list[list[dict[str, Any]]]:
+    """Merge each step whose only exclusion is small with an adjacent step (next first), or
+    suppress the box before it; record-level and per-arm steps (all rows exclusions) are
+    neither merged nor partners."""
+    chain = [i for i, rows in enumerate(steps) if not all(_is_exclusion(r) for r in rows)]
+    position = 0
+    while position < len(chain):
+        i = chain[position]
+        if not _sole_small_exclusion(steps[i], k):
+            position += 1
+            continue
+        after = chain[position + 1] if position + 1 < len(chain) else None
+        before = chain[position - 1] if position > 0 else None
+        merged = _merge_steps(steps[i], steps[after], k) if after is not None else None
+        if merged is not None:
+            steps[i], steps[after] = [], merged
+        else:
+            merged = _merge_steps(steps[before], steps[i], k) if before is not None else None
+            if merged is not None:
+                steps[before], steps[i] = [], merged
+            elif before is not None and steps[before]:
+                box = steps[before][-1]
+                steps[before][-1] = {**box, "n": SUPPRESSED}  # secondary suppression
+        chain = [j for j in chain if steps[j]]
+        position = 0 if merged is not None else position + 1
+    return steps
+
+
 def reported_flow(flow: pd.DataFrame, k: int) -> pd.DataFrame:
     """The flow table with small counts merged away or suppressed (see the module docstring)."""
-    out: list[dict[str, Any]] = []
-    records = flow.to_dict("records")
-    for _, group in groupby(records, key=lambda r: r["step"]):
+    steps: list[list[dict[str, Any]]] = []
+    for _, group in groupby(flow.to_dict("records"), key=lambda r: r["step"]):
         rows = list(group)
-        excluded = [pd.notna(r["n_excluded"]) for r in rows]
-        if all(excluded):
-            out += rows  # boxes that each note their own exclusions (complete cases by arm)
-            continue
-        pending: list[dict[str, Any]] = []
-        for row, is_exclusion in zip(rows, excluded, strict=True):
-            if is_exclusion:
-                pending.append(row)
-                continue
-            out += _merged_exclusions(pending, k)
-            pending = []
-            out.append(row)
-        out += _merged_exclusions(pending, k)
+        # boxes that each note their own exclusions (complete cases by arm) stay as they are
+        steps.append(rows if all(_is_exclusion(r) for r in rows) else _within_step(rows, k))
+    out = [row for rows in _across_steps(steps, k) for row in rows]
     frame = pd.DataFrame(out, columns=list(flow.columns))
     for column in ("n", "n_excluded"):
         frame[column] = pd.Series(
-            ["" if pd.isna(v) else count_text(v, k) for v in frame[column]],
+            ["" if _blank(v) else count_text(v, k) for v in frame[column]],
             index=frame.index, dtype=object)
     return frame
+
+
+def _blank(value: Any) -> bool:
+    return not isinstance(value, str) and bool(pd.isna(value))
 
 
 def reported_implementation(implementation: pd.DataFrame, k: int) -> pd.DataFrame:

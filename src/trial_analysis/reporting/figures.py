@@ -63,10 +63,10 @@ def _wrap(text: str, width: int) -> str:
 
 
 def _count(value: Any) -> int | str | None:
-    """A flow count as drawn: the number, or a suppressed small count's text ("<5")."""
-    if isinstance(value, str) and value.strip().startswith("<"):
-        return value.strip()
+    """A flow count as drawn: the number, or a suppressed count's text ("<5", "suppressed")."""
     number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    if pd.isna(number) and isinstance(value, str) and value.strip():
+        return value.strip()
     return None if pd.isna(number) else int(number)
 
 
