@@ -162,6 +162,16 @@ def test_cr1_factor_and_singleton_clusters():
     np.testing.assert_allclose(vcov, expected)
 
 
+def test_cr1_factor_is_not_a_number_without_residual_degrees_of_freedom():
+    from trial_analysis.models.robust import cr1_factor
+
+    assert cr1_factor(10, 3, 4) == pytest.approx(4 / 3 * 9 / 7)
+    # a saturated fit (n <= k) would give a negative or infinite factor: a negative variance
+    for n, k in ((3, 3), (2, 3)):
+        assert np.isnan(cr1_factor(n, k, 2))
+    assert np.isnan(cr1_factor(10, 3, 1))
+
+
 def test_theta_ml_recovers_known_dispersion():
     rng = np.random.default_rng(7)
     mu = np.full(20000, 4.0)

@@ -10,5 +10,9 @@ import math
 
 
 def cr1_factor(n: int, k: int, n_clusters: int) -> float:
-    """CR1 small-sample factor ``G/(G-1) * (n-1)/(n-k)``; NaN with a single cluster."""
-    return n_clusters / (n_clusters - 1) * (n - 1) / (n - k) if n_clusters > 1 else math.nan
+    """CR1 small-sample factor ``G/(G-1) * (n-1)/(n-k)``; NaN with a single cluster or with no
+    residual degrees of freedom (n <= k: the factor would be negative or infinite, and the
+    variance not estimable)."""
+    if n_clusters <= 1 or n <= k:
+        return math.nan
+    return n_clusters / (n_clusters - 1) * (n - 1) / (n - k)
