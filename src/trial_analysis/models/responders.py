@@ -229,7 +229,12 @@ def responder_indicator(
 
 
 def _complete_cases(frame: pd.DataFrame, outcome: str, source: str) -> pd.Series:
-    """Both scores present; must agree with ``complete_{outcome}`` when that column exists."""
+    """Both scores present (baseline and primary follow-up).
+
+    ``complete_{outcome}``, when present, must imply both: it marks all of the outcome's
+    scores present, so with several follow-ups a patient who missed an intermediate visit
+    is not flagged complete yet has both scores a responder needs.
+    """
     baseline, followup = outcome_columns(outcome)
     require_columns(frame, [baseline, followup], source, f"for the {outcome} responder analysis",
                     MISSING_COLUMN)
@@ -239,11 +244,11 @@ def _complete_cases(frame: pd.DataFrame, outcome: str, source: str) -> pd.Series
     complete = frame[baseline].notna() & frame[followup].notna()
     flag = f"complete_{outcome}"
     if flag in frame.columns:
-        disagree = frame[flag].fillna(0).astype(int).astype(bool) != complete
+        disagree = frame[flag].fillna(0).astype(int).astype(bool) & ~complete
         if disagree.any():
             raise DataError(
                 source,
-                f"{flag} must be 1 exactly when both {baseline} and {followup} are present",
+                f"{flag} is 1 where {baseline} or {followup} is missing",
                 column=flag,
                 rows=positions(disagree),
             )
