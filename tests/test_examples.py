@@ -310,7 +310,12 @@ def test_adam_adqs_report_flow_and_selection(adam_adqs):
     assert "XYZ-301-" not in html  # no subject identifiers
     flow = _flow(workdir, config).set_index("description")
     assert flow.loc["patient episodes in the extract", "n"] == truth["subjects"]
-    assert flow.loc["eligible patients", "n"] == truth["subjects"] - 1  # the minor
+    # the minor, and the subjects outside the full analysis set (ADSL's FASFL, a row filter)
+    assert flow.loc["eligible patients", "n"] == truth["subjects"] - 1 - truth["not_in_fas"]
+    # the minor alone would be a count under report.min_cell_count: merged with the filter's
+    fas = flow[flow["reason"].astype(str).str.contains("FASFL")]
+    assert fas["n_excluded"].astype(int).tolist() == [1 + truth["not_in_fas"]]
+    assert fas["reason"].str.contains("age under 18").all()
     # Only the selected BDS records are raw records: HAMA, Week 12, the screening visit, the
     # retest and the unscheduled visit (ANL01FL not Y) never reach the pipeline.
     _ledger_matches_raw(workdir, config, {"patients": truth["subjects"],

@@ -4,7 +4,7 @@ A randomised, placebo-controlled trial in major depression, as a sponsor deliver
 transport files (``.xpt``, version 5, written by pyreadstat) in CDISC ADaM structure.
 
 * ``adsl.xpt``: one row per subject (STUDYID, USUBJID, SUBJID, SITEID, AGE, SEX, TRT01P,
-  TRT01PN, RANDDT, ITTFL, DURDIS), with SAS variable labels;
+  TRT01PN, RANDDT, ITTFL, FASFL, DURDIS), with SAS variable labels;
 * ``adqs.xpt``: a BDS dataset, one row per subject, parameter and analysis visit (USUBJID,
   TRTP, PARAMCD, PARAM, AVISIT, AVISITN, ADT, AVAL, BASE, CHG, ABLFL, ANL01FL). Three
   parameters: HAMD17 (HAM-D 17-item total, lower is better) and SDS (Sheehan Disability Scale)
@@ -13,8 +13,9 @@ transport files (``.xpt``, version 5, written by pyreadstat) in CDISC ADaM struc
 
 Planted for the selection and the ledger: a repeated Week 4 assessment flagged ANL01FL = N
 (not analysed), an unscheduled visit (ANL01FL = N), a missing AVAL (missing stays missing), an
-HAMD17 value of 99 (outside 0-52: set missing), and a minor in ADSL (excluded by
-eligibility).
+HAMD17 value of 99 (outside 0-52: set missing), a minor in ADSL (excluded by eligibility),
+and six randomised subjects outside the full analysis set (FASFL = N: never dosed; the
+config's row filter on FASFL excludes them).
 
 ``example_truth.json`` records the true effects and the expected counts the e2e test checks.
 
@@ -37,6 +38,7 @@ VISITS = {"Week 2": 2, "Week 4": 4, "Week 8": 8}
 # Mean change from baseline on placebo and the drug's extra change (negative: improvement).
 PLACEBO_CHANGE = {"HAMD17": [-3.0, -5.0, -7.0], "SDS": [-1.5, -2.5, -3.5]}
 TRUE_EFFECT = {"HAMD17": [-0.5, -1.5, -3.0], "SDS": [-0.5, -1.0, -2.0]}
+NOT_IN_FAS = [20, 21, 22, 23, 24, 25]                  # ADSL rows with FASFL = N
 BASELINE = {"HAMD17": (24.0, 4.0), "SDS": (18.0, 4.0), "HAMA": (20.0, 5.0)}
 NOISE_SD = {"HAMD17": 3.5, "SDS": 3.0, "HAMA": 3.5}
 RANGE = {"HAMD17": (0.0, 52.0), "SDS": (0.0, 30.0), "HAMA": (0.0, 56.0)}
@@ -49,6 +51,7 @@ ADSL_LABELS = {
     "AGE": "Age", "SEX": "Sex", "TRT01P": "Planned Treatment for Period 01",
     "TRT01PN": "Planned Treatment for Period 01 (N)", "RANDDT": "Date of Randomization",
     "ITTFL": "Intent-To-Treat Population Flag",
+    "FASFL": "Full Analysis Set Population Flag",
     "DURDIS": "Duration of Current Episode (Months)",
 }
 ADQS_LABELS = {
@@ -80,6 +83,10 @@ def _adsl(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
         "DURDIS": np.round(rng.gamma(3.0, 2.5, n), 1),
     })
     adsl.loc[6, "AGE"] = 17.0                                # a minor: excluded
+    # Randomised but never dosed: outside the full analysis set (no draw from rng, so the
+    # rest of the data does not depend on it).
+    adsl.insert(adsl.columns.get_loc("DURDIS"), "FASFL",
+                np.where(np.isin(np.arange(n), NOT_IN_FAS), "N", "Y"))
     return adsl, arm
 
 
@@ -155,6 +162,7 @@ def make_trial(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
                     "sds": dict(zip(VISITS, TRUE_EFFECT["SDS"], strict=True))},
         "primary_followup": "Week 8",
         "subjects": n,
+        "not_in_fas": len(NOT_IN_FAS),
         "adqs_records": len(adqs),
         "selected_records": int(analysed.sum()),
         **planted,
