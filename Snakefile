@@ -487,14 +487,21 @@ rule figures:
 
 # The design stress study's summary joins the report when it has been run
 # (`snakemake stress_study`); it is then an input, so a new summary rebuilds the report.
+# Otherwise a simulated study shows the summary committed with the code (docs/), which the
+# report checks against this run's design by signature (trial_analysis.simulation.signature).
 STRESS_SUMMARY = f"{REPORTS}/stress_study/summary.json"
+if not Path(STRESS_SUMMARY).exists() and SIMULATED:
+    STRESS_SUMMARY = "docs/stress-study.json"
 STRESS_INPUT = [STRESS_SUMMARY] if Path(STRESS_SUMMARY).exists() else []
+STRESS_STUDY_INPUT = ["config/stress_study.yaml"] if STRESS_INPUT and Path(
+    "config/stress_study.yaml").exists() else []
 
 
 rule report:
     """One self-contained HTML report with provenance: what a reviewer reads."""
     input:
         stress=STRESS_INPUT,
+        stress_study=STRESS_STUDY_INPUT,
         estimates=ESTIMATES,
         sensitivity=SENSITIVITY_OUTPUTS,
         tables=rules.tables.output,
@@ -532,6 +539,7 @@ rule report:
         # import pandas at every start to compare it with the last run's (about 0.9 s).
         f" --figures {{params.figures}} --benchmarks {BENCH} --analysis {{input.analysis}}"
         + (f" --stress-summary {STRESS_SUMMARY}" if STRESS_INPUT else "")
+        + (f" --stress-study {STRESS_STUDY_INPUT[0]}" if STRESS_STUDY_INPUT else "")
         + " --ledger {input.ledger} --out {output} > {log} 2>&1 || step_failed {log}"
 
 

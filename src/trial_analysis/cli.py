@@ -308,6 +308,9 @@ STEPS: dict[str, Step] = {
                            "under provenance)"),
             _optional_file("--stress-summary",
                            "summary.json of the design stress study (adds its table)"),
+            _optional_file("--stress-study",
+                           "the stress study file: the summary is shown only when its design "
+                           "signature equals this run's"),
         ),
     ),
     "simulate-study": Step(

@@ -10,6 +10,7 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 from report_fixtures import shared_outputs
 
 from trial_analysis.errors import DataError
@@ -400,7 +401,6 @@ def test_subgroups_are_exploratory_with_their_number_of_tests(run, html):
 def test_stress_study_table_joins_the_report_when_its_summary_exists(run, tmp_path):
     """A summary from hand-made replicate rows (3 per scenario, every estimator): the report
     shows its rows, which estimator meets the target, and says where none does."""
-    import yaml
 
     from trial_analysis.simulation import stress_study as st
 
@@ -439,10 +439,46 @@ def test_stress_study_table_joins_the_report_when_its_summary_exists(run, tmp_pa
     assert section.count("<tr><td>b observed intake") == 2 * len(st.ESTIMATORS)
     assert "-2.00 (0.06)" in section and "0.00 (0.06)" in section
     assert "data:image/png;base64," in section
+    assert "What the report recommends." in section
+    assert "ANCOVA (lagged outcome) under b observed intake" in section
     without = tmp_path / "plain.html"
     run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
                figures=run.figures, benchmarks=run.benchmarks, out=without)
     assert 'id="stress-study"' not in without.read_text(encoding="utf-8")
+
+    # A summary given with its study file is shown only for the design it was computed for.
+    checked = tmp_path / "checked.html"
+    run_report(config=run.config, raw=run.raw, estimates=run.estimates, tables=run.tables,
+               figures=run.figures, benchmarks=run.benchmarks, out=checked,
+               stress_summary=summary, stress_study=study)
+    shown = checked.read_text(encoding="utf-8")
+    assert "<tr><td>b observed intake" in shown
+    assert "results committed with the code" in shown  # not under the run's reports folder
+    edited = copy.deepcopy(run.config)
+    edited["analysis"]["covariates"] = edited["analysis"]["covariates"][:-1]  # another design
+    other = tmp_path / "other.html"
+    run_report(config=edited, raw=run.raw, estimates=run.estimates, tables=run.tables,
+               figures=run.figures, benchmarks=run.benchmarks, out=other,
+               stress_summary=summary, stress_study=study)
+    section = other.read_text(encoding="utf-8").split('id="stress-study"')[1]
+    assert "belongs to another design" in section
+    assert "<tr><td>b observed intake" not in section
+
+
+def test_the_design_signature_ignores_paths_and_chunking_but_not_the_design(tmp_path):
+    from trial_analysis.simulation.signature import design_signature
+
+    config = {"paths": {"reports": "a"}, "report": {"title": "x"},
+              "simulation": {"n_patients": 100}, "analysis": {"covariates": ["age"]}}
+    study = {"seed": 1, "chunk_size": 10, "scenarios": [{"name": "a", "effect": 4.0}]}
+    base = design_signature(config, study)
+    moved = {**config, "paths": {"reports": "b"}, "report": {"title": "y"}}
+    assert design_signature(moved, {**study, "chunk_size": 3}) == base
+    assert design_signature({**config, "simulation": {"n_patients": 101}}, study) != base
+    assert design_signature(config, {**study, "seed": 2}) != base
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert design_signature(config, path) == base
 
 
 def test_per_visit_variances_follow_the_time_points():

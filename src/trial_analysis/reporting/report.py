@@ -63,6 +63,7 @@ from trial_analysis.reporting.tables import (
 )
 from trial_analysis.reporting.target_trial import target_trial_table
 from trial_analysis.reporting.wording import design_wording, effect_term_label, figure_captions
+from trial_analysis.simulation.signature import design_signature
 
 # Captions that do not depend on the design; trajectories and forest: wording.figure_captions.
 FIGURE_CAPTIONS = {
@@ -751,7 +752,7 @@ def ledger_sources(ledger: Path | None) -> list[dict[str, str]]:
 def build_context(
     config: Mapping[str, Any], raw: Path, estimates: Path, tables: Path, figures: Path,
     benchmarks: Path | None, analysis: Path | None = None, ledger: Path | None = None,
-    stress: Path | None = None,
+    stress: Path | None = None, stress_study: Path | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, formatted for people."""
     intervention, control = arm_labels(config)
@@ -847,7 +848,7 @@ def build_context(
         "flow": flow_rows(frames["flow"], config),
         "primary": primary, "subgroups": subgroups, "sensitivity": sensitivity,
         "multiplicity": multiplicity_text(frames["subgroup_estimates"], config),
-        "stress": stress_section(stress),
+        "stress": stress_section(stress, config, stress_study),
         "effects_by_followup": by_followup,
         "sessions": tidy(frames["sessions"]), "responders": tidy(frames["responders"], 3),
         "variance": variance, "models": models, "methods": methods, "formulas": formulas,
@@ -880,15 +881,27 @@ STRESS_MEASURES = ("bias", "bias_mcse", "bias_realised", "empirical_se", "mean_m
                    "coverage", "coverage_mcse", "power", "power_mcse")
 
 
-def stress_section(summary: Path | None) -> dict[str, Any] | None:
+def stress_section(summary: Path | None, config: Mapping[str, Any] | None = None,
+                   study: Path | None = None) -> dict[str, Any] | None:
     """The design stress study's table and figure, when its summary was given and exists.
 
-    ``summary`` is ``summary.json`` of ``snakemake stress_study``; its figure
-    (``stress_study.png``) sits beside it. Aggregates over simulated replicates only.
+    ``summary`` is ``summary.json`` of ``snakemake stress_study``, or the committed copy
+    ``docs/stress-study.json``; its figure is ``stress_study.png`` beside it (or the summary's
+    name with ``.png``). Aggregates over simulated replicates only. With ``config`` and the
+    study file, the summary's design signature
+    (:func:`~trial_analysis.simulation.signature.design_signature`) must equal this run's;
+    otherwise only a note that it belongs to another design is returned (``mismatch``).
+    ``committed`` says the summary is not under this run's reports folder.
     """
     if summary is None or not Path(summary).is_file():
         return None
     document = json.loads(Path(summary).read_text(encoding="utf-8"))
+    reports = Path(str((config or {}).get("paths", {}).get("reports", "reports")))
+    committed = reports.resolve() not in Path(summary).resolve().parents
+    source = Path(summary).as_posix() if committed else ""
+    checkable = config is not None and study is not None and Path(study).is_file()
+    if checkable and document.get("design_signature") != design_signature(config, study):
+        return {"mismatch": True, "committed": committed, "source": source}
     labels = document.get("estimators", {})
     rows = []
     for r in document["summary"]:
@@ -907,7 +920,11 @@ def stress_section(summary: Path | None) -> dict[str, Any] | None:
     holding = {m: [labels.get(e, e) for e, ok in by.items() if ok]
                for m, by in document.get("holds", {}).items()}
     figure = Path(summary).with_name("stress_study.png")
+    if not figure.is_file():
+        figure = Path(summary).with_suffix(".png")
     return {
+        "mismatch": False, "committed": committed, "source": source,
+        "recommendation": stress_recommendation(holding, labels),
         "rows": rows, "target": document.get("target", ""),
         "replicates": sorted({int(s["n_replicates"]) for s in document["study"]["scenarios"]}),
         "holding": [{"mechanism": m.replace("_", " "), "estimators": ", ".join(e) or "none"}
@@ -915,6 +932,24 @@ def stress_section(summary: Path | None) -> dict[str, Any] | None:
         "figure": ("data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode()
                    if figure.is_file() else ""),
     }
+
+
+def stress_recommendation(holding: Mapping[str, list[str]],
+                          labels: Mapping[str, str]) -> dict[str, Any]:
+    """What the report recommends reading, from which estimator holds under which mechanism.
+
+    An estimator is recommended only under the mechanisms where the stress study shows it
+    meets the target; mechanisms where none does are named. The primary comparison is
+    summarised by the bracket of the change-score and ANCOVA estimates (Ding & Li 2019) when
+    those two hold under different mechanisms: the data cannot tell the mechanisms apart.
+    """
+    trusted = [{"mechanism": m.replace("_", " "), "estimators": ", ".join(e)}
+               for m, e in holding.items() if e]
+    unprotected = [m.replace("_", " ") for m, e in holding.items() if not e]
+    mixed, ancova = labels.get("mixed_model", "mixed_model"), labels.get("ancova", "ancova")
+    where = {name: {m for m, e in holding.items() if name in e} for name in (mixed, ancova)}
+    bracket = bool(where[mixed] and where[ancova] and where[mixed] != where[ancova])
+    return {"trusted": trusted, "unprotected": unprotected, "bracket": bracket}
 
 
 def multiplicity_text(subgroup_table: pd.DataFrame, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -952,6 +987,7 @@ def run_report(
     analysis: str | Path | None = None,
     ledger: str | Path | None = None,
     stress_summary: str | Path | None = None,
+    stress_study: str | Path | None = None,
 ) -> Path:
     """Assemble the self-contained HTML report (step ``report``).
 
@@ -974,7 +1010,11 @@ def run_report(
         The cleaning ledger: the queries (and ADaM selections) it records, with their row
         counts, are listed under provenance.
     stress_summary : path or None
-        ``summary.json`` of the design stress study; its table and figure are shown when given.
+        ``summary.json`` of the design stress study, or the committed
+        ``docs/stress-study.json``; its table and figure are shown when given.
+    stress_study : path or None
+        The stress study file (``config/stress_study.yaml``): with it the summary is shown
+        only when its design signature equals this run's.
 
     Returns
     -------
@@ -986,6 +1026,7 @@ def run_report(
         Path(benchmarks) if benchmarks else None, Path(analysis) if analysis else None,
         Path(ledger) if ledger else None,
         Path(stress_summary) if stress_summary else None,
+        Path(stress_study) if stress_study else None,
     )
     html = render_report(context)
     with atomic_path(out) as tmp:

@@ -48,6 +48,7 @@ from trial_analysis.causal.doubly_robust import run_doubly_robust
 from trial_analysis.errors import DataError
 from trial_analysis.models.outcome_models import EFFECT_MODEL, EFFECT_TERM, fit_outcome_model
 from trial_analysis.progress import track
+from trial_analysis.simulation.signature import design_signature
 from trial_analysis.simulation.simulate import simulate_extract
 from trial_analysis.simulation.simulation_study import (
     Scenario,
@@ -350,6 +351,7 @@ def run_stress_study_summary(config: dict[str, Any], study: Path, chunks: list[P
         "holds": {m: {e: bool(v) for e, v in row.items()} for m, row in
                   table.to_dict("index").items()},
         "summary": summary.to_dict(orient="records"),
+        "design_signature": design_signature(config, study),
     }, out_json)
     if out_md is not None:
         with io.atomic_path(Path(out_md)) as tmp:
