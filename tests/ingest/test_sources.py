@@ -396,3 +396,53 @@ def test_postgres_column_types_survive_the_copy_path() -> None:
     config["input"]["tables"]["patients"]["query"] = "SELECT DATE 'infinity' AS d, 1 AS k"
     with pytest.raises(DataError, match="the query failed: date too large"):
         read_query(config, "patients", ".")
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get("TRIAL_PG_DSN"),
+                    reason="no PostgreSQL server configured (TRIAL_PG_DSN; ci/postgres/setup.sh)")
+def test_postgres_copy_loop_gives_psycopgs_bytes_and_exact_integers() -> None:
+    """The libpq COPY loop against psycopg's own iteration; Arrow's integers against the driver."""
+    import psycopg
+
+    from trial_analysis.ingest.sources import _copy_out, read_query
+
+    dsn = os.environ["TRIAL_PG_DSN"]
+    # Quotes, commas and line breaks inside values, and enough rows to span many reads.
+    query = ("SELECT g, -g * 3037000499::bigint AS big, md5(g::text) || E',\"\\n' AS s "
+             "FROM generate_series(1, 30000) AS g")
+    with psycopg.connect(dsn) as connection, connection.cursor() as cursor:
+        with cursor.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)") as copy:
+            expected = b"".join(bytes(block) for block in copy)
+        with cursor.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"):
+            assert bytes(_copy_out(connection)) == expected
+        values = ("SELECT * FROM (VALUES ((-32768)::int2, (-2147483648)::int4, "
+                  "(-9223372036854775808)::int8, 1), (NULL, 0, 9223372036854775807, 2), "
+                  "(32767, NULL, NULL, 3)) AS t(a, b, c, k) ORDER BY k")
+        cursor.execute(values)
+        driver = cursor.fetchall()
+    config = _query_config({"engine": "postgresql", "dsn_env": "TRIAL_PG_DSN"})
+    config["input"]["tables"]["patients"]["query"] = values
+    frame = read_query(config, "patients", ".")
+    assert list(frame.dtypes) == ["Int64"] * 4
+    assert [tuple(None if pd.isna(v) else int(v) for v in row)
+            for row in frame.itertuples(index=False)] == driver
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not os.environ.get("TRIAL_PG_DSN"),
+                    reason="no PostgreSQL server configured (TRIAL_PG_DSN; ci/postgres/setup.sh)")
+def test_postgres_tables_fetched_together_fail_in_reading_order(tmp_path) -> None:
+    """The queries run side by side, but the first table's error is the one reported.
+
+    Therapists fail late, in the middle of the COPY (pg_sleep is not evaluated by the
+    column probe); patients fail at once. Reading one table after another would have named
+    the therapists' error, and still does.
+    """
+    config = _query_config({"engine": "postgresql", "dsn_env": "TRIAL_PG_DSN"})
+    config["input"]["tables"]["therapists"]["query"] = (
+        "SELECT 1 / (length(pg_sleep(0.3)::text) * 0) AS y FROM generate_series(1, 3)")
+    config["input"]["tables"]["patients"]["query"] = "SELECT * FROM no_such_table"
+    with pytest.raises(DataError, match="the query failed: division by zero") as error:
+        clean_tables(config, tmp_path)
+    assert "query for therapists" in str(error.value)

@@ -52,7 +52,6 @@ from trial_analysis.ingest.clean import (
     _clean_long_outcomes,
     _clean_simple,
     _clean_wide_outcomes,
-    _read,
     _reference,
     _TableCleaner,
 )
@@ -63,7 +62,7 @@ from trial_analysis.ingest.schemas import (
     table_specs,
     wide_outcome_columns,
 )
-from trial_analysis.ingest.sources import source_name
+from trial_analysis.ingest.sources import read_source, source_name
 
 SEVERITIES: tuple[str, ...] = ("error", "warning", "note")
 MAX_ROWS = 5  # row numbers shown per problem
@@ -441,7 +440,7 @@ def check_data(config: Mapping[str, Any], raw_dir: str | Path) -> DataCheck:
             columns, key = tuple(wide_outcome_columns(config)), "episode_id"
         path = source_name(config, raw_dir, name)
         try:
-            file, frame = _read(raw_dir, lenient, name)
+            file, frame = read_source(raw_dir, lenient, name)
         except DataError as error:
             files.append({"table": name, "file": path, "rows": None})
             problems.append(_from_error(error, name))

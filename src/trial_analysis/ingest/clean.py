@@ -93,7 +93,7 @@ from trial_analysis.ingest.schemas import (
     wide_outcome_columns,
     wide_score_column,
 )
-from trial_analysis.ingest.sources import describe_sources, read_source
+from trial_analysis.ingest.sources import SourceReader, describe_sources
 from trial_analysis.io import write_parquet
 
 log = logging.getLogger(__name__)
@@ -442,9 +442,6 @@ class CleanResult:
 # ---- stage 1: reading the file and mapping its columns ---------------------------------------
 
 
-def _read(raw_dir: Path, config: Mapping[str, Any], table: str) -> tuple[str, pd.DataFrame]:
-    # A file under raw_dir or a database query (input.tables.<table>.file or .query).
-    return read_source(raw_dir, config, table)
 
 
 def _file_format(config: Mapping[str, Any], table: str) -> str | None:
@@ -516,9 +513,10 @@ def _map_columns(
     return raw[list(renamed)].rename(columns=renamed), file_names
 
 
-def _cleaner(raw_dir: Path, config: Mapping[str, Any], spec: TableSpec) -> _TableCleaner:
+def _cleaner(reader: SourceReader, config: Mapping[str, Any], spec: TableSpec) -> _TableCleaner:
     """Read table ``spec.name`` and map its columns (a long outcomes file may lack outcome_id)."""
-    file, frame = _read(raw_dir, config, spec.name)
+    # A file under paths.raw or a database query (input.tables.<table>.file or .query).
+    file, frame = reader.read(spec.name)
     mapping = config["input"]["tables"][spec.name].get("columns") or {}
     if spec.name == "outcomes" and "outcome_id" not in mapping and not any(
             str(c).casefold() == "outcome_id" for c in frame.columns):
@@ -1342,14 +1340,22 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
         For every structural problem, for row-level problems when ``input.strict`` is true,
         and when more than ``input.max_invalid_fraction`` of a table would be dropped.
     """
-    raw_dir = Path(raw_dir)
     specs = table_specs(config)
+    # PostgreSQL queries are fetched side by side from the start; the tables are still read
+    # (and their errors raised) in this order: therapists, patients, sessions, outcomes.
+    with SourceReader(Path(raw_dir), config, specs) as reader:
+        return _clean_all(config, specs, reader)
+
+
+def _clean_all(config: Mapping[str, Any], specs: Mapping[str, TableSpec],
+               reader: SourceReader) -> CleanResult:
+    """The body of :func:`clean_tables`: read and clean each table, then the ledger."""
     cleaners: dict[str, _TableCleaner] = {}
 
     for name in ("therapists", "patients"):
         if name not in specs:
             continue
-        cleaner = _cleaner(raw_dir, config, specs[name])
+        cleaner = _cleaner(reader, config, specs[name])
         _clean_simple(cleaner, specs[name])
         _check_invalid_share(cleaner)
         cleaners[name] = cleaner
@@ -1360,7 +1366,7 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
         patients.columns.insert(1, specs["patients"].column("patient_id"))
 
     if "sessions" in specs:
-        sessions = _cleaner(raw_dir, config, specs["sessions"])
+        sessions = _cleaner(reader, config, specs["sessions"])
         _clean_simple(sessions, specs["sessions"])
         _reference(sessions, "episode_id", patients, "episode_id")
         if "therapists" in cleaners:
@@ -1372,14 +1378,14 @@ def clean_tables(config: Mapping[str, Any], raw_dir: str | Path) -> CleanResult:
     wide = config["input"].get("outcomes_layout", "long") == "wide"
     outcome_spec = specs["outcomes"]
     if wide:
-        file, frame = _read(raw_dir, config, "outcomes")
+        file, frame = reader.read("outcomes")
         mapping = config["input"]["tables"]["outcomes"].get("columns") or {}
         outcomes = _TableCleaner(
             "outcomes", file, frame, wide_outcome_columns(config), "episode_id", mapping, config
         )
         _clean_wide_outcomes(outcomes, config)
     else:
-        outcomes = _cleaner(raw_dir, config, outcome_spec)
+        outcomes = _cleaner(reader, config, outcome_spec)
         _clean_long_outcomes(outcomes, config, patients)
     if wide:
         _reference(outcomes, "episode_id", patients, "episode_id")
