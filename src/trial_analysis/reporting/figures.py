@@ -209,7 +209,8 @@ def flow_figure(flow: pd.DataFrame, config: Mapping[str, Any] | None = None) -> 
             previous_total_first and len(previous) == k)
         slots = list(range(k))
         if total_first:
-            slots.insert(k // 2, slots.pop(0))
+            # the total in the middle slot, the arms in their order around it
+            slots = [k // 2] + [i for i in range(k) if i != k // 2]
         placed = [centres[slot] for slot in slots]
         for position, (centre, text) in enumerate(zip(placed, level["labels"], strict=True)):
             ax.add_patch(FancyBboxPatch((centre - width / 2, y - height / 2), width, height,

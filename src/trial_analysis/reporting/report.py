@@ -548,15 +548,20 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
     """Design wording: STROBE for observational studies, CONSORT for randomised ones."""
     intervention, control = arm_labels(config)
     if config["study"].get("design", "observational") == "randomised":
+        several = multi_arm(config)
         return {
             "key": "randomised", "randomised": True,
-            "design": "Randomised controlled trial",
+            "design": "Randomised controlled trial"
+                      + (f" with {len(arm_levels(config))} arms" if several else ""),
             "guideline": "CONSORT",
             "sensitivity_heading": "Sensitivity analyses",
             "defaults": ("no eligibility rules of the default study (minimum age, CLBP "
                          "diagnosis code, first episode only: off), no cluster x time random "
-                         "intercepts, the missing-data sensitivity analyses (multiple "
-                         "imputation, tipping point), no target-trial eligibility rule"),
+                         "intercepts, "
+                         + ("no sensitivity analyses (with several arms, each compares two)"
+                            if several else "the missing-data sensitivity analyses (multiple "
+                            "imputation, tipping point)")
+                         + ", no target-trial eligibility rule"),
             "statement": (
                 f"Patients were randomly allocated to {intervention} or {control}; differences "
                 "between arms estimate the effect of allocation."),
@@ -755,22 +760,25 @@ def arms_context(config: Mapping[str, Any]) -> dict[str, Any]:
     the contrasts, the multiplicity method in words and the analyses left out."""
     groups = table1_groups(config)
     if not multi_arm(config):
-        return {"several": False, "table1": groups}
+        intervention, control = arm_labels(config)
+        return {"several": False, "table1": groups, "minus": f"{intervention} minus {control}"}
     levels = arm_levels(config)
     analysis = config.get("analysis", {})
     pairs = analysis.get("contrasts", "reference") == "all_pairs"
     k = len(levels)
     n = k * (k - 1) // 2 if pairs else k - 1
     method = str(analysis.get("multiplicity", "single_step"))
-    if method in ("single_step", "dunnett", "tukey"):
+    single = method in ("single_step", "dunnett", "tukey")
+    if single:
         name = "Tukey's" if pairs else "Dunnett's"
         words = (f"{name} single-step adjustment (multivariate t with the contrasts' "
-                 "correlation from the model, as R's multcomp), with simultaneous "
-                 "confidence intervals")
+                 "correlation from the model, as R's multcomp)")
     else:
         words = MULTIPLICITY_WORDS[method]
     return {
         "several": True, "table1": groups, "k": k, "reference": levels[0],
+        "minus": f"each arm minus {levels[0]}",
+        "interval": "simultaneous" if single else "unadjusted" if method == "none" else "",
         "n_comparisons": n, "multiplicity": words,
         "family": "every pair of arms" if pairs else f"each arm against {levels[0]}",
         "names": [f"{levels[a]} vs {levels[b]}" for a, b in (
@@ -980,7 +988,11 @@ def multiplicity_text(subgroup_table: pd.DataFrame, config: Mapping[str, Any]) -
                  if o["name"] != primary_name]
     n_outcomes = subgroup_table["outcome"].nunique() if len(subgroup_table) else 0
     n_subgroups = subgroup_table["subgroup"].nunique() if len(subgroup_table) else 0
+    arms = arms_context(config)
     return {
+        # several arms: the confirmatory family is the primary outcome's contrasts
+        "arms": (f"its {arms['n_comparisons']} contrasts ({arms['family']}), with "
+                 f"{arms['multiplicity']}") if arms["several"] else "",
         "primary": outcome_label(config, primary_name) if primary_name else "",
         "secondary": secondary,
         "n_tests": len(heterogeneity_tests(subgroup_table)),

@@ -116,6 +116,9 @@ def figure_captions(config: Mapping[str, Any], base: Mapping[str, str]) -> dict[
                   else f"each arm against {arm_levels(config)[0]}")
         return {
             **base,
+            **({"flow": base["flow"].replace("the two groups",
+                                             f"the {len(arm_levels(config))} arms")}
+               if "flow" in base else {}),
             "trajectories": (f"Adjusted mean score by arm {when} (95% CI), from the primary "
                              f"{words['model']} with all arms in {label(config, population)}."),
             "forest": (f"Difference between arms: {words['quantity']}, {family} at the "
