@@ -273,7 +273,7 @@ def _multi_arm_problems(config: Mapping[str, Any], k: int) -> list[str]:
         problems.append(f"analysis/responders/outcomes: the responder analysis {why}; set it "
                         "to []")
     if _strings(analysis.get("subgroups")):
-        problems.append(f"analysis/subgroups: the subgroup models {why}; set it to []")
+        problems.append(f"analysis/subgroups: the subgroup analysis {why}; set it to []")
     tables = _mapping(_mapping(config.get("input")).get("tables"))
     if tables.get("sessions") is not None:
         problems.append(f"input/tables/sessions: the sessions model {why}; set it to null")
