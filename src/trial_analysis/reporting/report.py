@@ -778,7 +778,9 @@ def arms_context(config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "several": True, "table1": groups, "k": k, "reference": levels[0],
         "minus": f"each arm minus {levels[0]}",
-        "interval": "simultaneous" if single else "unadjusted" if method == "none" else "",
+        # which adjusted columns the tables show: both (single step), p (Holm), none
+        "interval": "simultaneous" if single else "",
+        "show_p": method != "none",
         "n_comparisons": n, "multiplicity": words,
         "family": "every pair of arms" if pairs else f"each arm against {levels[0]}",
         "names": [f"{levels[a]} vs {levels[b]}" for a, b in (
