@@ -343,3 +343,64 @@ def test_malformed_row_filters_are_named(default_config: dict, filters, expected
     with pytest.raises(ConfigError) as error:
         validate_config(default_config)
     assert expected in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several arms: allocation.arms / reference, and what a study with k > 2 arms cannot ask for
+
+
+def _three_arm_config() -> dict:
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "examples"
+                           / "three_arm" / "config.yaml").read_text())
+
+
+def test_three_arm_example_is_valid_and_runs_no_sensitivity_analysis() -> None:
+    config = _three_arm_config()
+    config["sensitivity"] = {}
+    config = validate_config(config)
+    assert config["sensitivity"]["analyses"] == []      # not the randomised design's default
+    assert config["analysis"]["contrasts"] == "reference"
+
+
+@pytest.mark.parametrize(
+    "mutate,expected",
+    [
+        (lambda c: c["allocation"].update(intervention="x", control="y"),
+         "give either intervention and control (two arms) or arms and reference"),
+        (lambda c: c["allocation"].pop("reference"), "arms and reference go together"),
+        (lambda c: c["allocation"].update(reference="placebo"),
+         "allocation/reference: 'placebo'"),
+        (lambda c: c["allocation"].update(rule="etmi_code_by_trained_therapist"),
+         "3 arms need allocation/rule: column"),
+        (lambda c: c.update(sensitivity={"analyses": ["tipping_point"]}),
+         "sensitivity/analyses: each sensitivity analysis is written for two arms"),
+        (lambda c: c["analysis"].update(subgroups=["sex"]), "analysis/subgroups: the subgroup"),
+        (lambda c: c["analysis"]["responders"].update(outcomes=["disab"]),
+         "analysis/responders/outcomes: the responder analysis"),
+        (lambda c: c["analysis"].update(contrasts="all_pairs"),
+         "analysis/multiplicity: dunnett is for contrasts against the reference"),
+        (lambda c: c["analysis"].update(multiplicity="tukey"),
+         "analysis/multiplicity: tukey is for all pairs"),
+    ],
+)
+def test_several_arm_problems_are_named(mutate, expected: str) -> None:
+    config = _three_arm_config()
+    mutate(config)
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert expected in str(error.value)
+
+
+def test_two_arms_given_as_arms_and_reference_are_the_two_arm_study(default_config: dict
+                                                                      ) -> None:
+    from trial_analysis.config import arm_labels, arm_levels, multi_arm
+
+    alloc = default_config["allocation"]
+    default_config["allocation"] = {k: v for k, v in alloc.items()
+                                    if k not in ("intervention", "control")}
+    default_config["allocation"].update(arms=[alloc["intervention"], alloc["control"]],
+                                        reference=alloc["control"])
+    config = validate_config(default_config)
+    assert not multi_arm(config)
+    assert arm_labels(config) == (alloc["intervention"], alloc["control"])
+    assert arm_levels(config) == [alloc["control"], alloc["intervention"]]

@@ -76,6 +76,11 @@ def randomised_mmrm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     return _example_run(tmp_path_factory, "randomised_mmrm")
 
 
+@pytest.fixture(scope="module")
+def three_arm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    return _example_run(tmp_path_factory, "three_arm")
+
+
 def _flow(workdir: Path, config: dict) -> pd.DataFrame:
     return pd.read_csv(workdir / config["paths"]["reports"] / "tables" / "flow.csv")
 
@@ -260,7 +265,8 @@ def test_randomised_mmrm_model_and_truth(randomised_mmrm):
         np.testing.assert_allclose(cov["matrix"], truth["covariance"], rtol=0.35)
 
 
-@pytest.mark.parametrize("example", ["randomised_wide", "multisite_long", "randomised_mmrm"])
+@pytest.mark.parametrize("example", ["randomised_wide", "multisite_long", "randomised_mmrm",
+                                     "three_arm"])
 def test_example_reports_show_no_raw_identifier(example, request):
     """Each example's report names terms, populations and methods by their labels."""
     from report_fixtures import raw_identifiers, visible_text
@@ -272,7 +278,7 @@ def test_example_reports_show_no_raw_identifier(example, request):
 
 
 @pytest.mark.parametrize("name", ["randomised_wide", "multisite_long", "adam_adqs",
-                                  "randomised_mmrm"])
+                                  "randomised_mmrm", "three_arm"])
 def test_check_data_passes_each_example_with_its_planted_problems_as_warnings(
         name, tmp_path, capsys):
     from trial_analysis.cli import main
@@ -351,3 +357,95 @@ def test_adam_adqs_analysis_table_and_truth(adam_adqs):
     for outcome in ("hamd", "sds"):
         estimates = _estimates(workdir, config, outcome, "all_available")
         _recovers_truth(estimates, truth["effects"][outcome]["Week 8"])
+
+
+# --------------------------------------------------------------------------------------------
+# three_arm: three arms in one model, Dunnett contrasts of each dose against control
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_three_arm_report_flow_and_ledger(three_arm):
+    workdir, config = three_arm
+    html = (workdir / config["paths"]["reports"] / "report.html").read_text()
+    assert "TA0001" not in html and "TA0270" not in html
+    for text in ("low dose vs control", "high dose vs control", "Dunnett&#39;s single-step",
+                 "2 comparisons", "Simultaneous 95% CI", "Not run with 3 arms"):
+        assert text in html, text
+    flow = _flow(workdir, config).set_index("description")
+    assert flow.loc["patient episodes in the extract", "n"] == 271
+    assert flow.loc["eligible patients", "n"] == 270
+    for arm in ("control", "low dose", "high dose"):
+        assert flow.loc[f"allocated to {arm}", "n"] == 90       # blocks of 6, 1:1:1
+    _ledger_matches_raw(workdir, config, {"patients": 271, "outcomes": 270})
+    table1 = pd.read_csv(workdir / config["paths"]["reports"] / "tables" / "table1.csv")
+    assert list(table1.columns[-3:]) == ["control", "low dose", "high dose"]
+    analysis = pd.read_parquet(workdir / config["paths"]["processed"] / "analysis.parquet")
+    codes = analysis.groupby("arm")["arm_code"].first().to_dict()
+    assert codes == {"control": 0, "low dose": 1, "high dose": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_three_arm_contrasts_recover_the_truth_and_are_adjusted(three_arm):
+    workdir, config = three_arm
+    truth = json.loads((workdir / config["paths"]["raw"] / "example_truth.json").read_text())
+    for population in ("all_available", "complete_case"):
+        doc = json.loads((workdir / config["paths"]["reports"] / "estimates"
+                          / f"disab.{population}.json").read_text())
+        contrasts = pd.DataFrame(doc["contrasts"])
+        assert set(contrasts["followup"]) == {"w6", "w12", "overall"}
+        for arm, effects in truth["effects"].items():
+            for visit, true_value in effects.items():
+                row = contrasts[(contrasts["arm"] == arm) & (contrasts["followup"] == visit)]
+                row = row.iloc[0]
+                assert row["contrast"] == f"{arm} vs control"
+                assert abs(row["estimate"] - true_value) < 3 * row["std_error"], row
+                # Dunnett: adjusted p above the raw one, simultaneous CI wider
+                assert row["p_value"] < row["p_adjusted"] < min(1.0, 2 * row["p_value"])
+                assert row["ci_low_adjusted"] < row["ci_low"] < row["ci_high"] < \
+                    row["ci_high_adjusted"]
+        assert set(contrasts["multiplicity"]) == {"single_step"}
+        assert set(contrasts["n_comparisons"]) == {2}
+        estimates = _estimates(workdir, config, "disab", population)
+        terms = set(estimates["term"])
+        assert {"armlow dose", "armhigh dose", "arm:time [high dose vs control]"} <= terms
+    primary = pd.read_csv(workdir / config["paths"]["reports"] / "tables"
+                          / "primary_estimates.csv")
+    assert len(primary) == 4 and set(primary["contrast"]) == {"low dose vs control",
+                                                              "high dose vs control"}
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_three_arm_two_of_three_arms_by_a_row_filter(tmp_path):
+    """eligibility.filters keeps two arms of three: the two-arm analysis, the third arm's
+    records excluded with a ledger fate."""
+    config = yaml.safe_load((EXAMPLES / "three_arm" / "config.yaml").read_text())
+    config["allocation"] = {"intervention": "high dose", "control": "control",
+                            "rule": "column", "column": "group"}
+    config["eligibility"] = {"filters": [{"column": "group", "keep": ["control", "high dose"]}]}
+    for key in ("contrasts", "multiplicity"):
+        config["analysis"].pop(key)
+    path = tmp_path / "two_of_three.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    _load_generator("three_arm").main(["--out", str(tmp_path / config["paths"]["raw"])])
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("MPLBACKEND", "Agg")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(path), "--cores", "2", "--nolock",
+         f"{config['paths']['reports']}/estimates/disab.complete_case.json"],
+        capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        _fail_with_logs(tmp_path, result)
+    ledger = pd.read_parquet(tmp_path / config["paths"]["interim"] / "ledger.parquet")
+    patients = ledger[ledger["table"] == "patients"]
+    assert (patients["fate"] == "excluded").sum() == 90           # the low-dose arm
+    assert ledger.groupby(["table", "record_id"]).size().max() == 1
+    estimates = _estimates(tmp_path, config, "disab", "complete_case")
+    assert "armhigh dose" not in set(estimates["term"])
+    _recovers_truth(estimates, json.loads(
+        (tmp_path / config["paths"]["raw"] / "example_truth.json").read_text()
+    )["effects"]["high dose"]["w12"])

@@ -11,11 +11,14 @@ from typing import Any
 
 import pandas as pd
 
-from trial_analysis.config import outcome_names, score_columns
+from trial_analysis.config import multi_arm, outcome_names, score_columns
 from trial_analysis.errors import DataError
 from trial_analysis.io import FILE_COLUMNS, ColumnWording, positions, require_columns
 
 ARM = "arm_intervention"  # 1 intervention, 0 control
+# With three or more arms (allocation.arms): 0 the reference, 1, 2, ... the others in config
+# order (config.arm_levels); absent in a two-arm study's table.
+ARM_CODE = "arm_code"
 THERAPIST = "therapist_id"  # the primary therapist: the cluster of the models
 CLINIC = "clinic_id"
 
@@ -48,7 +51,8 @@ def outcome_score_columns(config: Mapping[str, Any], outcome: str) -> list[str]:
 def analysis_columns(config: Mapping[str, Any]) -> list[str]:
     """The columns of ``analysis.parquet``, in order (data contract)."""
     names = outcome_names(config)
-    columns = ["patient_id", "episode_id", "arm", ARM, "arm_rule", THERAPIST, CLINIC,
+    codes = [ARM, ARM_CODE] if multi_arm(config) else [ARM]
+    columns = ["patient_id", "episode_id", "arm", *codes, "arm_rule", THERAPIST, CLINIC,
                *COVARIATES, *declared_variables(config), "n_sessions", "fidelity"]
     for name in names:
         columns += outcome_score_columns(config, name)

@@ -198,8 +198,7 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
     alloc = _mapping(config.get("allocation"))
     if alloc.get("rule") == "column" and not alloc.get("column"):
         problems.append("allocation/column: required when allocation/rule is 'column'")
-    if "intervention" in alloc and alloc.get("intervention") == alloc.get("control"):
-        problems.append("allocation: intervention and control labels must differ")
+    problems += _allocation_problems(config)
     codes = _mapping(config.get("codes"))
     treatments = [t.strip().upper() for t in _strings(codes.get("treatments"))]
     if treatments:
@@ -222,6 +221,70 @@ def _semantic_problems(config: Mapping[str, Any]) -> list[str]:
                     "fitted")
     problems += _source_problems(config)
     problems += _target_trial_problems(config)
+    return problems
+
+
+# With three or more arms these analyses, written for one intervention against one control,
+# are not run: the config may not ask for them (see config/README.md, "Several arms").
+TWO_ARM_ONLY = ("sensitivity analyses (sensitivity.analyses)", "responders",
+                "subgroups", "the sessions model")
+
+
+def _allocation_problems(config: Mapping[str, Any]) -> list[str]:
+    """Two arms (intervention/control) or any number (arms/reference), and what k > 2 rules out."""
+    alloc = _mapping(config.get("allocation"))
+    problems: list[str] = []
+    two = [k for k in ("intervention", "control") if k in alloc]
+    several = [k for k in ("arms", "reference") if k in alloc]
+    if two and several:
+        return ["allocation: give either intervention and control (two arms) or arms and "
+                f"reference (any number of arms), not both (got {', '.join(two + several)})"]
+    if not two and not several:
+        return ["allocation: give intervention and control (two arms) or arms and reference "
+                "(any number of arms)"]
+    if two and len(two) < 2:
+        return ["allocation: intervention and control go together; give both"]
+    if several and len(several) < 2:
+        return ["allocation: arms and reference go together; give both"]
+    if two and alloc.get("intervention") == alloc.get("control"):
+        problems.append("allocation: intervention and control labels must differ")
+    arms = _strings(alloc.get("arms"))
+    if several and alloc.get("reference") not in arms:
+        problems.append(_not_among("allocation/reference", str(alloc.get("reference")), arms,
+                                   "one of allocation/arms"))
+    if len(arms) > 2:
+        problems += _multi_arm_problems(config, len(arms))
+    return problems
+
+
+def _multi_arm_problems(config: Mapping[str, Any], k: int) -> list[str]:
+    """What a study with k > 2 arms cannot ask for (the two-arm-only analyses)."""
+    alloc = _mapping(config.get("allocation"))
+    analysis = _mapping(config.get("analysis"))
+    problems = []
+    if alloc.get("rule", "etmi_code_by_trained_therapist") != "column":
+        problems.append(f"allocation/arms: {k} arms need allocation/rule: column (the arm "
+                        "given in a patients column)")
+    why = (f"is written for two arms and is not run with the {k} arms of allocation/arms "
+           "(the outcome models compare every arm; see config/README.md, 'Several arms')")
+    if _strings(_mapping(config.get("sensitivity")).get("analyses")):
+        problems.append(f"sensitivity/analyses: each sensitivity analysis {why}; set it to []")
+    if _strings(_mapping(analysis.get("responders")).get("outcomes")):
+        problems.append(f"analysis/responders/outcomes: the responder analysis {why}; set it "
+                        "to []")
+    if _strings(analysis.get("subgroups")):
+        problems.append(f"analysis/subgroups: the subgroup analysis {why}; set it to []")
+    tables = _mapping(_mapping(config.get("input")).get("tables"))
+    if tables.get("sessions") is not None:
+        problems.append(f"input/tables/sessions: the sessions model {why}; set it to null")
+    contrasts = analysis.get("contrasts", "reference")
+    method = analysis.get("multiplicity", "single_step")
+    if method == "dunnett" and contrasts != "reference":
+        problems.append("analysis/multiplicity: dunnett is for contrasts against the reference "
+                        "(analysis/contrasts: reference); for all pairs use tukey or single_step")
+    if method == "tukey" and contrasts != "all_pairs":
+        problems.append("analysis/multiplicity: tukey is for all pairs (analysis/contrasts: "
+                        "all_pairs); against the reference use dunnett or single_step")
     return problems
 
 
@@ -299,6 +362,11 @@ def _fill_design_defaults(config: dict[str, Any]) -> None:
     for section in _EMPTY_ALLOWED:
         if section in config and config[section] is None:
             config[section] = {}
+    sensitivity = config.get("sensitivity")
+    if n_arms(config) > 2 and isinstance(sensitivity, dict):
+        # The sensitivity analyses compare two arms: none by default with k > 2 (asking for
+        # one explicitly is a config error, _multi_arm_problems).
+        sensitivity.setdefault("analyses", [])
     for (section, key), value in DESIGN_DEFAULTS[study_design(config)].items():
         if section == "sensitivity" and section not in config:
             continue
@@ -443,16 +511,52 @@ def confidence_level(config: Mapping[str, Any]) -> float:
     return float(config.get("analysis", {}).get("confidence_level", 0.95))
 
 
-def arm_labels(config: Mapping[str, Any]) -> tuple[str, str]:
-    """The (intervention, control) arm labels of ``allocation`` (their names if not given)."""
+def arm_levels(config: Mapping[str, Any]) -> list[str]:
+    """Every arm label, the reference (control) first, then the others in config order.
+
+    Position = the arm's code: ``arm_intervention`` with two arms (0 control, 1
+    intervention), ``arm_code`` in the analysis table with more.
+    """
     allocation = config.get("allocation", {})
-    return allocation.get("intervention", "intervention"), allocation.get("control", "control")
+    if isinstance(allocation, Mapping) and "arms" in allocation:
+        arms = [str(a) for a in allocation["arms"]]
+        reference = str(allocation.get("reference", arms[0]))
+        return [reference, *(a for a in arms if a != reference)]
+    intervention, control = (allocation.get("intervention", "intervention"),
+                             allocation.get("control", "control"))
+    return [control, intervention]
+
+
+def n_arms(config: Mapping[str, Any]) -> int:
+    """How many arms ``allocation`` names (2 for intervention/control)."""
+    try:
+        return len(arm_levels(config))
+    except (AttributeError, TypeError):
+        return 2
+
+
+def multi_arm(config: Mapping[str, Any]) -> bool:
+    """Three or more arms: one model with all of them, contrasts, multiplicity."""
+    return n_arms(config) > 2
+
+
+def arm_labels(config: Mapping[str, Any]) -> tuple[str, str]:
+    """The (intervention, control) arm labels of ``allocation`` (their names if not given).
+
+    With three or more arms: the other arms joined by commas, and the reference, for the
+    wording that names "the intervention" (tables and figures by arm use :func:`arm_levels`).
+    """
+    levels = arm_levels(config)
+    return ", ".join(levels[1:]), levels[0]
 
 
 def arm_labels_by_code(config: Mapping[str, Any]) -> dict[int, str]:
-    """The arm labels keyed by the analysis table's ``arm_intervention`` (1, 0)."""
-    intervention, control = arm_labels(config)
-    return {1: intervention, 0: control}
+    """The arm labels keyed by their code: ``arm_intervention`` (1, 0) with two arms,
+    ``arm_code`` (0 the reference, 1, 2, ... the others) with more."""
+    levels = arm_levels(config)
+    if len(levels) == 2:
+        return {1: levels[1], 0: levels[0]}
+    return dict(enumerate(levels))
 
 
 # ---------------------------------------------------------------------------------------------

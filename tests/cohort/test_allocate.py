@@ -484,3 +484,44 @@ def test_target_trial_population_on_a_simulated_extract_keeps_every_etmi_patient
     assert (published.set_index("episode_id").loc[expected_out, "arm"] == "usual care").all()
     row = emulated.flow.set_index("reason").loc[REASON_UNTRAINED]
     assert int(row["n_excluded"]) == len(expected_out)
+
+
+# --------------------------------------------------------------------------------------------
+# Three or more arms (allocation.arms / reference)
+# --------------------------------------------------------------------------------------------
+
+
+def _three_arms(config: dict) -> dict:
+    config["allocation"] = {"arms": ["usual care", "low", "high"], "reference": "usual care",
+                            "rule": "column", "column": "treatment_arm"}
+    return config
+
+
+def test_three_arms_get_codes_with_the_reference_at_zero(config):
+    config = _three_arms(config)
+    cohort, tables = inputs(
+        [("A", "T1", "2022-07-01", "ETMI"), ("B", "T3", "2022-07-01", "EXER"),
+         ("C", "T3", "2022-07-01", "EDU")],
+        extra={"treatment_arm": ["high", "usual care", "low"]},
+    )
+    result = allocate_arms(config, cohort, tables)
+    a = by_episode(result)
+    assert a["arm"].to_dict() == {"A": "high", "B": "usual care", "C": "low"}
+    assert a["arm_code"].to_dict() == {"A": 2, "B": 0, "C": 1}
+    assert a["arm_intervention"].to_dict() == {"A": 1, "B": 0, "C": 1}  # any non-reference
+    assert list(result.analysis.columns) == analysis_columns(config)
+    allocated = result.flow[result.flow["step"] == "allocation"]
+    assert list(allocated["description"]) == ["usual care group", "low group", "high group"]
+
+
+def test_three_arms_value_outside_the_arms_names_column_and_rows(config):
+    config = _three_arms(config)
+    cohort, tables = inputs(INTERVENTION + CONTROL + [("ZD", "T1", "2022-07-01", "EDU")],
+                            both_scores("ZI"),
+                            extra={"treatment_arm": ["low", "medium", "high"]})
+    with pytest.raises(DataError) as error:
+        allocate_arms(config, cohort, tables, {"cohort": "cohort.parquet"})
+    text = str(error.value)
+    for fragment in ("cohort.parquet", "'treatment_arm'", "allocation.arms", "'medium'"):
+        assert fragment in text, text
+    assert "rows 2" in text or "row 2" in text, text

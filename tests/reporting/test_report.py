@@ -491,3 +491,29 @@ def test_per_visit_variances_follow_the_time_points():
                                             "variance [w12]", "variance [w24]"]
     others = ["therapist", "therapist:time", "residual"]
     assert _time_ordered(others, config) == others
+
+
+def test_arms_context_names_contrasts_method_and_comparisons() -> None:
+    """Several arms: the report's words for the family, the method and the columns shown."""
+    from pathlib import Path
+
+    import yaml
+
+    from trial_analysis.reporting.report import arms_context
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "examples"
+                             / "three_arm" / "config.yaml").read_text())
+    words = arms_context(config)
+    assert words["several"] and words["n_comparisons"] == 2 and words["interval"] == "simultaneous"
+    assert words["names"] == ["low dose vs control", "high dose vs control"]
+    assert words["multiplicity"].startswith("Dunnett's single-step")
+    config["analysis"].update(contrasts="all_pairs", multiplicity="holm")
+    words = arms_context(config)
+    assert words["n_comparisons"] == 3 and words["names"][-1] == "high dose vs low dose"
+    assert words["interval"] == "" and words["show_p"] and "Holm" in words["multiplicity"]
+    config["analysis"].update(multiplicity="none")
+    assert not arms_context(config)["show_p"]
+    two = {"allocation": {"intervention": "ETMI", "control": "usual care"}}
+    assert arms_context(two) == {"several": False, "minus": "ETMI minus usual care",
+                                 "table1": [("intervention", "ETMI"),
+                                            ("control", "usual care")]}

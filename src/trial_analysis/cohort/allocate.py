@@ -55,12 +55,14 @@ from trial_analysis.cohort.eligibility import (
     read_parquet_input,
 )
 from trial_analysis.columns import (
+    ARM_CODE,
     COVARIATES,
     analysis_columns,
     declared_variables,
 )
 from trial_analysis.config import (
     all_timepoint_labels,
+    arm_levels,
     has_table,
     outcome_names,
     primary_followup,
@@ -109,14 +111,14 @@ class AllocationResult:
     flow : DataFrame
         The allocation rows of the flow table (arms and complete cases).
     labels : tuple of str
-        ``(intervention, control)`` arm labels.
+        ``(intervention, control)`` arm labels; with three or more arms, allocation.arms.
     """
 
     analysis: pd.DataFrame
     implementation: pd.DataFrame
     therapist_fidelity: pd.DataFrame
     flow: pd.DataFrame
-    labels: tuple[str, str]
+    labels: tuple[str, ...]
 
     def to_frame(self) -> pd.DataFrame:
         """The analysis table (one row per eligible patient), for code."""
@@ -216,9 +218,10 @@ def _any_per_episode(visits: pd.DataFrame, column: str, n_episodes: int) -> np.n
 
 
 def _arm_by_column(
-    cohort: pd.DataFrame, column: str, labels: tuple[str, str], source: str
+    cohort: pd.DataFrame, column: str, levels: Sequence[str], source: str
 ) -> np.ndarray:
-    """Intervention flag per cohort row from the patients column ``column``."""
+    """Arm code per cohort row from the patients column ``column``: the position of its label
+    in ``levels`` (reference first; with two arms 1 = intervention, 0 = control)."""
     if column not in cohort.columns:
         close = difflib.get_close_matches(column, [str(c) for c in cohort.columns], n=1)
         hint = f"Did you mean '{close[0]}'?" if close else (
@@ -226,16 +229,18 @@ def _arm_by_column(
         raise DataError(source, "allocation.column names a column the patients table lacks",
                         column=column, hint=hint)
     values = cohort[column].astype("str")
-    invalid = (~values.isin(labels) | values.isna()).to_numpy(dtype=bool)
+    invalid = (~values.isin(levels) | values.isna()).to_numpy(dtype=bool)
     if invalid.any():
         where = cohort.loc[invalid]
         rows = where["record_id"] if "record_id" in where.columns else where["episode_id"]
+        allowed = (f"the two arm labels '{levels[1]}' or '{levels[0]}'" if len(levels) == 2
+                   else "the arms of allocation.arms " + ", ".join(f"'{a}'" for a in levels))
         raise DataError(
-            source, f"values must be one of the two arm labels '{labels[0]}' or '{labels[1]}' "
+            source, f"values must be one of {allowed} "
             f"(found e.g. {values[invalid].fillna('<missing>').unique()[:3].tolist()})",
             column=column, rows=rows.head(5).tolist(),
         )
-    return (values == labels[0]).to_numpy(dtype=bool)
+    return pd.Categorical(values, categories=list(levels)).codes.astype(np.int64)
 
 
 def _scores(
@@ -352,7 +357,7 @@ def _implementation(
     return implementation[IMPLEMENTATION_COLUMNS], table[FIDELITY_COLUMNS]
 
 
-def _allocation_flow(analysis: pd.DataFrame, labels: tuple[str, str],
+def _allocation_flow(analysis: pd.DataFrame, labels: tuple[str, ...],
                      cc_outcomes: Sequence[str], *, randomised: bool = False,
                      populations: Sequence[str] = ("complete_case",)) -> pd.DataFrame:
     """The flow rows after eligibility: the two groups, then each analysed population.
@@ -383,7 +388,7 @@ def _allocation_flow(analysis: pd.DataFrame, labels: tuple[str, str],
     return make_flow_frame(rows)
 
 
-def _population_rows(analysis: pd.DataFrame, labels: tuple[str, str], description: str,
+def _population_rows(analysis: pd.DataFrame, labels: tuple[str, ...], description: str,
                      included: pd.Series, before: pd.Series, reason: str
                      ) -> list[dict[str, Any]]:
     """One population's flow rows, overall then per arm: n and the patients left out."""
@@ -436,7 +441,10 @@ def allocate_arms(
                "sessions": "clean/sessions.parquet", "outcomes": "clean/outcomes.parquet",
                **(sources or {})}
     alloc = config["allocation"]
-    labels = (str(alloc["intervention"]), str(alloc["control"]))
+    levels = arm_levels(config)
+    # Flow and result labels: (intervention, control) with two arms, else the arms as listed.
+    labels = (levels[1], levels[0]) if len(levels) == 2 else tuple(
+        str(a) for a in alloc["arms"])
     codes = config.get("codes", {})
     separator = codes.get("separator", ";")
     with_sessions = has_table(config, "sessions")
@@ -481,15 +489,17 @@ def allocate_arms(
         therapists, visits = None, None
         counted = any_etmi = np.zeros(n, dtype=bool)
     if alloc.get("rule", "etmi_code_by_trained_therapist") == "column":
-        intervention = _arm_by_column(cohort, alloc["column"], labels, sources["cohort"])
+        code = _arm_by_column(cohort, alloc["column"], levels, sources["cohort"])
+        intervention = code > 0
         rule = np.full(n, RULE_COLUMN, dtype=object)
         arm_source, arm_column = sources["cohort"], alloc["column"]
     else:
         intervention = counted
+        code = counted.astype(np.int64)
         rule = np.where(counted, RULE_TRAINED, np.where(any_etmi, RULE_UNTRAINED, RULE_NO_CODE))
         arm_source, arm_column = sources["sessions"], "treatment_codes"
-    for flag, label in ((True, labels[0]), (False, labels[1])):
-        if not (intervention == flag).any():
+    for value, label in enumerate(levels):
+        if not (code == value).any():
             raise DataError(
                 arm_source, f"no eligible patient is allocated to arm '{label}'; the "
                 "comparison needs both arms", column=arm_column,
@@ -506,10 +516,14 @@ def allocate_arms(
     analysis = pd.DataFrame({
         "patient_id": cohort["patient_id"].astype("str"),
         "episode_id": episodes,
-        "arm": pd.Series(np.where(intervention, labels[0], labels[1]), dtype="str"),
+        "arm": pd.Series(np.asarray(levels, dtype=object)[code], dtype="str"),
+        # With k > 2 arms: 1 = any arm but the reference (the two-arm analyses that read it
+        # are not run then; the outcome models read arm_code).
         "arm_intervention": intervention.astype("int64"),
         "arm_rule": pd.Series(rule, dtype="str"),
     })
+    if len(levels) > 2:
+        analysis[ARM_CODE] = code
     if with_sessions:
         primary = _primary_therapist(visits, n)
         analysis["therapist_id"] = therapists["therapist_id"].to_numpy()[primary]

@@ -44,6 +44,7 @@ import pandas as pd
 
 from trial_analysis import io
 from trial_analysis.columns import analysis_columns
+from trial_analysis.config import arm_levels
 from trial_analysis.errors import DataError, bounded, closest_match, excerpt
 from trial_analysis.ingest.clean import (
     FateEvent,
@@ -318,7 +319,9 @@ def _arm_problems(config: Mapping[str, Any], patients: _TableCleaner,
     column = alloc.get("column")
     if alloc.get("rule") != "column" or not column:
         return []
-    labels = (str(alloc["intervention"]), str(alloc["control"]))
+    # (intervention, control) with two arms; every arm of allocation.arms with more
+    levels = arm_levels(config)
+    labels = (levels[1], levels[0]) if len(levels) == 2 else tuple(levels)
     if not patients.has(column):
         match = closest_match(column, header)
         return [Problem(
@@ -337,8 +340,11 @@ def _arm_problems(config: Mapping[str, Any], patients: _TableCleaner,
         hints = [f"'{v}' may be '{m}'" for v, m in pairs if m is not None]
         problems.append(Problem(
             file=patients.file, severity="error", table="patients", column=in_file,
-            message=f"arm values must be '{labels[0]}' or '{labels[1]}' (allocation.intervention"
-            f" and allocation.control); found {', '.join(repr(v) for v in distinct[:3])}",
+            message=(f"arm values must be '{labels[0]}' or '{labels[1]}' (allocation.intervention"
+                     " and allocation.control)" if len(labels) == 2 else
+                     "arm values must be one of allocation.arms "
+                     + ", ".join(f"'{a}'" for a in labels))
+            + f"; found {', '.join(repr(v) for v in distinct[:3])}",
             rows=[int(r) for r in patients.fates.record_id[unknown][:MAX_ROWS]],
             n_rows=int(unknown.sum()),
             suggestion="; ".join(hints) + ". " * bool(hints)

@@ -28,7 +28,6 @@ import scipy.sparse.linalg as spla
 
 from trial_analysis.config import level_column
 from trial_analysis.models.outcome_models import (
-    EFFECT_TERM,
     _check_population,
     _fit_prepared,
     _sparse_design,
@@ -79,8 +78,8 @@ def conditional_modes(long: pd.DataFrame, fit: Any, fixed: Any, rand: Any
 
 
 def _effect(result: Any) -> float:
-    effects = result.effects
-    return float(effects.loc[effects["term"] == EFFECT_TERM, "estimate"].iloc[0])
+    # The primary effect row (with several arms, the first arm against the reference).
+    return float(result.effect["estimate"])
 
 
 def model_diagnostics(analysis: pd.DataFrame, config: Mapping[str, Any], outcome: str,

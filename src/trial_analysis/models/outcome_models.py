@@ -121,9 +121,10 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from trial_analysis.columns import ARM, check_arm
+from trial_analysis.columns import ARM, ARM_CODE, check_arm
 from trial_analysis.config import (
     arm_labels_by_code,
+    arm_levels,
     followup_labels,
     level_column,
     outcome_names,
@@ -151,6 +152,7 @@ from trial_analysis.models.lmm_inference import (
     kenward_roger_lmm,
 )
 from trial_analysis.models.mmrm import MMRMFit, fit_mmrm
+from trial_analysis.models.multiplicity import adjust_family
 from trial_analysis.parallel import map_shared
 from trial_analysis.privacy import DEFAULT_MIN_CELL_COUNT, count_text, min_cell_count
 
@@ -226,6 +228,18 @@ class ModelSpec:
     covariance: str | None = None
     heterogeneous_variances: bool = True
     ddf: str = "satterthwaite"
+    # Three or more arms (allocation.arms): every arm label, the reference first (empty for a
+    # two-arm study, whose single 0/1 column keeps the name ``arm``); which contrasts and
+    # which multiplicity adjustment (analysis.contrasts, analysis.multiplicity).
+    arms: tuple[str, ...] = ()
+    contrasts: str = "reference"
+    multiplicity: str = "single_step"
+
+    @property
+    def arm_terms(self) -> list[str]:
+        """The arm's fixed-effect columns: ``arm`` (two arms) or ``arm<label>`` for each arm
+        but the reference (R's treatment coding of a factor ``arm``)."""
+        return [f"arm{label}" for label in self.arms[1:]] if self.arms else ["arm"]
 
     @property
     def mmrm(self) -> bool:
@@ -352,6 +366,8 @@ def _analysis_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings.setdefault("covariance", None)
     settings.setdefault("heterogeneous_variances", True)
     settings.setdefault("ddf", "satterthwaite")
+    settings.setdefault("contrasts", "reference")
+    settings.setdefault("multiplicity", "single_step")
     return settings
 
 
@@ -391,6 +407,10 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
     if settings["time"] == "continuous" and ancova and len(followups) < 2:
         problems.append("analysis/time: continuous time needs at least two follow-ups when the "
                         "baseline is a covariate")
+    arms = tuple(arm_levels(config)) if len(arm_levels(config)) > 2 else ()
+    if arms and subgroup is not None:
+        problems.append("analysis/subgroups: the subgroup models are written for two arms and "
+                        f"are not fitted with the {len(arms)} arms of allocation/arms")
     if problems:
         raise ConfigError("config analysis", problems)
     notes = []
@@ -427,7 +447,10 @@ def model_spec(config: dict[str, Any], outcome: str, population: str,
 
                      covariance=covariance,
                      heterogeneous_variances=bool(settings["heterogeneous_variances"]),
-                     ddf=str(settings["ddf"]))
+                     ddf=str(settings["ddf"]), arms=arms,
+                     contrasts=str(settings["contrasts"]),
+                     multiplicity={"dunnett": "single_step", "tukey": "single_step"}.get(
+                         str(settings["multiplicity"]), str(settings["multiplicity"])))
 
 
 # How the outcome models word missing columns of the analysis table: all of them at once.
@@ -457,7 +480,9 @@ def long_data(analysis: pd.DataFrame, spec: ModelSpec,
     base, complete = f"{outcome}_baseline", f"complete_{outcome}"
     follow_columns = list(spec.score_columns) or [f"{outcome}_followup"]
     id_columns = [level_column(lv) for lv in spec.random_effects]
-    needed = ["patient_id", ARM, base, *follow_columns, *spec.covariates, *id_columns]
+    arm_column = ARM_CODE if spec.arms else ARM
+    needed = ["patient_id", ARM, *([ARM_CODE] if spec.arms else []), base, *follow_columns,
+              *spec.covariates, *id_columns]
     if spec.population == "complete_case":
         needed.append(complete)
     if spec.subgroup:
@@ -492,7 +517,7 @@ def long_data(analysis: pd.DataFrame, spec: ModelSpec,
     values = spec.time_value_of
     frames = []
     for label in spec.model_times:
-        part = selected[["patient_id", "arm_intervention", *keep_columns]].copy()
+        part = selected[["patient_id", arm_column, *keep_columns]].copy()
         part["time"] = labels.index(label)
         part["time_label"] = label
         part["time_value"] = values[label]
@@ -501,7 +526,7 @@ def long_data(analysis: pd.DataFrame, spec: ModelSpec,
             part[BASELINE_COVARIATE] = pd.to_numeric(selected[base], errors="coerce")
         frames.append(part)
     long = pd.concat(frames, ignore_index=True)
-    long = long[long["score"].notna()].rename(columns={"arm_intervention": "arm"})
+    long = long[long["score"].notna()].rename(columns={arm_column: "arm"})
     long["arm"] = long["arm"].astype(int)
     sort_keys = [*dict.fromkeys([*id_columns, "patient_id"]), "time"]
     long = long.sort_values(sort_keys, kind="mergesort").reset_index(drop=True)
@@ -543,10 +568,13 @@ def _check_population(long: pd.DataFrame, spec: ModelSpec, source: str,
                         f"least {MIN_PATIENTS} are needed to fit a mixed model",
                         column=f"{spec.outcome}_baseline")
     counts = patients["arm"].value_counts()
-    for arm_value, arm_name in ((1, "intervention"), (0, "control")):
+    arms = (((1, "intervention"), (0, "control")) if not spec.arms
+            else tuple((code, f"'{name}'") for code, name in enumerate(spec.arms)))
+    for arm_value, arm_name in arms:
         if counts.get(arm_value, 0) == 0:
             raise DataError(source, f"no {arm_name} patients in the {what} ({label}); the arm "
-                            "x time effect cannot be estimated", column="arm_intervention")
+                            "x time effect cannot be estimated",
+                            column=ARM_CODE if spec.arms else "arm_intervention")
     for level in spec.random_effects:
         if level == "patient":
             continue
@@ -604,6 +632,11 @@ def effect_coding(spec: ModelSpec, label: str) -> dict[str, float]:
     return {f"arm:{term}": value for term, value in time_coding(spec, label).items()}
 
 
+def arm_term(term: str, arm: str) -> str:
+    """``term`` (``arm``, ``arm:time<label>``, ...) for the arm column ``arm`` (``armLow``)."""
+    return arm + term[len("arm"):] if term == "arm" or term.startswith("arm:") else term
+
+
 def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
     """Build X: intercept, arm, time, [subgroup], [baseline], covariates, then interactions.
 
@@ -612,10 +645,13 @@ def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
     """
     time_terms = spec.time_terms
     coding = {label: time_coding(spec, label) for label in spec.model_times}
-    cols: dict[str, np.ndarray] = {
-        "(Intercept)": np.ones(len(long)),
-        "arm": long["arm"].to_numpy(float),
-    }
+    cols: dict[str, np.ndarray] = {"(Intercept)": np.ones(len(long))}
+    if spec.arms:
+        # R's treatment coding of the factor arm: one 0/1 column per arm but the reference.
+        for code, name in enumerate(spec.arm_terms, start=1):
+            cols[name] = (long["arm"].to_numpy() == code).astype(float)
+    else:
+        cols["arm"] = long["arm"].to_numpy(float)
     for term in time_terms:
         cols[term] = long["time_label"].map({lb: c[term] for lb, c in coding.items()}
                                             ).to_numpy(float)
@@ -644,8 +680,10 @@ def fixed_design(long: pd.DataFrame, spec: ModelSpec) -> FixedDesign:
             numeric.append(cov)
     effect_values = {label: effect_coding(spec, label) for label in spec.model_times}
     for term in spec.effect_terms:
-        cols[term] = cols["arm"] * long["time_label"].map(
-            {lb: c[term] for lb, c in effect_values.items()}).to_numpy(float)
+        coding = long["time_label"].map({lb: c[term] for lb, c in effect_values.items()}
+                                        ).to_numpy(float)
+        for name in spec.arm_terms:
+            cols[arm_term(term, name)] = cols[name] * coding
     if spec.covariates_by_time:
         # Covariates adjust the change as well as the level: a prognostic factor of change
         # that differs between arms (age here) would otherwise bias the arm x time contrast,
@@ -1103,13 +1141,20 @@ class OutcomeModelResult:
     effects: pd.DataFrame | None = None
     primary_followup: str | None = None
     covariance: dict[str, Any] | None = None
+    # Several arms: the contrasts of every family with adjusted p values and intervals
+    # (CONTRAST_COLUMNS); None with two arms.
+    contrasts: pd.DataFrame | None = None
 
     @property
     def effect(self) -> pd.Series:
         """The primary estimand: difference between arms in mean change from baseline to the
-        primary follow-up (the ``effect`` row with term ``arm:time``)."""
+        primary follow-up (the ``effect`` row with term ``arm:time``; with several arms the
+        first contrast's, ``arm:time [<arm> vs <reference>]``)."""
         if self.effects is None:
             return self.fixed_effects.set_index("term").loc[EFFECT_TERM]
+        if self.contrasts is not None:
+            first = self.contrasts.iloc[0]["contrast"]
+            return self.effects.set_index("term").loc[f"{EFFECT_TERM} [{first}]"]
         return self.effects.set_index("term").loc[EFFECT_TERM]
 
     @property
@@ -1161,7 +1206,9 @@ class OutcomeModelResult:
                 "model": self.model_block(),
                 "estimates": self.to_frame().to_dict(orient="records"),
                 "marginal_means": self.marginal_means[MARGINAL_COLUMNS].to_dict(
-                    orient="records")}
+                    orient="records"),
+                **({"contrasts": self.contrasts.to_dict(orient="records")}
+                   if self.contrasts is not None else {})}
 
     def summary(self) -> str:
         """Readable text: the effect, fixed effects, variance components, warnings."""
@@ -1252,7 +1299,8 @@ def _fixed_rows(fit: _Fit, names: list[str], level: float) -> pd.DataFrame:
 
 
 def effect_contrasts(spec: ModelSpec, names: list[str],
-                     subgroup_dummy: str | None = None) -> dict[str, pd.Series]:
+                     subgroup_dummy: str | None = None, arm: str = "arm"
+                     ) -> dict[str, pd.Series]:
     """The estimand as linear combinations of the fixed effects, one per follow-up.
 
     Difference between arms in mean change from baseline to each follow-up (under ANCOVA:
@@ -1266,7 +1314,8 @@ def effect_contrasts(spec: ModelSpec, names: list[str],
     - ANCOVA, continuous: ``arm`` + ``arm:time`` x t_label.
 
     With ``subgroup_dummy`` (``depression1``, say) each coefficient's subgroup interaction is
-    added, giving the effect within that level of the subgroup. Returns ``{label: L}`` in
+    added, giving the effect within that level of the subgroup. ``arm``: the arm column
+    (``armLow`` with several arms: that arm against the reference). Returns ``{label: L}`` in
     follow-up order, ``L`` indexed by ``names``.
     """
     out = {}
@@ -1281,6 +1330,7 @@ def effect_contrasts(spec: ModelSpec, names: list[str],
                 weights[term] = value
         L = pd.Series(0.0, index=names)
         for term, weight in weights.items():
+            term = arm_term(term, arm)
             L[term] += weight
             if subgroup_dummy is not None:
                 L[f"{term}:{subgroup_dummy}"] += weight
@@ -1303,6 +1353,80 @@ def _effect_rows(fit: _Fit, spec: ModelSpec, names: list[str], level: float) -> 
         rows.append({"term": f"{EFFECT_TERM} [{OVERALL_LABEL}]",
                      **_contrast(fit, overall.to_numpy(), level)})
     return pd.DataFrame(rows)
+
+
+CONTRAST_COLUMNS = ["contrast", "arm", "versus", "followup", "primary", "estimate", "std_error",
+                    "df", "ci_low", "ci_high", "p_value", "p_adjusted", "ci_low_adjusted",
+                    "ci_high_adjusted", "multiplicity", "n_comparisons"]
+
+
+def arm_pairs(spec: ModelSpec) -> list[tuple[int, int]]:
+    """The contrasts ``(a, b)``, "arm a vs arm b" by arm code (0 the reference):
+    each arm against the reference, or every pair, later arm minus earlier (multcomp's
+    Dunnett and Tukey order)."""
+    k = len(spec.arms)
+    if spec.contrasts == "all_pairs":
+        return [(j, i) for i in range(k) for j in range(i + 1, k)]
+    return [(j, 0) for j in range(1, k)]
+
+
+def contrast_name(spec: ModelSpec, pair: tuple[int, int]) -> str:
+    """Readable name of a contrast: ``Low vs Placebo``."""
+    return f"{spec.arms[pair[0]]} vs {spec.arms[pair[1]]}"
+
+
+def _arm_contrasts(spec: ModelSpec, names: list[str]) -> dict[str, dict[int, pd.Series]]:
+    """``{follow-up or "overall": {arm code: L}}``: each arm's effect against the reference
+    (zero for the reference itself), as :func:`effect_contrasts` gives it for two arms."""
+    per_arm = {code: effect_contrasts(spec, names, arm=term)
+               for code, term in enumerate(spec.arm_terms, start=1)}
+    zero = pd.Series(0.0, index=names)
+    # A constant effect is the same at every follow-up: one family, at the primary one.
+    labels = [spec.primary] if spec.constant_effect else list(spec.followups)
+    scopes: dict[str, dict[int, pd.Series]] = {
+        label: {0: zero, **{code: Ls[label] for code, Ls in per_arm.items()}}
+        for label in labels}
+    if len(labels) > 1:
+        scopes[OVERALL_LABEL] = {code: sum(scopes[label][code] for label in labels)
+                                 / len(labels) for code in range(len(spec.arms))}
+    return scopes
+
+
+def _contrast_rows(fit: _Fit, spec: ModelSpec, names: list[str], level: float
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Several arms: the ``model: effect`` rows and the contrasts with their adjustment.
+
+    One family per follow-up (and ``overall``): the contrasts of :func:`arm_pairs`, adjusted
+    together (:func:`trial_analysis.models.multiplicity.adjust_family`). Effect terms:
+    ``arm:time [Low vs Placebo]`` at the primary follow-up, ``arm:time [Low vs Placebo]
+    [<label>]`` at each follow-up and overall (several follow-ups, effect by time).
+    """
+    cov = getattr(fit.inference, "cov_adjusted", None)
+    cov = fit.cov_beta if cov is None else cov
+    pairs = arm_pairs(spec)
+    effect_rows, families = [], []
+    scopes = _arm_contrasts(spec, names)
+    several = len(scopes) > 1
+    for scope, by_arm in scopes.items():
+        Ls = np.array([(by_arm[a] - by_arm[b]).to_numpy() for a, b in pairs])
+        rows = pd.DataFrame([{"contrast": contrast_name(spec, pair), "arm": spec.arms[pair[0]],
+                              "versus": spec.arms[pair[1]], "followup": scope,
+                              "primary": scope == spec.primary, **_contrast(fit, L, level)}
+                             for pair, L in zip(pairs, Ls, strict=True)])
+        rows = adjust_family(rows, Ls @ cov @ Ls.T, spec.multiplicity, level)
+        rows["multiplicity"] = spec.multiplicity if len(pairs) > 1 else "none"
+        rows["n_comparisons"] = len(pairs)
+        families.append(rows)
+        for row in rows.itertuples():
+            tidy = {k: getattr(row, k) for k in
+                    ("estimate", "std_error", "ci_low", "ci_high", "p_value", "df")}
+            if scope == spec.primary:
+                effect_rows.append({"term": f"{EFFECT_TERM} [{row.contrast}]", **tidy})
+            if several:
+                effect_rows.append({"term": f"{EFFECT_TERM} [{row.contrast}] [{scope}]",
+                                    **tidy})
+    contrasts = pd.concat(families, ignore_index=True)[CONTRAST_COLUMNS]
+    return pd.DataFrame(effect_rows), contrasts
 
 
 def reference_grid_values(X: pd.DataFrame, numeric: Sequence[str], rule: str
@@ -1338,15 +1462,18 @@ def _marginal_means(fit: _Fit, fixed: FixedDesign, long: pd.DataFrame, config: d
     numeric = [*fixed.numeric_covariates, *([BASELINE_COVARIATE] if spec.ancova else [])]
     grid = reference_grid_values(fixed.X, numeric, spec.reference_grid)
     rows = []
-    for arm in (0, 1):
+    for arm in range(len(spec.arms)) if spec.arms else (0, 1):
+        # The arm's column (none for the reference / control) and its indicator value.
+        column = spec.arm_terms[arm - 1] if arm > 0 else spec.arm_terms[0]
+        flag = 1.0 if arm > 0 else 0.0
         for label in spec.model_times:
             L = pd.Series(0.0, index=names)
             L["(Intercept)"] = 1.0
-            L["arm"] = arm
+            L[column] = flag
             for term, value in time_coding(spec, label).items():
                 L[term] = value
             for term, value in effect_coding(spec, label).items():
-                L[term] = arm * value
+                L[arm_term(term, column)] = flag * value
             for cov, value in grid.items():
                 L[cov] = value
             # Factors: equal weight to every level (the reference level contributes zeros).
@@ -1377,9 +1504,13 @@ def _fit_prepared(long: pd.DataFrame, spec: ModelSpec, config: dict[str, Any],
     fixed_rows = _fixed_rows(fit, names, level)
     # Within a subgroup model the estimand is per level (fit_subgroup_model); the coefficients
     # at the reference level are no summary of their own.
+    contrasts = None
     if spec.subgroup is None:
         marginal = _marginal_means(fit, fixed, long, config, level, spec)
-        effects = _effect_rows(fit, spec, names, level)
+        if spec.arms:
+            effects, contrasts = _contrast_rows(fit, spec, names, level)
+        else:
+            effects = _effect_rows(fit, spec, names, level)
     else:
         marginal, effects = pd.DataFrame(columns=MARGINAL_COLUMNS), None
     n_clusters = {lv: rand.n_units[lv] for lv in spec.random_effects}
@@ -1409,7 +1540,7 @@ def _fit_prepared(long: pd.DataFrame, spec: ModelSpec, config: dict[str, Any],
         n_clusters=n_clusters, confidence_level=level, reml_criterion=fit.criterion,
         optimum_refinement=fit.refinement, singular=bool(fit.singular),
         inference=inference, effects=effects, primary_followup=spec.primary,
-        covariance=_covariance_block(fit, spec))
+        covariance=_covariance_block(fit, spec), contrasts=contrasts)
     return result, fit, fixed
 
 

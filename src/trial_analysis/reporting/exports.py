@@ -29,8 +29,13 @@ import pandas as pd
 from trial_analysis.config import arm_labels, confidence_level
 from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path, write_csv
-from trial_analysis.reporting.report import primary_rows, sensitivity_section, study_schedule
-from trial_analysis.reporting.tables import fmt_number
+from trial_analysis.reporting.report import (
+    arms_context,
+    primary_rows,
+    sensitivity_section,
+    study_schedule,
+)
+from trial_analysis.reporting.tables import fmt_number, table1_groups
 from trial_analysis.reporting.wording import design_wording
 
 EXPORT_NAMES = ("table1", "primary_estimates", "sensitivity")
@@ -57,25 +62,31 @@ class ExportTable:
 def table1_export(frame: pd.DataFrame, config: Mapping[str, Any]) -> ExportTable:
     """Table 1 (baseline characteristics by group) from ``table1.csv`` read as strings."""
     intervention, control = arm_labels(config)
+    groups = table1_groups(config)
+    # With three or more arms a column per arm and no SMD (a two-group measure).
+    several = len(groups) > 2
+    keys = [key for key, _ in groups] + ([] if several else ["smd"])
     rows: list[list[str]] = []
     for population, part in frame.groupby("population", sort=False):
-        rows.append([str(population), "", "", "", "", "", ""])
+        rows.append([str(population)] + [""] * (3 + len(keys)))
         for r in part.to_dict("records"):
             first = r["variable"] if (r["level"] == "" or r["missing"] != "") else ""
-            rows.append([first, r["level"], r["missing"], r["overall"], r["intervention"],
-                         r["control"], r["smd"]])
+            rows.append([first, r["level"], r["missing"], r["overall"],
+                         *(r[key] for key in keys)])
     summary = ("median [Q1, Q3]" if config["report"]["continuous_summary"] == "median_iqr"
                else "mean (SD)")
     cells = config["report"]["min_cell_count"]
     return ExportTable(
         title="Table 1. Baseline characteristics by group.",
-        header=["Characteristic", "", "Missing", "Overall", intervention, control, "SMD"],
+        header=["Characteristic", "", "Missing", "Overall",
+                *([name for _, name in groups] if several else [intervention, control, "SMD"])],
         rows=rows,
         footnotes=[
             f"Continuous variables: {summary}; categorical: n (%) of patients with a "
             "recorded value.",
             f"SMD: standardized mean difference, {intervention} minus {control} for "
-            "continuous characteristics (unsigned for categorical ones).",
+            "continuous characteristics (unsigned for categorical ones)." if not several
+            else f"One column per arm ({len(groups)} arms).",
             f"Counts of 1 to {cells - 1} patients are shown as <{cells}; the other counts of "
             "the same characteristic and its SMD are then shown as \"suppressed\".",
         ],
@@ -98,13 +109,20 @@ def primary_export(rows: Sequence[Mapping[str, str]], config: Mapping[str, Any],
     header = ["Outcome", "Population", "Patients",
               *([f"Clusters ({words['cluster_level']})"] if clustered else []),
               "Difference", f"{level}% CI", "p"]
-    body = [[r["outcome"], r["population"], str(r["n"]),
-             *([str(r["clusters"])] if clustered else []), r["estimate"], r["ci"], r["p"]]
+    arms = arms_context(config)
+    several = arms["several"]
+    if several:
+        header[2:2] = ["Contrast"]
+        header += [f"Adjusted {level}% CI", "Adjusted p"]
+    body = [[r["outcome"], r["population"], *([r["contrast"]] if several else []), str(r["n"]),
+             *([str(r["clusters"])] if clustered else []), r["estimate"], r["ci"], r["p"],
+             *([r["ci_adjusted"], r["p_adjusted"]] if several else [])]
             + ([r["truth"]] if simulated else []) for r in rows]
     model = words["model"]
     return ExportTable(
         title=f"Table 2. Difference between groups in {schedule['estimand']} "
-              f"({intervention} minus {control}), adjusted, with {level}% CI.",
+              + ("(first arm minus second)" if several else f"({intervention} minus {control})")
+              + f", adjusted, with {level}% CI.",
         header=header + (["True value"] if simulated else []),
         rows=body,
         footnotes=[
@@ -112,6 +130,8 @@ def primary_export(rows: Sequence[Mapping[str, str]], config: Mapping[str, Any],
             + (", ".join(config["analysis"].get("covariates") or []) or "no covariates")
             + "; CI: confidence interval.",
             *(["Clusters: units of the outermost random effect."] if clustered else []),
+            *([f"Contrasts: {arms['family']} ({arms['n_comparisons']} comparisons), "
+               f"{arms['multiplicity']}."] if several else []),
             *_truth_note(simulated),
         ],
     )

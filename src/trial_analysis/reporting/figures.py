@@ -19,8 +19,11 @@ import pandas as pd
 
 from trial_analysis.config import (
     arm_labels,
+    arm_levels,
     followup_labels,
     has_table,
+    multi_arm,
+    primary_followup,
     time_values,
 )
 from trial_analysis.errors import DataError
@@ -34,6 +37,7 @@ from trial_analysis.plotting import (
     save_figure,
 )
 from trial_analysis.reporting.tables import (
+    contrast_records,
     effect_row,
     fmt_p,
     load_estimates,
@@ -205,7 +209,8 @@ def flow_figure(flow: pd.DataFrame, config: Mapping[str, Any] | None = None) -> 
             previous_total_first and len(previous) == k)
         slots = list(range(k))
         if total_first:
-            slots.insert(k // 2, slots.pop(0))
+            # the total in the middle slot, the arms in their order around it
+            slots = [k // 2] + [i for i in range(k) if i != k // 2]
         placed = [centres[slot] for slot in slots]
         for position, (centre, text) in enumerate(zip(placed, level["labels"], strict=True)):
             ax.add_patch(FancyBboxPatch((centre - width / 2, y - height / 2), width, height,
@@ -276,6 +281,28 @@ def _label_means_panel(ax: Any, config: Mapping[str, Any], outcome: Mapping[str,
             va="bottom", fontsize=7, color="#555555")
 
 
+# Several arms: the reference in the control colour, the others in further Okabe-Ito colours.
+_MORE_ARMS = [(OKABE_ITO[c], m) for c, m in (("blue", "o"), ("green", "^"), ("vermillion", "D"),
+                                            ("purple", "v"), ("sky", "P"), ("black", "X"))]
+
+
+def arm_styles(config: Mapping[str, Any], step: float) -> list[tuple[float, str, str, str]]:
+    """(x offset, arm label, colour, marker) per arm: intervention then control with two
+    arms (offsets -step, +step), else every arm of allocation.arms, offsets spread by step."""
+    intervention, control = arm_labels(config)
+    if not multi_arm(config):
+        return [(-step, intervention, INTERVENTION_COLOUR, "o"),
+                (step, control, CONTROL_COLOUR, "s")]
+    levels = arm_levels(config)
+    arms = [str(a) for a in config["allocation"]["arms"]]
+    others = iter(_MORE_ARMS)
+    styles = []
+    for i, arm in enumerate(arms):
+        colour, marker = (CONTROL_COLOUR, "s") if arm == levels[0] else next(others)
+        styles.append(((i - (len(arms) - 1) / 2) * step, arm, colour, marker))
+    return styles
+
+
 def trajectories_figure(
     estimates: Mapping[str, Any], config: Mapping[str, Any], population: str
 ) -> Figure:
@@ -286,7 +313,6 @@ def trajectories_figure(
     """
     if len(followup_labels(config)) > 1:
         return trajectories_over_time(estimates, config, population)
-    intervention, control = arm_labels(config)
     outcomes = config["outcomes"]
     figure, axes = new_figure(1, len(outcomes), figsize=(3.3 * len(outcomes), 3.2),
                               squeeze=False)
@@ -294,8 +320,7 @@ def trajectories_figure(
         doc = estimates["primary"][(outcome["name"], population)]
         means = _marginal_means_of(doc)
         order = list(dict.fromkeys(means["time"].astype(str)))
-        for offset, arm, colour, marker in ((-0.04, intervention, INTERVENTION_COLOUR, "o"),
-                                            (0.04, control, CONTROL_COLOUR, "s")):
+        for offset, arm, colour, marker in arm_styles(config, 0.04):
             part = means[means["arm"].astype(str) == str(arm)].copy()
             part["position"] = part["time"].astype(str).map(order.index)
             part = part.sort_values("position")
@@ -319,7 +344,6 @@ def trajectories_over_time(
     x is each time point's ``timepoints.values`` (0, 1, 2, ... by default); under ANCOVA the
     means are at the follow-ups only (the baseline is a covariate, held at its mean).
     """
-    intervention, control = arm_labels(config)
     outcomes = config["outcomes"]
     values = time_values(config)
     span = max(values.values()) - min(values.values()) or 1.0
@@ -334,8 +358,7 @@ def trajectories_over_time(
                             "not in timepoints", column="time")
         labels = [label for label in values if label in set(means["time"].astype(str))]
         # A small horizontal offset keeps the two arms' intervals apart.
-        for offset, arm, colour, marker in ((-0.01, intervention, INTERVENTION_COLOUR, "o"),
-                                            (0.01, control, CONTROL_COLOUR, "s")):
+        for offset, arm, colour, marker in arm_styles(config, 0.01):
             part = means[means["arm"].astype(str) == str(arm)].copy()
             part["x"] = part["time"].astype(str).map(values)
             part = part.sort_values("x")
@@ -355,7 +378,13 @@ def trajectories_over_time(
 # --------------------------------------------------------------------------------------------
 def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome: str
                 ) -> list[dict[str, Any]]:
-    """Rows of the forest plot for one outcome: populations, then subgroup levels."""
+    """Rows of the forest plot for one outcome: populations, then subgroup levels.
+
+    With three or more arms: per population a heading and a row per contrast at the primary
+    follow-up, with its simultaneous (single-step) interval when there is one.
+    """
+    if multi_arm(config):
+        return _contrast_forest_rows(estimates, config, outcome)
     rows = []
     for population in config["analysis"]["populations"]:
         row = effect_row(estimates["primary"][(outcome, population)])
@@ -385,6 +414,25 @@ def forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any], outcome
     return rows
 
 
+def _contrast_forest_rows(estimates: Mapping[str, Any], config: Mapping[str, Any],
+                         outcome: str) -> list[dict[str, Any]]:
+    primary = primary_followup(config)
+    rows: list[dict[str, Any]] = []
+    for population in config["analysis"]["populations"]:
+        rows.append({"label": sentence_label(config, population), "header": True})
+        doc = estimates["primary"][(outcome, population)]
+        for record in contrast_records(doc):
+            if record["followup"] != primary:
+                continue
+            low, high = record.get("ci_low_adjusted"), record.get("ci_high_adjusted")
+            adjusted = low is not None and np.isfinite(float(low))
+            rows.append({"label": f"   {record['contrast']}", "header": False,
+                         "population": True, "estimate": float(record["estimate"]),
+                         "ci_low": float(low if adjusted else record["ci_low"]),
+                         "ci_high": float(high if adjusted else record["ci_high"])})
+    return rows
+
+
 def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Figure:
     """The primary effect by population and subgroup level, one panel per outcome."""
     outcomes = config["outcomes"]
@@ -410,8 +458,10 @@ def forest_figure(estimates: Mapping[str, Any], config: Mapping[str, Any]) -> Fi
         ax.set_yticks(y)
         ax.set_yticklabels([r["label"] for r in rows], fontsize=8)
         better = "right" if outcome.get("higher_is_better", True) else "left"
+        favoured = ("the first arm of the contrast" if multi_arm(config)
+                    else arm_labels(config)[0])
         ax.set_xlabel(f"{axis} ({outcome.get('units', 'score')})\n"
-                      f"{better} of 0 favours {arm_labels(config)[0]}", fontsize=8)
+                      f"{better} of 0 favours {favoured}", fontsize=8)
         ax.set_title(_wrap(outcome_label(config, outcome["name"]), 32), loc="left")
         ax.set_ylim(-0.7, len(rows) - 0.3)
     figure.tight_layout()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -36,9 +37,11 @@ from trial_analysis import __version__
 from trial_analysis.config import (
     all_timepoint_labels,
     arm_labels,
+    arm_levels,
     confidence_level,
     followup_labels,
     has_table,
+    multi_arm,
     primary_followup,
     time_values,
 )
@@ -60,6 +63,7 @@ from trial_analysis.reporting.tables import (
     load_truth,
     outcome_label,
     slug,
+    table1_groups,
 )
 from trial_analysis.reporting.target_trial import target_trial_table
 from trial_analysis.reporting.wording import design_wording, effect_term_label, figure_captions
@@ -545,15 +549,20 @@ def design_text(config: Mapping[str, Any]) -> dict[str, str]:
     """Design wording: STROBE for observational studies, CONSORT for randomised ones."""
     intervention, control = arm_labels(config)
     if config["study"].get("design", "observational") == "randomised":
+        several = multi_arm(config)
         return {
             "key": "randomised", "randomised": True,
-            "design": "Randomised controlled trial",
+            "design": "Randomised controlled trial"
+                      + (f" with {len(arm_levels(config))} arms" if several else ""),
             "guideline": "CONSORT",
             "sensitivity_heading": "Sensitivity analyses",
             "defaults": ("no eligibility rules of the default study (minimum age, CLBP "
                          "diagnosis code, first episode only: off), no cluster x time random "
-                         "intercepts, the missing-data sensitivity analyses (multiple "
-                         "imputation, tipping point), no target-trial eligibility rule"),
+                         "intercepts, "
+                         + ("no sensitivity analyses (with several arms, each compares two)"
+                            if several else "the missing-data sensitivity analyses (multiple "
+                            "imputation, tipping point)")
+                         + ", no target-trial eligibility rule"),
             "statement": (
                 f"Patients were randomly allocated to {intervention} or {control}; differences "
                 "between arms estimate the effect of allocation."),
@@ -728,7 +737,60 @@ def primary_rows(frame: pd.DataFrame, config: Mapping[str, Any]) -> list[dict[st
         "p": fmt_p(_float(row["p_value"])),
         "truth": fmt_number(_float(row["true_value"])) if row["true_value"] else "",
         "value": _float(row["estimate"]), "key": row["population"],
+        **_adjusted_cells(row),
     } for row in frame.to_dict("records")]
+
+
+def _adjusted_cells(row: Mapping[str, Any]) -> dict[str, str]:
+    """Several arms: the contrast's name, adjusted p and simultaneous CI (empty otherwise)."""
+    if "contrast" not in row:
+        return {}
+    low, high = _float(row["ci_low_adjusted"]), _float(row["ci_high_adjusted"])
+    return {"contrast": str(row["contrast"]), "p_adjusted": fmt_p(_float(row["p_adjusted"])),
+            "ci_adjusted": fmt_ci(low, high) if np.isfinite(low) else "–"}
+
+
+MULTIPLICITY_WORDS = {
+    "none": "no adjustment for multiple comparisons",
+    "holm": "Holm's step-down adjustment of the p values (intervals unadjusted)",
+}
+
+
+def arms_context(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the report says about the arms: Table 1's columns and, with three or more arms,
+    the contrasts, the multiplicity method in words and the analyses left out."""
+    groups = table1_groups(config)
+    if not multi_arm(config):
+        intervention, control = arm_labels(config)
+        return {"several": False, "table1": groups, "minus": f"{intervention} minus {control}"}
+    levels = arm_levels(config)
+    analysis = config.get("analysis", {})
+    pairs = analysis.get("contrasts", "reference") == "all_pairs"
+    k = len(levels)
+    n = k * (k - 1) // 2 if pairs else k - 1
+    method = str(analysis.get("multiplicity", "single_step"))
+    single = method in ("single_step", "dunnett", "tukey")
+    if single:
+        name = "Tukey's" if pairs else "Dunnett's"
+        words = (f"{name} single-step adjustment (multivariate t with the contrasts' "
+                 "correlation from the model, as R's multcomp)")
+    else:
+        words = MULTIPLICITY_WORDS[method]
+    return {
+        "several": True, "table1": groups, "k": k, "reference": levels[0],
+        "minus": f"each arm minus {levels[0]}",
+        # which adjusted columns the tables show: both (single step), p (Holm), none
+        "interval": "simultaneous" if single else "",
+        "show_p": method != "none",
+        "n_comparisons": n, "multiplicity": words,
+        "family": "every pair of arms" if pairs else f"each arm against {levels[0]}",
+        "names": [f"{levels[a]} vs {levels[b]}" for a, b in (
+            [(j, i) for i in range(k) for j in range(i + 1, k)] if pairs
+            else [(j, 0) for j in range(1, k)])],
+        "omitted": ("sensitivity analyses, responder analysis, subgroup models and the "
+                    "sessions model: each compares two arms, so with "
+                    f"{k} arms they are not run (asking for one is a configuration error)"),
+    }
 
 
 def ledger_sources(ledger: Path | None) -> list[dict[str, str]]:
@@ -774,7 +836,7 @@ def build_context(
                                                       else ""),
                 "n": row["n_patients"], "estimate": fmt_number(_float(row["estimate"])),
                 "ci": fmt_ci(_float(row["ci_low"]), _float(row["ci_high"])),
-                "p": fmt_p(_float(row["p_value"])),
+                "p": fmt_p(_float(row["p_value"])), **_adjusted_cells(row),
             })
     subgroups = []
     for row in frames["subgroup_estimates"].to_dict("records"):
@@ -828,7 +890,7 @@ def build_context(
         "title": config.get("report", {}).get("title", "Trial analysis report"),
         "study": config["study"], "design": design_text(config),
         "target_trial": target_trial_table(config, frames["flow"]).to_dict("records"),
-        "intervention": intervention, "control": control,
+        "intervention": intervention, "control": control, "arms": arms_context(config),
         "outcomes": [
             {"label": o.get("label", o["name"]), "units": o.get("units", "score"),
              "direction": "higher is better" if o.get("higher_is_better", True)
@@ -963,7 +1025,11 @@ def multiplicity_text(subgroup_table: pd.DataFrame, config: Mapping[str, Any]) -
                  if o["name"] != primary_name]
     n_outcomes = subgroup_table["outcome"].nunique() if len(subgroup_table) else 0
     n_subgroups = subgroup_table["subgroup"].nunique() if len(subgroup_table) else 0
+    arms = arms_context(config)
     return {
+        # several arms: the confirmatory family is the primary outcome's contrasts
+        "arms": (f"its {arms['n_comparisons']} contrasts ({arms['family']}), with "
+                 f"{arms['multiplicity']}") if arms["several"] else "",
         "primary": outcome_label(config, primary_name) if primary_name else "",
         "secondary": secondary,
         "n_tests": len(heterogeneity_tests(subgroup_table)),

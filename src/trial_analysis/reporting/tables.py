@@ -36,7 +36,9 @@ import pandas as pd
 
 from trial_analysis.config import (
     arm_labels,
+    arm_levels,
     followup_labels,
+    multi_arm,
     patient_variables,
     primary_followup,
     time_values,
@@ -56,6 +58,10 @@ EFFECTS_BY_FOLLOWUP_COLUMNS = [
     "outcome", "population", "followup", "time_value", "primary", "estimate", "std_error",
     "ci_low", "ci_high", "p_value", "df", "n_patients", "n_observations", "outcome_label",
 ]
+# With three or more arms the primary and per-follow-up tables have a row per contrast and
+# these columns too (the multiplicity adjustment within each outcome, population, follow-up).
+CONTRAST_EXTRA_COLUMNS = ["contrast", "p_adjusted", "ci_low_adjusted", "ci_high_adjusted",
+                          "multiplicity", "n_comparisons"]
 TABLE1_COLUMNS = [
     "population", "variable", "level", "statistic", "missing", "overall", "intervention",
     "control", "smd",
@@ -542,6 +548,25 @@ def _table1_frame(
     return frame, continuous, categorical, order
 
 
+def table1_groups(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Table 1's arm columns as (column name, arm label): ``intervention`` and ``control``
+    with two arms; with more, one column per arm named by its label, in allocation.arms
+    order (the reference as listed)."""
+    if not multi_arm(config):
+        intervention, control = arm_labels(config)
+        return [("intervention", intervention), ("control", control)]
+    arms = [str(a) for a in config["allocation"]["arms"]]
+    return [(arm, arm) for arm in arms]
+
+
+def table1_columns(config: Mapping[str, Any]) -> list[str]:
+    """Columns of ``table1.csv``: with three or more arms one per arm and no SMD (a two-group
+    measure)."""
+    if not multi_arm(config):
+        return list(TABLE1_COLUMNS)
+    return [*TABLE1_COLUMNS[:6], *(name for name, _ in table1_groups(config))]
+
+
 def _smd_number(smd_table: pd.DataFrame | None, variable: str, column: str | None) -> float:
     """A variable's SMD from tableone's numeric SMD table; NaN where it is undefined."""
     if smd_table is None or column is None or column not in smd_table.columns:
@@ -582,20 +607,23 @@ def table_one(
     -------
     DataFrame
         Columns ``population, variable, level, statistic, missing, overall, intervention,
-        control, smd`` (formatted strings); small cells suppressed as described in the module
-        docstring.
+        control, smd`` (formatted strings; with three or more arms a column per arm instead
+        of the last three, :func:`table1_columns`); small cells suppressed as described in
+        the module docstring.
     """
     from tableone import TableOne
 
-    intervention, control = arm_labels(config)
+    groups = table1_groups(config)
+    two = not multi_arm(config)
     k = int(config.get("report", {}).get("min_cell_count", 5))
     median = config.get("report", {}).get("continuous_summary", "mean_sd") == "median_iqr"
     frame, continuous, categorical, order = _table1_frame(analysis, config)
     # tableone needs each arm present to compute SMDs; an empty arm is a data problem upstream.
     present = set(frame["arm"])
-    if not {intervention, control} <= present:
+    if not {label for _, label in groups} <= present:
+        wanted = ", ".join(f"'{label}'" for _, label in groups)
         raise DataError(
-            "analysis table", f"both arms ('{intervention}', '{control}') must have patients",
+            "analysis table", f"{'both' if two else 'all'} arms ({wanted}) must have patients",
             column="arm", hint=f"arms found: {sorted(present)}",
         )
     with warnings.catch_warnings():
@@ -610,7 +638,7 @@ def table_one(
             t1 = TableOne(
                 frame, columns=continuous + categorical, categorical=categorical,
                 continuous=continuous, groupby="arm", nonnormal=continuous if median else None,
-                smd=True, missing=True, overall=True, label_suffix=False, include_null=False,
+                smd=two, missing=True, overall=True, label_suffix=False, include_null=False,
                 decimals=1, order={c: ["female", "male"] if c == "Sex" else ["yes", "no"]
                                    for c in categorical
                                    if c == "Sex" or set(frame[c].dropna()) <= {"yes", "no"}},
@@ -626,37 +654,35 @@ def table_one(
     rows.append({
         "variable": "Patients", "level": "", "statistic": "n", "missing": "",
         "overall": str(len(frame)),
-        "intervention": str(int((frame["arm"] == intervention).sum())),
-        "control": str(int((frame["arm"] == control).sum())), "smd": "",
+        **{name: str(int((frame["arm"] == arm).sum())) for name, arm in groups}, "smd": "",
     })
-    columns = {"overall": frame, "intervention": frame[frame["arm"] == intervention],
-               "control": frame[frame["arm"] == control]}
+    columns = {"overall": frame, **{name: frame[frame["arm"] == arm] for name, arm in groups}}
+    headings = (("overall", "Overall"), *groups)
     for variable in order:
         observed_missing = int(frame[variable].isna().sum())
         missing = f"<{k}" if small(observed_missing) else str(observed_missing)
         block = table.loc[variable]
         # The SMD as a number from tableone's numeric table, never its display text (which
         # says "<0.001" for a small difference and cannot be read back as a number).
-        smd_value = _smd_number(t1.smd_table, variable, smd_column)
+        smd_value = _smd_number(t1.smd_table, variable, smd_column) if two else np.nan
         if variable in continuous:
             # tableone's SMD is unsigned or ordered by group label; report it signed as
             # intervention minus control, as the balance table and love plot do.
-            gap = (columns["intervention"][variable].mean()
-                   - columns["control"][variable].mean())
+            gap = (columns[groups[0][0]][variable].mean()
+                   - columns[groups[-1][0]][variable].mean())
             smd = _format_smd(np.copysign(abs(smd_value), gap) if np.isfinite(gap)
-                              else smd_value)
+                              else smd_value) if two else ""
             stat = "median [Q1, Q3]" if median else "mean (SD)"
             observed = [int(sub[variable].notna().sum()) for sub in columns.values()]
             hide = any(small(n) for n in observed)
             cells = {
                 name: (SUPPRESSED if hide else str(block[label].iloc[0]).strip())
-                for name, label in (("overall", "Overall"), ("intervention", intervention),
-                                    ("control", control))
+                for name, label in headings
             }
             rows.append({"variable": variable, "level": "", "statistic": stat,
                          "missing": missing, **cells, "smd": SUPPRESSED if hide else smd})
             continue
-        smd = _format_smd(abs(smd_value))
+        smd = _format_smd(abs(smd_value)) if two else ""
         counts = {
             name: sub[variable].value_counts() for name, sub in columns.items()
         }
@@ -664,8 +690,7 @@ def table_one(
         hide = any(small(int(counts[name].get(level, 0))) for name in counts for level in levels)
         for position, level in enumerate(levels):
             cells = {}
-            for name, label in (("overall", "Overall"), ("intervention", intervention),
-                                ("control", control)):
+            for name, label in headings:
                 count = int(counts[name].get(level, 0))
                 if small(count):
                     cells[name] = f"<{k}"
@@ -680,14 +705,14 @@ def table_one(
             })
     result = pd.DataFrame(rows)
     result.insert(0, "population", population)
-    return result[TABLE1_COLUMNS]
+    return result[table1_columns(config)]
 
 
 def table_one_by_population(analysis: pd.DataFrame, config: Mapping[str, Any]) -> pd.DataFrame:
     """Table 1 for all eligible patients and for complete cases, stacked."""
     complete = analysis[pd.to_numeric(analysis["complete_case"], errors="coerce") == 1]
     parts = [table_one(analysis, config, "all eligible")]
-    if len(complete) and complete["arm"].nunique() == 2:
+    if len(complete) and complete["arm"].nunique() == len(arm_levels(config)):
         parts.append(table_one(complete, config, "complete cases"))
     return pd.concat(parts, ignore_index=True)
 
@@ -707,6 +732,8 @@ def primary_estimates(
     estimates: Mapping[str, Any], config: Mapping[str, Any], truth: Mapping[str, Any] | None
 ) -> pd.DataFrame:
     """One row per outcome and population: the arm x time effect with CI and the true value."""
+    if multi_arm(config):
+        return _primary_contrasts(estimates, config)
     rows = []
     for (outcome, population), doc in estimates["primary"].items():
         row = effect_row(doc)
@@ -721,6 +748,45 @@ def primary_estimates(
             "true_value": true_effect(truth, outcome),
         })
     columns = [*TIDY_COLUMNS, "outcome_label", "true_value"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def contrast_records(doc: Mapping[str, Any], file_name: str | None = None
+                     ) -> list[dict[str, Any]]:
+    """The ``contrasts`` block of a k-arm estimate file (a DataError if it has none)."""
+    records = doc.get("contrasts")
+    if not records:
+        raise DataError(file_name or doc.get("_file", "estimate file"),
+                        "no 'contrasts' block: with three or more arms the outcome models "
+                        "write one", column="contrasts", hint="re-run the model steps")
+    return [dict(r) for r in records]
+
+
+def _fitted_model(doc: Mapping[str, Any]) -> str:
+    fitted = [str(r.get("model")) for r in doc["estimates"]
+              if r.get("model") not in (None, "effect")]
+    return fitted[0] if fitted else str(doc["model"].get("formula"))
+
+
+def _primary_contrasts(estimates: Mapping[str, Any], config: Mapping[str, Any]
+                       ) -> pd.DataFrame:
+    """Several arms: a row per outcome, population and contrast at the primary follow-up."""
+    rows = []
+    primary = primary_followup(config)
+    for (outcome, population), doc in estimates["primary"].items():
+        by_term = {str(r["term"]): r for r in doc["estimates"]
+                   if str(r.get("model")) == "effect"}
+        for record in contrast_records(doc):
+            if record["followup"] != primary:
+                continue
+            row = by_term.get(f"arm:time [{record['contrast']}]", {})
+            tidy = _tidy({**row, **{k: record[k] for k in ("estimate", "std_error", "ci_low",
+                                                          "ci_high", "p_value")}},
+                         outcome=outcome, population=population, model=_fitted_model(doc))
+            rows.append({**tidy, "outcome_label": outcome_label(config, outcome),
+                         "true_value": np.nan,
+                         **{k: record.get(k) for k in CONTRAST_EXTRA_COLUMNS}})
+    columns = [*TIDY_COLUMNS, "outcome_label", "true_value", *CONTRAST_EXTRA_COLUMNS]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -811,6 +877,8 @@ def effects_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any])
     followups = followup_labels(config)
     primary_label = primary_followup(config)
     values = time_values(config)
+    if multi_arm(config):
+        return _contrasts_by_followup(estimates, config)
     rows = []
     for (outcome, population), doc in estimates["primary"].items():
         effect_rows = {str(r["term"]): r for r in doc["estimates"]
@@ -839,6 +907,32 @@ def effects_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any])
                 "outcome_label": outcome_label(config, outcome),
             })
     return pd.DataFrame(rows, columns=EFFECTS_BY_FOLLOWUP_COLUMNS)
+
+
+def _contrasts_by_followup(estimates: Mapping[str, Any], config: Mapping[str, Any]
+                           ) -> pd.DataFrame:
+    """Several arms: every contrast at every follow-up (and overall), adjusted per family."""
+    primary_label = primary_followup(config)
+    values = time_values(config)
+    constant = (config.get("analysis", {}).get("effect") == "constant"
+                and len(followup_labels(config)) > 1)
+    rows = []
+    for (outcome, population), doc in estimates["primary"].items():
+        counts = next((r for r in doc["estimates"] if str(r.get("model")) == "effect"), {})
+        for record in contrast_records(doc):
+            label = CONSTANT_LABEL if constant else record["followup"]
+            rows.append({
+                **{k: record.get(k) for k in ("estimate", "std_error", "ci_low", "ci_high",
+                                              "p_value", "df")},
+                "n_patients": counts.get("n_patients"),
+                "n_observations": counts.get("n_observations"),
+                "outcome": outcome, "population": population, "followup": label,
+                "time_value": values.get(label, np.nan),
+                "primary": record["followup"] == primary_label,
+                "outcome_label": outcome_label(config, outcome),
+                **{k: record.get(k) for k in CONTRAST_EXTRA_COLUMNS},
+            })
+    return pd.DataFrame(rows, columns=[*EFFECTS_BY_FOLLOWUP_COLUMNS, *CONTRAST_EXTRA_COLUMNS])
 
 
 def tidy_rows(doc: Mapping[str, Any] | None) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trial_analysis.config import followup_labels
+from trial_analysis.config import arm_levels, followup_labels, multi_arm
 from trial_analysis.labels import label
 
 CHANGE = "difference in mean change"
@@ -108,6 +108,24 @@ def figure_captions(config: Mapping[str, Any], base: Mapping[str, str]) -> dict[
     when = ("at each follow-up, the baseline score held at its mean" if words["ancova"]
             else "at baseline and follow-up")
     subgroups = bool(config.get("analysis", {}).get("subgroups"))
+    if multi_arm(config):
+        analysis = config.get("analysis", {})
+        single = analysis.get("multiplicity", "single_step") in ("single_step", "dunnett",
+                                                                 "tukey")
+        family = ("every pair of arms" if analysis.get("contrasts") == "all_pairs"
+                  else f"each arm against {arm_levels(config)[0]}")
+        return {
+            **base,
+            **({"flow": base["flow"].replace("the two groups",
+                                             f"the {len(arm_levels(config))} arms")}
+               if "flow" in base else {}),
+            "trajectories": (f"Adjusted mean score by arm {when} (95% CI), from the primary "
+                             f"{words['model']} with all arms in {label(config, population)}."),
+            "forest": (f"Difference between arms: {words['quantity']}, {family} at the "
+                       "primary follow-up, by analysis population, with "
+                       + ("simultaneous 95% CI (single-step, multivariate t)." if single
+                          else "95% CI (not adjusted for multiplicity).")),
+        }
     return {
         **base,
         "trajectories": (f"Adjusted mean score by arm {when} (95% CI), from the primary "
