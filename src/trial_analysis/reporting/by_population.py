@@ -148,5 +148,14 @@ def by_population_section(estimates: Path, config: Mapping[str, Any],
             "published one, so part of any shift is also sampling noise. The augmented "
             "inverse probability weighting (ATE) weights the intervention patients least "
             "likely to be treated most and reacts most where positivity is thin; overlap "
-            "weighting (ATO) down-weights them."),
+            "weighting (ATO) down-weights them." + _propensity_blind(config)),
     }
+
+
+def _propensity_blind(config: Mapping[str, Any]) -> str:
+    """Without therapist terms the propensity model cannot see a therapist-level violation."""
+    options = ((config.get("sensitivity") or {}).get("propensity") or {})
+    if options.get("therapist_terms"):
+        return ""
+    return (" The propensity model has patient covariates only, so it cannot see this "
+            "violation, which is the therapist's: only the eligibility restriction removes it.")
