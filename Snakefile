@@ -21,7 +21,9 @@ min_version("9.0")
 # half a second parsing the same file at every start.)
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from trial_analysis.config import (
+    analysed_population,
     command_line_source,
+    compare_populations,
     validate_config,
     write_validated_config,
 )
@@ -70,6 +72,12 @@ SIMULATED = "simulation" in config
 SENSITIVITY = config.get("sensitivity", {}).get("analyses", [])
 SENSITIVITY_OUTCOMES = config.get("sensitivity", {}).get("outcomes", OUTCOMES)
 ANALYST_TEXT = (config.get("report") or {}).get("text")
+# The estimators in both populations, the reproduction of the paper and the target trial's
+# (target_trial.compare_populations; observational designs with the trained-therapist rule).
+BY_POPULATION = compare_populations(config)
+OTHER_POPULATION = (
+    "target_trial" if analysed_population(config) == "reproduction" else "reproduction"
+)
 
 REPORT_TABLES = [
     "table1",
@@ -395,6 +403,70 @@ rule sensitivity:
         " --figures-dir {output.figures} {params.estimates} {params.imputations} > {log} 2>&1 || step_failed {log}"
 
 
+if BY_POPULATION:
+
+    rule population_analysis:
+        """The other population's cohort and analysis table (reproduction or target trial), by
+        the eligibility and allocation code with only target_trial.population changed."""
+        input:
+            rules.clean.output.tables,
+            ledger=rules.clean.output.ledger,
+            config=CONFIG_AS_RUN,
+        output:
+            cohort=f"{INTERIM}/populations/{OTHER_POPULATION}/cohort.parquet",
+            analysis=f"{PROCESSED}/analysis.{OTHER_POPULATION}.parquet",
+        params:
+            clean=lambda wildcards, input: Path(input[0]).parent,
+        log:
+            f"{LOGS}/population_analysis.log",
+        benchmark:
+            f"{BENCH}/population_analysis.tsv"
+        conda:
+            ENV
+        threads: 1
+        priority: 8
+        resources:
+            mem_mb=8000,
+            runtime=20,
+        shell:
+            "python -m trial_analysis population-analysis --config {input.config}"
+            " --clean {params.clean} --clean-ledger {input.ledger}"
+            f" --population {OTHER_POPULATION}"
+            " --cohort {output.cohort} --analysis {output.analysis} > {log} 2>&1"
+            " || step_failed {log}"
+
+    rule estimators_by_population:
+        """The estimators side by side in both populations: change-score mixed model, change
+        score, ANCOVA, doubly robust and the bracketing, with N per arm."""
+        input:
+            analysis=rules.allocate.output.analysis,
+            other=rules.population_analysis.output.analysis,
+            config=CONFIG_AS_RUN,
+        output:
+            csv=f"{REPORTS}/tables/estimators_by_population.csv",
+            json=f"{REPORTS}/estimates/estimators_by_population.json",
+        log:
+            f"{LOGS}/estimators_by_population.log",
+        benchmark:
+            f"{BENCH}/estimators_by_population.tsv"
+        conda:
+            ENV
+        threads: 1
+        # awaited only by the report, as the sensitivity analyses
+        priority: 7
+        resources:
+            mem_mb=8000,
+            runtime=60,
+        shell:
+            "python -m trial_analysis estimators-by-population --config {input.config}"
+            " --analysis {input.analysis} --other-analysis {input.other}"
+            " --out-csv {output.csv} --out-json {output.json} > {log} 2>&1 || step_failed {log}"
+
+
+BY_POPULATION_OUTPUTS = (
+    [f"{REPORTS}/estimates/estimators_by_population.json"] if BY_POPULATION else []
+)
+
 SENSITIVITY_OUTPUTS = expand(
     f"{REPORTS}/estimates/sensitivity.{{analysis}}.json", analysis=SENSITIVITY
 )
@@ -504,6 +576,7 @@ rule report:
         stress_study=STRESS_STUDY_INPUT,
         estimates=ESTIMATES,
         sensitivity=SENSITIVITY_OUTPUTS,
+        by_population=BY_POPULATION_OUTPUTS,
         tables=rules.tables.output,
         figures=rules.figures.output.png,
         raw=list(RAW_FILES.values()),

@@ -191,3 +191,43 @@ def test_rerunning_steps_gives_byte_identical_outputs(
     for name in ("table1", "primary_estimates", "subgroup_estimates", "reproduction"):
         produced = (tables / f"{name}.csv").read_bytes()
         assert produced == (pipeline_run / "reports" / "tables" / f"{name}.csv").read_bytes(), name
+
+
+def test_estimators_by_population_match_the_main_fits_and_rerun_identically(
+    pipeline_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rules population_analysis and estimators_by_population: the reproduction rows are the
+    main run's own estimates (primary mixed model, doubly robust step), the target trial's
+    population is smaller, a rerun is byte-identical and the report shows the section."""
+    from trial_analysis.cli import main
+
+    reports = pipeline_run / "reports"
+    table = pd.read_csv(reports / "tables" / "estimators_by_population.csv")
+    primary = json.loads((reports / "estimates" / "function.complete_case.json").read_text())
+    effect = next(r for r in primary["estimates"]
+                  if r["model"] == "effect" and r["term"] == "arm:time")
+    mine = table.set_index(["population", "outcome", "estimator"])
+    assert mine.loc[("reproduction", "function", "mixed_model"), "estimate"] == pytest.approx(
+        effect["estimate"], rel=1e-9)
+    robust = json.loads((reports / "estimates" / "sensitivity.doubly_robust.json").read_text())
+    for row in robust["estimates"]:
+        if row["term"] == "arm_intervention":
+            assert mine.loc[("reproduction", row["outcome"], row["method"]), "estimate"] \
+                == pytest.approx(row["estimate"], rel=1e-9)
+    n = pd.to_numeric(table["n_patients"], errors="coerce")
+    assert (n[table["population"] == "target_trial"].to_numpy()
+            < n[table["population"] == "reproduction"].to_numpy()).all()
+
+    monkeypatch.chdir(pipeline_run)
+    processed = pipeline_run / "data" / "processed"
+    assert main(["estimators-by-population",
+                 "--config", str(pipeline_run / "data" / "interim" / "config.as_run.yaml"),
+                 "--analysis", str(processed / "analysis.parquet"),
+                 "--other-analysis", str(processed / "analysis.target_trial.parquet"),
+                 "--out-csv", str(tmp_path / "e.csv"), "--out-json", str(tmp_path / "e.json")]) == 0
+    assert (tmp_path / "e.csv").read_bytes() == (
+        reports / "tables" / "estimators_by_population.csv").read_bytes()
+    assert (tmp_path / "e.json").read_bytes() == (
+        reports / "estimates" / "estimators_by_population.json").read_bytes()
+    html = (reports / "report.html").read_text(encoding="utf-8")
+    assert 'id="estimators-by-population"' in html

@@ -259,6 +259,36 @@ STEPS: dict[str, Step] = {
                                             "impute themselves)"),
         ),
     ),
+    "population-analysis": Step(
+        "trial_analysis.causal.populations", "run_population_analysis",
+        "the cohort and analysis table of the other population (reproduction or target trial)",
+        reads="cleaned tables (--clean) and the cleaning ledger, through the eligibility and "
+              "allocation rules with target_trial.population set to --population.",
+        writes="that population's eligible cohort and analysis table (Parquet), as a run with "
+               "that population would.",
+        args=(
+            CONFIG, CLEAN,
+            _file("--clean-ledger", "cleaning ledger (Parquet)"),
+            _name("--population", "reproduction or target_trial",
+                  choices=["reproduction", "target_trial"]),
+            _file("--cohort", "eligible cohort to write (Parquet)"),
+            _file("--analysis", "analysis table to write (Parquet)"),
+        ),
+    ),
+    "estimators-by-population": Step(
+        "trial_analysis.causal.populations", "run_estimators_by_population",
+        "the estimators side by side in the reproduction and the target-trial population",
+        reads="the main analysis table (--analysis, population target_trial.population) and "
+              "the other population's (--other-analysis, from `population-analysis`).",
+        writes="per population, outcome and estimator (change-score mixed model, change "
+               "score, ANCOVA, doubly robust, bracketing) the estimate with N per arm, as CSV "
+               "and JSON.",
+        args=(
+            CONFIG, ANALYSIS,
+            _file("--other-analysis", "the other population's analysis table (Parquet)"),
+            OUT_CSV, OUT_JSON,
+        ),
+    ),
     "tables": Step(
         "trial_analysis.reporting.tables", "run_tables",
         "write the report tables (Table 1, estimates, subgroups, ...) as CSV",

@@ -304,6 +304,28 @@ def _target_trial_problems(config: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def compare_populations(config: Mapping[str, Any]) -> bool:
+    """Whether the run also fits the estimators in both populations, the reproduction of the
+    paper and the target trial's (``target_trial.compare_populations``).
+
+    Only where the two differ: an observational design whose target trial applies its
+    trained-therapist rule (``target_trial.eligibility.therapist_trained_before_time_zero``),
+    with the therapists and sessions tables that rule reads. Kept here, free of pandas, for
+    the Snakefile.
+    """
+    target = _mapping(config.get("target_trial"))
+    rule = _mapping(target.get("eligibility")).get("therapist_trained_before_time_zero", True)
+    tables = _mapping(_mapping(config.get("input")).get("tables"))
+    return bool(target.get("compare_populations", True) and rule
+                and study_design(config) == "observational"
+                and tables.get("therapists") is not None and tables.get("sessions") is not None)
+
+
+def analysed_population(config: Mapping[str, Any]) -> str:
+    """``target_trial.population``: the population of the run's main analysis."""
+    return str(_mapping(config.get("target_trial")).get("population", "reproduction"))
+
+
 def _source_problems(config: Mapping[str, Any]) -> list[str]:
     """Each table is a file or a query; queries need input.database, whose keys fit its engine."""
     problems: list[str] = []
@@ -340,6 +362,8 @@ DESIGN_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
         ("analysis", "random_time_effects"): [],
         # Randomisation removes confounding; the missing-data analyses still apply.
         ("sensitivity", "analyses"): ["multiple_imputation", "tipping_point"],
+        # No target-trial restriction in a trial: one population, nothing to compare.
+        ("target_trial", "compare_populations"): False,
     },
 }
 # Sections that may be written empty (`eligibility:`) and then take every default.

@@ -49,6 +49,7 @@ from trial_analysis.errors import DataError
 from trial_analysis.io import atomic_path
 from trial_analysis.labels import label, readable, sentence_label
 from trial_analysis.reporting.analyst_text import analyst_text
+from trial_analysis.reporting.by_population import by_population_section
 from trial_analysis.reporting.diagnostics_appendix import diagnostics_section
 from trial_analysis.reporting.figures import FIGURE_NAMES, figure_names
 from trial_analysis.reporting.provenance import provenance_facts, source_notes
@@ -890,6 +891,7 @@ def build_context(
         "title": config.get("report", {}).get("title", "Trial analysis report"),
         "study": config["study"], "design": design_text(config),
         "target_trial": target_trial_table(config, frames["flow"]).to_dict("records"),
+        "by_population": by_population_section(Path(estimates), config, Path(tables)),
         "intervention": intervention, "control": control, "arms": arms_context(config),
         "outcomes": [
             {"label": o.get("label", o["name"]), "units": o.get("units", "score"),
