@@ -232,8 +232,13 @@ def run(root: Path, experiment: str, replicates: Iterable[int], full: bool, out:
         for r in replicates:
             seed = replicate_seed(study.seed, SEED_SCENARIO, r)
             extract = simulate_extract(cfg, seed, scenario.n_patients)
-            analysis = analysis_table_from_extract(extract, cfg)
-            for row in analyse(analysis, cfg, full, exact):
+            try:
+                analysed = analyse(analysis_table_from_extract(extract, cfg), cfg, full, exact)
+            # A failed fit is a result to count (column `failed` of the summary), not a crash.
+            except Exception as error:  # noqa: BLE001
+                print(f"replicate {r} failed: {type(error).__name__}: {error}", flush=True)
+                analysed = [{"analysis": "failed"}]
+            for row in analysed:
                 rows.append({"experiment": experiment, "replicate": r, **row})
             if r % 50 == 0:
                 print(f"{experiment} replicate {r}: {time.perf_counter() - started:.0f} s",
@@ -269,11 +274,27 @@ def summary(inputs: Sequence[Path], out: Path, truth: float = 4.0) -> pd.DataFra
     """One row per experiment and analysis (replicates, bias, SEs, coverage, type I error)."""
     data = pd.concat([pd.read_csv(p) for p in inputs], ignore_index=True)
     data = data.drop_duplicates(["experiment", "replicate", "analysis"])
-    rows = [{"experiment": e, "analysis": a, **_measures(grp, truth)}
+    failed = data[data["analysis"] == "failed"].groupby("experiment").size()
+    data = data[data["analysis"] != "failed"]
+    rows = [{"experiment": e, "analysis": a, **_measures(grp, truth),
+             "failed": int(failed.get(e, 0))}
             for (e, a), grp in data.groupby(["experiment", "analysis"], sort=True)]
     table = pd.DataFrame(rows)
     table.to_csv(out, index=False, float_format="%.4f")
     return table
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The summary as the Markdown table of docs/stress-study.md (MCSE in brackets)."""
+    lines = ["| experiment | analysis | replicates | bias | empirical SE | mean model SE | "
+             "coverage | type I error |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in table.itertuples():
+        lines.append(
+            f"| {row.experiment} | {row.analysis} | {row.replicates} | {row.bias:.3f} "
+            f"({row.bias_mcse:.3f}) | {row.empirical_se:.3f} ({row.empirical_se_mcse:.3f}) | "
+            f"{row.mean_model_se:.3f} ({row.mean_model_se_mcse:.3f}) | {row.coverage:.3f} "
+            f"({row.coverage_mcse:.3f}) | {row.type1_error:.3f} ({row.type1_error_mcse:.3f}) |")
+    return "\n".join(lines)
 
 
 def null_check(root: Path, replicates: Iterable[int]) -> pd.DataFrame:
@@ -315,7 +336,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[2]
     if args.command == "summary":
-        print(summary(args.inputs, args.out).to_string())
+        print(markdown(summary(args.inputs, args.out)))
         return
     start, stop = (int(x) for x in args.replicates.split(":"))
     if args.command == "run":
