@@ -213,3 +213,21 @@ def test_snakemake_target_is_byte_identical_for_any_number_of_cores(tmp_path: Pa
     summary = pd.read_csv(results[1] / "summary.csv")
     assert (summary["n_replicates"] == 2).all()
     assert np.isfinite(summary["empirical_se"]).all()
+
+
+def test_the_committed_summary_is_for_the_default_design():
+    """docs/stress-study.json is shown by the default report only while its design signature
+    equals the default config's: a change to a default of the simulation or the analysis
+    means the study must be rerun (`snakemake -c2 stress_study`) and the summary recommitted
+    (docs/stress-study.md says how), not that this test be loosened."""
+    import json
+
+    from trial_analysis.config import load_config
+    from trial_analysis.simulation.signature import design_signature
+
+    root = Path(__file__).resolve().parents[2]
+    committed = json.loads((root / "docs" / "stress-study.json").read_text(encoding="utf-8"))
+    config = load_config(root / "config" / "config.yaml")
+    assert committed["design_signature"] == design_signature(
+        config, root / "config" / "stress_study.yaml")
+    assert {s["n_replicates"] for s in committed["study"]["scenarios"]} == {500}
