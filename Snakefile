@@ -560,7 +560,7 @@ rule figures:
 # The design stress study's summary joins the report when it has been run
 # (`snakemake stress_study`); it is then an input, so a new summary rebuilds the report.
 # Otherwise a simulated study shows the summary committed with the code (docs/), which the
-# report checks against this run's design by signature (trial_analysis.simulation.signature).
+# report checks against this run's design by signature (trial_analysis.signature).
 STRESS_SUMMARY = f"{REPORTS}/stress_study/summary.json"
 if not Path(STRESS_SUMMARY).exists() and SIMULATED:
     STRESS_SUMMARY = "docs/stress-study.json"

@@ -82,7 +82,12 @@ def three_arm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def _flow(workdir: Path, config: dict) -> pd.DataFrame:
-    return pd.read_csv(workdir / config["paths"]["reports"] / "tables" / "flow.csv")
+    """flow.csv with its counts as numbers, suppressed ones ("<5", "suppressed") as text."""
+    flow = pd.read_csv(workdir / config["paths"]["reports"] / "tables" / "flow.csv", dtype=str)
+    for column in ("n", "n_excluded"):
+        flow[column] = [int(v) if isinstance(v, str) and v.isdigit() else v
+                        for v in flow[column]]
+    return flow
 
 
 def _estimates(workdir: Path, config: dict, outcome: str, population: str) -> pd.DataFrame:
@@ -130,9 +135,13 @@ def test_randomised_wide_report_and_flow(randomised_wide):
     assert "Body-mass index" not in table1  # mapped in the file, never declared
     assert table1.index("Age, years") < table1.index("Sex") < table1.index("Smoker")
     flow = _flow(workdir, config).set_index("description")
-    assert flow.loc["patient episodes in the extract", "n"] == 401
-    assert flow.loc["patient episodes after cleaning", "n"] == 400  # the exact duplicate
-    assert flow.loc["eligible patients", "n"] == 399                # the minor
+    # The exact duplicate (1) and the minor (1) merge into one exclusion, still under
+    # report.min_cell_count and the only one: the extract's 401 would reveal it, so that box
+    # is suppressed (cohort.disclosure); the eligible count stays exact.
+    assert flow.loc["patient episodes in the extract", "n"] == "suppressed"
+    assert "patient episodes after cleaning" not in flow.index
+    assert flow.loc["dropped in cleaning or excluded as ineligible", "n_excluded"] == "<5"
+    assert flow.loc["eligible patients", "n"] == 399
     assert {flow.loc["allocated to exercise", "n"], flow.loc["allocated to advice", "n"]} == {
         200, 199}
 
@@ -195,6 +204,10 @@ def test_multisite_long_report_and_flow(multisite_long):
     # (cohort.disclosure); the eligible count below stays exact.
     assert reasons["referral outside study window; or age under 18"] == "<5"
     assert flow.set_index("description").loc["eligible patients", "n"] == 598
+    # it is the only exclusion before the arms: the boxes before it (600) are suppressed
+    boxes = flow[flow["n_excluded"].isna()].set_index("description")["n"]
+    assert boxes["patient episodes in the extract"] == "suppressed"
+    assert 600 not in set(flow["n"])
 
 
 def test_multisite_long_every_record_has_one_fate(multisite_long):
@@ -232,8 +245,10 @@ def test_randomised_mmrm_report_flow_and_ledger(randomised_mmrm):
     assert "MMRM, UN covariance over 4 time points" in html
     assert "Kenward-Roger df" in html
     flow = _flow(workdir, config).set_index("description")
-    assert flow.loc["patient episodes in the extract", "n"] == 361
-    assert flow.loc["patient episodes after cleaning", "n"] == 360   # the exact duplicate
+    # the exact duplicate alone is under report.min_cell_count: the extract box that would
+    # reveal it is suppressed (cohort.disclosure)
+    assert flow.loc["patient episodes in the extract", "n"] == "suppressed"
+    assert flow.loc["patient episodes after cleaning", "n"] == 360
     assert flow.loc["eligible patients", "n"] == 360                 # no eligibility rules
     assert flow.loc["allocated to graded activity", "n"] == 180
     _ledger_matches_raw(workdir, config, {"patients": 361, "outcomes": 360})
@@ -373,7 +388,8 @@ def test_three_arm_report_flow_and_ledger(three_arm):
                  "2 comparisons", "Simultaneous 95% CI", "Not run with 3 arms"):
         assert text in html, text
     flow = _flow(workdir, config).set_index("description")
-    assert flow.loc["patient episodes in the extract", "n"] == 271
+    # one exclusion only (under report.min_cell_count): the extract box is suppressed
+    assert flow.loc["patient episodes in the extract", "n"] == "suppressed"
     assert flow.loc["eligible patients", "n"] == 270
     for arm in ("control", "low dose", "high dose"):
         assert flow.loc[f"allocated to {arm}", "n"] == 90       # blocks of 6, 1:1:1

@@ -466,7 +466,7 @@ def test_stress_study_table_joins_the_report_when_its_summary_exists(run, tmp_pa
 
 
 def test_the_design_signature_ignores_paths_and_chunking_but_not_the_design(tmp_path):
-    from trial_analysis.simulation.signature import design_signature
+    from trial_analysis.signature import design_signature
 
     config = {"paths": {"reports": "a"}, "report": {"title": "x"},
               "simulation": {"n_patients": 100}, "analysis": {"covariates": ["age"]}}

@@ -223,7 +223,7 @@ def test_the_committed_summary_is_for_the_default_design():
     import json
 
     from trial_analysis.config import load_config
-    from trial_analysis.simulation.signature import design_signature
+    from trial_analysis.signature import design_signature
 
     root = Path(__file__).resolve().parents[2]
     committed = json.loads((root / "docs" / "stress-study.json").read_text(encoding="utf-8"))

@@ -48,7 +48,7 @@ from trial_analysis.columns import ARM, THERAPIST
 from trial_analysis.config import analysed_population, compare_populations
 from trial_analysis.errors import ConfigError
 from trial_analysis.io import read_analysis_table
-from trial_analysis.privacy import count_text, min_cell_count
+from trial_analysis.privacy import count_text, min_cell_count, suppress_text_counts
 
 POPULATIONS = ("reproduction", "target_trial")
 POPULATION_LABELS = {
@@ -252,6 +252,9 @@ def _suppressed(frame: pd.DataFrame, columns: Sequence[str], k: int) -> pd.DataF
     out = frame.copy()
     for column in columns:
         out[column] = [count_text(v, k) for v in out[column]]
+    # the estimators' notes count patients too ("3 patients with propensity < 0.01")
+    out["notes"] = [suppress_text_counts(str(v), k) if isinstance(v, str) else v
+                    for v in out["notes"]]
     return out
 
 

@@ -11,7 +11,7 @@ writes for people to read goes through these functions first (rules in
   and after it, so the two steps are merged: the box between them is left out and the
   exclusions of both are listed (and merged) together under the later step, e.g. a few
   duplicates dropped in cleaning join the eligibility exclusions. Where no adjacent step has
-  exclusions to merge with, the box before the small count is suppressed instead (secondary
+  exclusions to merge with, every box before the small count is suppressed instead (secondary
   suppression), so that neither the count nor its complement is shown. A small box count is
   shown as ``<k``. The boxes of the later steps (eligible, allocated and analysed patients)
   are never merged away: they are the study's reported numbers. The complete-case boxes per
@@ -109,7 +109,7 @@ def _merge_steps(earlier: list[dict[str, Any]], later: list[dict[str, Any]],
 
 def _across_steps(steps: list[list[dict[str, Any]]], k: int) -> list[list[dict[str, Any]]]:
     """Merge each step whose only exclusion is small with an adjacent step (next first), or
-    suppress the box before it; record-level and per-arm steps (all rows exclusions) are
+    suppress the boxes before it; record-level and per-arm steps (all rows exclusions) are
     neither merged nor partners."""
     chain = [i for i, rows in enumerate(steps) if not all(_is_exclusion(r) for r in rows)]
     position = 0
@@ -127,9 +127,12 @@ def _across_steps(steps: list[list[dict[str, Any]]], k: int) -> list[list[dict[s
             merged = _merge_steps(steps[before], steps[i], k) if before is not None else None
             if merged is not None:
                 steps[before], steps[i] = [], merged
-            elif before is not None and steps[before]:
-                box = steps[before][-1]
-                steps[before][-1] = {**box, "n": SUPPRESSED}  # secondary suppression
+            else:
+                # Secondary suppression: every box before the small count, since each earlier
+                # box minus the exact exclusions after it would give it away.
+                for j in chain[:position]:
+                    steps[j] = [r if _is_exclusion(r) else {**r, "n": SUPPRESSED}
+                                for r in steps[j]]
         chain = [j for j in chain if steps[j]]
         position = 0 if merged is not None else position + 1
     return steps

@@ -68,7 +68,7 @@ from trial_analysis.reporting.tables import (
 )
 from trial_analysis.reporting.target_trial import target_trial_table
 from trial_analysis.reporting.wording import design_wording, effect_term_label, figure_captions
-from trial_analysis.simulation.signature import design_signature
+from trial_analysis.signature import design_signature
 
 # Captions that do not depend on the design; trajectories and forest: wording.figure_captions.
 FIGURE_CAPTIONS = {
@@ -953,7 +953,7 @@ def stress_section(summary: Path | None, config: Mapping[str, Any] | None = None
     ``docs/stress-study.json``; its figure is ``stress_study.png`` beside it (or the summary's
     name with ``.png``). Aggregates over simulated replicates only. With ``config`` and the
     study file, the summary's design signature
-    (:func:`~trial_analysis.simulation.signature.design_signature`) must equal this run's;
+    (:func:`~trial_analysis.signature.design_signature`) must equal this run's;
     otherwise only a note that it belongs to another design is returned (``mismatch``).
     ``committed`` says the summary is not under this run's reports folder.
     """

@@ -48,7 +48,7 @@ from trial_analysis.causal.doubly_robust import run_doubly_robust
 from trial_analysis.errors import DataError
 from trial_analysis.models.outcome_models import EFFECT_MODEL, EFFECT_TERM, fit_outcome_model
 from trial_analysis.progress import track
-from trial_analysis.simulation.signature import design_signature
+from trial_analysis.signature import design_signature
 from trial_analysis.simulation.simulate import simulate_extract
 from trial_analysis.simulation.simulation_study import (
     Scenario,
